@@ -1,0 +1,1095 @@
+// CPU attention kernels, compiled once per instruction-set variant.
+//
+// Included only by attention_isa.cpp, which is compiled several times with different target
+// flags and a different EGOVLPV2_CPU_ISA namespace. Everything here therefore lives in that
+// namespace and uses only C library calls (expf, memcpy, aligned_alloc): an inline function
+// shared between the variants (std::vector, std::max, ...) could be emitted by the AVX-512
+// object and picked by the linker for the baseline one.
+//
+// Scheme. Every query set that shares one key set is handled together, so its keys and values
+// are read once:
+//   * space attention: the N patch queries of frame f share {CLS, patches of f};
+//   * time attention: the F queries at spatial position n share {CLS, position n of each frame};
+//   * the CLS query has all T keys; cross-attention: all queries of a (batch, head) share Lk keys.
+// Large sets go through the "dense" engine: keys packed transposed, queries in blocks of
+// kQueryBlock, scores and P.V as register-tiled GEMMs (kMR rows x kNR columns). Small sets go
+// through the "row" engine: one query at a time, dot products and axpys over the head dim.
+// Softmax keeps the row max and the logsumexp; the backward recomputes P from the saved lse and
+// renormalises each row (P then sums to one even where the lse absorbed a -1e38 mask).
+#pragma once
+
+#ifndef EGOVLPV2_CPU_ISA
+#error "define EGOVLPV2_CPU_ISA, the namespace of this instruction-set variant"
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention.h"
+
+namespace egovlpv2::cpu::EGOVLPV2_CPU_ISA {
+
+#if defined(__AVX512F__)
+constexpr int64_t kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int64_t kVecBytes = 32;
+#else
+constexpr int64_t kVecBytes = 16;
+#endif
+
+// GEMM tile: kMR rows by kNR<T> columns (two vector registers) of accumulators.
+constexpr int64_t kMR = 4;
+template <typename T>
+constexpr int64_t kNR = 2 * kVecBytes / static_cast<int64_t>(sizeof(T));
+// Independent partial sums of a dot product (two vectors, so two FMA chains).
+template <typename T>
+constexpr int64_t kDotLanes = 2 * kVecBytes / static_cast<int64_t>(sizeof(T));
+// Queries per block of the dense engine (keeps the score block in L1/L2).
+constexpr int64_t kQueryBlock = 64;
+// A key set with at least this many queries and keys goes through the dense engine.
+constexpr int64_t kDenseMin = 8;
+// Work items of the divided attention hold about this many queries (time attention groups
+// have only F queries, so several groups make one item).
+constexpr int64_t kQueriesPerItem = 64;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// exp for the softmax, written so that loops over it vectorise (libm's expf / exp are scalar
+// calls that GCC vectorises only under -ffast-math; in the scalar form they took most of the
+// time of the forward). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a Taylor
+// polynomial of r (degree 7 for float, 13 for double) times 2^n built in the exponent bits.
+// Max relative error against libm over [-87, 88] / [-708, 709]: 7.5e-8 (float, under one
+// float ulp) and 2.3e-16 (double). Below the range the result is 0 (exp underflows there
+// anyway); NaN stays NaN. The inputs of the softmax are <= 0 (scores minus their max).
+inline float exp_t(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float t = xc * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23: rounds to an integer
+  const float n = t - 12582912.0f;
+  uint32_t t_bits;  // unsigned: wraps (NaN input) without undefined behaviour
+  memcpy(&t_bits, &t, sizeof t_bits);
+  float r = xc - n * 0.693359375f;  // ln2 split in two; n * hi is exact
+  r = r - n * -2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const uint32_t scale_bits = (t_bits - 0x4B400000u + 127u) << 23;  // 2^n
+  float scale;
+  memcpy(&scale, &scale_bits, sizeof scale);
+  const float y = p * scale;
+  return x < -87.0f ? 0.0f : y;
+}
+
+inline double exp_t(double x) {
+  const double xc = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
+  const double t = xc * 1.4426950408889634 + 6755399441055744.0;  // 1.5 * 2^52
+  const double n = t - 6755399441055744.0;
+  uint64_t t_bits;
+  memcpy(&t_bits, &t, sizeof t_bits);
+  double r = xc - n * 6.93147180369123816490e-01;
+  r = r - n * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const uint64_t scale_bits = (t_bits - 0x4338000000000000ull + 1023u) << 52;
+  double scale;
+  memcpy(&scale, &scale_bits, sizeof scale);
+  const double y = p * scale;
+  return x < -708.0 ? 0.0 : y;
+}
+
+inline float log_t(float x) { return logf(x); }
+inline double log_t(double x) { return log(x); }
+
+// ---------------------------------------------------------------------------------------------
+// Scratch memory: one aligned block per parallel chunk, carved into buffers.
+
+class Block {
+ public:
+  explicit Block(int64_t bytes)
+      : base_(static_cast<char*>(aligned_alloc(64, static_cast<size_t>(round_up(max64(bytes, 64), 64))))) {}
+  ~Block() { free(base_); }
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  char* get() const { return base_; }
+
+ private:
+  char* base_;
+};
+
+// Hands out consecutive 64-byte aligned buffers from a block (or just counts their size when
+// the block is null, so the same code computes the workspace size).
+class Carver {
+ public:
+  explicit Carver(char* base) : base_(base) {}
+  template <typename T>
+  T* take(int64_t n) {
+    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
+    used_ += round_up(max64(n, 1) * static_cast<int64_t>(sizeof(T)), 64);
+    return p;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  char* base_;
+  int64_t used_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Row primitives (vectorised over the head dim).
+
+// Sum / max of the L partial results of a lane-split loop, as a tree (a chain of L scalar
+// operations would cost L latencies per row).
+template <typename T, int64_t L>
+inline T lanes_sum(T* part) {
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) part[l] += part[l + w];
+  return part[0];
+}
+
+template <typename T, int64_t L>
+inline T lanes_max(T* part) {
+  for (int64_t w = L / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) part[l] = part[l + w] > part[l] ? part[l + w] : part[l];
+  return part[0];
+}
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  constexpr int64_t L = kDotLanes<T>;
+  T part[L];
+  for (int64_t l = 0; l < L; ++l) part[l] = T(0);
+  int64_t d = 0;
+  for (; d + L <= n; d += L)
+    for (int64_t l = 0; l < L; ++l) part[l] += a[d + l] * b[d + l];
+  T s = lanes_sum<T, L>(part);
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+template <typename T>
+inline T dot_strided(const T* a, int64_t a_stride, const T* b, int64_t b_stride, int64_t n) {
+  if (a_stride == 1 && b_stride == 1) return dot(a, b, n);
+  T s = T(0);
+  for (int64_t d = 0; d < n; ++d) s += a[d * a_stride] * b[d * b_stride];
+  return s;
+}
+
+// y += alpha * x
+template <typename T>
+inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
+}
+
+// dst[0:n] = alpha * src[0:n*stride:stride]; dst[n:n_pad] = 0.
+template <typename T>
+inline void load_row(const T* src, int64_t stride, int64_t n, int64_t n_pad, T alpha,
+                     T* __restrict dst) {
+  if (stride == 1) {
+    for (int64_t d = 0; d < n; ++d) dst[d] = alpha * src[d];
+  } else {
+    for (int64_t d = 0; d < n; ++d) dst[d] = alpha * src[d * stride];
+  }
+  for (int64_t d = n; d < n_pad; ++d) dst[d] = T(0);
+}
+
+template <typename T>
+inline void copy_row(const T* src, int64_t stride, int64_t n, int64_t n_pad, T* __restrict dst) {
+  if (stride == 1) {
+    memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
+  } else {
+    for (int64_t d = 0; d < n; ++d) dst[d] = src[d * stride];
+  }
+  for (int64_t d = n; d < n_pad; ++d) dst[d] = T(0);
+}
+
+// Max of s[0:n] (n >= 1), in lanes so that it vectorises. NaN entries are skipped here and
+// propagate through the exp.
+template <typename T>
+inline T row_max(const T* __restrict s, int64_t n) {
+  constexpr int64_t L = kDotLanes<T>;
+  T m = s[0];
+  int64_t j = 0;
+  if (n >= L) {
+    T part[L];
+    for (int64_t l = 0; l < L; ++l) part[l] = s[l];
+    for (j = L; j + L <= n; j += L)
+      for (int64_t l = 0; l < L; ++l) part[l] = s[j + l] > part[l] ? s[j + l] : part[l];
+    m = lanes_max<T, L>(part);
+  }
+  for (; j < n; ++j) m = s[j] > m ? s[j] : m;
+  return m;
+}
+
+// s[j] = exp(s[j] - shift) in place; returns the sum.
+template <typename T>
+inline T exp_shift_sum(T* __restrict s, int64_t n, T shift) {
+  constexpr int64_t L = kDotLanes<T>;
+  T part[L];
+  for (int64_t l = 0; l < L; ++l) part[l] = T(0);
+  int64_t j = 0;
+  for (; j + L <= n; j += L)
+    for (int64_t l = 0; l < L; ++l) {
+      const T e = exp_t(s[j + l] - shift);
+      s[j + l] = e;
+      part[l] += e;
+    }
+  T sum = lanes_sum<T, L>(part);
+  for (; j < n; ++j) {
+    const T e = exp_t(s[j] - shift);
+    s[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+template <typename T>
+inline void scale_row(T* __restrict s, int64_t n, T alpha) {
+  for (int64_t j = 0; j < n; ++j) s[j] *= alpha;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-tiled GEMM: C[m, n] (+)= A[m, k] B[k, n], row-major, n a multiple of kNR<T>.
+
+template <typename T, int64_t MR, bool kAccumulate>
+inline void gemm_tile(int64_t k, const T* __restrict a, int64_t lda, const T* __restrict b,
+                      int64_t ldb, T* __restrict c, int64_t ldc) {
+  constexpr int64_t NR = kNR<T>;
+  T acc[MR][NR];
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) acc[i][j] = kAccumulate ? c[i * ldc + j] : T(0);
+  for (int64_t p = 0; p < k; ++p) {
+    const T* __restrict bp = b + p * ldb;
+    for (int64_t i = 0; i < MR; ++i) {
+      const T ai = a[i * lda + p];
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bp[j];
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+template <typename T, bool kAccumulate>
+inline void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                 int64_t ldb, T* c, int64_t ldc) {
+  constexpr int64_t NR = kNR<T>;
+  const int64_t m_full = m - m % kMR;
+  for (int64_t j0 = 0; j0 < n; j0 += NR) {
+    for (int64_t i0 = 0; i0 < m_full; i0 += kMR)
+      gemm_tile<T, kMR, kAccumulate>(k, a + i0 * lda, lda, b + j0, ldb, c + i0 * ldc + j0, ldc);
+    const T* a_rest = a + m_full * lda;
+    T* c_rest = c + m_full * ldc + j0;
+    switch (m - m_full) {
+      case 3:
+        gemm_tile<T, 3, kAccumulate>(k, a_rest, lda, b + j0, ldb, c_rest, ldc);
+        break;
+      case 2:
+        gemm_tile<T, 2, kAccumulate>(k, a_rest, lda, b + j0, ldb, c_rest, ldc);
+        break;
+      case 1:
+        gemm_tile<T, 1, kAccumulate>(k, a_rest, lda, b + j0, ldb, c_rest, ldc);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// dst[j, i] = src[i, j] for i < rows, j < cols.
+template <typename T>
+inline void transpose(const T* __restrict src, int64_t ld_src, int64_t rows, int64_t cols,
+                      T* __restrict dst, int64_t ld_dst) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key sets. A set is described by arrays of row pointers (one per query / key), each row
+// holding the dh elements of one head, `stride` elements apart.
+
+template <typename T>
+struct Rows {
+  const T* const* ptr = nullptr;
+  int64_t stride = 1;
+};
+
+// Rows with unit stride: the input itself when it already has one, else packed copies.
+template <typename T>
+inline Rows<T> unit_rows(Rows<T> in, int64_t n, int64_t dh, T* pack, const T** ptrs) {
+  if (in.stride == 1) return in;
+  for (int64_t r = 0; r < n; ++r) {
+    copy_row(in.ptr[r], in.stride, dh, dh, pack + r * dh);
+    ptrs[r] = pack + r * dh;
+  }
+  return Rows<T>{ptrs, 1};
+}
+
+template <typename T>
+struct ForwardIo {
+  Rows<T> q, k, v;
+  const T* mask = nullptr;  // [nk] contiguous, or null
+  T* const* out = nullptr;  // out rows, dh contiguous elements each
+  T* const* lse = nullptr;  // one pointer per query
+};
+
+template <typename T>
+struct BackwardIo {
+  Rows<T> q, k, v, grad_out, out;
+  const T* mask = nullptr;
+  const T* const* lse = nullptr;
+  T* const* grad_q = nullptr;  // rows written (not accumulated)
+  T* grad_k = nullptr;         // [nk, ld_grad] accumulated
+  T* grad_v = nullptr;         // [nk, ld_grad] accumulated
+  int64_t ld_grad = 0;
+};
+
+// ----- dense engine --------------------------------------------------------------------------
+
+template <typename T>
+struct DenseForward {
+  int64_t nk, dh, nk_pad, dh_pad;
+  T *kt, *v, *qs, *s, *o, *inv;
+
+  DenseForward(Carver& c, int64_t nk_, int64_t dh_)
+      : nk(nk_), dh(dh_), nk_pad(round_up(nk_, kNR<T>)), dh_pad(round_up(dh_, kNR<T>)) {
+    kt = c.take<T>(dh * nk_pad);
+    v = c.take<T>(nk * dh_pad);
+    qs = c.take<T>(kQueryBlock * dh);
+    s = c.take<T>(kQueryBlock * nk_pad);
+    o = c.take<T>(kQueryBlock * dh_pad);
+    inv = c.take<T>(kQueryBlock);
+  }
+
+  void run(int64_t nq, T scale, const ForwardIo<T>& io) {
+    for (int64_t j = 0; j < nk; ++j) {
+      const T* kr = io.k.ptr[j];
+      for (int64_t d = 0; d < dh; ++d) kt[d * nk_pad + j] = kr[d * io.k.stride];
+      copy_row(io.v.ptr[j], io.v.stride, dh, dh_pad, v + j * dh_pad);
+    }
+    for (int64_t d = 0; d < dh; ++d)
+      for (int64_t j = nk; j < nk_pad; ++j) kt[d * nk_pad + j] = T(0);
+
+    for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+      const int64_t qb = min64(kQueryBlock, nq - q0);
+      for (int64_t i = 0; i < qb; ++i) load_row(io.q.ptr[q0 + i], io.q.stride, dh, dh, scale, qs + i * dh);
+      gemm<T, false>(qb, nk_pad, dh, qs, dh, kt, nk_pad, s, nk_pad);
+      for (int64_t i = 0; i < qb; ++i) {
+        T* row = s + i * nk_pad;
+        if (io.mask)
+          for (int64_t j = 0; j < nk; ++j) row[j] += io.mask[j];
+        const T m = row_max(row, nk);
+        const T sum = exp_shift_sum(row, nk, m);
+        inv[i] = T(1) / sum;
+        *io.lse[q0 + i] = m + log_t(sum);
+      }
+      gemm<T, false>(qb, dh_pad, nk, s, nk_pad, v, dh_pad, o, dh_pad);
+      for (int64_t i = 0; i < qb; ++i) {
+        T* __restrict dst = io.out[q0 + i];
+        const T* __restrict src = o + i * dh_pad;
+        const T f = inv[i];
+        for (int64_t d = 0; d < dh; ++d) dst[d] = src[d] * f;
+      }
+    }
+  }
+};
+
+template <typename T>
+struct DenseBackward {
+  int64_t nk, dh, nk_pad, dh_pad;
+  T *kt, *kr, *vt, *qs, *go, *s, *dp, *dq, *pt, *dst, *delta;
+
+  DenseBackward(Carver& c, int64_t nk_, int64_t dh_)
+      : nk(nk_), dh(dh_), nk_pad(round_up(nk_, kNR<T>)), dh_pad(round_up(dh_, kNR<T>)) {
+    kt = c.take<T>(dh * nk_pad);
+    kr = c.take<T>(nk * dh_pad);
+    vt = c.take<T>(dh * nk_pad);
+    qs = c.take<T>(kQueryBlock * dh_pad);
+    go = c.take<T>(kQueryBlock * dh_pad);
+    s = c.take<T>(kQueryBlock * nk_pad);
+    dp = c.take<T>(kQueryBlock * nk_pad);
+    dq = c.take<T>(kQueryBlock * dh_pad);
+    pt = c.take<T>(nk * kQueryBlock);
+    dst = c.take<T>(nk * kQueryBlock);
+    delta = c.take<T>(kQueryBlock);
+  }
+
+  // grad_k / grad_v: [nk, dh_pad] accumulators (io.ld_grad must equal dh_pad).
+  void run(int64_t nq, T scale, const BackwardIo<T>& io) {
+    for (int64_t j = 0; j < nk; ++j) {
+      const T* krow = io.k.ptr[j];
+      const T* vrow = io.v.ptr[j];
+      for (int64_t d = 0; d < dh; ++d) {
+        kt[d * nk_pad + j] = krow[d * io.k.stride];
+        vt[d * nk_pad + j] = vrow[d * io.v.stride];
+      }
+      copy_row(krow, io.k.stride, dh, dh_pad, kr + j * dh_pad);
+    }
+    for (int64_t d = 0; d < dh; ++d)
+      for (int64_t j = nk; j < nk_pad; ++j) kt[d * nk_pad + j] = vt[d * nk_pad + j] = T(0);
+
+    for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+      const int64_t qb = min64(kQueryBlock, nq - q0);
+      for (int64_t i = 0; i < qb; ++i) {
+        load_row(io.q.ptr[q0 + i], io.q.stride, dh, dh_pad, scale, qs + i * dh_pad);
+        copy_row(io.grad_out.ptr[q0 + i], io.grad_out.stride, dh, dh_pad, go + i * dh_pad);
+        delta[i] = dot_strided<T>(go + i * dh_pad, 1, io.out.ptr[q0 + i], io.out.stride, dh);
+      }
+      // P = softmax recomputed from the saved logsumexp, dP = dO V^T.
+      gemm<T, false>(qb, nk_pad, dh, qs, dh_pad, kt, nk_pad, s, nk_pad);
+      gemm<T, false>(qb, nk_pad, dh, go, dh_pad, vt, nk_pad, dp, nk_pad);
+      for (int64_t i = 0; i < qb; ++i) {
+        T* row = s + i * nk_pad;
+        T* drow = dp + i * nk_pad;
+        if (io.mask)
+          for (int64_t j = 0; j < nk; ++j) row[j] += io.mask[j];
+        const T sum = exp_shift_sum(row, nk, *io.lse[q0 + i]);
+        scale_row(row, nk, T(1) / sum);
+        const T di = delta[i];
+        // dS = P * (dP - rowsum(dO * O)), kept in dp.
+        for (int64_t j = 0; j < nk; ++j) drow[j] = row[j] * (drow[j] - di);
+      }
+      // dQ = scale * dS K.
+      gemm<T, false>(qb, dh_pad, nk, dp, nk_pad, kr, dh_pad, dq, dh_pad);
+      for (int64_t i = 0; i < qb; ++i) {
+        T* __restrict out = io.grad_q[q0 + i];
+        const T* __restrict src = dq + i * dh_pad;
+        for (int64_t d = 0; d < dh; ++d) out[d] = scale * src[d];
+      }
+      // dV += P^T dO, dK += dS^T (q * scale).
+      transpose(s, nk_pad, qb, nk, pt, kQueryBlock);
+      transpose(dp, nk_pad, qb, nk, dst, kQueryBlock);
+      gemm<T, true>(nk, dh_pad, qb, pt, kQueryBlock, go, dh_pad, io.grad_v, io.ld_grad);
+      gemm<T, true>(nk, dh_pad, qb, dst, kQueryBlock, qs, dh_pad, io.grad_k, io.ld_grad);
+    }
+  }
+};
+
+// ----- row engine ----------------------------------------------------------------------------
+
+template <typename T>
+struct RowForward {
+  int64_t nk, dh;
+  T *qs, *s, *acc, *kpack, *vpack;
+  const T **kptr, **vptr;
+
+  RowForward(Carver& c, int64_t nk_, int64_t dh_) : nk(nk_), dh(dh_) {
+    qs = c.take<T>(dh);
+    s = c.take<T>(nk);
+    acc = c.take<T>(dh);
+    kpack = c.take<T>(nk * dh);
+    vpack = c.take<T>(nk * dh);
+    kptr = c.take<const T*>(nk);
+    vptr = c.take<const T*>(nk);
+  }
+
+  void run(int64_t nq, T scale, const ForwardIo<T>& io) {
+    const Rows<T> k = unit_rows(io.k, nk, dh, kpack, kptr);
+    const Rows<T> v = unit_rows(io.v, nk, dh, vpack, vptr);
+    for (int64_t i = 0; i < nq; ++i) {
+      load_row(io.q.ptr[i], io.q.stride, dh, dh, scale, qs);
+      for (int64_t j = 0; j < nk; ++j) s[j] = dot(qs, k.ptr[j], dh);
+      if (io.mask)
+        for (int64_t j = 0; j < nk; ++j) s[j] += io.mask[j];
+      const T m = row_max(s, nk);
+      const T sum = exp_shift_sum(s, nk, m);
+      for (int64_t d = 0; d < dh; ++d) acc[d] = T(0);
+      for (int64_t j = 0; j < nk; ++j) axpy(s[j], v.ptr[j], acc, dh);
+      const T f = T(1) / sum;
+      T* __restrict dst = io.out[i];
+      for (int64_t d = 0; d < dh; ++d) dst[d] = acc[d] * f;
+      *io.lse[i] = m + log_t(sum);
+    }
+  }
+};
+
+template <typename T>
+struct RowBackward {
+  int64_t nk, dh;
+  T *qs, *go, *s, *dp, *acc, *kpack, *vpack;
+  const T **kptr, **vptr;
+
+  RowBackward(Carver& c, int64_t nk_, int64_t dh_) : nk(nk_), dh(dh_) {
+    qs = c.take<T>(dh);
+    go = c.take<T>(dh);
+    s = c.take<T>(nk);
+    dp = c.take<T>(nk);
+    acc = c.take<T>(dh);
+    kpack = c.take<T>(nk * dh);
+    vpack = c.take<T>(nk * dh);
+    kptr = c.take<const T*>(nk);
+    vptr = c.take<const T*>(nk);
+  }
+
+  // Per query: dS and P over the key set, then the query's gradient is written and
+  // `key_grad(j, ds_j, p_j, qs, go)` receives each key's share (to add to its dK / dV).
+  template <typename KeyGrad>
+  void run(int64_t nq, T scale, const BackwardIo<T>& io, const KeyGrad& key_grad) {
+    const Rows<T> k = unit_rows(io.k, nk, dh, kpack, kptr);
+    const Rows<T> v = unit_rows(io.v, nk, dh, vpack, vptr);
+    for (int64_t i = 0; i < nq; ++i) {
+      load_row(io.q.ptr[i], io.q.stride, dh, dh, scale, qs);
+      copy_row(io.grad_out.ptr[i], io.grad_out.stride, dh, dh, go);
+      const T di = dot_strided<T>(go, 1, io.out.ptr[i], io.out.stride, dh);
+      for (int64_t j = 0; j < nk; ++j) s[j] = dot(qs, k.ptr[j], dh);
+      if (io.mask)
+        for (int64_t j = 0; j < nk; ++j) s[j] += io.mask[j];
+      const T sum = exp_shift_sum(s, nk, *io.lse[i]);
+      scale_row(s, nk, T(1) / sum);
+      for (int64_t j = 0; j < nk; ++j) dp[j] = s[j] * (dot(go, v.ptr[j], dh) - di);
+      for (int64_t d = 0; d < dh; ++d) acc[d] = T(0);
+      for (int64_t j = 0; j < nk; ++j) axpy(dp[j], k.ptr[j], acc, dh);
+      T* __restrict gq = io.grad_q[i];
+      for (int64_t d = 0; d < dh; ++d) gq[d] = scale * acc[d];
+      for (int64_t j = 0; j < nk; ++j) key_grad(j, dp[j], s[j], qs, go);
+    }
+  }
+};
+
+
+template <typename E>
+inline int64_t engine_bytes(int64_t nk, int64_t dh) {
+  Carver c(nullptr);
+  E e(c, nk, dh);
+  (void)e;
+  return c.used();
+}
+
+// Row pointers of one key set: queries, keys, values, gradient and output rows, lse slots.
+template <typename T>
+struct RowTable {
+  const T **q, **k, **v, **go, **o, **lse_r;
+  T **out, **lse_w;
+
+  RowTable(Carver& c, int64_t n) {
+    q = c.take<const T*>(n);
+    k = c.take<const T*>(n);
+    v = c.take<const T*>(n);
+    go = c.take<const T*>(n);
+    o = c.take<const T*>(n);
+    lse_r = c.take<const T*>(n);
+    out = c.take<T*>(n);
+    lse_w = c.take<T*>(n);
+  }
+
+  static int64_t bytes(int64_t n) {
+    Carver c(nullptr);
+    RowTable t(c, n);
+    (void)t;
+    return c.used();
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Divided space-time attention.
+
+struct SpaceTimeGeometry {
+  int64_t batch, tokens, heads, dh, dim, frames, patches;
+  int64_t group_size;   // queries per key set (N for space, F for time)
+  int64_t groups;       // key sets per (batch, head), CLS query excluded
+  int64_t group_step;   // token offset between consecutive groups
+  int64_t member_step;  // token offset between consecutive members of a group
+  int64_t groups_per_item;
+  int64_t chunks;  // work items per (batch, head), CLS query excluded
+  bool dense;      // engine of the patch groups
+
+  template <typename P>
+  explicit SpaceTimeGeometry(const P& p)
+      : batch(p.batch),
+        tokens(p.tokens),
+        heads(p.num_heads),
+        dh(p.head_dim),
+        dim(p.num_heads * p.head_dim),
+        frames(p.num_frames),
+        patches((p.tokens - 1) / p.num_frames) {
+    if (p.temporal) {
+      group_size = frames;
+      groups = patches;
+      group_step = 1;
+      member_step = patches;
+    } else {
+      group_size = patches;
+      groups = frames;
+      group_step = patches;
+      member_step = 1;
+    }
+    groups_per_item = max64(1, kQueriesPerItem / group_size);
+    chunks = ceil_div(groups, groups_per_item);
+    dense = group_size >= kDenseMin;
+  }
+
+  int64_t token(int64_t group, int64_t member) const {
+    return 1 + group * group_step + member * member_step;
+  }
+};
+
+template <typename T>
+Status space_time_forward(const SpaceTimeAttentionParams<T>& p) {
+  const SpaceTimeGeometry geo(p);
+  struct Ctx {
+    const SpaceTimeAttentionParams<T>* p;
+    const SpaceTimeGeometry* g;
+    int failed;
+  } ctx{&p, &geo, 0};
+
+  auto body = [](int64_t begin, int64_t end, void* raw) {
+    Ctx& c = *static_cast<Ctx*>(raw);
+    const SpaceTimeAttentionParams<T>& p = *c.p;
+    const SpaceTimeGeometry& g = *c.g;
+    const int64_t nk = g.group_size + 1;
+    const int64_t table_bytes = RowTable<T>::bytes(g.tokens);
+    const int64_t group_bytes = g.dense ? engine_bytes<DenseForward<T>>(nk, g.dh)
+                                        : engine_bytes<RowForward<T>>(nk, g.dh);
+    const int64_t cls_bytes = engine_bytes<RowForward<T>>(g.tokens, g.dh);
+    Block block(table_bytes + max64(group_bytes, cls_bytes));
+    if (!block.get()) {
+      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    Carver table_carver(block.get());
+    RowTable<T> rows(table_carver, g.tokens);
+    char* engine_base = block.get() + table_bytes;
+
+    const int64_t sc = p.qkv.stride_c;
+    ForwardIo<T> io;
+    io.q = Rows<T>{rows.q, sc};
+    io.k = Rows<T>{rows.k, sc};
+    io.v = Rows<T>{rows.v, sc};
+    io.out = rows.out;
+    io.lse = rows.lse_w;
+
+    const int64_t group_items = g.batch * g.chunks * g.heads;
+    for (int64_t item = begin; item < end; ++item) {
+      // Group items first, heads fastest (consecutive items reuse the same token rows from
+      // cache); then one item per (batch, head) for the CLS query.
+      const bool cls = item >= group_items;
+      const int64_t bh = cls ? item - group_items
+                             : (item / (g.heads * g.chunks)) * g.heads + item % g.heads;
+      const int64_t chunk = cls ? 0 : (item / g.heads) % g.chunks;
+      const int64_t b = bh / g.heads;
+      const int64_t h = bh % g.heads;
+      const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+      T* out_bh = p.out + b * g.tokens * g.dim + h * g.dh;
+      T* lse_bh = p.lse + bh * g.tokens;
+      Carver ec(engine_base);
+      if (cls) {
+        // The CLS query attends to every token.
+        rows.q[0] = p.qkv.at(b, 0, qc);
+        for (int64_t t = 0; t < g.tokens; ++t) {
+          rows.k[t] = p.qkv.at(b, t, kc);
+          rows.v[t] = p.qkv.at(b, t, vc);
+        }
+        rows.out[0] = out_bh;
+        rows.lse_w[0] = lse_bh;
+        RowForward<T> e(ec, g.tokens, g.dh);
+        e.run(1, p.scale, io);
+        continue;
+      }
+      const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
+      for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
+        rows.k[0] = p.qkv.at(b, 0, kc);
+        rows.v[0] = p.qkv.at(b, 0, vc);
+        for (int64_t i = 0; i < g.group_size; ++i) {
+          const int64_t t = g.token(grp, i);
+          rows.q[i] = p.qkv.at(b, t, qc);
+          rows.k[1 + i] = p.qkv.at(b, t, kc);
+          rows.v[1 + i] = p.qkv.at(b, t, vc);
+          rows.out[i] = out_bh + t * g.dim;
+          rows.lse_w[i] = lse_bh + t;
+        }
+        Carver gc(engine_base);
+        if (g.dense) {
+          DenseForward<T> e(gc, nk, g.dh);
+          e.run(g.group_size, p.scale, io);
+        } else {
+          RowForward<T> e(gc, nk, g.dh);
+          e.run(g.group_size, p.scale, io);
+        }
+      }
+    }
+  };
+  p.parallel_for(0, geo.batch * geo.heads * (geo.chunks + 1), 1, body, &ctx);
+  return ctx.failed ? Status::kOutOfMemory : Status::kOk;
+}
+
+template <typename T>
+Status space_time_backward(const SpaceTimeAttentionGradParams<T>& p) {
+  const SpaceTimeGeometry geo(p);
+  const int64_t n_bh = geo.batch * geo.heads;
+  // dK / dV of the CLS key from each work item of pass 1, reduced in pass 2 in a fixed order.
+  Block partials(n_bh * geo.chunks * 2 * geo.dh * static_cast<int64_t>(sizeof(T)));
+  if (!partials.get()) return Status::kOutOfMemory;
+  struct Ctx {
+    const SpaceTimeAttentionGradParams<T>* p;
+    const SpaceTimeGeometry* g;
+    T* partials;
+    int failed;
+  } ctx{&p, &geo, reinterpret_cast<T*>(partials.get()), 0};
+
+  // Pass 1: patch queries. Each patch key belongs to one key set (plus the CLS query's), so
+  // its rows of grad_qkv are written here by exactly one item.
+  auto groups_body = [](int64_t begin, int64_t end, void* raw) {
+    Ctx& c = *static_cast<Ctx*>(raw);
+    const SpaceTimeAttentionGradParams<T>& p = *c.p;
+    const SpaceTimeGeometry& g = *c.g;
+    const int64_t nk = g.group_size + 1;
+    const int64_t ld = round_up(g.dh, kNR<T>);
+    const int64_t table_bytes = RowTable<T>::bytes(nk);
+    Carver acc_size(nullptr);
+    acc_size.take<T>(nk * ld);
+    acc_size.take<T>(nk * ld);
+    const int64_t acc_bytes = acc_size.used();
+    const int64_t engine = g.dense ? engine_bytes<DenseBackward<T>>(nk, g.dh)
+                                   : engine_bytes<RowBackward<T>>(nk, g.dh);
+    Block block(table_bytes + acc_bytes + engine);
+    if (!block.get()) {
+      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    Carver carver(block.get());
+    RowTable<T> rows(carver, nk);
+    T* dk = carver.take<T>(nk * ld);
+    T* dv = carver.take<T>(nk * ld);
+    char* engine_base = block.get() + table_bytes + acc_bytes;
+    const int64_t three_d = 3 * g.dim;
+
+    BackwardIo<T> io;
+    io.q = Rows<T>{rows.q, p.qkv.stride_c};
+    io.k = Rows<T>{rows.k, p.qkv.stride_c};
+    io.v = Rows<T>{rows.v, p.qkv.stride_c};
+    io.grad_out = Rows<T>{rows.go, p.grad_out.stride_c};
+    io.out = Rows<T>{rows.o, p.out.stride_c};
+    io.lse = rows.lse_r;
+    io.grad_q = rows.out;
+    io.grad_k = dk;
+    io.grad_v = dv;
+    io.ld_grad = ld;
+
+    for (int64_t item = begin; item < end; ++item) {
+      // Heads fastest, as in the forward.
+      const int64_t bh = (item / (g.heads * g.chunks)) * g.heads + item % g.heads;
+      const int64_t chunk = (item / g.heads) % g.chunks;
+      const int64_t b = bh / g.heads;
+      const int64_t h = bh % g.heads;
+      const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+      T* grad_b = p.grad_qkv + b * g.tokens * three_d;
+      T* part_k = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
+      T* part_v = part_k + g.dh;
+      for (int64_t d = 0; d < g.dh; ++d) part_k[d] = part_v[d] = T(0);
+
+      const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
+      for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
+        rows.k[0] = p.qkv.at(b, 0, kc);
+        rows.v[0] = p.qkv.at(b, 0, vc);
+        for (int64_t i = 0; i < g.group_size; ++i) {
+          const int64_t t = g.token(grp, i);
+          rows.q[i] = p.qkv.at(b, t, qc);
+          rows.k[1 + i] = p.qkv.at(b, t, kc);
+          rows.v[1 + i] = p.qkv.at(b, t, vc);
+          rows.go[i] = p.grad_out.at(b, t, qc);
+          rows.o[i] = p.out.at(b, t, qc);
+          rows.lse_r[i] = p.lse + bh * g.tokens + t;
+          rows.out[i] = grad_b + t * three_d + qc;
+        }
+        for (int64_t e = 0; e < nk * ld; ++e) dk[e] = dv[e] = T(0);
+        Carver ec(engine_base);
+        if (g.dense) {
+          DenseBackward<T> e(ec, nk, g.dh);
+          e.run(g.group_size, p.scale, io);
+        } else {
+          RowBackward<T> e(ec, nk, g.dh);
+          const int64_t dh = g.dh;
+          e.run(g.group_size, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
+            axpy(ds, qs, dk + j * ld, dh);
+            axpy(pj, go, dv + j * ld, dh);
+          });
+        }
+        for (int64_t i = 0; i < g.group_size; ++i) {
+          T* row = grad_b + g.token(grp, i) * three_d;
+          memcpy(row + kc, dk + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
+          memcpy(row + vc, dv + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
+        }
+        axpy(T(1), dk, part_k, g.dh);
+        axpy(T(1), dv, part_v, g.dh);
+      }
+    }
+  };
+  p.parallel_for(0, n_bh * geo.chunks, 1, groups_body, &ctx);
+  if (ctx.failed) return Status::kOutOfMemory;
+
+  // Pass 2: the CLS query of each (batch, head); adds its share to every key row.
+  auto cls_body = [](int64_t begin, int64_t end, void* raw) {
+    Ctx& c = *static_cast<Ctx*>(raw);
+    const SpaceTimeAttentionGradParams<T>& p = *c.p;
+    const SpaceTimeGeometry& g = *c.g;
+    const int64_t table_bytes = RowTable<T>::bytes(g.tokens);
+    Carver acc_size(nullptr);
+    acc_size.take<T>(g.dh);
+    acc_size.take<T>(g.dh);
+    const int64_t acc_bytes = acc_size.used();
+    Block block(table_bytes + acc_bytes + engine_bytes<RowBackward<T>>(g.tokens, g.dh));
+    if (!block.get()) {
+      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    Carver carver(block.get());
+    RowTable<T> rows(carver, g.tokens);
+    T* gk0 = carver.take<T>(g.dh);
+    T* gv0 = carver.take<T>(g.dh);
+    char* engine_base = block.get() + table_bytes + acc_bytes;
+    const int64_t three_d = 3 * g.dim;
+
+    BackwardIo<T> io;
+    io.q = Rows<T>{rows.q, p.qkv.stride_c};
+    io.k = Rows<T>{rows.k, p.qkv.stride_c};
+    io.v = Rows<T>{rows.v, p.qkv.stride_c};
+    io.grad_out = Rows<T>{rows.go, p.grad_out.stride_c};
+    io.out = Rows<T>{rows.o, p.out.stride_c};
+    io.lse = rows.lse_r;
+    io.grad_q = rows.out;
+
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / g.heads;
+      const int64_t h = bh % g.heads;
+      const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+      T* grad_b = p.grad_qkv + b * g.tokens * three_d;
+      rows.q[0] = p.qkv.at(b, 0, qc);
+      rows.go[0] = p.grad_out.at(b, 0, qc);
+      rows.o[0] = p.out.at(b, 0, qc);
+      rows.lse_r[0] = p.lse + bh * g.tokens;
+      rows.out[0] = grad_b + qc;
+      for (int64_t t = 0; t < g.tokens; ++t) {
+        rows.k[t] = p.qkv.at(b, t, kc);
+        rows.v[t] = p.qkv.at(b, t, vc);
+      }
+      for (int64_t d = 0; d < g.dh; ++d) gk0[d] = gv0[d] = T(0);
+      for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
+        const T* part_k = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
+        axpy(T(1), part_k, gk0, g.dh);
+        axpy(T(1), part_k + g.dh, gv0, g.dh);
+      }
+      Carver ec(engine_base);
+      RowBackward<T> e(ec, g.tokens, g.dh);
+      const int64_t dh = g.dh;
+      e.run(1, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
+        T* gk = j == 0 ? gk0 : grad_b + j * three_d + kc;
+        T* gv = j == 0 ? gv0 : grad_b + j * three_d + vc;
+        axpy(ds, qs, gk, dh);
+        axpy(pj, go, gv, dh);
+      });
+      memcpy(grad_b + kc, gk0, static_cast<size_t>(g.dh) * sizeof(T));
+      memcpy(grad_b + vc, gv0, static_cast<size_t>(g.dh) * sizeof(T));
+    }
+  };
+  p.parallel_for(0, n_bh, 1, cls_body, &ctx);
+  return ctx.failed ? Status::kOutOfMemory : Status::kOk;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-attention core.
+
+constexpr int64_t kCrossQueriesPerItem = 2 * kQueryBlock;
+
+template <typename T>
+inline bool cross_dense(int64_t nq, int64_t nk) {
+  return nq >= kDenseMin && nk >= kDenseMin;
+}
+
+template <typename T>
+Status cross_forward(const CrossAttentionParams<T>& p) {
+  const int64_t dim = p.num_heads * p.head_dim;
+  const int64_t chunks = ceil_div(p.q_len, kCrossQueriesPerItem);
+  struct Ctx {
+    const CrossAttentionParams<T>* p;
+    int64_t dim, chunks;
+    int failed;
+  } ctx{&p, dim, chunks, 0};
+
+  auto body = [](int64_t begin, int64_t end, void* raw) {
+    Ctx& c = *static_cast<Ctx*>(raw);
+    const CrossAttentionParams<T>& p = *c.p;
+    const int64_t nk = p.k_len, dh = p.head_dim;
+    const int64_t n_rows = max64(nk, kCrossQueriesPerItem);
+    const int64_t table_bytes = RowTable<T>::bytes(n_rows);
+    Carver mask_size(nullptr);
+    mask_size.take<T>(nk);
+    const int64_t mask_bytes = mask_size.used();
+    const int64_t engine = max64(engine_bytes<DenseForward<T>>(nk, dh),
+                                 engine_bytes<RowForward<T>>(nk, dh));
+    Block block(table_bytes + mask_bytes + engine);
+    if (!block.get()) {
+      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    Carver carver(block.get());
+    RowTable<T> rows(carver, n_rows);
+    T* mask = carver.take<T>(nk);
+    char* engine_base = block.get() + table_bytes + mask_bytes;
+
+    ForwardIo<T> io;
+    io.q = Rows<T>{rows.q, p.q.stride_c};
+    io.k = Rows<T>{rows.k, p.k.stride_c};
+    io.v = Rows<T>{rows.v, p.v.stride_c};
+    io.mask = p.key_mask ? mask : nullptr;
+    io.out = rows.out;
+    io.lse = rows.lse_w;
+
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / c.chunks;
+      const int64_t q0 = (item % c.chunks) * kCrossQueriesPerItem;
+      const int64_t nq = min64(kCrossQueriesPerItem, p.q_len - q0);
+      const int64_t b = bh / p.num_heads;
+      const int64_t hc = (bh % p.num_heads) * dh;
+      for (int64_t j = 0; j < nk; ++j) {
+        rows.k[j] = p.k.at(b, j, hc);
+        rows.v[j] = p.v.at(b, j, hc);
+      }
+      if (p.key_mask)
+        for (int64_t j = 0; j < nk; ++j) mask[j] = p.key_mask[b * p.mask_stride_b + j * p.mask_stride_l];
+      for (int64_t i = 0; i < nq; ++i) {
+        rows.q[i] = p.q.at(b, q0 + i, hc);
+        rows.out[i] = p.attn + (b * p.q_len + q0 + i) * c.dim + hc;
+        rows.lse_w[i] = p.lse + bh * p.q_len + q0 + i;
+      }
+      Carver ec(engine_base);
+      if (cross_dense<T>(nq, nk)) {
+        DenseForward<T> e(ec, nk, dh);
+        e.run(nq, p.scale, io);
+      } else {
+        RowForward<T> e(ec, nk, dh);
+        e.run(nq, p.scale, io);
+      }
+    }
+  };
+  p.parallel_for(0, p.batch * p.num_heads * chunks, 1, body, &ctx);
+  return ctx.failed ? Status::kOutOfMemory : Status::kOk;
+}
+
+template <typename T>
+Status cross_backward(const CrossAttentionGradParams<T>& p) {
+  struct Ctx {
+    const CrossAttentionGradParams<T>* p;
+    int failed;
+  } ctx{&p, 0};
+
+  // One item per (batch, head): every query of it shares the keys, whose gradients are summed
+  // here without races.
+  auto body = [](int64_t begin, int64_t end, void* raw) {
+    Ctx& c = *static_cast<Ctx*>(raw);
+    const CrossAttentionGradParams<T>& p = *c.p;
+    const int64_t nq = p.q_len, nk = p.k_len, dh = p.head_dim;
+    const int64_t dim = p.num_heads * dh;
+    const int64_t ld = round_up(dh, kNR<T>);
+    const bool dense = cross_dense<T>(nq, nk);
+    const int64_t table_bytes = RowTable<T>::bytes(max64(nq, nk));
+    Carver extra(nullptr);
+    extra.take<T>(nk);
+    extra.take<T>(nk * ld);
+    extra.take<T>(nk * ld);
+    const int64_t extra_bytes = extra.used();
+    const int64_t engine =
+        dense ? engine_bytes<DenseBackward<T>>(nk, dh) : engine_bytes<RowBackward<T>>(nk, dh);
+    Block block(table_bytes + extra_bytes + engine);
+    if (!block.get()) {
+      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    Carver carver(block.get());
+    RowTable<T> rows(carver, max64(nq, nk));
+    T* mask = carver.take<T>(nk);
+    T* dk = carver.take<T>(nk * ld);
+    T* dv = carver.take<T>(nk * ld);
+    char* engine_base = block.get() + table_bytes + extra_bytes;
+
+    BackwardIo<T> io;
+    io.q = Rows<T>{rows.q, p.q.stride_c};
+    io.k = Rows<T>{rows.k, p.k.stride_c};
+    io.v = Rows<T>{rows.v, p.v.stride_c};
+    io.grad_out = Rows<T>{rows.go, p.grad_attn.stride_c};
+    io.out = Rows<T>{rows.o, p.attn.stride_c};
+    io.mask = p.key_mask ? mask : nullptr;
+    io.lse = rows.lse_r;
+    io.grad_q = rows.out;
+    io.grad_k = dk;
+    io.grad_v = dv;
+    io.ld_grad = ld;
+
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / p.num_heads;
+      const int64_t hc = (bh % p.num_heads) * dh;
+      for (int64_t j = 0; j < nk; ++j) {
+        rows.k[j] = p.k.at(b, j, hc);
+        rows.v[j] = p.v.at(b, j, hc);
+      }
+      if (p.key_mask)
+        for (int64_t j = 0; j < nk; ++j) mask[j] = p.key_mask[b * p.mask_stride_b + j * p.mask_stride_l];
+      for (int64_t i = 0; i < nq; ++i) {
+        rows.q[i] = p.q.at(b, i, hc);
+        rows.go[i] = p.grad_attn.at(b, i, hc);
+        rows.o[i] = p.attn.at(b, i, hc);
+        rows.lse_r[i] = p.lse + bh * nq + i;
+        rows.out[i] = p.grad_q + (b * nq + i) * dim + hc;
+      }
+      for (int64_t e = 0; e < nk * ld; ++e) dk[e] = dv[e] = T(0);
+      Carver ec(engine_base);
+      if (dense) {
+        DenseBackward<T> e(ec, nk, dh);
+        e.run(nq, p.scale, io);
+      } else {
+        RowBackward<T> e(ec, nk, dh);
+        e.run(nq, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
+          axpy(ds, qs, dk + j * ld, dh);
+          axpy(pj, go, dv + j * ld, dh);
+        });
+      }
+      for (int64_t j = 0; j < nk; ++j) {
+        memcpy(p.grad_k + (b * nk + j) * dim + hc, dk + j * ld, static_cast<size_t>(dh) * sizeof(T));
+        memcpy(p.grad_v + (b * nk + j) * dim + hc, dv + j * ld, static_cast<size_t>(dh) * sizeof(T));
+      }
+    }
+  };
+  p.parallel_for(0, p.batch * p.num_heads, 1, body, &ctx);
+  return ctx.failed ? Status::kOutOfMemory : Status::kOk;
+}
+
+template <typename T>
+void gate_residual_impl(const GateResidualParams<T>& p) {
+  auto body = [](int64_t begin, int64_t end, void* raw) {
+    const GateResidualParams<T>& p = *static_cast<const GateResidualParams<T>*>(raw);
+    const T gate = *p.gate;
+    const int64_t n = p.channels;
+    for (int64_t r = begin; r < end; ++r) {
+      const T* __restrict res = p.residual.at(r / p.len, r % p.len, 0);
+      const T* __restrict y = p.y + r * n;
+      T* __restrict out = p.out + r * n;
+      if (p.residual.stride_c == 1) {
+        for (int64_t c = 0; c < n; ++c) out[c] = res[c] + gate * y[c];
+      } else {
+        for (int64_t c = 0; c < n; ++c) out[c] = res[c * p.residual.stride_c] + gate * y[c];
+      }
+    }
+  };
+  const int64_t grain = max64(1, 16384 / max64(1, p.channels));
+  p.parallel_for(0, p.batch * p.len, grain, body, const_cast<GateResidualParams<T>*>(&p));
+}
+
+}  // namespace egovlpv2::cpu::EGOVLPV2_CPU_ISA

@@ -1,0 +1,288 @@
+// Shared pieces of the attention kernels: the internal argument block, the key-set ("span")
+// arithmetic of divided space-time attention, dtype conversions and warp primitives.
+//
+// The same sources compile three ways: with nvcc for the GPU, with nvcc's host pass, and with a
+// plain host C++ compiler and EGO_EMULATE defined (csrc/kernels/emu/), which runs every CUDA
+// thread as a fiber so that the kernels' indexing and synchronisation can be tested on a machine
+// without a GPU. Device code therefore uses only: threadIdx/blockIdx/blockDim/gridDim,
+// __syncthreads, __shfl_xor_sync, dynamic shared memory through EGO_DYNAMIC_SMEM, and the mma
+// wrapper below.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "egovlpv2_kernels.h"
+
+#if defined(EGO_EMULATE)
+#include "emu/cuda_emu.h"
+#define EGO_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::emu::dynamic_smem())
+#define EGO_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ((void)(stream), ::emu::launch((grid), (block), (smem), [&]() { kernel(__VA_ARGS__); }))
+#else
+#define EGO_DYNAMIC_SMEM(type, name)                          \
+  extern __shared__ __align__(16) unsigned char ego_smem_raw[]; \
+  type* name = reinterpret_cast<type*>(ego_smem_raw)
+#define EGO_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#endif
+
+namespace egovlpv2 {
+namespace kernels {
+namespace detail {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+enum Mode : int { kDivided = 0, kCross = 1 };
+
+// One argument block for every attention kernel. Strides are in elements; rows of every tensor
+// are contiguous. "Rows" are the side a kernel iterates over in its grid (queries for the forward
+// and dQ passes, keys for the dK/dV pass); "partners" are the other side.
+struct AttnArgs {
+  const void* q = nullptr;
+  int64_t q_sb = 0, q_st = 0;
+  const void* k = nullptr;
+  int64_t k_sb = 0, k_st = 0;
+  const void* v = nullptr;
+  int64_t v_sb = 0, v_st = 0;
+  const void* dout = nullptr;  // gradient of the attention output (backward)
+  int64_t do_sb = 0, do_st = 0;
+  const void* fwd_out = nullptr;  // forward output (backward: delta = rowsum(dout * out))
+  int64_t fo_sb = 0, fo_st = 0;
+  const void* mask = nullptr;  // additive key mask [batch, len_k] (cross only)
+  int64_t mask_sb = 0;
+  void* o = nullptr;  // forward output, or dQ in the dQ pass
+  int64_t o_sb = 0, o_st = 0;
+  void* dk = nullptr;
+  int64_t dk_sb = 0, dk_st = 0;
+  void* dv = nullptr;
+  int64_t dv_sb = 0, dv_st = 0;
+  float* lse = nullptr;    // [batch, heads, q_rows]
+  float* delta = nullptr;  // [batch, heads, q_rows]
+  int64_t batch = 0;
+  int heads = 0;
+  int head_dim = 0;
+  float scale = 1.f;
+  int mode = kDivided;
+  int64_t q_rows = 0;  // rows of the lse/delta buffers: tokens (divided) or len_q (cross)
+  // divided
+  int64_t tokens = 0, patches = 0;
+  int frames = 0;
+  bool temporal = false;
+  // cross
+  int64_t len_q = 0, len_k = 0;
+  // per-launch selection for the one-row-per-warp kernels
+  int64_t row_begin = 0, row_count = 0;
+  int split = 1;        // warps cooperating on one row (1, 2, 4 or 8)
+  bool vec_ok = false;  // rows may be read with vector loads of the lane's chunk
+};
+
+// The partners of one row: `prefix` copies of token 0 first (the CLS token of divided attention),
+// then `count` tokens start, start + step, ...
+struct Span {
+  int prefix;
+  int64_t start;
+  int64_t step;
+  int64_t count;
+};
+
+// Divided attention is symmetric: the keys of query t are exactly the queries that attend key t,
+// so one function serves the forward/dQ passes (rows = queries) and the dK/dV pass (rows = keys).
+__host__ __device__ __forceinline__ Span partner_span(const AttnArgs& a, int64_t row,
+                                                      bool kv_rows) {
+  Span s;
+  if (a.mode == kCross) {
+    s.prefix = 0;
+    s.start = 0;
+    s.step = 1;
+    s.count = kv_rows ? a.len_q : a.len_k;
+    return s;
+  }
+  s.prefix = 1;
+  if (row == 0) {
+    s.start = 1;
+    s.step = 1;
+    s.count = a.tokens - 1;
+    return s;
+  }
+  const int64_t p = row - 1;
+  const int64_t f = p / a.patches;
+  const int64_t n = p - f * a.patches;
+  if (a.temporal) {
+    s.start = 1 + n;
+    s.step = a.patches;
+    s.count = a.frames;
+  } else {
+    s.start = 1 + f * a.patches;
+    s.step = 1;
+    s.count = a.patches;
+  }
+  return s;
+}
+
+__host__ __device__ __forceinline__ int64_t span_token(const Span& s, int64_t j) {
+  return j < s.prefix ? 0 : s.start + (j - s.prefix) * s.step;
+}
+
+// Groups for the tensor-core kernels: a group is a contiguous run of `rows` row tokens that share
+// one partner list (optional token 0, then a contiguous run of `parts` tokens). Divided space
+// attention: one group per frame; cross attention: one group per batch element.
+struct Groups {
+  int64_t groups;  // per batch element
+  int64_t rows;
+  int64_t row_base, row_gstride;
+  int prefix;
+  int64_t parts;
+  int64_t part_base, part_gstride;
+};
+
+__host__ __device__ __forceinline__ Groups mma_groups(const AttnArgs& a, bool kv_rows) {
+  Groups g;
+  if (a.mode == kCross) {
+    g.groups = 1;
+    g.rows = kv_rows ? a.len_k : a.len_q;
+    g.row_base = 0;
+    g.row_gstride = 0;
+    g.prefix = 0;
+    g.parts = kv_rows ? a.len_q : a.len_k;
+    g.part_base = 0;
+    g.part_gstride = 0;
+  } else {  // divided, spatial: patch rows of frame f, partners CLS + the frame's patches
+    g.groups = a.frames;
+    g.rows = a.patches;
+    g.row_base = 1;
+    g.row_gstride = a.patches;
+    g.prefix = 1;
+    g.parts = a.patches;
+    g.part_base = 1;
+    g.part_gstride = a.patches;
+  }
+  return g;
+}
+
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------------------------------------
+// dtype helpers (host versions exist too, for the emulator)
+
+template <class T>
+struct Cvt;
+template <>
+struct Cvt<float> {
+  static __host__ __device__ __forceinline__ float to(float x) { return x; }
+  static __host__ __device__ __forceinline__ float from(float x) { return x; }
+};
+template <>
+struct Cvt<__half> {
+  static __host__ __device__ __forceinline__ float to(__half x) { return __half2float(x); }
+  static __host__ __device__ __forceinline__ __half from(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Cvt<__nv_bfloat16> {
+  static __host__ __device__ __forceinline__ float to(__nv_bfloat16 x) {
+    return __bfloat162float(x);
+  }
+  static __host__ __device__ __forceinline__ __nv_bfloat16 from(float x) {
+    return __float2bfloat16_rn(x);
+  }
+};
+
+template <class T>
+__host__ __device__ __forceinline__ float to_f(T x) {
+  return Cvt<T>::to(x);
+}
+template <class T>
+__host__ __device__ __forceinline__ T from_f(float x) {
+  return Cvt<T>::from(x);
+}
+
+template <class T>
+__host__ __device__ __forceinline__ uint32_t bits16(T x) {
+  static_assert(sizeof(T) == 2, "16-bit type expected");
+  uint16_t u;
+  memcpy(&u, &x, 2);
+  return u;
+}
+
+// Two 16-bit values in one register, `lo` in the low half (the lower column / k index).
+template <class T>
+__host__ __device__ __forceinline__ uint32_t pack_raw(T lo, T hi) {
+  return bits16(lo) | (bits16(hi) << 16);
+}
+template <class T>
+__host__ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return pack_raw(from_f<T>(lo), from_f<T>(hi));
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t ld32(const T* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+template <class T>
+__device__ __forceinline__ void st32(T* p, uint32_t v) {
+  *reinterpret_cast<uint32_t*>(p) = v;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Reduction over the 4 lanes of a quad (lanes sharing lane >> 2): the lanes that hold one row
+// of an mma accumulator tile.
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  return x;
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+
+// D = A * B + D for one m16n8k16 tile, fp32 accumulation. Fragment layout (PTX ISA,
+// "Matrix Fragments for mma.m16n8k16", g = lane >> 2, t = lane & 3):
+//   a[0]: A[g][2t..2t+1]    a[1]: A[g+8][2t..2t+1]   a[2]: A[g][2t+8..]   a[3]: A[g+8][2t+8..]
+//   b0:   B[2t..2t+1][g]    b1:   B[2t+8..2t+9][g]
+//   d[0..1]: D[g][2t..2t+1] d[2..3]: D[g+8][2t..2t+1]
+template <class T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+#if defined(EGO_EMULATE)
+  ::emu::mma16816(d, a, b0, b1, std::is_same<T, __nv_bfloat16>::value);
+#elif defined(__CUDA_ARCH__)
+#if __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#else
+  __trap();  // the tensor-core path is only dispatched on sm_80 and newer
+#endif
+#endif
+}
+
+}  // namespace detail
+}  // namespace kernels
+}  // namespace egovlpv2

@@ -1,0 +1,13 @@
+// One-row-per-warp attention kernels for float (see attention_simt.cuh).
+#include "attention_simt.cuh"
+
+namespace egovlpv2 {
+namespace kernels {
+namespace detail {
+
+template cudaError_t launch_simt<float>(int kind, const AttnArgs& a, cudaStream_t stream);
+template cudaError_t launch_delta<float>(const AttnArgs& a, cudaStream_t stream);
+
+}  // namespace detail
+}  // namespace kernels
+}  // namespace egovlpv2

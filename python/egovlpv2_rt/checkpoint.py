@@ -1,0 +1,415 @@
+"""Checkpoints: released EgoVLPv2 ``.pth`` files, self-describing safetensors files, and the
+initialisation of the towers from a local HF ``roberta-base`` directory and a timm
+``vit_base_patch16_224`` state dict.
+
+The model's state-dict keys are the original ``FrozenInTime`` keys, so a released checkpoint
+needs only the original's own fixes: unwrap ``'state_dict'``, strip the DistributedDataParallel
+``module.`` prefix, and fit ``video_model.temporal_embed`` to the configured frame count
+(truncate when the checkpoint has more frames, bilinear interpolation with
+``align_corners=True`` when it has fewer; ``FrozenInTime._inflate_positional_embeds``).
+
+Everything is loaded with ``torch.load(weights_only=True)``: no code from a checkpoint runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .modeling.model import EgoVLPv2, init_time_attention_zeros
+
+__all__ = [
+    "CONFIG_METADATA_KEY",
+    "CheckpointMismatchError",
+    "LoadReport",
+    "init_text_from_hf_roberta",
+    "init_video_from_timm",
+    "load_checkpoint",
+    "load_model",
+    "prepare_state_dict",
+    "read_checkpoint",
+    "resize_temporal_embed",
+    "save_safetensors",
+]
+
+CONFIG_METADATA_KEY = "egovlpv2_config"
+TEMPORAL_KEY = "video_model.temporal_embed"
+POSITION_IDS_KEY = "text_model.embeddings.position_ids"
+
+PathLike = str | os.PathLike
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit a model. ``missing``: keys the model needs and the checkpoint
+    lacks; ``unexpected``: checkpoint keys the model does not have; ``mismatched``:
+    ``(key, checkpoint shape, model shape)``."""
+
+    def __init__(self, source: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+        self.source = source
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+        lines = [f"{source} does not fit the model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): " + ", ".join(
+                f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched))
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class LoadReport:
+    """What a load did: keys loaded, keys left at their initial value (non-strict loads and
+    tower initialisation), resized tensors ``key -> (old shape, new shape)``, ignored keys."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+class _Placeholder:
+    """Inert stand-in for a non-tensor object in a training checkpoint (the original stores its
+    ``parse_config.ConfigParser``, paths and numpy scalars beside the weights). It records the
+    pickled arguments and state and runs none of the original class's code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _placeholder_globals(path: PathLike) -> list[tuple[type, str]]:
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path))
+    out = []
+    for full_name in names:
+        module, _, name = full_name.rpartition(".")
+        stub = type(name, (_Placeholder,), {"__module__": module, "__qualname__": name})
+        out.append((stub, full_name))
+    return out
+
+
+def _torch_load(path: PathLike) -> Any:
+    """``torch.load(weights_only=True)``. Objects of classes the safe unpickler does not know
+    (a training run's config object, ...) are loaded as inert placeholders, never imported."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        stubs = _placeholder_globals(path)
+        if not stubs:
+            raise
+        with torch.serialization.safe_globals(stubs):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
+    """Read a checkpoint file: ``.safetensors`` (config from its metadata, if any) or a torch
+    pickle (``.pth``/``.pt``/``.bin``, read with ``weights_only=True``). Returns the raw
+    state dict (not yet unwrapped/renamed) and the stored config or None."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {path}")
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+        config = None
+        if CONFIG_METADATA_KEY in metadata:
+            config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
+        return tensors, config
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+    return dict(obj), None
+
+
+# -- adapting -------------------------------------------------------------------------------
+
+
+def resize_temporal_embed(embed: Tensor, num_frames: int) -> Tensor:
+    """Fit ``temporal_embed`` [1, F_ckpt, D] to ``num_frames`` as the original does: keep the
+    first ``num_frames`` rows when the checkpoint has more; interpolate bilinearly over the frame
+    axis with ``align_corners=True`` when it has fewer. Returns [1, num_frames, D]."""
+    if embed.dim() != 3 or embed.shape[0] != 1:
+        raise ValueError(f"{TEMPORAL_KEY}: expected shape [1, F, D], got {tuple(embed.shape)}")
+    have, dim = embed.shape[1], embed.shape[2]
+    if have == num_frames:
+        return embed
+    if have > num_frames:
+        return embed[:, :num_frames].clone()
+    work = embed if embed.dtype in (torch.float32, torch.float64) else embed.float()
+    out = F.interpolate(work.unsqueeze(0), (num_frames, dim), mode="bilinear",
+                        align_corners=True).squeeze(0)
+    return out.to(embed.dtype)
+
+
+def prepare_state_dict(
+    checkpoint: Mapping[str, Any], num_frames: int, *, report: LoadReport | None = None,
+) -> dict[str, Tensor]:
+    """Unwrap ``checkpoint['state_dict']`` if present, strip ``module.`` prefixes and resize
+    ``video_model.temporal_embed`` to ``num_frames``. Values must be tensors."""
+    sd: Any = checkpoint
+    if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        name = key.removeprefix("module.")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a "
+                             "tensor; is this a state dict?")
+        if name in out:
+            raise ValueError(f"checkpoint holds {name!r} twice (with and without 'module.')")
+        out[name] = value
+    if TEMPORAL_KEY in out and out[TEMPORAL_KEY].dim() == 3:
+        old = tuple(out[TEMPORAL_KEY].shape)
+        out[TEMPORAL_KEY] = resize_temporal_embed(out[TEMPORAL_KEY], num_frames)
+        if report is not None and tuple(out[TEMPORAL_KEY].shape) != old:
+            report.resized[TEMPORAL_KEY] = (old, tuple(out[TEMPORAL_KEY].shape))
+    return out
+
+
+def _compare(model_sd: Mapping[str, Tensor], sd: Mapping[str, Tensor], keys: list[str] | None
+             = None) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...],
+                                                              tuple[int, ...]]]]:
+    wanted = list(model_sd) if keys is None else keys
+    missing = [k for k in wanted if k not in sd]
+    unexpected = [k for k in sd if k not in model_sd]
+    mismatched = [(k, tuple(sd[k].shape), tuple(model_sd[k].shape))
+                  for k in wanted if k in sd and sd[k].shape != model_sd[k].shape]
+    return missing, unexpected, mismatched
+
+
+def load_checkpoint(
+    model: EgoVLPv2,
+    checkpoint: PathLike | Mapping[str, Any],
+    *,
+    strict: bool = True,
+) -> LoadReport:
+    """Load a released ``.pth``, a safetensors file or an in-memory state dict into ``model``.
+
+    Applies ``prepare_state_dict``. A missing ``text_model.embeddings.position_ids`` (newer
+    transformers do not save it) is filled with ``arange``. With ``strict`` (default) any missing
+    or unexpected key raises ``CheckpointMismatchError``; shape mismatches always raise.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint, _ = read_checkpoint(checkpoint)
+    report = LoadReport()
+    sd = prepare_state_dict(checkpoint, model.config.video.num_frames, report=report)
+    model_sd = model.state_dict()
+    if POSITION_IDS_KEY in model_sd and POSITION_IDS_KEY not in sd:
+        sd[POSITION_IDS_KEY] = model_sd[POSITION_IDS_KEY].clone()
+    missing, unexpected, mismatched = _compare(model_sd, sd)
+    if mismatched or (strict and (missing or unexpected)):
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    if POSITION_IDS_KEY in sd and not torch.equal(
+            sd[POSITION_IDS_KEY].cpu(), model_sd[POSITION_IDS_KEY].cpu()):
+        raise ValueError(f"{source}: {POSITION_IDS_KEY} is not arange(max_position_embeddings)")
+    model.load_state_dict({k: v for k, v in sd.items() if k in model_sd}, strict=False)
+    report.loaded = [k for k in model_sd if k in sd]
+    report.missing, report.unexpected = missing, unexpected
+    return report
+
+
+def load_model(
+    path: PathLike,
+    config: ModelConfig | None = None,
+    *,
+    attention_impl: str | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> EgoVLPv2:
+    """Build an ``EgoVLPv2`` and load ``path`` into it (eval mode).
+
+    The config is ``config`` if given, else the one stored in a safetensors file's metadata
+    (``save_safetensors`` writes it); a ``.pth`` file needs ``config`` (e.g. ``preset("base")``).
+    """
+    state, stored = read_checkpoint(path)
+    config = config or stored
+    if config is None:
+        raise ValueError(f"{path}: the file stores no config; pass config= (e.g. "
+                         "egovlpv2_rt.config.preset('base'))")
+    if attention_impl is not None:
+        config = config.replace(attention_impl=attention_impl)
+    model = EgoVLPv2(config)
+    load_checkpoint(model, state)
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def save_safetensors(model: EgoVLPv2, path: PathLike, *,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write the state dict (original key names) and the model's config JSON (metadata key
+    ``egovlpv2_config``) to a self-describing safetensors file."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", CONFIG_METADATA_KEY: model.config.to_json()}
+    if metadata:
+        meta.update({str(k): str(v) for k, v in metadata.items()})
+    save_file(tensors, os.fspath(path), metadata=meta)
+
+
+# -- tower initialisation ------------------------------------------------------------------
+
+
+def _read_tensors(source: PathLike | Mapping[str, Any], what: str) -> dict[str, Tensor]:
+    if isinstance(source, Mapping):
+        sd: Any = source
+    else:
+        sd, _ = read_checkpoint(source)
+    for wrapper in ("state_dict", "model"):
+        if wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = sd[wrapper]
+    out = {}
+    for key, value in sd.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{what}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        out[key.removeprefix("module.")] = value
+    return out
+
+
+def _copy_into(model: nn.Module, mapped: Mapping[str, Tensor], source: str,
+               expected: list[str], unexpected: list[str]) -> list[str]:
+    model_sd = model.state_dict()
+    missing, _, mismatched = _compare(model_sd, mapped, expected)
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    with torch.no_grad():
+        for key in expected:
+            model_sd[key].copy_(mapped[key])
+    return expected
+
+
+_HF_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                     "pad_token_id", "layer_norm_eps", "hidden_act")
+
+
+def _hf_weights(directory: Path) -> dict[str, Tensor]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    pickled = directory / "pytorch_model.bin"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out: dict[str, Tensor] = {}
+        for shard in shards:
+            out.update(load_file(str(directory / shard)))
+        return out
+    if pickled.is_file():
+        return _read_tensors(pickled, str(pickled))
+    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json "
+                            "or pytorch_model.bin")
+
+
+def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadReport:
+    """Copy a local HF RoBERTa (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``, ``RobertaModel`` or ``RobertaFor*`` keys) into ``model.text_model``.
+
+    The architecture fields of ``config.json`` must match ``model.config.text``. The pooler and
+    any LM head are ignored; the t2i cross-attention and its gate keep their initial values (as
+    in the original, which builds them on top of ``RobertaModel.from_pretrained``).
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json (expected a HF RoBERTa directory)")
+    hf = json.loads(config_path.read_text())
+    ours = model.config.text
+    diffs = [f"{name}: {hf.get(name)!r} in config.json, {getattr(ours, name)!r} in the model"
+             for name in _HF_CONFIG_FIELDS if name in hf and hf[name] != getattr(ours, name)]
+    if diffs:
+        raise ValueError(f"{config_path} does not match model.config.text: " + "; ".join(diffs))
+
+    report = LoadReport()
+    mapped: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in _hf_weights(directory).items():
+        name = key.removeprefix("roberta.")
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias")
+        if name.startswith(("pooler.", "lm_head.", "classifier.")) or name in (
+                "embeddings.position_ids", "embeddings.token_type_ids"):
+            report.ignored.append(key)
+            continue
+        target = "text_model." + name
+        if ".crossattention_t2i." in target or target.endswith(".alpha_t2i"):
+            unexpected.append(key)
+            continue
+        mapped[target] = value
+    model_sd = model.state_dict()
+    unexpected += [k for k in mapped if k not in model_sd]
+    expected = [k for k in model_sd if k.startswith("text_model.")
+                and ".crossattention_t2i." not in k and not k.endswith(".alpha_t2i")
+                and k != POSITION_IDS_KEY]
+    report.loaded = _copy_into(model, mapped, str(directory), expected, unexpected)
+    report.missing = [k for k in model_sd if k.startswith("text_model.") and k not in expected]
+    return report
+
+
+_TIMM_IGNORED_PREFIXES = ("head.", "pre_logits.", "head_drop.")
+_TIMM_BLOCK_PARTS = ("norm1.", "attn.qkv.", "attn.proj.", "norm2.", "mlp.fc1.", "mlp.fc2.")
+
+
+def init_video_from_timm(model: EgoVLPv2, source: PathLike | Mapping[str, Any]) -> LoadReport:
+    """Copy a timm ``vit_base_patch16_224``-style state dict (file or mapping) into
+    ``model.video_model``, as the original does when it inflates ViT into the
+    SpaceTimeTransformer: ``cls_token``, ``pos_embed``, ``patch_embed.proj``, per block
+    ``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1/fc2`` (onto the space
+    attention), and the final ``norm``. The classifier ``head``/``pre_logits`` are ignored.
+
+    Not in ViT, so left as initialised, as in the original: ``temporal_embed``, ``norm3``, the
+    i2t parameters; the time attention is re-initialised per ``video.time_init`` (``"zeros"``:
+    qkv = 0, proj weight = 1, so the clip model starts as the image model).
+    """
+    what = "timm ViT state dict" if isinstance(source, Mapping) else os.fspath(source)
+    tensors = _read_tensors(source, what)
+    report = LoadReport()
+    mapped: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in tensors.items():
+        if key.startswith(_TIMM_IGNORED_PREFIXES):
+            report.ignored.append(key)
+            continue
+        ok = key in ("cls_token", "pos_embed") or key.startswith(("patch_embed.proj.", "norm."))
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            ok = index.isdigit() and rest.startswith(_TIMM_BLOCK_PARTS)
+        if not ok:
+            unexpected.append(key)
+            continue
+        mapped["video_model." + key] = value
+    model_sd = model.state_dict()
+    unexpected += [k[len("video_model."):] for k in mapped if k not in model_sd]
+    prefixes = ("video_model.cls_token", "video_model.pos_embed", "video_model.patch_embed.",
+                "video_model.norm.")
+    expected = [k for k in model_sd if k.startswith(prefixes) or (
+        k.startswith("video_model.blocks.") and k.split(".", 3)[3].startswith(_TIMM_BLOCK_PARTS))]
+    report.loaded = _copy_into(model, mapped, what, expected, unexpected)
+    if model.config.video.time_init == "zeros":
+        for blk in model.video_model.blocks:
+            init_time_attention_zeros(blk.timeattn)
+    report.missing = [k for k in model_sd if k.startswith("video_model.") and k not in expected]
+    return report

@@ -1,0 +1,365 @@
+"""A synthetic egocentric dataset in the EgoClip / EgoMCQ formats.
+
+Each video is a table top seen from above (a per-video background colour and a few static
+specks) with three objects of distinct shapes and colours. A hand-like blob performs one action
+per clip: it moves an object to the left or right, picks it up (the object grows and rises, held
+by the hand), puts it down (the reverse) or rotates it. Narrations read like Ego4D's
+("#C C moves the red square to the left"); verb tags index :data:`VERBS`, noun tags index
+:data:`SHAPES` (the colour is an adjective, not a noun, as in the Ego4D taxonomy).
+
+What the tasks test:
+- inter-video EgoMCQ: the candidates come from other videos and show other objects, so the
+  object words (colour and shape) decide;
+- intra-video EgoMCQ: the candidates are other clips of the query's video (same scene, same
+  objects); verb, direction and which object moved decide. Some of these need the temporal order
+  of the frames (left vs right, pick up vs put down), which a single pooled vector keeps less
+  readily than the fusion encoder's cross-attention.
+
+Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .egoclip import ClipRecord, write_egoclip
+from .egomcq import INTER, INTRA, MCQItem, write_egomcq
+
+__all__ = [
+    "COLOURS",
+    "SHAPES",
+    "VERBS",
+    "SynthConfig",
+    "generate_dataset",
+    "narration_words",
+]
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 35, 35),
+    "green": (30, 190, 60),
+    "blue": (40, 80, 235),
+    "yellow": (235, 215, 30),
+    "purple": (150, 50, 200),
+    "white": (245, 245, 245),
+}
+SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "bar")
+VERBS: tuple[str, ...] = ("move", "pick up", "put down", "rotate")
+HAND_RGB = (225, 170, 130)
+OBJECT_HALF = 0.08  # object half-size as a fraction of the frame
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and look of a synthetic dataset.
+
+    Attributes:
+        num_clips: total narrated clips (videos * clips_per_video, rounded up to whole videos).
+        clips_per_video: actions per video (>= 5 so intra questions have 5 distinct clips).
+        objects_per_video: objects on the table (distinct shapes and colours).
+        size: frame width = height in pixels.
+        fps: frames per second of the written videos.
+        clip_seconds: duration of one action.
+        num_mcq: EgoMCQ questions (half inter, half intra).
+        codec: PyAV encoder name.
+    """
+
+    num_clips: int = 480
+    clips_per_video: int = 8
+    objects_per_video: int = 3
+    size: int = 64
+    fps: int = 8
+    clip_seconds: float = 2.0
+    num_mcq: int = 100
+    codec: str = "libx264"
+
+    def __post_init__(self) -> None:
+        if self.clips_per_video < 5:
+            raise ValueError(f"clips_per_video must be >= 5, got {self.clips_per_video}")
+        if not 2 <= self.objects_per_video <= len(SHAPES):
+            raise ValueError(f"objects_per_video must be in 2..{len(SHAPES)}, "
+                             f"got {self.objects_per_video}")
+        if self.size < 32 or self.size % 16:
+            raise ValueError(f"size must be a multiple of 16 and >= 32, got {self.size}")
+        if self.num_clips < 1 or self.fps < 1 or self.clip_seconds <= 0 or self.num_mcq < 0:
+            raise ValueError("num_clips, fps, clip_seconds must be positive and num_mcq >= 0")
+
+
+@dataclass
+class _Obj:
+    shape: str
+    colour: str
+    x: float
+    y: float
+    angle: float = 0.0
+    scale: float = 1.0
+    held: bool = False
+
+
+@dataclass
+class _Action:
+    verb: str
+    obj: int
+    direction: str = ""  # "left" / "right" for move
+    frames: list[dict] = field(default_factory=list)
+
+
+def narration_words(verb: str, colour: str, shape: str, direction: str = "") -> str:
+    """The narration of one action, Ego4D style."""
+    third = {"move": "moves", "pick up": "picks up", "put down": "puts down",
+             "rotate": "rotates"}[verb]
+    text = f"#C C {third} the {colour} {shape}"
+    return text + (f" to the {direction}" if direction else "")
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _shape_mask(xx: np.ndarray, yy: np.ndarray, o: _Obj, half: float) -> np.ndarray:
+    c, s = math.cos(o.angle), math.sin(o.angle)
+    dx, dy = xx - o.x, yy - o.y
+    u = c * dx + s * dy
+    v = -s * dx + c * dy
+    h = half * o.scale
+    if o.shape == "square":
+        return (np.abs(u) <= h) & (np.abs(v) <= h)
+    if o.shape == "circle":
+        return u * u + v * v <= h * h
+    if o.shape == "bar":
+        return (np.abs(u) <= 1.4 * h) & (np.abs(v) <= 0.45 * h)
+    # triangle pointing "up" in its own frame: apex at v = -h, base at v = +h
+    t = (v + h) / (2 * h)
+    return (v >= -h) & (v <= h) & (np.abs(u) <= t * h * 1.1)
+
+
+def _render(size: int, bg: np.ndarray, specks: np.ndarray, objs: Sequence[_Obj],
+            hand: tuple[float, float] | None, noise: np.ndarray) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = bg
+    for sx, sy, sr, sc in specks:
+        img[(xx - sx) ** 2 + (yy - sy) ** 2 <= sr * sr] = bg * sc
+    half = OBJECT_HALF * size
+    # Objects on the table, then the hand, then held objects (closer to the camera), so that
+    # the hand never hides the object it acts on.
+    for o in objs:
+        if not o.held:
+            img[_shape_mask(xx, yy, o, half)] = COLOURS[o.colour]
+    if hand is not None:
+        hx, hy = hand
+        m = ((xx - hx) / (size * 0.08)) ** 2 + ((yy - hy) / (size * 0.06)) ** 2 <= 1.0
+        arm = (np.abs(xx - hx) <= size * 0.04) & (yy >= hy)
+        img[m | arm] = HAND_RGB
+    for o in objs:
+        if o.held:
+            sh = _Obj(o.shape, o.colour, o.x + 2, o.y + 4, o.angle, 1.0)
+            img[_shape_mask(xx, yy, sh, half)] *= 0.7  # a soft shadow under a lifted object
+            img[_shape_mask(xx, yy, o, half)] = COLOURS[o.colour]
+    img += noise
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _plan_action(rng: np.random.Generator, objs: list[_Obj], size: int) -> _Action:
+    held = [i for i, o in enumerate(objs) if o.held]
+    if held:
+        return _Action("put down", held[0])
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    options = ["pick up", "move", "move"]
+    if o.shape != "circle":
+        options.append("rotate")
+    verb = options[int(rng.integers(len(options)))]
+    if verb != "move":
+        return _Action(verb, i)
+    step = size * 0.22
+    dirs = [d for d, dx in (("left", -step), ("right", step))
+            if size * 0.12 <= o.x + dx <= size * 0.88]
+    return _Action("move", i, dirs[int(rng.integers(len(dirs)))])
+
+
+def _hand_path(frac: float, start: tuple[float, float], at: tuple[float, float]
+               ) -> tuple[float, float]:
+    """Hand position: approach over the first 30%, then follow the object."""
+    if frac < 0.3:
+        a = frac / 0.3
+        return start[0] + (at[0] - start[0]) * a, start[1] + (at[1] - start[1]) * a
+    return at
+
+
+def _simulate(rng: np.random.Generator, cfg: SynthConfig, objs: list[_Obj], act: _Action,
+              frames_per_clip: int) -> list[tuple[list[_Obj], tuple[float, float] | None]]:
+    """Frames (object states, hand position) of one action; updates ``objs`` to the end state."""
+    size = cfg.size
+    o = objs[act.obj]
+    x0, y0, a0, s0 = o.x, o.y, o.angle, o.scale
+    rest = (size * 0.5 + rng.uniform(-6, 6), size * 1.1)
+    out = []
+    step = size * 0.22
+    lift = size * 0.10
+    for k in range(frames_per_clip):
+        frac = (k + 0.5) / frames_per_clip
+        a = min(max((frac - 0.3) / 0.5, 0.0), 1.0)  # action progress 0..1 over 30%..80%
+        a = a * a * (3 - 2 * a)
+        cur = _Obj(o.shape, o.colour, x0, y0, a0, s0, o.held)
+        if act.verb == "move":
+            cur.x = x0 + (step if act.direction == "right" else -step) * a
+        elif act.verb == "pick up":
+            cur.scale, cur.y, cur.held = 1.0 + 0.45 * a, y0 - lift * a, a > 0
+        elif act.verb == "put down":
+            cur.scale, cur.y, cur.held = 1.45 - 0.45 * a, y0 + lift * a, a < 1
+        elif act.verb == "rotate":
+            turn = math.pi / 4 if o.shape == "square" else math.pi / 2
+            cur.angle = a0 + turn * a
+        grip = (cur.x, cur.y + OBJECT_HALF * size * cur.scale + size * 0.04)
+        hand = _hand_path(frac, rest, grip)
+        if frac > 0.85 and act.verb != "pick up":  # let go and withdraw
+            r = (frac - 0.85) / 0.15
+            hand = (grip[0] + (rest[0] - grip[0]) * r, grip[1] + (rest[1] - grip[1]) * r)
+        frame_objs = [cur if j == act.obj else objs[j] for j in range(len(objs))]
+        out.append(([_Obj(**vars(fo)) for fo in frame_objs], hand))
+    end = out[-1][0][act.obj]
+    o.x, o.y, o.angle, o.scale = end.x, end.y, end.angle, end.scale
+    o.held = act.verb == "pick up"
+    return out
+
+
+def _write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str) -> None:
+    import av  # PyAV: imported here so that reading metadata does not need it
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width = frames[0].shape[1]
+        stream.height = frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            # Near-lossless, and single-threaded so that the bytes do not depend on the machine.
+            stream.options = {"crf": "16", "threads": "1"}
+        for fr in frames:
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                container.mux(pkt)
+        for pkt in stream.encode():
+            container.mux(pkt)
+
+
+# ------------------------------------------------------------------------------ dataset
+
+
+def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
+                ) -> tuple[list[np.ndarray], list[ClipRecord]]:
+    size = cfg.size
+    shapes = list(rng.permutation(len(SHAPES))[: cfg.objects_per_video])
+    colours = list(rng.permutation(len(COLOURS))[: cfg.objects_per_video])
+    cnames = list(COLOURS)
+    # One row of the table per object, so that a move to the left or right never collides.
+    ys = np.linspace(0.25, 0.70, cfg.objects_per_video) * size
+    objs = [_Obj(SHAPES[s], cnames[c], float(size * rng.uniform(0.2, 0.8)),
+                 float(y + rng.uniform(-1.5, 1.5)), float(rng.uniform(0, 0.3)))
+            for s, c, y in zip(shapes, colours, rng.permutation(ys))]
+    bg = rng.uniform(50, 150, size=3).astype(np.float32)
+    specks = np.array([(rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, 3),
+                        rng.uniform(0.75, 1.25)) for _ in range(6)], np.float32)
+    fpc = max(4, int(round(cfg.fps * cfg.clip_seconds)))
+    frames: list[np.ndarray] = []
+    records: list[ClipRecord] = []
+    dur = cfg.clips_per_video * fpc / cfg.fps
+    for k in range(cfg.clips_per_video):
+        act = _plan_action(rng, objs, size)
+        o = objs[act.obj]
+        text = narration_words(act.verb, o.colour, o.shape, act.direction)
+        for fobjs, hand in _simulate(rng, cfg, objs, act, fpc):
+            noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
+            frames.append(_render(size, bg, specks, fobjs, hand, noise))
+        start = k * fpc / cfg.fps
+        end = (k + 1) * fpc / cfg.fps
+        records.append(ClipRecord(
+            video_uid=uid, video_dur=dur, narration_source="narration_pass_1",
+            narration_ind=k, narration_time=0.5 * (start + end), clip_start=start,
+            clip_end=end, clip_text=text, tag_verb=(VERBS.index(act.verb),),
+            tag_noun=(SHAPES.index(o.shape),)))
+    return frames, records
+
+
+def _object_of(text: str) -> str:
+    words = text.split()
+    i = words.index("the")
+    return " ".join(words[i + 1: i + 3])
+
+
+def _make_mcq(rng: np.random.Generator, videos: list[list[ClipRecord]], num: int
+              ) -> list[MCQItem]:
+    items: list[MCQItem] = []
+    attempts = 0
+    while len(items) < num and attempts < 50 * max(num, 1):
+        attempts += 1
+        qtype = INTER if len(items) % 2 == 0 else INTRA
+        v = int(rng.integers(len(videos)))
+        clips = videos[v]
+        q = clips[int(rng.integers(len(clips)))]
+        if qtype == INTRA:
+            others = [c for c in clips if c.clip_text != q.clip_text]
+            # At most one distractor per narration, so the answer is unambiguous.
+            uniq = {}
+            for c in rng.permutation(len(others)):
+                uniq.setdefault(others[int(c)].clip_text, others[int(c)])
+            pool = list(uniq.values())
+            if len(pool) < 4:
+                continue
+            picks = [pool[int(i)] for i in rng.permutation(len(pool))[:4]]
+        else:
+            if len(videos) < 5:
+                raise ValueError("inter-video questions need at least 5 videos")
+            obj = _object_of(q.clip_text)
+            vids = [int(i) for i in rng.permutation(len(videos)) if int(i) != v]
+            picks = []
+            for w in vids:
+                cands = [c for c in videos[w] if _object_of(c.clip_text) != obj]
+                if cands:
+                    picks.append(cands[int(rng.integers(len(cands)))])
+                if len(picks) == 4:
+                    break
+            if len(picks) < 4:
+                continue
+        answer = int(rng.integers(5))
+        choices = picks[:answer] + [q] + picks[answer:]
+        items.append(MCQItem(str(len(items)), q, tuple(choices), answer, qtype))
+    if len(items) < num:
+        raise ValueError(f"could only build {len(items)} of {num} EgoMCQ questions; "
+                         f"generate more clips")
+    return items
+
+
+def generate_dataset(out_dir: str | Path, seed: int, cfg: SynthConfig | None = None
+                     ) -> dict[str, Path]:
+    """Write ``videos/<uid>.mp4``, ``egoclip.csv`` and ``egomcq.json`` under ``out_dir``.
+
+    Args:
+        out_dir: destination folder (created).
+        seed: random seed; video uids carry it, so datasets of different seeds can share a
+            folder of videos.
+        cfg: sizes (defaults: :class:`SynthConfig`).
+
+    Returns:
+        paths of ``root``, ``videos``, ``egoclip`` and ``egomcq``.
+    """
+    cfg = cfg or SynthConfig()
+    out = Path(out_dir)
+    vdir = out / "videos"
+    vdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    num_videos = max(5, math.ceil(cfg.num_clips / cfg.clips_per_video))
+    all_records: list[ClipRecord] = []
+    per_video: list[list[ClipRecord]] = []
+    for i in range(num_videos):
+        uid = f"synth{seed}_{i:04d}"
+        frames, records = _make_video(rng, cfg, uid)
+        _write_video(vdir / f"{uid}.mp4", frames, cfg.fps, cfg.codec)
+        all_records.extend(records)
+        per_video.append(records)
+    write_egoclip(out / "egoclip.csv", all_records)
+    write_egomcq(out / "egomcq.json", _make_mcq(rng, per_video, cfg.num_mcq))
+    return {"root": out, "videos": vdir, "egoclip": out / "egoclip.csv",
+            "egomcq": out / "egomcq.json"}

@@ -1,0 +1,304 @@
+"""Typed experiment configuration for pre-training, read from JSON or YAML.
+
+A config file is a mapping with the sections below; every key is checked, and an unknown key
+raises :class:`ConfigError` naming the file and the dotted key (``optim.lr_mult_heads``), so a
+typo never silently falls back to a default.
+
+.. code-block:: yaml
+
+    model: {preset: tiny, overrides: {projection_dim: 32}}   # or a full ModelConfig dict
+    data: {root: /data/synth, num_frames: 4, image_size: 32}
+    optim: {lr: 1.0e-4, warmup_steps: 100}
+    loss: {preset: original}
+    max_steps: 1000
+    global_batch_size: 32
+    out_dir: runs/exp1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig, preset
+from .losses import LossWeights
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "LossSection",
+    "ModelSection",
+    "OptimConfig",
+    "TrainConfig",
+    "load_train_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file is malformed; the message names the file and the key."""
+
+
+@dataclass
+class ModelSection:
+    """The model: a named preset with top-level overrides, or a full ``ModelConfig`` mapping.
+
+    ``overrides`` may hold nested sections (``{"video": {"img_size": 64}}``), merged into the
+    preset's values.
+    """
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+    def build(self) -> ModelConfig:
+        if self.config is not None:
+            return ModelConfig.from_dict(self.config)
+        base = preset(self.preset).to_dict()
+        for key, value in self.overrides.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return ModelConfig.from_dict(base)
+
+
+@dataclass
+class DataConfig:
+    """Training data: an EgoClip-format folder.
+
+    Attributes:
+        root: folder holding ``metadata`` and ``video_dir``.
+        metadata: EgoClip TSV, relative to ``root``.
+        video_dir: video folder relative to ``root``; a clip of ``video_uid`` reads
+            ``<video_dir>/<video_uid>.mp4``.
+        num_frames: frames per clip.
+        sampling: ``"uniform"`` (segment midpoints) or ``"rand"`` (one random frame per segment).
+        image_size: square model input size; frames are resized to it.
+        backend: video backend name for ``egovlpv2_rt.video.read_clip``.
+        train_augment: random resized crop + flip on training clips.
+        cache_clips: keep decoded clips in memory (only deterministic reads are cached).
+        neg_seconds: scene-aware pairing as the original's ``neg_param``: each sample comes with
+            a second clip from the same ``neg_seconds`` segment of the same video (0: off).
+        max_text_length: captions are padded / truncated to this many tokens.
+        tokenizer: ``tokenizer.json`` (or a folder with it / vocab.json + merges.txt).
+    """
+
+    root: str = ""
+    metadata: str = "egoclip.csv"
+    video_dir: str = "videos"
+    num_frames: int = 4
+    sampling: str = "rand"
+    image_size: int = 224
+    backend: str = "pyav"
+    train_augment: bool = False
+    cache_clips: bool = False
+    neg_seconds: float = 0.0
+    max_text_length: int = 16
+    tokenizer: str = ""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with the original's parameter groups and a warm-up + cosine schedule.
+
+    ``lr_mult_head`` multiplies the learning rate of ``mlm_score``, ``itm_score``, ``txt_proj``,
+    ``vid_proj``; ``lr_mult_cross_modal`` that of every ``cross_modal``/``i2t``/``t2i``
+    parameter (x4 both in EgoVLPv2's pre-training).
+    """
+
+    lr: float = 3e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    lr_mult_head: float = 4.0
+    lr_mult_cross_modal: float = 4.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossSection:
+    """Loss weights: ``preset: original`` (EgoNCE + MLM + 2 VTM), ``paper`` with ``gamma`` and
+    ``delta`` (``(1-g-d) EgoNCE + g MLM + d VTM``), or ``custom`` with the three weights."""
+
+    preset: str = "original"
+    gamma: float = 0.25
+    delta: float = 0.5
+    egonce: float = 1.0
+    mlm: float = 1.0
+    vtm: float = 2.0
+    temperature: float = 0.05
+    use_verb: bool = True
+    use_noun: bool = True
+
+    def weights(self) -> LossWeights:
+        if self.preset == "original":
+            return LossWeights.original()
+        if self.preset == "paper":
+            return LossWeights.paper(self.gamma, self.delta)
+        if self.preset == "custom":
+            return LossWeights(self.egonce, self.mlm, self.vtm)
+        raise ValueError(f"loss.preset must be 'original', 'paper' or 'custom', "
+                         f"got {self.preset!r}")
+
+
+@dataclass
+class EvalConfig:
+    """EgoMCQ evaluation at the end of training (and every ``every_steps`` if > 0)."""
+
+    egomcq: str = ""
+    video_dir: str = ""
+    every_steps: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class TrainConfig:
+    """One pre-training experiment."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossSection = field(default_factory=LossSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = "runs/egovlpv2"
+    seed: int = 0
+    global_batch_size: int = 16
+    max_steps: int = 100
+    checkpoint_every: int = 50
+    log_every: int = 10
+    amp: str = "auto"
+    deterministic: bool = False
+    gradient_checkpointing: bool = False
+    progress: bool = True
+    num_threads: int = 0
+    precision: str = "float32"
+
+    def validate(self, where: str = "config") -> None:
+        """Range checks that the dataclass types alone do not express."""
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{where}: {key}: {msg}")
+        need(self.global_batch_size >= 2, "global_batch_size", "must be >= 2 (contrastive loss)")
+        need(self.max_steps >= 1, "max_steps", "must be >= 1")
+        need(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        need(self.amp in ("auto", "bf16", "off"), "amp", "must be 'auto', 'bf16' or 'off'")
+        need(self.precision in ("float32", "float64"), "precision",
+             "must be 'float32' or 'float64' (parameters and activations)")
+        need(self.data.sampling in ("uniform", "rand"), "data.sampling",
+             "must be 'uniform' or 'rand'")
+        need(self.data.num_frames >= 1, "data.num_frames", "must be >= 1")
+        need(self.data.neg_seconds >= 0, "data.neg_seconds", "must be >= 0")
+        need(self.optim.lr > 0, "optim.lr", "must be > 0")
+        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: off)")
+        need(self.loss.temperature > 0, "loss.temperature", "must be > 0")
+        try:
+            self.loss.weights()
+        except ValueError as e:
+            raise ConfigError(f"{where}: loss: {e}") from None
+        if self.data.neg_seconds > 0:
+            need(self.global_batch_size % 2 == 0, "global_batch_size",
+                 "must be even with data.neg_seconds > 0 (pairs)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, where)
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
+            raise ConfigError(f"{where}: {key}: expected a list of "
+                              f"{len(typing.get_args(tp))} numbers, got {value!r}")
+        return tuple(_coerce(v, a, key, where) for v, a in zip(value, typing.get_args(tp)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {dotted!r}; known keys at this level: "
+                              f"{sorted(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted, where)
+    return cls(**kwargs)
+
+
+def train_config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a plain mapping."""
+    cfg = _build(TrainConfig, data, "", where)
+    cfg.validate(where)
+    try:
+        cfg.model.build()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: model: {e}") from None
+    return cfg
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) experiment file.
+
+    Relative paths in ``data.root``, ``data.tokenizer``, ``eval.*`` and ``out_dir`` stay as
+    written (relative to the working directory).
+
+    Raises:
+        ConfigError: unreadable file, unknown key (named with its dotted path) or a bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parser error becomes a named ConfigError
+        raise ConfigError(f"{path}: cannot parse ({e})") from None
+    return train_config_from_dict(data if data is not None else {}, str(path))

@@ -1,0 +1,164 @@
+"""Train the shipped default model: ``python -m egovlpv2_rt.train.default_model``.
+
+Generates the synthetic training set (seed 1) and a held-out EgoMCQ set (seed 2, other videos),
+trains a byte-level BPE tokenizer on the training narrations, pre-trains a small EgoVLPv2 (the
+full 12-layer architecture with 6 fused layers, narrow widths) with EgoNCE + MLM + VTM on the
+CPU, evaluates EgoMCQ in dual, fusion and ensemble modes, and writes ``model.safetensors``,
+``tokenizer.json``, ``config.json`` and ``results.json`` into the package's ``default_model/``
+folder (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.egoclip import read_egoclip
+from ..data.synthetic import SynthConfig, generate_dataset
+from .bpe import train_bpe_tokenizer
+from .config import train_config_from_dict
+
+__all__ = ["DEFAULT_DIR", "default_train_config", "main"]
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "default_model"
+TRAIN_SEED = 1
+EVAL_SEED = 2
+IMAGE_SIZE = 64
+MAX_TEXT_LENGTH = 16
+
+
+def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
+    """The default model: EgoVLPv2's topology (12 + 12 layers, top 6 fused) at ``width``."""
+    return {
+        "video": {"img_size": IMAGE_SIZE, "patch_size": 16, "embed_dim": width, "depth": 12,
+                  "num_heads": heads, "num_frames": 4},
+        "text": {"vocab_size": vocab_size, "hidden_size": width, "num_hidden_layers": 12,
+                 "num_attention_heads": heads, "intermediate_size": 4 * width,
+                 "max_position_embeddings": MAX_TEXT_LENGTH + 4,
+                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        "fusion": {"vocab_size": vocab_size, "hidden_size": width, "num_heads": heads,
+                   "num_layers": 12, "num_fuse_block": 6, "input_image_embed_size": width,
+                   "input_text_embed_size": width, "drop_rate": 0.0},
+        "embed_dim": width,
+        "projection_dim": 2 * width,
+    }
+
+
+def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_size: int,
+                         *, steps: int, batch: int, lr: float, width: int, heads: int,
+                         eval_dir: Path | None, seed: int = 0) -> dict:
+    cfg = {
+        "model": {"preset": "tiny", "overrides": default_model_overrides(vocab_size, width,
+                                                                          heads)},
+        "data": {"root": str(data_root), "tokenizer": str(tokenizer),
+                 "image_size": IMAGE_SIZE, "num_frames": 4, "sampling": "uniform",
+                 "cache_clips": True, "neg_seconds": 60.0, "max_text_length": MAX_TEXT_LENGTH},
+        "optim": {"lr": lr, "warmup_steps": max(1, steps // 20), "weight_decay": 0.01,
+                  "min_lr_ratio": 0.05, "grad_clip": 1.0},
+        "loss": {"preset": "original"},
+        "out_dir": str(out_dir),
+        "seed": seed,
+        "global_batch_size": batch,
+        "max_steps": steps,
+        "checkpoint_every": max(50, steps // 10),
+        "log_every": 10,
+    }
+    if eval_dir is not None:
+        cfg["eval"] = {"egomcq": str(eval_dir / "egomcq.json"),
+                       "video_dir": str(eval_dir / "videos")}
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m egovlpv2_rt.train.default_model",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="build/default_model_work",
+                   help="folder for the synthetic data and the run")
+    p.add_argument("--out", default=str(DEFAULT_DIR), help="where the model files go")
+    p.add_argument("--train-clips", type=int, default=1200)
+    p.add_argument("--eval-questions", type=int, default=200)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-install", action="store_true", help="do not copy into --out")
+    args = p.parse_args(argv)
+
+    from ..checkpoint import load_model
+    from ..eval.egomcq import evaluate_egomcq
+    from ..tokenizer import RobertaTokenizer
+    from .trainer import train
+
+    t_start = time.perf_counter()
+    work = Path(args.work)
+    train_dir, eval_dir, run_dir = work / "train", work / "eval", work / "run"
+    if not (train_dir / "egoclip.csv").is_file():
+        generate_dataset(train_dir, TRAIN_SEED, SynthConfig(num_clips=args.train_clips,
+                                                            size=IMAGE_SIZE, num_mcq=20))
+    if not (eval_dir / "egomcq.json").is_file():
+        generate_dataset(eval_dir, EVAL_SEED, SynthConfig(num_clips=max(400, args.train_clips
+                                                                         // 3),
+                                                          size=IMAGE_SIZE,
+                                                          num_mcq=args.eval_questions))
+    t_data = time.perf_counter() - t_start
+    tok_path = work / "tokenizer.json"
+    if not tok_path.is_file():
+        texts = [r.clip_text for r in read_egoclip(train_dir / "egoclip.csv")]
+        train_bpe_tokenizer(texts, 384, tok_path)
+    tokenizer = RobertaTokenizer.from_tokenizer_json(tok_path, max_length=MAX_TEXT_LENGTH)
+    cfg_dict = default_train_config(train_dir, tok_path, run_dir, tokenizer.vocab_size,
+                                    steps=args.steps, batch=args.batch, lr=args.lr,
+                                    width=args.width, heads=args.heads, eval_dir=eval_dir)
+    if args.threads:
+        cfg_dict["num_threads"] = args.threads
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train_config.json").write_text(json.dumps(cfg_dict, indent=1))
+    cfg = train_config_from_dict(cfg_dict, str(work / "train_config.json"))
+    result = train(cfg, resume=args.resume, device="cpu")
+    t_train = result.seconds
+
+    model = load_model(run_dir / "model.safetensors")
+    t0 = time.perf_counter()
+    res = evaluate_egomcq(model, eval_dir / "egomcq.json", eval_dir / "videos", tokenizer,
+                          max_length=MAX_TEXT_LENGTH, batch_size=8)
+    t_eval = time.perf_counter() - t0
+    report = {
+        "egomcq_heldout": res.accuracy,
+        "eval_seed": EVAL_SEED,
+        "train_seed": TRAIN_SEED,
+        "train_clips": args.train_clips,
+        "steps": result.steps,
+        "global_batch_size": args.batch,
+        "final_loss": result.final_loss,
+        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
+                    "eval": round(t_eval, 1),
+                    "total": round(time.perf_counter() - t_start, 1)},
+        "command": "python -m egovlpv2_rt.train.default_model " + " ".join(
+            sys.argv[1:] if argv is None else argv),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    if not args.no_install:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "model.safetensors", out / "model.safetensors")
+        shutil.copyfile(tok_path, out / "tokenizer.json")
+        (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
+        (out / "train_config.json").write_text(json.dumps(cfg_dict, indent=1))
+        (out / "results.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Pre-training objectives of EgoVLPv2: EgoNCE, masked language modelling, video-text matching.
+
+Shapes use ``N`` for the (global) batch, ``B`` for a local batch, ``L`` for tokens, ``V`` for
+the vocabulary. Similarity matrices are ``[texts, videos]`` (rows are texts), as the original's
+``sim_matrix(text_embeds, video_embeds)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "EGONCE_TEMPERATURE",
+    "LossWeights",
+    "VTMPairs",
+    "combine_losses",
+    "egonce_loss",
+    "egonce_positive_mask",
+    "mlm_loss",
+    "mlm_mask_tokens",
+    "sample_vtm_pairs",
+    "vtm_negative_weights",
+]
+
+EGONCE_TEMPERATURE = 0.05
+
+
+def _check_square(name: str, t: Tensor, n: int | None = None) -> None:
+    if t.dim() != 2 or t.shape[0] != t.shape[1]:
+        raise ValueError(f"{name} must be a square [N, N] matrix, got shape {tuple(t.shape)}")
+    if n is not None and t.shape[0] != n:
+        raise ValueError(f"{name} must be [{n}, {n}] to match the similarity matrix, "
+                         f"got {tuple(t.shape)}")
+
+
+def egonce_positive_mask(mask_v: Tensor | None, mask_n: Tensor | None, n: int) -> Tensor:
+    """EgoNCE positives: ``(mask_v * mask_n + I) > 0``.
+
+    Args:
+        mask_v: ``[N, N]`` verb overlap (0/1 or any non-negative score), or None (no verb term).
+        mask_n: ``[N, N]`` noun overlap, or None.
+        n: batch size N.
+
+    Returns:
+        ``[N, N]`` bool; ``[i, j]`` True when text ``i`` and video ``j`` count as a positive.
+        With both masks None only the diagonal is positive (plain InfoNCE).
+    """
+    ref = mask_v if mask_v is not None else mask_n
+    eye = torch.eye(n, dtype=torch.float64, device=ref.device if ref is not None else None)
+    if mask_v is None and mask_n is None:
+        return eye > 0
+    if mask_v is not None:
+        _check_square("mask_v", mask_v, n)
+    if mask_n is not None:
+        _check_square("mask_n", mask_n, n)
+    if mask_v is not None and mask_n is not None:
+        m = mask_v.double() * mask_n.double()
+    else:
+        m = (mask_v if mask_v is not None else mask_n).double()
+    return (m + eye) > 0
+
+
+def egonce_loss(
+    sim: Tensor,
+    mask_v: Tensor | None = None,
+    mask_n: Tensor | None = None,
+    temperature: float = EGONCE_TEMPERATURE,
+) -> tuple[Tensor, Tensor]:
+    """EgoNCE (the original's loss, both directions, same positive mask in both).
+
+    ``loss = -mean_i log sum_j softmax(sim/T)_ij pos_ij - mean_i log sum_j softmax(sim^T/T)_ij pos_ij``
+
+    The log of the positive softmax mass is computed as a difference of two logsumexps, which is
+    the same quantity without the underflow of ``log(sum(softmax * pos))`` at small T.
+
+    Args:
+        sim: ``[N, N]`` float text-video similarity, rows are texts.
+        mask_v, mask_n: ``[N, N]`` verb / noun overlap masks (see :func:`egonce_positive_mask`).
+        temperature: softmax temperature (0.05 in EgoVLPv2).
+
+    Returns:
+        ``(loss, pos)``: scalar loss in ``sim``'s dtype, and the ``[N, N]`` bool positive mask.
+    """
+    _check_square("sim", sim)
+    if not sim.is_floating_point():
+        raise TypeError(f"sim must be a floating tensor, got {sim.dtype}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    pos = egonce_positive_mask(mask_v, mask_n, sim.shape[0]).to(sim.device)
+    logits = sim / temperature
+    neg_inf = torch.finfo(sim.dtype).min
+    # Row i of the first term: text i over videos; the second term reads sim^T with the same
+    # (untransposed) mask, as the original does.
+    lse_all_i = torch.logsumexp(logits, dim=1)
+    lse_pos_i = torch.logsumexp(logits.masked_fill(~pos, neg_inf), dim=1)
+    logits_t = logits.t()
+    lse_all_j = torch.logsumexp(logits_t, dim=1)
+    lse_pos_j = torch.logsumexp(logits_t.masked_fill(~pos, neg_inf), dim=1)
+    loss = -(lse_pos_i - lse_all_i).mean() - (lse_pos_j - lse_all_j).mean()
+    return loss, pos
+
+
+# --------------------------------------------------------------------------------------------
+# Masked language modelling
+# --------------------------------------------------------------------------------------------
+
+
+def mlm_mask_tokens(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    special_token_ids: tuple[int, ...] | list[int],
+    generator: torch.Generator | None = None,
+    mlm_probability: float = 0.15,
+) -> tuple[Tensor, Tensor]:
+    """RoBERTa/BERT masking, as ``DataCollatorForLanguageModeling`` (the original's collator).
+
+    Each real, non-special token is selected with probability ``mlm_probability``; a selected
+    token becomes the mask id with probability 0.8, a random regular token with 0.1, and stays
+    unchanged with 0.1. Special and padding tokens are never selected.
+
+    Args:
+        input_ids: ``[B, L]`` int64 token ids.
+        attention_mask: ``[B, L]`` 0/1, 1 on real tokens.
+        mask_token_id: id of ``<mask>``.
+        vocab_size: size of the vocabulary (random replacements are drawn below it).
+        special_token_ids: ids never selected and never drawn as random replacements.
+        generator: torch generator for reproducible masking (CPU).
+        mlm_probability: selection probability.
+
+    Returns:
+        ``(masked_ids, labels)``: ``[B, L]`` int64 each; labels hold the original id at selected
+        positions and -100 elsewhere.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                         f"input_ids shape {tuple(input_ids.shape)}")
+    if not 0.0 <= mlm_probability <= 1.0:
+        raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
+    special = torch.tensor(sorted(set(int(s) for s in special_token_ids)), dtype=torch.long)
+    if not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id {mask_token_id} outside the vocabulary [0, {vocab_size})")
+    ids = input_ids.detach().cpu().long()
+    real = attention_mask.detach().cpu().bool() & ~torch.isin(ids, special)
+    # Draw every random number for the whole [B, L] grid so that a token's fate depends only on
+    # the generator state and its position, never on how many tokens happen to be eligible.
+    u_select = torch.rand(ids.shape, generator=generator)
+    u_kind = torch.rand(ids.shape, generator=generator)
+    regular = torch.ones(vocab_size, dtype=torch.bool)
+    regular[special[(special >= 0) & (special < vocab_size)]] = False
+    regular_ids = regular.nonzero().squeeze(1)
+    if regular_ids.numel() == 0:
+        raise ValueError("every vocabulary id is special; no random replacement possible")
+    rand_pick = torch.randint(regular_ids.numel(), ids.shape, generator=generator)
+    selected = real & (u_select < mlm_probability)
+    labels = torch.where(selected, ids, torch.full_like(ids, -100))
+    masked = ids.clone()
+    to_mask = selected & (u_kind < 0.8)
+    to_random = selected & (u_kind >= 0.8) & (u_kind < 0.9)
+    masked[to_mask] = mask_token_id
+    masked[to_random] = regular_ids[rand_pick[to_random]]
+    return masked.to(input_ids.device), labels.to(input_ids.device)
+
+
+def mlm_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy on the selected tokens.
+
+    Args:
+        logits: ``[B, L, V]`` float.
+        labels: ``[B, L]`` int64, -100 where not selected.
+        reduction: ``"mean"`` over selected tokens (0 with a graph when none is selected) or
+            ``"sum"`` (used by the trainer, which divides by the global count across ranks).
+
+    Returns:
+        scalar float tensor.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"mlm_loss expects logits [B, L, V] and labels [B, L], got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    flat = F.cross_entropy(wide.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    if reduction == "sum":
+        return flat
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    count = (labels != -100).sum()
+    return flat / count.clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Video-text matching with hard negatives
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VTMPairs:
+    """Pairs fed to the fusion encoder for VTM, indices into the (global) batch.
+
+    Attributes:
+        video_index: ``[N]`` int64, which video of the batch each pair uses.
+        text_index: ``[N]`` int64, which caption.
+        labels: ``[N]`` int64, 1 = matching pair, 0 = hard negative.
+    """
+
+    video_index: Tensor
+    text_index: Tensor
+    labels: Tensor
+
+    def slice(self, start: int, stop: int) -> VTMPairs:
+        """Pairs ``start:stop`` (one rank's share of a global batch)."""
+        return VTMPairs(self.video_index[start:stop], self.text_index[start:stop],
+                        self.labels[start:stop])
+
+
+def vtm_negative_weights(sim: Tensor, pos: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Hard-negative sampling weights, positives zeroed.
+
+    Args:
+        sim: ``[N, N]`` text-video similarity (rows texts).
+        pos: ``[N, N]`` bool EgoNCE positives (``pos[t, v]``: caption t matches video v).
+        temperature: softmax temperature (EgoNCE's).
+
+    Returns:
+        ``(w_video_for_text, w_text_for_video)``, both ``[N, N]`` float64 and unnormalised:
+        row i of the first is the distribution over videos for a negative of caption i,
+        ``softmax(sim[i, :] / T)`` with ``pos[i, :]`` zeroed; row i of the second is the
+        distribution over captions for a negative of video i, ``softmax(sim[:, i] / T)`` with
+        ``pos[:, i]`` zeroed.
+    """
+    _check_square("sim", sim)
+    _check_square("pos", pos, sim.shape[0])
+    s = sim.detach().double()
+    p = pos.to(s.device).bool()
+    w_v = torch.softmax(s / temperature, dim=1).masked_fill(p, 0.0)
+    w_t = torch.softmax(s.t() / temperature, dim=1).masked_fill(p.t(), 0.0)
+    return w_v, w_t
+
+
+def sample_vtm_pairs(
+    sim: Tensor,
+    pos: Tensor,
+    temperature: float = EGONCE_TEMPERATURE,
+    generator: torch.Generator | None = None,
+) -> VTMPairs:
+    """Draw the VTM batch: half matching pairs, half hard negatives (the original's recipe).
+
+    A random half of the N slots (``N // 2`` of them) keep their own (video i, caption i) pair.
+    Each remaining slot i flips a fair coin: either caption i with a negative video drawn from
+    row i of ``w_video_for_text``, or video i with a negative caption drawn from row i of
+    ``w_text_for_video`` (see :func:`vtm_negative_weights`). A positive (the diagonal and every
+    EgoNCE positive) has weight 0 and is never drawn; the original adds 1e-9 to the weights, which
+    can draw a positive, and we do not. When one direction has no negative left the other is
+    used; when neither has one the slot becomes a matching pair (label 1).
+
+    Every rank calls this on the gathered global ``sim`` with an identically seeded generator,
+    so the draw does not depend on the number of ranks.
+
+    Args:
+        sim: ``[N, N]`` text-video similarity (rows texts), gathered over ranks.
+        pos: ``[N, N]`` bool EgoNCE positives.
+        temperature: softmax temperature.
+        generator: CPU generator; all draws come from it.
+
+    Returns:
+        :class:`VTMPairs` on the CPU.
+    """
+    n = sim.shape[0]
+    w_v, w_t = vtm_negative_weights(sim.cpu(), pos.cpu(), temperature)
+    labels = torch.cat([torch.ones(n // 2, dtype=torch.long),
+                        torch.zeros(n - n // 2, dtype=torch.long)])
+    labels = labels[torch.randperm(n, generator=generator)]
+    coin = torch.rand(n, generator=generator) > 0.5  # True: negative video for caption i
+    has_v = w_v.sum(1) > 0
+    has_t = w_t.sum(1) > 0
+    neg_video = (coin & has_v) | (~has_t & has_v)
+    neg_text = ~neg_video & has_t
+    video_index = torch.arange(n)
+    text_index = torch.arange(n)
+    is_neg = labels == 0
+    labels = torch.where(is_neg & ~has_v & ~has_t, torch.ones_like(labels), labels)
+    rows = torch.where(is_neg & (neg_video | neg_text))[0]
+    if rows.numel():
+        weights = torch.where(neg_video[rows, None], w_v[rows], w_t[rows])
+        # One draw per negative slot, in slot order, from the generator.
+        picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+        nv = neg_video[rows]
+        video_index[rows[nv]] = picks[nv]
+        text_index[rows[~nv]] = picks[~nv]
+    return VTMPairs(video_index, text_index, labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Combination
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three objectives in the total loss.
+
+    ``total = egonce * EgoNCE + mlm * MLM + vtm * VTM``. Use :meth:`paper` for the paper's
+    convex form and :meth:`original` for the released code's (1, 1, 2).
+    """
+
+    egonce: float = 1.0
+    mlm: float = 1.0
+    vtm: float = 2.0
+
+    @classmethod
+    def paper(cls, gamma: float, delta: float) -> LossWeights:
+        """``(1 - gamma - delta) * EgoNCE + gamma * MLM + delta * VTM``."""
+        if gamma < 0 or delta < 0 or gamma + delta > 1:
+            raise ValueError(f"paper loss weights need gamma, delta >= 0 and gamma + delta <= 1, "
+                             f"got gamma={gamma}, delta={delta}")
+        return cls(1.0 - gamma - delta, gamma, delta)
+
+    @classmethod
+    def original(cls) -> LossWeights:
+        """The released trainer's ``EgoNCE + MLM + 2 * VTM``."""
+        return cls(1.0, 1.0, 2.0)
+
+
+def combine_losses(weights: LossWeights, egonce: Tensor | None, mlm: Tensor | None,
+                   vtm: Tensor | None) -> Tensor:
+    """Weighted sum of the objectives that are present (a None term must have weight 0)."""
+    total = None
+    for name, w, term in (("egonce", weights.egonce, egonce), ("mlm", weights.mlm, mlm),
+                          ("vtm", weights.vtm, vtm)):
+        if term is None:
+            if w != 0:
+                raise ValueError(f"loss term {name!r} has weight {w} but was not computed")
+            continue
+        total = w * term if total is None else total + w * term
+    if total is None:
+        raise ValueError("no loss term was computed")
+    return total

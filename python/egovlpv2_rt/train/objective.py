@@ -1,0 +1,154 @@
+"""One pre-training step's losses: EgoNCE on the dual towers, MLM and VTM on the fusion encoder.
+
+The objective is an ``nn.Module`` whose ``forward`` runs every model call of the step, so that
+a single ``DistributedDataParallel`` wrapper sees all of them.
+
+World-size independence: captions, tags and MLM masks are built for the whole global batch on
+every rank (they are cheap), the VTM pairs are drawn on the gathered similarity matrix with a
+generator seeded by the step, and each rank only runs the model on its own slice. The losses
+are global means; each rank's backward surrogate is scaled so that DDP's gradient average
+equals the gradient of the global loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..modeling.model import EgoVLPv2, sim_matrix
+from .distributed import DistInfo, all_gather_no_grad, all_gather_with_grad, all_reduce_sum
+from .losses import LossWeights, egonce_loss, mlm_loss, sample_vtm_pairs
+
+__all__ = ["GlobalBatch", "PretrainObjective", "StepLosses"]
+
+
+@dataclass
+class GlobalBatch:
+    """Inputs of one step. ``G`` = global batch, ``B`` = this rank's share (``G / world``),
+    this rank's rows are ``offset:offset + B``.
+
+    Attributes:
+        video: ``[B, F, 3, H, W]`` float, this rank's clips.
+        input_ids, attention_mask: ``[G, L]`` int64, every caption of the global batch.
+        mlm_ids, mlm_labels: ``[G, L]`` int64 masked captions and MLM labels (-100 elsewhere).
+        mask_v, mask_n: ``[G, G]`` float 0/1 verb / noun overlap (None to disable a term).
+        offset: index of this rank's first row in the global batch.
+        step: global step (seeds the VTM draw).
+    """
+
+    video: Tensor
+    input_ids: Tensor
+    attention_mask: Tensor
+    mlm_ids: Tensor
+    mlm_labels: Tensor
+    mask_v: Tensor | None
+    mask_n: Tensor | None
+    offset: int
+    step: int
+
+
+@dataclass
+class StepLosses:
+    """``total`` drives the backward pass (per-rank surrogate); the others are the global
+    values for logging (detached)."""
+
+    total: Tensor
+    loss: Tensor
+    egonce: Tensor | None
+    mlm: Tensor | None
+    vtm: Tensor | None
+    vtm_accuracy: Tensor | None
+
+
+class PretrainObjective(nn.Module):
+    """EgoNCE + MLM + VTM on one model.
+
+    Args:
+        model: the EgoVLPv2 model.
+        weights: loss weights; a zero weight skips its term entirely.
+        temperature: EgoNCE (and VTM hard-negative) temperature.
+        info: rank facts.
+        seed: base seed of the VTM draws.
+    """
+
+    def __init__(self, model: EgoVLPv2, weights: LossWeights, temperature: float,
+                 info: DistInfo, seed: int) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights
+        self.temperature = temperature
+        self.info = info
+        self.seed = seed
+
+    def forward(self, batch: GlobalBatch) -> StepLosses:  # type: ignore[override]
+        info, w = self.info, self.weights
+        b = batch.video.shape[0]
+        g = batch.input_ids.shape[0]
+        if b * info.world_size != g:
+            raise ValueError(f"local video batch {b} x world {info.world_size} != global "
+                             f"caption batch {g}")
+        sl = slice(batch.offset, batch.offset + b)
+        ids, am = batch.input_ids, batch.attention_mask
+        scale = float(info.world_size)  # undoes DDP's gradient average for per-rank sums
+
+        need_sim = w.egonce != 0 or w.vtm != 0
+        egonce = sim = pos = None
+        if need_sim:
+            v_emb = self.model.encode_video(batch.video)
+            t_emb = self.model.encode_text(ids[sl], am[sl])
+            if w.egonce == 0:  # the similarities only steer the VTM draw
+                v_emb, t_emb = v_emb.detach(), t_emb.detach()
+            v_all = all_gather_with_grad(v_emb, info)
+            t_all = all_gather_with_grad(t_emb, info)
+            # The similarity and EgoNCE stay in float32 or wider, even under bf16 autocast:
+            # at temperature 0.05 bf16 logits would lose most of their resolution.
+            acc = torch.promote_types(v_all.dtype, torch.float32)
+            with torch.autocast(device_type=v_all.device.type, enabled=False):
+                sim = sim_matrix(t_all.to(acc), v_all.to(acc))
+                egonce, pos = egonce_loss(sim, batch.mask_v, batch.mask_n, self.temperature)
+
+        total = None
+        if w.egonce != 0:
+            total = w.egonce * egonce
+
+        mlm_value = None
+        if w.mlm != 0:
+            count = int((batch.mlm_labels != -100).sum())
+            logits = self.model.mlm_logits(batch.video, batch.mlm_ids[sl], am[sl])
+            local_sum = mlm_loss(logits, batch.mlm_labels[sl], reduction="sum")
+            term = local_sum * (scale / max(count, 1))
+            total = w.mlm * term if total is None else total + w.mlm * term
+            mlm_value = all_reduce_sum(local_sum, info) / max(count, 1)
+
+        vtm_value = vtm_acc = None
+        if w.vtm != 0:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch.step)
+            pairs = sample_vtm_pairs(sim.detach(), pos, self.temperature, gen).slice(
+                batch.offset, batch.offset + b)
+            all_video = all_gather_no_grad(batch.video, info)
+            dev = batch.video.device
+            v_idx = pairs.video_index.to(dev)
+            t_idx = pairs.text_index.to(dev)
+            labels = pairs.labels.to(dev)
+            logits = self.model.vtm_logits(all_video[v_idx], ids[t_idx], am[t_idx])
+            local_sum = F.cross_entropy(logits.to(torch.promote_types(logits.dtype,
+                                                                      torch.float32)),
+                                        labels, reduction="sum")
+            term = local_sum * (scale / g)
+            total = w.vtm * term if total is None else total + w.vtm * term
+            vtm_value = all_reduce_sum(local_sum, info) / g
+            correct = (logits.argmax(-1) == labels).sum().double()
+            vtm_acc = all_reduce_sum(correct, info) / g
+
+        if total is None:
+            raise ValueError("every loss weight is zero")
+        loss = torch.zeros((), dtype=torch.float64)
+        for wt, val in ((w.egonce, egonce), (w.mlm, mlm_value), (w.vtm, vtm_value)):
+            if wt != 0:
+                loss = loss + wt * val.detach().double().cpu()
+        return StepLosses(total, loss,
+                          egonce.detach() if egonce is not None else None,
+                          mlm_value, vtm_value, vtm_acc)

@@ -1,0 +1,314 @@
+"""The pre-training loop: ``python -m egovlpv2_rt.train --config FILE [--resume]``, or under
+``torchrun --nproc_per_node N`` for data-parallel training (NCCL on GPU, gloo on CPU).
+
+Per step: build the global batch's captions, masks and MLM targets on every rank; read this
+rank's clips; run :class:`PretrainObjective` (DDP-wrapped when distributed) under bf16 autocast
+on GPU; clip the gradient norm; AdamW step; scheduler step. Rank 0 writes a CSV metrics log,
+shows a progress bar and writes checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..checkpoint import save_safetensors
+from ..config import ModelConfig
+from ..data.clips import ClipReader, clip_seed
+from ..data.collate import collate_text
+from ..data.egoclip import ClipRecord, read_egoclip, segment_ids
+from ..modeling.model import EgoVLPv2
+from .config import TrainConfig
+from .distributed import DistInfo, init_distributed
+from .objective import GlobalBatch, PretrainObjective
+from .optim import build_optimizer, build_scheduler
+from .sampler import GlobalBatchSampler
+from .state import atomic_torch_save, capture_rng, load_training_state, restore_rng
+
+__all__ = ["TrainResult", "load_tokenizer", "train"]
+
+LOG_FIELDS = ("step", "epoch", "lr", "loss", "egonce", "mlm", "vtm", "vtm_acc", "grad_norm",
+              "seconds")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (rank 0 fills the paths)."""
+
+    steps: int
+    final_loss: float
+    checkpoint: Path
+    weights: Path | None
+    seconds: float
+
+
+def load_tokenizer(path: str | Path, max_length: int):
+    """A ``RobertaTokenizer`` from ``tokenizer.json`` or a folder holding the tokenizer files."""
+    from ..tokenizer import RobertaTokenizer
+
+    p = Path(path)
+    if p.is_dir():
+        return RobertaTokenizer.from_directory(p, max_length=max_length)
+    if p.is_file():
+        return RobertaTokenizer.from_tokenizer_json(p, max_length=max_length)
+    raise FileNotFoundError(f"data.tokenizer: no tokenizer file or folder at {p}")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    mc = cfg.model.build()
+    if mc.text.vocab_size != vocab_size:
+        raise ValueError(f"model text.vocab_size {mc.text.vocab_size} != tokenizer vocabulary "
+                         f"size {vocab_size} (data.tokenizer={cfg.data.tokenizer})")
+    if mc.video.img_size != cfg.data.image_size:
+        raise ValueError(f"model video.img_size {mc.video.img_size} != data.image_size "
+                         f"{cfg.data.image_size}")
+    if cfg.data.num_frames > mc.video.num_frames:
+        raise ValueError(f"data.num_frames {cfg.data.num_frames} exceeds the model's "
+                         f"video.num_frames {mc.video.num_frames}")
+    if cfg.data.max_text_length > mc.text.max_text_length:
+        raise ValueError(f"data.max_text_length {cfg.data.max_text_length} exceeds the "
+                         f"model's {mc.text.max_text_length}")
+    return mc.replace(gradient_checkpointing=cfg.gradient_checkpointing,
+                      check_finite_pixels=False)
+
+
+class _Data:
+    """Everything that turns a step number into a :class:`GlobalBatch`."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
+        d = cfg.data
+        root = Path(d.root)
+        self.records: list[ClipRecord] = read_egoclip(root / d.metadata)
+        self.tokenizer = load_tokenizer(d.tokenizer, d.max_text_length)
+        groups = segment_ids(self.records, d.neg_seconds) if d.neg_seconds > 0 else None
+        self.sampler = GlobalBatchSampler(len(self.records), cfg.global_batch_size, cfg.seed,
+                                          groups)
+        self.reader = ClipReader(root / d.video_dir, num_frames=d.num_frames,
+                                 image_size=d.image_size, sampling=d.sampling,
+                                 backend=d.backend, augment=d.train_augment,
+                                 cache_size=len(self.records) if d.cache_clips else 0)
+        self.num_verbs = 1 + max((max(r.tag_verb) for r in self.records if r.tag_verb),
+                                 default=0)
+        self.num_nouns = 1 + max((max(r.tag_noun) for r in self.records if r.tag_noun),
+                                 default=0)
+        self.cfg = cfg
+        self.info = info
+
+    def batch(self, step: int, device: torch.device, dtype: torch.dtype) -> GlobalBatch:
+        cfg, info = self.cfg, self.info
+        idx = self.sampler.global_indices(step)
+        epoch, _ = self.sampler.position(step)
+        recs = [self.records[i] for i in idx]
+        gen = torch.Generator().manual_seed(clip_seed("mlm", cfg.seed, step))
+        text = collate_text(recs, self.tokenizer, max_length=cfg.data.max_text_length,
+                            generator=gen, num_verbs=self.num_verbs, num_nouns=self.num_nouns,
+                            use_verb=cfg.loss.use_verb, use_noun=cfg.loss.use_noun)
+        b = cfg.global_batch_size // info.world_size
+        offset = info.rank * b
+        clips = [self.reader.read(self.records[i], seed=clip_seed("frames", cfg.seed, epoch, i))
+                 for i in idx[offset:offset + b]]
+        video = torch.stack(clips).to(device=device, dtype=dtype)
+
+        def dev(t):
+            return None if t is None else t.to(device)
+
+        return GlobalBatch(video, dev(text.input_ids), dev(text.attention_mask),
+                           dev(text.mlm_ids), dev(text.mlm_labels), dev(text.mask_v),
+                           dev(text.mask_n), offset, step)
+
+
+def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    mine = capture_rng()
+    if not info.distributed:
+        return [mine]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
+          stop_after: int | None = None) -> TrainResult:
+    """Run (or resume) the experiment ``cfg``.
+
+    Args:
+        cfg: the experiment.
+        resume: continue from ``<out_dir>/checkpoints/last.pt`` when it exists.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        stop_after: stop (without a final checkpoint) after this many steps of this call;
+            for tests that simulate an interrupted run.
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    info = init_distributed(device)
+    if info.device.type == "cpu":
+        # Zero-initialised gates and time attention make denormal floats early in training;
+        # on x86 they are ~100x slower, so flush them (an effect below 1e-38).
+        torch.set_flush_denormal(True)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        if info.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    # Same initial weights on every rank (DDP also broadcasts rank 0's).
+    _seed_everything(cfg.seed)
+    data = _Data(cfg, info)
+    mc = _model_config(cfg, data.tokenizer.vocab_size)
+    dtype = torch.float64 if cfg.precision == "float64" else torch.float32
+    model = EgoVLPv2(mc).to(device=info.device, dtype=dtype)
+    model.train()
+    weights = cfg.loss.weights()
+    objective = PretrainObjective(model, weights, cfg.loss.temperature, info, cfg.seed)
+    runner: torch.nn.Module = objective
+    if info.distributed:
+        unused = weights.egonce == 0 or weights.mlm == 0 or weights.vtm == 0
+        runner = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    step = 0
+    if resume and ckpt_path.is_file():
+        state = load_training_state(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        data.sampler.check_state(state["sampler"])
+        if len(state["rng"]) != info.world_size:
+            raise ValueError(f"{ckpt_path}: saved by {len(state['rng'])} ranks, resumed with "
+                             f"{info.world_size}; RNG streams cannot be continued exactly")
+        restore_rng(state["rng"][info.rank])
+        step = int(state["step"])
+    else:
+        # Ranks draw different dropout masks.
+        torch.manual_seed(clip_seed("dropout", cfg.seed, info.rank))
+
+    use_bf16 = (info.device.type == "cuda" and cfg.amp in ("auto", "bf16")
+                and dtype == torch.float32)
+    if cfg.amp == "bf16" and info.device.type != "cuda":
+        raise ValueError("amp 'bf16' needs a CUDA device; use 'auto' or 'off' on the CPU")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext())
+
+    log_file = None
+    writer = None
+    bar = None
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        log_path = out_dir / "metrics.csv"
+        new = not (resume and log_path.is_file())
+        if not new:
+            _truncate_log(log_path, step)
+        log_file = log_path.open("w" if new else "a", newline="")
+        writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True)
+
+    t0 = time.perf_counter()
+    last_loss = float("nan")
+    done_here = 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    while step < cfg.max_steps:
+        if stop_after is not None and done_here >= stop_after:
+            break
+        batch = data.batch(step, info.device, dtype)
+        with autocast:
+            losses = runner(batch)
+        losses.total.backward()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                     if cfg.optim.grad_clip > 0 else
+                     torch.linalg.vector_norm(torch.stack(
+                         [p.grad.norm() for p in params if p.grad is not None])))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        done_here += 1
+        last_loss = float(losses.loss)
+        if not np.isfinite(last_loss):
+            raise FloatingPointError(f"step {step}: loss is {last_loss}")
+        if info.is_main:
+            row = {"step": step, "epoch": data.sampler.position(step - 1)[0],
+                   "lr": optimizer.param_groups[0]["lr"], "loss": last_loss,
+                   "egonce": _f(losses.egonce), "mlm": _f(losses.mlm), "vtm": _f(losses.vtm),
+                   "vtm_acc": _f(losses.vtm_accuracy), "grad_norm": float(grad_norm),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            writer.writerow(row)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                log_file.flush()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            _save(ckpt_path, model, optimizer, scheduler, data, step, cfg, info)
+    if bar is not None:
+        bar.close()
+    if log_file is not None:
+        log_file.close()
+    weights_path = None
+    if info.is_main and step >= cfg.max_steps:
+        weights_path = out_dir / "model.safetensors"
+        save_safetensors(model, weights_path, metadata={"steps": str(step)})
+        data.tokenizer.save(out_dir / "tokenizer.json")
+    if info.distributed:
+        dist.barrier()
+    return TrainResult(step, last_loss, ckpt_path, weights_path, time.perf_counter() - t0)
+
+
+def _f(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after ``step`` (written by the interrupted run past its last checkpoint)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        for r in rows:
+            if int(r["step"]) <= step:
+                w.writerow(r)
+
+
+def _save(path: Path, model, optimizer, scheduler, data: _Data, step: int, cfg: TrainConfig,
+          info: DistInfo) -> None:
+    rng = _gather_rng(info)
+    if info.is_main:
+        atomic_torch_save({
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": data.sampler.state_dict(),
+            "rng": rng,
+            "config": cfg.to_dict(),
+            "model_config": model.config.to_dict(),
+        }, path)
+    if info.distributed:
+        dist.barrier()

@@ -1,0 +1,54 @@
+"""Video input: one frame-sampling rule, CPU (PyAV, torchcodec) and DALI backends, transforms.
+
+Entry points: :func:`read_clip` (one clip -> ``[F, 3, 224, 224]`` float32) and
+:func:`frame_indices` (the frames it decodes); :class:`VideoClipDataset` and
+:class:`RobustClipLoader` for DataLoader use; :class:`DaliClipLoader` for GPU batches.
+Every failure raises a :class:`VideoError` subclass naming the file. See docs/VIDEO.md.
+"""
+
+from .errors import (
+    BackendUnavailableError,
+    ClipRangeError,
+    ClipRangeWarning,
+    CorruptVideoError,
+    FramePaddingWarning,
+    InsufficientFramesError,
+    NoVideoStreamError,
+    UnsupportedCodecError,
+    VideoError,
+    VideoNotFoundError,
+)
+from .probe import VideoInfo, clear_probe_cache, probe
+from .reader import BACKENDS, backends_for_codec, decode_clip, frame_indices, plan_clip, read_clip
+from .sampling import ClipPlan, ClipSpec, EgoClipLayout, segment_indices
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
+
+__all__ = [
+    "BACKENDS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackendUnavailableError",
+    "ClipPlan",
+    "ClipRangeError",
+    "ClipRangeWarning",
+    "ClipSpec",
+    "CorruptVideoError",
+    "EgoClipLayout",
+    "EvalTransform",
+    "FramePaddingWarning",
+    "InsufficientFramesError",
+    "NoVideoStreamError",
+    "TrainTransform",
+    "UnsupportedCodecError",
+    "VideoError",
+    "VideoInfo",
+    "VideoNotFoundError",
+    "backends_for_codec",
+    "clear_probe_cache",
+    "decode_clip",
+    "frame_indices",
+    "plan_clip",
+    "probe",
+    "read_clip",
+    "segment_indices",
+]

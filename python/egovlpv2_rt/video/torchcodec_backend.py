@@ -1,0 +1,67 @@
+"""Optional torchcodec decoder (``backend='torchcodec'``).
+
+torchcodec 0.13 runs beside a CPU torch and links the system FFmpeg (Debian bookworm:
+``apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4
+libavdevice59 libavfilter8``); newer PyPI wheels need a CUDA torch. Frame indices come from the
+shared probe, and torchcodec's ``seek_mode='exact'`` indexes frames the same way (presentation
+order of every packet), so both backends decode the same pictures. torchcodec applies the
+display rotation itself.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .errors import BackendUnavailableError, CorruptVideoError
+from .probe import VideoInfo
+
+__all__ = ["decode_torchcodec", "torchcodec_available"]
+
+
+@functools.cache
+def _load():
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as e:  # ImportError, or RuntimeError when FFmpeg libraries are missing
+        return None, f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return VideoDecoder, ""
+
+
+def torchcodec_available() -> tuple[bool, str]:
+    """(True, '') when torchcodec loads here, else (False, why)."""
+    cls, why = _load()
+    return cls is not None, why
+
+
+def decode_torchcodec(info: VideoInfo, indices, threads: int = 1) -> dict[int, np.ndarray]:
+    """Decode frames ``indices`` of ``info.path``; returns ``{index: uint8 [H, W, 3]}``.
+
+    The frames are in display orientation (rotation applied). Frames that fail to decode are
+    absent from the result.
+    """
+    cls, why = _load()
+    if cls is None:
+        raise BackendUnavailableError(
+            f"backend 'torchcodec' cannot be loaded here ({why}); install torchcodec==0.13.* "
+            "and the FFmpeg shared libraries, or use backend='pyav'",
+            info.path,
+        )
+    wanted = sorted({int(i) for i in indices})
+    try:
+        dec = cls(info.path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
+    except Exception as e:
+        raise CorruptVideoError(f"{info.path}: torchcodec cannot open it ({e})", info.path) from e
+    try:
+        batch = dec.get_frames_at(wanted).data.numpy()
+        return {i: batch[k] for k, i in enumerate(wanted)}
+    except Exception:
+        # One bad frame fails the whole batch: fall back to frame by frame to keep the good ones.
+        out: dict[int, np.ndarray] = {}
+        for i in wanted:
+            try:
+                out[i] = dec.get_frame_at(i).data.numpy()
+            except Exception:
+                continue
+        return out

@@ -1,0 +1,119 @@
+"""EgoMCQ accuracy, retrieval ranks and EK-100 MIR metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from egovlpv2_rt.eval.metrics import (
+    egomcq_accuracy,
+    ek100_mir_metrics,
+    mean_average_precision,
+    ndcg,
+    retrieval_metrics,
+    t2v_ranks,
+    v2t_ranks,
+)
+
+
+def test_egomcq_accuracy_by_type():
+    scores = torch.tensor([
+        [0.1, 0.9, 0.0, 0.0, 0.0],   # pred 1, answer 1, inter: right
+        [0.5, 0.1, 0.2, 0.0, 0.0],   # pred 0, answer 2, inter: wrong
+        [0.0, 0.0, 0.0, 0.0, 1.0],   # pred 4, answer 4, intra: right
+        [0.3, 0.3, 0.1, 0.0, 0.0],   # tie 0/1 -> 0, answer 1, intra: wrong
+        [0.0, 0.2, 0.1, 0.0, 0.0],   # pred 1, answer 1, intra: right
+    ])
+    res = egomcq_accuracy(scores, torch.tensor([1, 2, 4, 1, 1]), torch.tensor([1, 1, 2, 2, 2]))
+    assert res["inter"] == 50.0
+    assert res["intra"] == pytest.approx(200 / 3)
+    assert res["inter_count"] == 2 and res["intra_count"] == 3
+
+
+def test_egomcq_accuracy_bad_input():
+    with pytest.raises(ValueError, match="answers must lie"):
+        egomcq_accuracy(np.zeros((2, 5)), [0, 5], [1, 2])
+    with pytest.raises(ValueError, match="types must be 1"):
+        egomcq_accuracy(np.zeros((2, 5)), [0, 1], [1, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        egomcq_accuracy(np.full((1, 5), np.nan), [0], [1])
+
+
+def test_retrieval_ranks_hand_computed():
+    # rows texts, columns videos; caption i matches video i.
+    sims = np.array([
+        [0.9, 0.1, 0.2, 0.0],   # t2v rank 0
+        [0.8, 0.5, 0.6, 0.0],   # rank 2 (0.8, 0.6 above 0.5)
+        [0.1, 0.1, 0.3, 0.3],   # tie with column 3 -> optimistic rank 0
+        [0.0, 0.9, 0.0, 0.4],   # rank 1
+    ])
+    assert t2v_ranks(sims).tolist() == [0, 2, 0, 1]
+    # v2t: columns as queries. video 0: texts scores [0.9, 0.8, 0.1, 0.0] -> rank 0;
+    # video 1: [0.1, 0.5, 0.1, 0.9] -> rank 1; video 2: [0.2, 0.6, 0.3, 0.0] -> 0.3 under 0.6 -> 1;
+    # video 3: [0.0, 0.0, 0.3, 0.4] -> 0.
+    assert v2t_ranks(sims).tolist() == [0, 1, 1, 0]
+    m = retrieval_metrics(sims)
+    assert m["t2v"]["R1"] == 50.0 and m["t2v"]["R5"] == 100.0
+    assert m["t2v"]["MedR"] == 1.5 and m["t2v"]["MeanR"] == 1.75
+    assert m["v2t"]["R1"] == 50.0 and m["v2t"]["MedR"] == 1.5
+
+
+def test_v2t_ties_are_averaged():
+    sims = np.ones((3, 3))
+    assert v2t_ranks(sims).tolist() == [1.0, 1.0, 1.0]
+    assert t2v_ranks(sims).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_ndcg_reference_example():
+    # The worked example shipped with the EK-100 / JPoSE nDCG code (expected 0.9371789900735429).
+    sim = np.array([[1.0, 0.7, 0.4, 0.0], [0.3, 0.9, 0.6, 0.1], [0.2, 0.5, 0.8, 0.4]])
+    rel = np.array([[1.0, 0.5, 0.25, 0.0], [0.0, 1.0, 0.4, 0.0], [0.5, 0.3, 1.0, 0.0]])
+    assert ndcg(sim, rel) == pytest.approx(0.9371789900735429, abs=1e-15)
+
+
+def test_ndcg_hand_computed():
+    sim = np.array([[0.1, 0.9, 0.5]])
+    rel = np.array([[1.0, 0.0, 0.5]])
+    # ranking: 1 (rel 0), 2 (0.5), 0 (1.0); k = 2 relevant items -> only the first 2 ranks count.
+    dcg = 0.0 / math.log2(2) + 0.5 / math.log2(3)
+    idcg = 1.0 / math.log2(2) + 0.5 / math.log2(3)
+    assert ndcg(sim, rel) == pytest.approx(dcg / idcg, abs=1e-15)
+
+
+def test_map_hand_computed():
+    sim = np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]])
+    rel = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    # row 0: relevant at ranks 1 and 3 -> (1/1 + 2/3) / 2; row 1: relevant at rank 4 -> 1/4.
+    expected = ((1 + 2 / 3) / 2 + 1 / 4) / 2
+    assert mean_average_precision(sim, rel) == pytest.approx(expected, abs=1e-15)
+
+
+def test_map_partial_relevance_counts_as_the_reference_does():
+    sim = np.array([[0.9, 0.8]])
+    rel = np.array([[0.5, 1.0]])
+    # Only the fully relevant item at rank 2 contributes; its running sum is 0.5 + 1.
+    assert mean_average_precision(sim, rel) == pytest.approx(1.5 / 2, abs=1e-15)
+
+
+def test_ek100_mir_metrics_perfect_and_transposed():
+    rel = np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3], [0.1, 0.0, 1.0]])
+    m = ek100_mir_metrics(rel.copy(), rel)
+    for key in ("mAP_V2T", "mAP_T2V", "mAP_AVG", "nDCG_V2T", "nDCG_T2V", "nDCG_AVG"):
+        assert m[key] == pytest.approx(100.0, abs=1e-12)
+    sim = np.array([[0.1, 0.9, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    m = ek100_mir_metrics(sim, rel)
+    assert m["mAP_V2T"] == pytest.approx(100 * mean_average_precision(sim, rel))
+    assert m["mAP_T2V"] == pytest.approx(100 * mean_average_precision(sim.T, rel.T))
+    assert m["nDCG_AVG"] == pytest.approx((m["nDCG_V2T"] + m["nDCG_T2V"]) / 2)
+
+
+def test_metric_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        ndcg(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="no item of relevance 1"):
+        mean_average_precision(np.zeros((1, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="square"):
+        t2v_ranks(np.zeros((2, 3)))

@@ -1,0 +1,198 @@
+"""EgoNCE golden parity, MLM masking statistics, VTM hard-negative sampling, loss weighting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from egovlpv2_rt.train.losses import (
+    LossWeights,
+    combine_losses,
+    egonce_loss,
+    mlm_loss,
+    mlm_mask_tokens,
+    sample_vtm_pairs,
+    vtm_negative_weights,
+)
+
+GOLDEN = Path(os.environ.get("EGOVLPV2_GOLDEN_DIR",
+                             Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"))
+
+
+def _err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def golden_io() -> dict[str, torch.Tensor]:
+    path = GOLDEN / "tiny_io.safetensors"
+    if not path.is_file():
+        pytest.fail(f"golden file {path} not found (set EGOVLPV2_GOLDEN_DIR)")
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("dtype,tol", [("f64", 1e-10), ("f32", 1e-5)])
+def test_egonce_matches_golden(golden_io, dtype, tol):
+    loss, pos = egonce_loss(golden_io[f"sim_{dtype}"], golden_io["egonce_mask_v"],
+                            golden_io["egonce_mask_n"], temperature=0.05)
+    assert _err(loss, golden_io[f"egonce_loss_{dtype}"]) <= tol
+    assert torch.equal(pos, golden_io["egonce_mask_bool"])
+
+
+def test_egonce_without_masks_is_symmetric_infonce():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(6, 6, generator=g, dtype=torch.float64) * 2 - 1
+    loss, pos = egonce_loss(sim, temperature=0.1)
+    ref = (torch.nn.functional.cross_entropy(sim / 0.1, torch.arange(6))
+           + torch.nn.functional.cross_entropy(sim.t() / 0.1, torch.arange(6)))
+    assert torch.equal(pos, torch.eye(6, dtype=torch.bool))
+    assert abs(loss.item() - ref.item()) <= 1e-12
+
+
+def test_egonce_bad_input():
+    with pytest.raises(ValueError, match="sim must be a square"):
+        egonce_loss(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="mask_v must be"):
+        egonce_loss(torch.zeros(3, 3), torch.zeros(2, 2), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        egonce_loss(torch.zeros(3, 3), temperature=0.0)
+
+
+def _mlm_batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 100, (400, 32), generator=g)
+    lengths = torch.randint(4, 33, (400,), generator=g)
+    mask = (torch.arange(32)[None] < lengths[:, None]).long()
+    ids[:, 0] = 0
+    ids[torch.arange(400), lengths - 1] = 2
+    ids[mask == 0] = 1
+    return ids, mask
+
+
+def test_mlm_masking_statistics():
+    ids, mask = _mlm_batch()
+    special = (0, 1, 2, 3, 4)
+    gen = torch.Generator().manual_seed(7)
+    masked, labels = mlm_mask_tokens(ids, mask, mask_token_id=4, vocab_size=100,
+                                     special_token_ids=special, generator=gen)
+    eligible = (mask == 1) & ~torch.isin(ids, torch.tensor(special))
+    selected = labels != -100
+    # Never a special or pad token; labels hold the original ids.
+    assert not (selected & ~eligible).any()
+    assert torch.equal(labels[selected], ids[selected])
+    assert torch.equal(masked[~selected], ids[~selected])
+    n = int(eligible.sum())
+    k = int(selected.sum())
+    p = k / n
+    # Binomial(n, 0.15): 5 standard deviations.
+    assert abs(p - 0.15) <= 5 * (0.15 * 0.85 / n) ** 0.5
+    to_mask = (masked == 4) & selected
+    changed = (masked != ids) & selected & ~to_mask
+    kept = (masked == ids) & selected
+    for frac, target in ((to_mask.sum() / k, 0.8), (kept.sum() / k, 0.1)):
+        assert abs(float(frac) - target) <= 5 * (target * (1 - target) / k) ** 0.5
+    # Random replacements (plus kept ones that happened to draw their own id) make up ~10%.
+    assert abs(float(changed.sum() / k) - 0.1) <= 5 * (0.09 / k) ** 0.5
+    assert not torch.isin(masked[changed], torch.tensor(special)).any()
+
+
+def test_mlm_masking_is_seeded():
+    ids, mask = _mlm_batch()
+    kw = dict(mask_token_id=4, vocab_size=100, special_token_ids=(0, 1, 2, 3, 4))
+    a = mlm_mask_tokens(ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    b = mlm_mask_tokens(ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    c = mlm_mask_tokens(ids, mask, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+def test_mlm_loss_ignores_unselected():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 5, 11, generator=g, dtype=torch.float64)
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[1, 3] = 4, 7
+    ref = -(torch.log_softmax(logits[0, 1], -1)[4] + torch.log_softmax(logits[1, 3], -1)[7]) / 2
+    assert abs(mlm_loss(logits, labels).item() - ref.item()) <= 1e-6
+    assert abs(mlm_loss(logits, labels, "sum").item() - 2 * ref.item()) <= 1e-6
+    with pytest.raises(ValueError, match="logits"):
+        mlm_loss(logits[0], labels)
+
+
+def _sim_and_pos(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    sim = torch.rand(n, n, generator=g, dtype=torch.float64) * 0.6 - 0.3
+    pos = torch.rand(n, n, generator=g) < 0.25
+    pos |= torch.eye(n, dtype=torch.bool)
+    return sim, pos
+
+
+def test_vtm_sampler_never_samples_a_positive():
+    sim, pos = _sim_and_pos(12, 0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        pairs = sample_vtm_pairs(sim, pos, 0.05, gen)
+        assert int(pairs.labels.sum()) >= 6
+        neg = pairs.labels == 0
+        assert not pos[pairs.text_index[neg], pairs.video_index[neg]].any()
+        posi = pairs.labels == 1
+        assert torch.equal(pairs.text_index[posi], pairs.video_index[posi])
+        # every negative keeps one side of its slot
+        slots = torch.arange(12)[neg]
+        assert ((pairs.text_index[neg] == slots) | (pairs.video_index[neg] == slots)).all()
+
+
+def test_vtm_sampler_follows_the_softmax_weights():
+    n, temp = 6, 0.05
+    sim, pos = _sim_and_pos(n, 1)
+    w_v, w_t = vtm_negative_weights(sim, pos, temp)
+    gen = torch.Generator().manual_seed(123)
+    counts_v = torch.zeros(n, n)
+    counts_t = torch.zeros(n, n)
+    for _ in range(4000):
+        pr = sample_vtm_pairs(sim, pos, temp, gen)
+        for i in torch.where(pr.labels == 0)[0].tolist():
+            if pr.text_index[i] == i and pr.video_index[i] != i:
+                counts_v[i, pr.video_index[i]] += 1
+            elif pr.video_index[i] == i:
+                counts_t[i, pr.text_index[i]] += 1
+    for counts, w in ((counts_v, w_v), (counts_t, w_t)):
+        for i in range(n):
+            total = counts[i].sum()
+            assert total > 500
+            expected = w[i] / w[i].sum()
+            freq = counts[i] / total
+            sd = (expected * (1 - expected) / total).sqrt()
+            assert (freq - expected).abs().le(5 * sd + 1e-12).all(), (i, freq, expected)
+            assert (counts[i][pos[i] if w is w_v else pos[:, i]] == 0).all()
+
+
+def test_vtm_sampler_rows_without_negatives_become_matches():
+    sim = torch.zeros(4, 4, dtype=torch.float64)
+    pos = torch.ones(4, 4, dtype=torch.bool)
+    pairs = sample_vtm_pairs(sim, pos, 0.05, torch.Generator().manual_seed(0))
+    assert torch.equal(pairs.labels, torch.ones(4, dtype=torch.long))
+    assert torch.equal(pairs.video_index, torch.arange(4))
+
+
+def test_vtm_sampler_is_seeded():
+    sim, pos = _sim_and_pos(10, 3)
+    a = sample_vtm_pairs(sim, pos, 0.05, torch.Generator().manual_seed(9))
+    b = sample_vtm_pairs(sim, pos, 0.05, torch.Generator().manual_seed(9))
+    assert torch.equal(a.video_index, b.video_index) and torch.equal(a.labels, b.labels)
+
+
+def test_loss_weights():
+    e, m, v = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)
+    assert combine_losses(LossWeights.original(), e, m, v).item() == 1 + 2 + 6
+    w = LossWeights.paper(0.25, 0.5)
+    assert combine_losses(w, e, m, v).item() == pytest.approx(0.25 * 1 + 0.25 * 2 + 0.5 * 3)
+    assert combine_losses(LossWeights.paper(0.0, 0.0), e, None, None).item() == 1.0
+    with pytest.raises(ValueError, match="gamma"):
+        LossWeights.paper(0.7, 0.5)
+    with pytest.raises(ValueError, match="'mlm' has weight"):
+        combine_losses(LossWeights.original(), e, None, v)

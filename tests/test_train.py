@@ -1,0 +1,180 @@
+"""Trainer: 2-process gloo torchrun equals 1 process; SIGKILL + --resume equals an
+uninterrupted run; config errors. Tiny model, tiny synthetic data, a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from egovlpv2_rt.data.egoclip import read_egoclip
+from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
+from egovlpv2_rt.train.bpe import train_bpe_tokenizer
+from egovlpv2_rt.train.config import ConfigError, load_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, seed=11, cfg=SynthConfig(num_clips=40, size=32, num_mcq=10))
+    texts = [r.clip_text for r in read_egoclip(root / "egoclip.csv")]
+    train_bpe_tokenizer(texts, 300, root / "tokenizer.json")
+    return root
+
+
+def _config(dataset: Path, out: Path, **top) -> dict:
+    from egovlpv2_rt.tokenizer import RobertaTokenizer
+
+    vocab = RobertaTokenizer.from_tokenizer_json(dataset / "tokenizer.json").vocab_size
+    dropout = top.pop("dropout", 0.0)
+    cfg = {
+        "model": {"preset": "tiny", "overrides": {
+            "text": {"vocab_size": vocab, "hidden_dropout_prob": dropout,
+                     "attention_probs_dropout_prob": dropout},
+            "fusion": {"vocab_size": vocab}}},
+        "data": {"root": str(dataset), "tokenizer": str(dataset / "tokenizer.json"),
+                 "image_size": 32, "sampling": "rand", "neg_seconds": 60.0,
+                 "max_text_length": 16},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "out_dir": str(out), "global_batch_size": 8, "max_steps": 3, "checkpoint_every": 2,
+        "log_every": 1, "progress": False, "deterministic": True, "num_threads": 1,
+    }
+    cfg.update(top)
+    return cfg
+
+
+def _write(cfg: dict, path: Path) -> Path:
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _train_cmd(cfg_path: Path, nproc: int = 1, *extra: str) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "egovlpv2_rt.train", "--config", str(cfg_path),
+                "--device", "cpu", *extra]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "egovlpv2_rt.train", "--config", str(cfg_path),
+            "--device", "cpu", *extra]
+
+
+def _run(cmd: list[str], timeout: float = 240) -> None:
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr[-4000:]}"
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() / scale if scale > 0 else (a - b).abs().max().item()
+
+
+def _losses(out: Path) -> list[float]:
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    return [float(r.split(",")[3]) for r in rows]
+
+
+def test_two_process_gloo_equals_one_process(dataset, tmp_path):
+    # float64: AdamW divides each gradient by its running RMS, so a parameter whose true
+    # gradient is 0 (e.g. an attention key bias, to which softmax is invariant) moves by
+    # lr * rounding_noise / eps. In float32 that noise differs between one batch of 8 and two
+    # batches of 4 and reaches ~1e-5 absolute; in float64 it is ~1e-14. The losses of a float32
+    # run agree to ~1e-7 as well, but only float64 tests the weights strictly.
+    one = _write(_config(dataset, tmp_path / "one", precision="float64"), tmp_path / "one.json")
+    two = _write(_config(dataset, tmp_path / "two", precision="float64"), tmp_path / "two.json")
+    _run(_train_cmd(one, 1))
+    _run(_train_cmd(two, 2))
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 3
+    assert all(torch.isfinite(torch.tensor(l1)))
+    for a, b in zip(l1, l2):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    # Per tensor err = max|two - one| / max(max|one|, lr): relative to the tensor, but never
+    # finer than one Adam step, the scale at which a zero-gradient parameter moves.
+    lr = 1e-3
+    worst = max(((w2[k].double() - w1[k].double()).abs().max().item()
+                 / max(w1[k].double().abs().max().item(), lr), k)
+                for k in w1 if w1[k].is_floating_point())
+    assert worst[0] <= 1e-5, worst
+    # The weights moved: the comparison is not between two untouched initialisations.
+    init_moved = max(_rel_err(w1[k], torch.zeros_like(w1[k])) for k in
+                     ("video_model.blocks.6.attn.alpha_i2t", "text_model.encoder.layer.6.alpha_t2i"))
+    assert init_moved > 0
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
+    steps = 8
+    full = _write(_config(dataset, tmp_path / "full", max_steps=steps, dropout=0.1,
+                          checkpoint_every=2), tmp_path / "full.json")
+    _run(_train_cmd(full, 1))
+
+    cut_out = tmp_path / "cut"
+    cut = _write(_config(dataset, cut_out, max_steps=steps, dropout=0.1, checkpoint_every=2),
+                 tmp_path / "cut.json")
+    proc = subprocess.Popen(_train_cmd(cut, 1), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    ckpt = cut_out / "checkpoints" / "last.pt"
+    log = cut_out / "metrics.csv"
+    deadline = time.time() + 180
+    # Kill after step 3 is logged: past the step-2 checkpoint, mid-epoch (10 steps per epoch).
+    while time.time() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 4 and ckpt.is_file():
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-3000:]}")
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("training did not reach step 3 in time")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+    assert 2 <= saved < steps
+    assert not (cut_out / "model.safetensors").exists()
+
+    _run(_train_cmd(cut, 1, "--resume"))
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(cut_out / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(tmp_path / "full") == _losses(cut_out)
+
+
+def test_config_unknown_key_names_file_and_key(dataset, tmp_path):
+    cfg = _config(dataset, tmp_path / "x")
+    cfg["optim"]["lr_mult_heads"] = 4.0
+    path = _write(cfg, tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match=r"bad\.json.*'optim\.lr_mult_heads'"):
+        load_train_config(path)
+    yaml_path = tmp_path / "bad.yaml"
+    yaml_path.write_text("max_steps: 3\nglobal_batch: 8\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'global_batch'"):
+        load_train_config(yaml_path)
+    cfg = _config(dataset, tmp_path / "x")
+    cfg["max_steps"] = "ten"
+    with pytest.raises(ConfigError, match="max_steps: expected an integer"):
+        load_train_config(_write(cfg, tmp_path / "bad2.json"))
+    cfg = _config(dataset, tmp_path / "x")
+    cfg["model"]["overrides"]["video"] = {"patch_sizes": 8}
+    with pytest.raises(ConfigError, match="patch_sizes"):
+        load_train_config(_write(cfg, tmp_path / "bad3.json"))
