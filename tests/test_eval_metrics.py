@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from egovlpv2_rt.eval.metrics import (
     egomcq_accuracy,
     ek100_mir_metrics,
@@ -117,3 +116,96 @@ def test_metric_bad_input():
         mean_average_precision(np.zeros((1, 2)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="square"):
         t2v_ranks(np.zeros((2, 3)))
+
+
+# -- EgoMCQ scoring with a model, and the eval CLI ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from egovlpv2_rt.checkpoint import save_safetensors
+    from egovlpv2_rt.config import preset
+    from egovlpv2_rt.data.egoclip import read_egoclip
+    from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
+    from egovlpv2_rt.modeling.model import EgoVLPv2
+    from egovlpv2_rt.tokenizer import RobertaTokenizer
+    from egovlpv2_rt.train.bpe import train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("mcq")
+    generate_dataset(root / "data", seed=3, cfg=SynthConfig(num_clips=48, size=32, num_mcq=6))
+    texts = [r.clip_text for r in read_egoclip(root / "data" / "egoclip.csv")]
+    train_bpe_tokenizer(texts, 300, root / "tokenizer.json")
+    vocab = RobertaTokenizer.from_tokenizer_json(root / "tokenizer.json").vocab_size
+    cfg = preset("tiny")
+    cfg = type(cfg).from_dict({**cfg.to_dict(),
+                               "text": {**cfg.to_dict()["text"], "vocab_size": vocab},
+                               "fusion": {**cfg.to_dict()["fusion"], "vocab_size": vocab}})
+    torch.manual_seed(0)
+    model = EgoVLPv2(cfg)
+    with torch.no_grad():  # gates on, so that the fusion path differs from the dual one
+        for name, p in model.named_parameters():
+            if "alpha" in name:
+                p.fill_(0.7)
+    save_safetensors(model, root / "model.safetensors")
+    return root
+
+
+def test_egomcq_scores_match_the_model_calls(tiny_model_dir):
+    from egovlpv2_rt.checkpoint import load_model
+    from egovlpv2_rt.data.clips import ClipReader
+    from egovlpv2_rt.data.egomcq import read_egomcq
+    from egovlpv2_rt.eval.egomcq import evaluate_egomcq
+    from egovlpv2_rt.modeling.model import sim_matrix
+    from egovlpv2_rt.tokenizer import RobertaTokenizer
+
+    root = tiny_model_dir
+    model = load_model(root / "model.safetensors")
+    tok = RobertaTokenizer.from_tokenizer_json(root / "tokenizer.json", max_length=16)
+    items = read_egomcq(root / "data" / "egomcq.json")
+    res = evaluate_egomcq(model, items, root / "data" / "videos", tok, batch_size=4)
+    # Reference for the second question, computed directly from the model.
+    it = items[1]
+    reader = ClipReader(root / "data" / "videos", num_frames=4, image_size=32)
+    video = torch.stack([reader.read(c) for c in it.choices])
+    enc = tok([it.text] * 5, max_length=16, padding="max_length")
+    with torch.no_grad():
+        dual = sim_matrix(model.encode_text(enc["input_ids"][:1], enc["attention_mask"][:1]),
+                          model.encode_video(video))[0].double()
+        fusion = torch.softmax(model.vtm_logits(video, enc["input_ids"],
+                                                enc["attention_mask"]).double(), -1)[:, 1]
+    assert torch.allclose(res.scores["dual"][1], dual, rtol=0, atol=1e-6)
+    assert torch.allclose(res.scores["fusion"][1], fusion, rtol=0, atol=1e-6)
+    assert torch.equal(res.scores["ensemble"], res.scores["dual"] + res.scores["fusion"])
+    for mode in ("dual", "fusion", "ensemble"):
+        assert res.accuracy[mode] == egomcq_accuracy(res.scores[mode], res.answers, res.types)
+
+
+def test_eval_cli_json(tiny_model_dir, capsys):
+    import argparse
+    import json
+
+    from egovlpv2_rt.cli_train import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="cmd", required=True))
+    root = tiny_model_dir
+    args = parser.parse_args(["eval", "--task", "egomcq", "--data", str(root / "data"),
+                              "--checkpoint", str(root / "model.safetensors"), "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    acc = out["accuracy"]
+    assert set(acc) == {"dual", "fusion", "ensemble"}
+    from egovlpv2_rt.checkpoint import load_model
+    from egovlpv2_rt.eval.egomcq import evaluate_egomcq
+    from egovlpv2_rt.tokenizer import RobertaTokenizer
+
+    direct = evaluate_egomcq(load_model(root / "model.safetensors"), root / "data" / "egomcq.json",
+                             root / "data" / "videos",
+                             RobertaTokenizer.from_tokenizer_json(root / "tokenizer.json"))
+    for mode, a in acc.items():
+        assert a["inter_count"] == 3 and a["intra_count"] == 3
+        assert a == direct.accuracy[mode]
+    bad = parser.parse_args(["eval", "--data", str(root), "--checkpoint",
+                             str(root / "missing.safetensors")])
+    assert bad.func(bad) == 2
+    assert "missing.safetensors" in capsys.readouterr().err

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from egovlpv2_rt.train.losses import (
     LossWeights,
     combine_losses,
@@ -18,6 +16,7 @@ from egovlpv2_rt.train.losses import (
     sample_vtm_pairs,
     vtm_negative_weights,
 )
+from safetensors.torch import load_file
 
 GOLDEN = Path(os.environ.get("EGOVLPV2_GOLDEN_DIR",
                              Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"))
@@ -103,7 +102,7 @@ def test_mlm_masking_statistics():
 
 def test_mlm_masking_is_seeded():
     ids, mask = _mlm_batch()
-    kw = dict(mask_token_id=4, vocab_size=100, special_token_ids=(0, 1, 2, 3, 4))
+    kw = {"mask_token_id": 4, "vocab_size": 100, "special_token_ids": (0, 1, 2, 3, 4)}
     a = mlm_mask_tokens(ids, mask, generator=torch.Generator().manual_seed(3), **kw)
     b = mlm_mask_tokens(ids, mask, generator=torch.Generator().manual_seed(3), **kw)
     c = mlm_mask_tokens(ids, mask, generator=torch.Generator().manual_seed(4), **kw)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from egovlpv2_rt.data.egoclip import read_egoclip
 from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
 from egovlpv2_rt.train.bpe import train_bpe_tokenizer
 from egovlpv2_rt.train.config import ConfigError, load_train_config
+from egovlpv2_rt.train.losses import LossWeights
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,8 @@ def _train_cmd(cfg_path: Path, nproc: int = 1, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], timeout: float = 240) -> None:
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True,
+                         timeout=timeout)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr[-4000:]}"
 
 
@@ -178,3 +179,50 @@ def test_config_unknown_key_names_file_and_key(dataset, tmp_path):
     cfg["model"]["overrides"]["video"] = {"patch_sizes": 8}
     with pytest.raises(ConfigError, match="patch_sizes"):
         load_train_config(_write(cfg, tmp_path / "bad3.json"))
+
+
+def test_shipped_example_config_loads():
+    path = REPO / "python" / "egovlpv2_rt" / "configs" / "pretrain_synthetic.yaml"
+    cfg = load_train_config(path)
+    mc = cfg.model.build()
+    assert mc.text.vocab_size == mc.fusion.vocab_size == 384
+    assert mc.video.depth == 12 and mc.fusion.num_fuse_block == 6
+    assert cfg.loss.weights() == LossWeights.original()
+
+
+def test_param_groups_and_schedule_follow_the_original():
+    from egovlpv2_rt.config import preset
+    from egovlpv2_rt.modeling.model import EgoVLPv2
+    from egovlpv2_rt.train.config import OptimConfig
+    from egovlpv2_rt.train.optim import build_optimizer, build_scheduler
+
+    model = EgoVLPv2(preset("tiny"))
+    cfg = OptimConfig(lr=1e-4, weight_decay=0.05, warmup_steps=10, min_lr_ratio=0.0)
+    opt = build_optimizer(model, cfg)
+    where = {n: g for g in opt.param_groups for n in g["names"]}
+    assert len(where) == sum(1 for _ in model.parameters())
+    expect = {
+        "video_model.blocks.0.attn.qkv.weight": (1e-4, 0.05),
+        "video_model.blocks.0.norm1.weight": (1e-4, 0.0),
+        "text_model.encoder.layer.0.attention.output.LayerNorm.weight": (1e-4, 0.0),
+        "video_model.blocks.0.norm3.weight": (1e-4, 0.05),   # not in the original's no-decay list
+        "vid_proj.0.weight": (4e-4, 0.05),
+        "mlm_score.bias": (4e-4, 0.0),
+        "itm_score.fc.weight": (4e-4, 0.05),
+        "video_model.blocks.6.attn.alpha_i2t": (4e-4, 0.05),
+        "text_model.encoder.layer.6.alpha_t2i": (4e-4, 0.05),
+        "cross_modal_text_transform.bias": (4e-4, 0.0),
+        "text_model.encoder.layer.6.crossattention_t2i.self.query.weight": (4e-4, 0.05),
+        "cls_token": (1e-4, 0.05),
+    }
+    for name, (lr, wd) in expect.items():
+        assert (where[name]["lr"], where[name]["weight_decay"]) == pytest.approx((lr, wd)), name
+    sched = build_scheduler(opt, cfg, total_steps=110)
+    lrs = []
+    for _ in range(111):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5e-4) and lrs[10] == pytest.approx(1e-4)
+    assert lrs[60] == pytest.approx(0.5e-4)     # half way through the cosine
+    assert lrs[110] == pytest.approx(0.0, abs=1e-12)

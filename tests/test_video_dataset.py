@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
-
 from egovlpv2_rt.video import ClipSpec, VideoError, frame_indices
 from egovlpv2_rt.video.dataset import ClipFailure, RobustClipLoader, VideoClipDataset
 from egovlpv2_rt.video.synthetic import read_frame_code, write_audio_only, write_video
@@ -16,7 +16,7 @@ from egovlpv2_rt.video.synthetic import read_frame_code, write_audio_only, write
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("dataset_videos")
     good = [write_video(d / f"good{k}.mp4", 45 + 10 * k, first_index=100 * k) for k in range(3)]
-    h264 = open(good[0], "rb").read()
+    h264 = Path(good[0]).read_bytes()
     (d / "truncated.mp4").write_bytes(h264[: len(h264) // 2])
     (d / "zero.mp4").write_bytes(b"")
     (d / "text.mp4").write_bytes(b"not a video at all\n" * 50)
@@ -59,7 +59,7 @@ def test_loader_with_workers_skips_and_reports_bad_files(clips, caplog):
 
 
 def test_raise_mode_names_the_file(clips):
-    specs, bad = clips
+    specs = clips[0]
     ds = VideoClipDataset(specs[15:20], on_error="raise", transform=None)
     with pytest.raises(VideoError, match="missing.mp4: video file not found"):
         for i in range(len(ds)):
@@ -79,7 +79,7 @@ def test_skip_mode_returns_failure_items(clips):
 
 
 def test_rand_sampling_is_reproducible_across_worker_counts(clips):
-    specs, _ = clips
+    specs = clips[0]
     subset = [s for s in specs[:40] if "good" in str(s.path)][:8]
 
     def run(workers):

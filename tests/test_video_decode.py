@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from egovlpv2_rt.video import (
     BackendUnavailableError,
     CorruptVideoError,
@@ -51,7 +51,7 @@ def media(tmp_path_factory):
     }
     for name, src, frac in [("trunc_mp4", "h264", 0.6), ("trunc_fs", "faststart", 0.6),
                             ("trunc_webm", "vp9", 0.6)]:
-        data = open(v[src], "rb").read()
+        data = Path(v[src]).read_bytes()
         dst = d / f"{name}{os.path.splitext(v[src])[1]}"
         dst.write_bytes(data[: int(len(data) * frac)])
         v[name] = str(dst)
@@ -228,3 +228,18 @@ def test_no_warning_on_clean_reads(media):
         warnings.simplefilter("error")
         for name in ("h264", "vp9", "mjpeg", "odd", "portrait"):
             read_clip(media[name], transform=None)
+
+
+def test_unavailable_backends_say_why(media, monkeypatch):
+    from egovlpv2_rt.video import dali_backend, torchcodec_backend
+
+    monkeypatch.setattr(torchcodec_backend, "_load",
+                        lambda: (None, "ImportError: No module named 'torchcodec'"))
+    with pytest.raises(BackendUnavailableError, match=r"backend 'torchcodec' cannot be loaded "
+                       r"here \(ImportError: No module named 'torchcodec'\)"):
+        read_clip(media["h264"], backend="torchcodec")
+    monkeypatch.setattr(dali_backend, "_load",
+                        lambda: (None, "ImportError: No module named 'nvidia'"))
+    with pytest.raises(BackendUnavailableError, match="backend 'dali_cpu' is unavailable: "
+                       "nvidia-dali is not importable"):
+        read_clip(media["vp9"], backend="dali_cpu")

@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from egovlpv2_rt.video import (
     ClipRangeError,
     ClipRangeWarning,

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from egovlpv2_rt.video import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 from egovlpv2_rt.video.transforms import CropBox, center_crop_box, resize_short_side
 
@@ -31,7 +30,7 @@ def _weights(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
             m[i, lo:hi] = w / w.sum()
         else:
             x = max(center - 0.5, 0.0)
-            x0 = min(int(math.floor(x)), n_in - 1)
+            x0 = min(math.floor(x), n_in - 1)
             x1 = min(x0 + 1, n_in - 1)
             f = x - x0
             m[i, x0] += 1 - f
@@ -57,7 +56,7 @@ def _ref_eval(frames_u8: np.ndarray, antialias: bool) -> np.ndarray:
         else:
             nh, nw = 256, int(256 * w / h)
         img = _ref_resize(img, nh, nw, antialias)
-        top, left = int(round((nh - 256) / 2.0)), int(round((nw - 256) / 2.0))
+        top, left = round((nh - 256) / 2.0), round((nw - 256) / 2.0)
         img = img[:, top : top + 256, left : left + 256]
         img = _ref_resize(img, 224, 224, antialias)
         mean = np.asarray(IMAGENET_MEAN)[:, None, None]

@@ -50,6 +50,7 @@ struct SpaceTimeAttentionParams {
   T* out = nullptr;        // [B, T, D] contiguous
   T* lse = nullptr;        // [B, H, T] contiguous, natural-log logsumexp of the scaled scores
   ParallelFor parallel_for = serial_for;
+  int64_t num_threads = 1;  // threads behind parallel_for (sizes the work split)
 };
 
 // Divided space-time attention backward: grad_qkv from grad_out and the forward's out and lse.
@@ -68,6 +69,7 @@ struct SpaceTimeAttentionGradParams {
   T scale = T(1);
   T* grad_qkv = nullptr;  // [B, T, 3*D] contiguous, fully written
   ParallelFor parallel_for = serial_for;
+  int64_t num_threads = 1;
 };
 
 // Cross-attention core: attn = softmax((q*scale) k^T + key_mask) v, heads merged.

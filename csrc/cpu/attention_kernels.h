@@ -39,17 +39,23 @@ constexpr int64_t kVecBytes = 32;
 constexpr int64_t kVecBytes = 16;
 #endif
 
-// GEMM tile: kMR rows by kNR<T> columns (two vector registers) of accumulators.
-constexpr int64_t kMR = 4;
+// Elements of one vector register.
 template <typename T>
-constexpr int64_t kNR = 2 * kVecBytes / static_cast<int64_t>(sizeof(T));
-// Independent partial sums of a dot product (two vectors, so two FMA chains).
+constexpr int64_t kLanes = kVecBytes / static_cast<int64_t>(sizeof(T));
+// GEMM tile: kMR rows by kNR<T> columns (two vector registers) of accumulators; AVX-512 has
+// 32 registers, so 8 rows (16 accumulators), else 4 rows (8 accumulators).
+constexpr int64_t kMR = kVecBytes == 64 ? 8 : 4;
 template <typename T>
-constexpr int64_t kDotLanes = 2 * kVecBytes / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kNR = 2 * kLanes<T>;
+// Packed rows are padded to a whole number of vectors.
+template <typename T>
+inline int64_t padded(int64_t n) {
+  return (n + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+}
 // Queries per block of the dense engine (keeps the score block in L1/L2).
 constexpr int64_t kQueryBlock = 64;
-// A key set with at least this many queries and keys goes through the dense engine.
-constexpr int64_t kDenseMin = 8;
+// A key set with at least this many queries goes through the dense engine.
+constexpr int64_t kDenseMin = 2;
 // Work items of the divided attention hold about this many queries (time attention groups
 // have only F queries, so several groups make one item).
 constexpr int64_t kQueriesPerItem = 64;
@@ -176,7 +182,7 @@ inline T lanes_max(T* part) {
 
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
-  constexpr int64_t L = kDotLanes<T>;
+  constexpr int64_t L = kLanes<T>;
   T part[L];
   for (int64_t l = 0; l < L; ++l) part[l] = T(0);
   int64_t d = 0;
@@ -227,7 +233,7 @@ inline void copy_row(const T* src, int64_t stride, int64_t n, int64_t n_pad, T* 
 // propagate through the exp.
 template <typename T>
 inline T row_max(const T* __restrict s, int64_t n) {
-  constexpr int64_t L = kDotLanes<T>;
+  constexpr int64_t L = kLanes<T>;
   T m = s[0];
   int64_t j = 0;
   if (n >= L) {
@@ -244,7 +250,7 @@ inline T row_max(const T* __restrict s, int64_t n) {
 // s[j] = exp(s[j] - shift) in place; returns the sum.
 template <typename T>
 inline T exp_shift_sum(T* __restrict s, int64_t n, T shift) {
-  constexpr int64_t L = kDotLanes<T>;
+  constexpr int64_t L = kLanes<T>;
   T part[L];
   for (int64_t l = 0; l < L; ++l) part[l] = T(0);
   int64_t j = 0;
@@ -269,50 +275,99 @@ inline void scale_row(T* __restrict s, int64_t n, T alpha) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Register-tiled GEMM: C[m, n] (+)= A[m, k] B[k, n], row-major, n a multiple of kNR<T>.
+// Register-tiled GEMM: C[m, n] (+)= A[m, k] B[k, n], row-major, n a multiple of kLanes<T>.
+// The tile keeps MR x NV vectors of accumulators in registers. With GCC / Clang it is written
+// with their generic vector types (plain C++ otherwise compiles to whatever instruction set the
+// file is built for), because plain loops let the vectoriser pick shapes that spill or shuffle.
 
-template <typename T, int64_t MR, bool kAccumulate>
+#if defined(__GNUC__)
+#define EGOVLPV2_VECTOR_TYPES 1
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+};
+template <typename T>
+inline typename VecOf<T>::type vload(const T* p) {
+  typename VecOf<T>::type v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, typename VecOf<T>::type v) {
+  memcpy(p, &v, sizeof v);
+}
+#endif
+
+template <typename T, int64_t MR, int64_t NV, bool kAccumulate>
 inline void gemm_tile(int64_t k, const T* __restrict a, int64_t lda, const T* __restrict b,
                       int64_t ldb, T* __restrict c, int64_t ldc) {
-  constexpr int64_t NR = kNR<T>;
-  T acc[MR][NR];
+  constexpr int64_t W = kLanes<T>;
+#ifdef EGOVLPV2_VECTOR_TYPES
+  using V = typename VecOf<T>::type;
+  V acc[MR][NV];
   for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) acc[i][j] = kAccumulate ? c[i * ldc + j] : T(0);
+    for (int64_t v = 0; v < NV; ++v) acc[i][v] = kAccumulate ? vload(c + i * ldc + v * W) : V{};
+  for (int64_t p = 0; p < k; ++p) {
+    V bv[NV];
+    for (int64_t v = 0; v < NV; ++v) bv[v] = vload(b + p * ldb + v * W);
+    for (int64_t i = 0; i < MR; ++i) {
+      const T ai = a[i * lda + p];
+      for (int64_t v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t v = 0; v < NV; ++v) vstore(c + i * ldc + v * W, acc[i][v]);
+#else
+  constexpr int64_t NC = NV * W;
+  T acc[MR][NC];
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NC; ++j) acc[i][j] = kAccumulate ? c[i * ldc + j] : T(0);
   for (int64_t p = 0; p < k; ++p) {
     const T* __restrict bp = b + p * ldb;
     for (int64_t i = 0; i < MR; ++i) {
       const T ai = a[i * lda + p];
-      for (int64_t j = 0; j < NR; ++j) acc[i][j] += ai * bp[j];
+      for (int64_t j = 0; j < NC; ++j) acc[i][j] += ai * bp[j];
     }
   }
   for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
+    for (int64_t j = 0; j < NC; ++j) c[i * ldc + j] = acc[i][j];
+#endif
+}
+
+// Rows [0, rows) of one column block, rows < kMR, in tiles of the largest fitting height.
+template <typename T, int64_t NV, bool kAccumulate, int64_t MR = kMR / 2>
+inline void gemm_rest(int64_t rows, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                      T* c, int64_t ldc) {
+  if (rows >= MR) {
+    gemm_tile<T, MR, NV, kAccumulate>(k, a, lda, b, ldb, c, ldc);
+    a += MR * lda;
+    c += MR * ldc;
+    rows -= MR;
+  }
+  if constexpr (MR > 1) {
+    if (rows > 0) gemm_rest<T, NV, kAccumulate, MR / 2>(rows, k, a, lda, b, ldb, c, ldc);
+  }
+}
+
+template <typename T, int64_t NV, bool kAccumulate>
+inline void gemm_columns(int64_t m, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                         T* c, int64_t ldc) {
+  const int64_t m_full = m - m % kMR;
+  for (int64_t i0 = 0; i0 < m_full; i0 += kMR)
+    gemm_tile<T, kMR, NV, kAccumulate>(k, a + i0 * lda, lda, b, ldb, c + i0 * ldc, ldc);
+  if (m > m_full)
+    gemm_rest<T, NV, kAccumulate>(m - m_full, k, a + m_full * lda, lda, b, ldb, c + m_full * ldc,
+                                  ldc);
 }
 
 template <typename T, bool kAccumulate>
 inline void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                  int64_t ldb, T* c, int64_t ldc) {
   constexpr int64_t NR = kNR<T>;
-  const int64_t m_full = m - m % kMR;
-  for (int64_t j0 = 0; j0 < n; j0 += NR) {
-    for (int64_t i0 = 0; i0 < m_full; i0 += kMR)
-      gemm_tile<T, kMR, kAccumulate>(k, a + i0 * lda, lda, b + j0, ldb, c + i0 * ldc + j0, ldc);
-    const T* a_rest = a + m_full * lda;
-    T* c_rest = c + m_full * ldc + j0;
-    switch (m - m_full) {
-      case 3:
-        gemm_tile<T, 3, kAccumulate>(k, a_rest, lda, b + j0, ldb, c_rest, ldc);
-        break;
-      case 2:
-        gemm_tile<T, 2, kAccumulate>(k, a_rest, lda, b + j0, ldb, c_rest, ldc);
-        break;
-      case 1:
-        gemm_tile<T, 1, kAccumulate>(k, a_rest, lda, b + j0, ldb, c_rest, ldc);
-        break;
-      default:
-        break;
-    }
-  }
+  int64_t j0 = 0;
+  for (; j0 + NR <= n; j0 += NR)
+    gemm_columns<T, 2, kAccumulate>(m, k, a, lda, b + j0, ldb, c + j0, ldc);
+  if (j0 < n) gemm_columns<T, 1, kAccumulate>(m, k, a, lda, b + j0, ldb, c + j0, ldc);
 }
 
 // dst[j, i] = src[i, j] for i < rows, j < cols.
@@ -371,7 +426,7 @@ struct DenseForward {
   T *kt, *v, *qs, *s, *o, *inv;
 
   DenseForward(Carver& c, int64_t nk_, int64_t dh_)
-      : nk(nk_), dh(dh_), nk_pad(round_up(nk_, kNR<T>)), dh_pad(round_up(dh_, kNR<T>)) {
+      : nk(nk_), dh(dh_), nk_pad(padded<T>(nk_)), dh_pad(padded<T>(dh_)) {
     kt = c.take<T>(dh * nk_pad);
     v = c.take<T>(nk * dh_pad);
     qs = c.take<T>(kQueryBlock * dh);
@@ -380,15 +435,16 @@ struct DenseForward {
     inv = c.take<T>(kQueryBlock);
   }
 
+  // Zero the padding columns of the packed keys once; run() only writes the real ones, so
+  // one engine serves any number of key sets of this size.
+  void clear() { memset(kt, 0, static_cast<size_t>(dh * nk_pad) * sizeof(T)); }
+
   void run(int64_t nq, T scale, const ForwardIo<T>& io) {
     for (int64_t j = 0; j < nk; ++j) {
       const T* kr = io.k.ptr[j];
       for (int64_t d = 0; d < dh; ++d) kt[d * nk_pad + j] = kr[d * io.k.stride];
       copy_row(io.v.ptr[j], io.v.stride, dh, dh_pad, v + j * dh_pad);
     }
-    for (int64_t d = 0; d < dh; ++d)
-      for (int64_t j = nk; j < nk_pad; ++j) kt[d * nk_pad + j] = T(0);
-
     for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
       const int64_t qb = min64(kQueryBlock, nq - q0);
       for (int64_t i = 0; i < qb; ++i) load_row(io.q.ptr[q0 + i], io.q.stride, dh, dh, scale, qs + i * dh);
@@ -397,8 +453,10 @@ struct DenseForward {
         T* row = s + i * nk_pad;
         if (io.mask)
           for (int64_t j = 0; j < nk; ++j) row[j] += io.mask[j];
-        const T m = row_max(row, nk);
-        const T sum = exp_shift_sum(row, nk, m);
+        // Padding columns get exp(-inf) = 0, so the row is processed in whole vectors.
+        for (int64_t j = nk; j < nk_pad; ++j) row[j] = -static_cast<T>(HUGE_VAL);
+        const T m = row_max(row, nk_pad);
+        const T sum = exp_shift_sum(row, nk_pad, m);
         inv[i] = T(1) / sum;
         *io.lse[q0 + i] = m + log_t(sum);
       }
@@ -419,7 +477,7 @@ struct DenseBackward {
   T *kt, *kr, *vt, *qs, *go, *s, *dp, *dq, *pt, *dst, *delta;
 
   DenseBackward(Carver& c, int64_t nk_, int64_t dh_)
-      : nk(nk_), dh(dh_), nk_pad(round_up(nk_, kNR<T>)), dh_pad(round_up(dh_, kNR<T>)) {
+      : nk(nk_), dh(dh_), nk_pad(padded<T>(nk_)), dh_pad(padded<T>(dh_)) {
     kt = c.take<T>(dh * nk_pad);
     kr = c.take<T>(nk * dh_pad);
     vt = c.take<T>(dh * nk_pad);
@@ -433,6 +491,11 @@ struct DenseBackward {
     delta = c.take<T>(kQueryBlock);
   }
 
+  void clear() {
+    memset(kt, 0, static_cast<size_t>(dh * nk_pad) * sizeof(T));
+    memset(vt, 0, static_cast<size_t>(dh * nk_pad) * sizeof(T));
+  }
+
   // grad_k / grad_v: [nk, dh_pad] accumulators (io.ld_grad must equal dh_pad).
   void run(int64_t nq, T scale, const BackwardIo<T>& io) {
     for (int64_t j = 0; j < nk; ++j) {
@@ -444,9 +507,6 @@ struct DenseBackward {
       }
       copy_row(krow, io.k.stride, dh, dh_pad, kr + j * dh_pad);
     }
-    for (int64_t d = 0; d < dh; ++d)
-      for (int64_t j = nk; j < nk_pad; ++j) kt[d * nk_pad + j] = vt[d * nk_pad + j] = T(0);
-
     for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
       const int64_t qb = min64(kQueryBlock, nq - q0);
       for (int64_t i = 0; i < qb; ++i) {
@@ -462,11 +522,12 @@ struct DenseBackward {
         T* drow = dp + i * nk_pad;
         if (io.mask)
           for (int64_t j = 0; j < nk; ++j) row[j] += io.mask[j];
-        const T sum = exp_shift_sum(row, nk, *io.lse[q0 + i]);
-        scale_row(row, nk, T(1) / sum);
+        for (int64_t j = nk; j < nk_pad; ++j) row[j] = -static_cast<T>(HUGE_VAL);
+        const T sum = exp_shift_sum(row, nk_pad, *io.lse[q0 + i]);
+        scale_row(row, nk_pad, T(1) / sum);
         const T di = delta[i];
         // dS = P * (dP - rowsum(dO * O)), kept in dp.
-        for (int64_t j = 0; j < nk; ++j) drow[j] = row[j] * (drow[j] - di);
+        for (int64_t j = 0; j < nk_pad; ++j) drow[j] = row[j] * (drow[j] - di);
       }
       // dQ = scale * dS K.
       gemm<T, false>(qb, dh_pad, nk, dp, nk_pad, kr, dh_pad, dq, dh_pad);
@@ -501,6 +562,8 @@ struct RowForward {
     kptr = c.take<const T*>(nk);
     vptr = c.take<const T*>(nk);
   }
+
+  void clear() {}
 
   void run(int64_t nq, T scale, const ForwardIo<T>& io) {
     const Rows<T> k = unit_rows(io.k, nk, dh, kpack, kptr);
@@ -539,6 +602,8 @@ struct RowBackward {
     kptr = c.take<const T*>(nk);
     vptr = c.take<const T*>(nk);
   }
+
+  void clear() {}
 
   // Per query: dS and P over the key set, then the query's gradient is written and
   // `key_grad(j, ds_j, p_j, qs, go)` receives each key's share (to add to its dK / dV).
@@ -609,8 +674,9 @@ struct SpaceTimeGeometry {
   int64_t group_step;   // token offset between consecutive groups
   int64_t member_step;  // token offset between consecutive members of a group
   int64_t groups_per_item;
-  int64_t chunks;  // work items per (batch, head), CLS query excluded
+  int64_t chunks;  // blocks of groups per batch element
   bool dense;      // engine of the patch groups
+  int64_t heads_per_block, head_blocks;  // a work item is (batch, chunk, block of heads)
 
   template <typename P>
   explicit SpaceTimeGeometry(const P& p)
@@ -635,6 +701,11 @@ struct SpaceTimeGeometry {
     groups_per_item = max64(1, kQueriesPerItem / group_size);
     chunks = ceil_div(groups, groups_per_item);
     dense = group_size >= kDenseMin;
+    // Split the heads into blocks only as far as needed for about 4 items per thread.
+    const int64_t target_items = 4 * max64(1, p.num_threads);
+    const int64_t wanted_blocks = min64(heads, max64(1, ceil_div(target_items, batch * chunks)));
+    heads_per_block = ceil_div(heads, wanted_blocks);
+    head_blocks = ceil_div(heads, heads_per_block);
   }
 
   int64_t token(int64_t group, int64_t member) const {
@@ -677,57 +748,57 @@ Status space_time_forward(const SpaceTimeAttentionParams<T>& p) {
     io.out = rows.out;
     io.lse = rows.lse_w;
 
-    const int64_t group_items = g.batch * g.chunks * g.heads;
     for (int64_t item = begin; item < end; ++item) {
-      // Group items first, heads fastest (consecutive items reuse the same token rows from
-      // cache); then one item per (batch, head) for the CLS query.
-      const bool cls = item >= group_items;
-      const int64_t bh = cls ? item - group_items
-                             : (item / (g.heads * g.chunks)) * g.heads + item % g.heads;
-      const int64_t chunk = cls ? 0 : (item / g.heads) % g.chunks;
-      const int64_t b = bh / g.heads;
-      const int64_t h = bh % g.heads;
-      const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
-      T* out_bh = p.out + b * g.tokens * g.dim + h * g.dh;
-      T* lse_bh = p.lse + bh * g.tokens;
-      Carver ec(engine_base);
-      if (cls) {
-        // The CLS query attends to every token.
-        rows.q[0] = p.qkv.at(b, 0, qc);
-        for (int64_t t = 0; t < g.tokens; ++t) {
-          rows.k[t] = p.qkv.at(b, t, kc);
-          rows.v[t] = p.qkv.at(b, t, vc);
-        }
-        rows.out[0] = out_bh;
-        rows.lse_w[0] = lse_bh;
-        RowForward<T> e(ec, g.tokens, g.dh);
-        e.run(1, p.scale, io);
-        continue;
-      }
+      // Key sets of one batch element and a block of heads, all heads of a set in a row: its
+      // token rows are then read whole and in order (heads are consecutive column slices).
+      const int64_t b = item / (g.chunks * g.head_blocks);
+      const int64_t chunk = (item / g.head_blocks) % g.chunks;
+      const int64_t h_begin = (item % g.head_blocks) * g.heads_per_block;
+      const int64_t h_end = min64(g.heads, h_begin + g.heads_per_block);
       const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
       for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
-        rows.k[0] = p.qkv.at(b, 0, kc);
-        rows.v[0] = p.qkv.at(b, 0, vc);
-        for (int64_t i = 0; i < g.group_size; ++i) {
-          const int64_t t = g.token(grp, i);
-          rows.q[i] = p.qkv.at(b, t, qc);
-          rows.k[1 + i] = p.qkv.at(b, t, kc);
-          rows.v[1 + i] = p.qkv.at(b, t, vc);
-          rows.out[i] = out_bh + t * g.dim;
-          rows.lse_w[i] = lse_bh + t;
+        for (int64_t h = h_begin; h < h_end; ++h) {
+          const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+          T* out_bh = p.out + b * g.tokens * g.dim + h * g.dh;
+          T* lse_bh = p.lse + (b * g.heads + h) * g.tokens;
+          rows.k[0] = p.qkv.at(b, 0, kc);
+          rows.v[0] = p.qkv.at(b, 0, vc);
+          for (int64_t i = 0; i < g.group_size; ++i) {
+            const int64_t t = g.token(grp, i);
+            rows.q[i] = p.qkv.at(b, t, qc);
+            rows.k[1 + i] = p.qkv.at(b, t, kc);
+            rows.v[1 + i] = p.qkv.at(b, t, vc);
+            rows.out[i] = out_bh + t * g.dim;
+            rows.lse_w[i] = lse_bh + t;
+          }
+          Carver ec(engine_base);
+          if (g.dense) {
+            DenseForward<T> e(ec, nk, g.dh);
+            e.run(g.group_size, p.scale, io);
+          } else {
+            RowForward<T> e(ec, nk, g.dh);
+            e.run(g.group_size, p.scale, io);
+          }
         }
-        Carver gc(engine_base);
-        if (g.dense) {
-          DenseForward<T> e(gc, nk, g.dh);
-          e.run(g.group_size, p.scale, io);
-        } else {
-          RowForward<T> e(gc, nk, g.dh);
-          e.run(g.group_size, p.scale, io);
+      }
+      // The CLS query of (b, h), which attends to every token, goes to the item of chunk
+      // h % chunks of h's block, spreading those queries over the items.
+      for (int64_t h = h_begin; h < h_end; ++h) {
+        if (h % g.chunks != chunk) continue;
+        rows.q[0] = p.qkv.at(b, 0, h * g.dh);
+        for (int64_t t = 0; t < g.tokens; ++t) {
+          rows.k[t] = p.qkv.at(b, t, g.dim + h * g.dh);
+          rows.v[t] = p.qkv.at(b, t, 2 * g.dim + h * g.dh);
         }
+        rows.out[0] = p.out + b * g.tokens * g.dim + h * g.dh;
+        rows.lse_w[0] = p.lse + (b * g.heads + h) * g.tokens;
+        Carver ec(engine_base);
+        RowForward<T> e(ec, g.tokens, g.dh);
+        e.run(1, p.scale, io);
       }
     }
   };
-  p.parallel_for(0, geo.batch * geo.heads * (geo.chunks + 1), 1, body, &ctx);
+  p.parallel_for(0, geo.batch * geo.chunks * geo.head_blocks, 1, body, &ctx);
   return ctx.failed ? Status::kOutOfMemory : Status::kOk;
 }
 
@@ -752,7 +823,7 @@ Status space_time_backward(const SpaceTimeAttentionGradParams<T>& p) {
     const SpaceTimeAttentionGradParams<T>& p = *c.p;
     const SpaceTimeGeometry& g = *c.g;
     const int64_t nk = g.group_size + 1;
-    const int64_t ld = round_up(g.dh, kNR<T>);
+    const int64_t ld = padded<T>(g.dh);
     const int64_t table_bytes = RowTable<T>::bytes(nk);
     Carver acc_size(nullptr);
     acc_size.take<T>(nk * ld);
@@ -785,55 +856,60 @@ Status space_time_backward(const SpaceTimeAttentionGradParams<T>& p) {
     io.ld_grad = ld;
 
     for (int64_t item = begin; item < end; ++item) {
-      // Heads fastest, as in the forward.
-      const int64_t bh = (item / (g.heads * g.chunks)) * g.heads + item % g.heads;
-      const int64_t chunk = (item / g.heads) % g.chunks;
-      const int64_t b = bh / g.heads;
-      const int64_t h = bh % g.heads;
-      const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+      // (batch, chunk, block of heads) as in the forward.
+      const int64_t b = item / (g.chunks * g.head_blocks);
+      const int64_t chunk = (item / g.head_blocks) % g.chunks;
+      const int64_t h_begin = (item % g.head_blocks) * g.heads_per_block;
+      const int64_t h_end = min64(g.heads, h_begin + g.heads_per_block);
       T* grad_b = p.grad_qkv + b * g.tokens * three_d;
-      T* part_k = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
-      T* part_v = part_k + g.dh;
-      for (int64_t d = 0; d < g.dh; ++d) part_k[d] = part_v[d] = T(0);
-
+      for (int64_t h = h_begin; h < h_end; ++h) {
+        T* part_k = c.partials + ((b * g.heads + h) * g.chunks + chunk) * 2 * g.dh;
+        for (int64_t d = 0; d < 2 * g.dh; ++d) part_k[d] = T(0);
+      }
       const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
       for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
-        rows.k[0] = p.qkv.at(b, 0, kc);
-        rows.v[0] = p.qkv.at(b, 0, vc);
-        for (int64_t i = 0; i < g.group_size; ++i) {
-          const int64_t t = g.token(grp, i);
-          rows.q[i] = p.qkv.at(b, t, qc);
-          rows.k[1 + i] = p.qkv.at(b, t, kc);
-          rows.v[1 + i] = p.qkv.at(b, t, vc);
-          rows.go[i] = p.grad_out.at(b, t, qc);
-          rows.o[i] = p.out.at(b, t, qc);
-          rows.lse_r[i] = p.lse + bh * g.tokens + t;
-          rows.out[i] = grad_b + t * three_d + qc;
+        for (int64_t h = h_begin; h < h_end; ++h) {
+          const int64_t bh = b * g.heads + h;
+          const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+          rows.k[0] = p.qkv.at(b, 0, kc);
+          rows.v[0] = p.qkv.at(b, 0, vc);
+          for (int64_t i = 0; i < g.group_size; ++i) {
+            const int64_t t = g.token(grp, i);
+            rows.q[i] = p.qkv.at(b, t, qc);
+            rows.k[1 + i] = p.qkv.at(b, t, kc);
+            rows.v[1 + i] = p.qkv.at(b, t, vc);
+            rows.go[i] = p.grad_out.at(b, t, qc);
+            rows.o[i] = p.out.at(b, t, qc);
+            rows.lse_r[i] = p.lse + bh * g.tokens + t;
+            rows.out[i] = grad_b + t * three_d + qc;
+          }
+          for (int64_t e = 0; e < nk * ld; ++e) dk[e] = dv[e] = T(0);
+          Carver ec(engine_base);
+          if (g.dense) {
+            DenseBackward<T> e(ec, nk, g.dh);
+            e.run(g.group_size, p.scale, io);
+          } else {
+            RowBackward<T> e(ec, nk, g.dh);
+            const int64_t dh = g.dh;
+            e.run(g.group_size, p.scale, io,
+                  [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
+                    axpy(ds, qs, dk + j * ld, dh);
+                    axpy(pj, go, dv + j * ld, dh);
+                  });
+          }
+          for (int64_t i = 0; i < g.group_size; ++i) {
+            T* row = grad_b + g.token(grp, i) * three_d;
+            memcpy(row + kc, dk + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
+            memcpy(row + vc, dv + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
+          }
+          T* part_k = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
+          axpy(T(1), dk, part_k, g.dh);
+          axpy(T(1), dv, part_k + g.dh, g.dh);
         }
-        for (int64_t e = 0; e < nk * ld; ++e) dk[e] = dv[e] = T(0);
-        Carver ec(engine_base);
-        if (g.dense) {
-          DenseBackward<T> e(ec, nk, g.dh);
-          e.run(g.group_size, p.scale, io);
-        } else {
-          RowBackward<T> e(ec, nk, g.dh);
-          const int64_t dh = g.dh;
-          e.run(g.group_size, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
-            axpy(ds, qs, dk + j * ld, dh);
-            axpy(pj, go, dv + j * ld, dh);
-          });
-        }
-        for (int64_t i = 0; i < g.group_size; ++i) {
-          T* row = grad_b + g.token(grp, i) * three_d;
-          memcpy(row + kc, dk + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
-          memcpy(row + vc, dv + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
-        }
-        axpy(T(1), dk, part_k, g.dh);
-        axpy(T(1), dv, part_v, g.dh);
       }
     }
   };
-  p.parallel_for(0, n_bh * geo.chunks, 1, groups_body, &ctx);
+  p.parallel_for(0, geo.batch * geo.chunks * geo.head_blocks, 1, groups_body, &ctx);
   if (ctx.failed) return Status::kOutOfMemory;
 
   // Pass 2: the CLS query of each (batch, head); adds its share to every key row.
@@ -911,7 +987,7 @@ constexpr int64_t kCrossQueriesPerItem = 2 * kQueryBlock;
 
 template <typename T>
 inline bool cross_dense(int64_t nq, int64_t nk) {
-  return nq >= kDenseMin && nk >= kDenseMin;
+  return nq >= kDenseMin && nk >= 1;
 }
 
 template <typename T>
@@ -998,7 +1074,7 @@ Status cross_backward(const CrossAttentionGradParams<T>& p) {
     const CrossAttentionGradParams<T>& p = *c.p;
     const int64_t nq = p.q_len, nk = p.k_len, dh = p.head_dim;
     const int64_t dim = p.num_heads * dh;
-    const int64_t ld = round_up(dh, kNR<T>);
+    const int64_t ld = padded<T>(dh);
     const bool dense = cross_dense<T>(nq, nk);
     const int64_t table_bytes = RowTable<T>::bytes(max64(nq, nk));
     Carver extra(nullptr);

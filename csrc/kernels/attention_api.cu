@@ -174,6 +174,13 @@ cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream) 
         done = true;
       }
     }
+    if (!done && a.patches > 0 && p.temporal &&
+        detail::time_columns_supported(p.frames, p.head_dim)) {
+      a.vec_ok = vec;
+      err = detail::launch_time_columns<T>(false, a, stream);
+      if (err != cudaSuccess) return err;
+      done = true;
+    }
     if (!done && a.patches > 0) {
       const int64_t partners = p.temporal ? p.frames + 1 : a.patches + 1;
       a.row_begin = 1;
@@ -233,8 +240,16 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
               a.dv, a.dv_sb, a.dv_st);
       mma_ok = !p.temporal && a.patches > 0 && mc.ok && device_has_mma();
     }
+    // Temporal columns: dQ, dK and dV of every patch token in one pass.
+    const bool columns =
+        p.temporal && a.patches > 0 && detail::time_columns_supported(p.frames, p.head_dim);
+    if (columns) {
+      a.vec_ok = vec;
+      err = detail::launch_time_columns<T>(true, a, stream);
+      if (err != cudaSuccess) return err;
+    }
     // dQ of the patch rows, then of the CLS row.
-    bool done = false;
+    bool done = columns;
     if constexpr (!std::is_same<T, float>::value) {
       if (mma_ok && detail::mma_supports(detail::kMmaDq, p.head_dim)) {
         err = detail::launch_mma<T>(detail::kMmaDq, a, stream);
@@ -257,7 +272,7 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
     err = detail::launch_simt<T>(detail::kSimtDq, a, stream);
     if (err != cudaSuccess) return err;
     // dK, dV of the patch keys, then of the CLS key (attended by every query).
-    done = false;
+    done = columns;
     if constexpr (!std::is_same<T, float>::value) {
       if (mma_ok && detail::mma_supports(detail::kMmaDkv, p.head_dim)) {
         err = detail::launch_mma<T>(detail::kMmaDkv, a, stream);

@@ -252,6 +252,43 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x;
 }
 
+// 16-byte global -> shared copy that completes asynchronously (cp.async, sm_80+); `valid` false
+// zero-fills the 16 bytes without reading global memory. Completion: cp_async_commit() closes a
+// group, cp_async_wait<N>() waits until at most N groups are pending; a __syncthreads after the
+// wait makes the data visible to the other threads.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#if defined(EGO_EMULATE)
+  ::emu::cp_async16(smem, gmem, valid ? 16 : 0);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
+               : "memory");
+#elif defined(__CUDA_ARCH__)
+  uint4 v;
+  v.x = v.y = v.z = v.w = 0u;
+  if (valid) v = *reinterpret_cast<const uint4*>(gmem);
+  *reinterpret_cast<uint4*>(smem) = v;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(EGO_EMULATE)
+  ::emu::cp_async_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(EGO_EMULATE)
+  ::emu::cp_async_wait(N);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 // D = A * B + D for one m16n8k16 tile, fp32 accumulation. Fragment layout (PTX ISA,
 // "Matrix Fragments for mma.m16n8k16", g = lane >> 2, t = lane & 3):
 //   a[0]: A[g][2t..2t+1]    a[1]: A[g+8][2t..2t+1]   a[2]: A[g][2t+8..]   a[3]: A[g+8][2t+8..]

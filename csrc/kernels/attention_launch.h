@@ -27,6 +27,14 @@ cudaError_t launch_simt(int kind, const AttnArgs& a, cudaStream_t stream);
 template <class T>
 cudaError_t launch_delta(const AttnArgs& a, cudaStream_t stream);
 
+// Temporal attention, one warp per (batch, patch position, head) column: the outputs (forward)
+// or dQ, dK, dV (backward) of every patch token; the CLS row and key are not touched.
+inline bool time_columns_supported(int frames, int head_dim) {
+  return frames >= 1 && frames <= 8 && head_dim <= 64;
+}
+template <class T>
+cudaError_t launch_time_columns(bool backward, const AttnArgs& a, cudaStream_t stream);
+
 // Tensor-core tiles over the groups of mma_groups(); T is __half or __nv_bfloat16.
 template <class T>
 cudaError_t launch_mma(int kind, const AttnArgs& a, cudaStream_t stream);

@@ -31,24 +31,23 @@ constexpr int kBlockN = 32;  // partners per step
 
 template <int DH>
 struct MmaShape {
-  static constexpr int LD = DH + 8;  // padded smem row, elements
+  static constexpr int LD = DH + 8;   // padded smem row, elements
   static constexpr int KS = DH / 16;  // k-steps of a product over the head dim
   static constexpr int NT = DH / 8;   // n-tiles of an output over the head dim
+  static constexpr int kStages = DH <= 64 ? 2 : 1;  // partner blocks in flight
 };
 
-// Copies `valid` rows of DH elements into a [R][LD] shared tile with 16-byte accesses;
-// rows in [valid, R) are zero-filled. row_ptr(r) gives the global address of row r.
+// Starts copying `valid` rows of DH elements into a [R][LD] shared tile (cp.async, 16 bytes per
+// copy); rows in [valid, R) are zero-filled. row_ptr(r) gives the global address of row r.
 template <class T, int DH, int R, class RowPtr>
-__device__ __forceinline__ void load_tile(T* tile, const RowPtr& row_ptr, int valid) {
+__device__ __forceinline__ void load_tile_async(T* tile, const RowPtr& row_ptr, int valid) {
   constexpr int LD = MmaShape<DH>::LD;
   constexpr int CH = DH / 8;
   for (int c = threadIdx.x; c < R * CH; c += kMmaThreads) {
     const int r = c / CH;
     const int cc = c - r * CH;
-    uint4 val;
-    val.x = val.y = val.z = val.w = 0u;
-    if (r < valid) val = *reinterpret_cast<const uint4*>(row_ptr(r) + cc * 8);
-    *reinterpret_cast<uint4*>(tile + r * LD + cc * 8) = val;
+    const bool ok = r < valid;
+    cp_async16(tile + r * LD + cc * 8, row_ptr(ok ? r : 0) + cc * 8, ok);
   }
 }
 
@@ -162,10 +161,11 @@ template <class T, int DH>
 __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const AttnArgs a) {
   using S = MmaShape<DH>;
   constexpr int LD = S::LD;
+  constexpr int NS = S::kStages;
   EGO_DYNAMIC_SMEM(T, smem);
-  T* sQ = smem;                // [64][LD]; reused to stage the output
-  T* sK = sQ + kBlockM * LD;   // [32][LD]
-  T* sV = sK + kBlockN * LD;   // [32][LD]
+  T* sQ = smem;  // [64][LD]; reused to stage the output
+  auto sK = [&](int st) { return smem + (kBlockM + (2 * st) * kBlockN) * LD; };      // [32][LD]
+  auto sV = [&](int st) { return smem + (kBlockM + (2 * st + 1) * kBlockN) * LD; };  // [32][LD]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
   const Groups G = mma_groups(a, false);
   const MmaBlock blk = mma_block(a, G);
@@ -176,8 +176,24 @@ __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const AttnArgs
   const T* K = static_cast<const T*>(a.k) + blk.b * a.k_sb + int64_t(blk.h) * DH;
   const T* V = static_cast<const T*>(a.v) + blk.b * a.v_sb + int64_t(blk.h) * DH;
   const T* M = a.mask ? static_cast<const T*>(a.mask) + blk.b * a.mask_sb : nullptr;
+  const int64_t n_part = G.prefix + G.parts;
+  const int64_t n_blocks = ceil_div(n_part, kBlockN);
+  const int64_t pbase = G.part_base + blk.g * G.part_gstride;
+  auto tok_of = [&](int64_t j) -> int64_t { return j < G.prefix ? 0 : pbase + (j - G.prefix); };
+  auto issue = [&](int64_t nb, int st) {
+    const int64_t n0 = nb * kBlockN;
+    const int valid = int(imin(kBlockN, n_part - n0));
+    load_tile_async<T, DH, kBlockN>(
+        sK(st), [&](int r) { return K + tok_of(n0 + r) * a.k_st; }, valid);
+    load_tile_async<T, DH, kBlockN>(
+        sV(st), [&](int r) { return V + tok_of(n0 + r) * a.v_st; }, valid);
+    cp_async_commit();
+  };
 
-  load_tile<T, DH, kBlockM>(sQ, [&](int r) { return Q + (tok0 + r) * a.q_st; }, valid_rows);
+  load_tile_async<T, DH, kBlockM>(sQ, [&](int r) { return Q + (tok0 + r) * a.q_st; }, valid_rows);
+  cp_async_commit();
+  issue(0, 0);
+  cp_async_wait<1>();  // the Q tile has landed (block 0 may still be in flight)
   __syncthreads();
   uint32_t qf[S::KS][4];
   load_a_frags<T, DH>(qf, sQ, warp, gq, tq);
@@ -191,22 +207,22 @@ __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const AttnArgs
   float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows gq and gq + 8
   float l0 = 0.f, l1 = 0.f;              // this lane's share of the running sums
   const float sl2 = a.scale * kLog2e;
-  const int64_t n_part = G.prefix + G.parts;
-  const int64_t pbase = G.part_base + blk.g * G.part_gstride;
 
-  for (int64_t n0 = 0; n0 < n_part; n0 += kBlockN) {
+  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+    const int st = NS == 2 ? int(nb & 1) : 0;
+    if (NS == 1 && nb > 0) issue(nb, 0);
+    if (NS == 2 && nb + 1 < n_blocks) {
+      issue(nb + 1, st ^ 1);  // its buffer was released by the barrier ending iteration nb - 1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // block nb is visible to every warp
+    const int64_t n0 = nb * kBlockN;
     const int valid = int(imin(kBlockN, n_part - n0));
-    auto tok_of = [&](int r) -> int64_t {
-      const int64_t j = n0 + r;
-      return j < G.prefix ? 0 : pbase + (j - G.prefix);
-    };
-    __syncthreads();  // every warp is done with the previous K/V block
-    load_tile<T, DH, kBlockN>(sK, [&](int r) { return K + tok_of(r) * a.k_st; }, valid);
-    load_tile<T, DH, kBlockN>(sV, [&](int r) { return V + tok_of(r) * a.v_st; }, valid);
-    __syncthreads();
 
     float s[4][4];
-    mma_rows_xt<T, DH>(s, qf, sK, gq, tq);
+    mma_rows_xt<T, DH>(s, qf, sK(st), gq, tq);
     float mx0 = m0, mx1 = m1;
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
@@ -214,7 +230,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const AttnArgs
       for (int c = 0; c < 2; ++c) {
         const int r = nt * 8 + tq * 2 + c;
         if (r < valid) {
-          const float add = M ? to_f(M[tok_of(r)]) * kLog2e : 0.f;
+          const float add = M ? to_f(M[tok_of(n0 + r)]) * kLog2e : 0.f;
           s[nt][c] = s[nt][c] * sl2 + add;
           s[nt][2 + c] = s[nt][2 + c] * sl2 + add;
         } else {
@@ -250,7 +266,8 @@ __global__ void __launch_bounds__(kMmaThreads) mma_forward_kernel(const AttnArgs
       l0 += s[nt][0] + s[nt][1];
       l1 += s[nt][2] + s[nt][3];
     }
-    mma_w_x<T, DH>(o, s, sV, gq, tq);
+    mma_w_x<T, DH>(o, s, sV(st), gq, tq);
+    __syncthreads();  // every warp is done with buffer st before it is refilled
   }
 
   l0 = quad_sum(l0);
@@ -273,10 +290,11 @@ template <class T, int DH>
 __global__ void __launch_bounds__(kMmaThreads) mma_dq_kernel(const AttnArgs a) {
   using S = MmaShape<DH>;
   constexpr int LD = S::LD;
+  constexpr int NS = S::kStages;
   EGO_DYNAMIC_SMEM(T, smem);
-  T* sR = smem;               // [64][LD]: Q, then dO, then the staged dQ
-  T* sK = sR + kBlockM * LD;  // [32][LD]
-  T* sV = sK + kBlockN * LD;  // [32][LD]
+  T* sR = smem;  // [64][LD]: Q, then dO, then the staged dQ
+  auto sK = [&](int st) { return smem + (kBlockM + (2 * st) * kBlockN) * LD; };
+  auto sV = [&](int st) { return smem + (kBlockM + (2 * st + 1) * kBlockN) * LD; };
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
   const Groups G = mma_groups(a, false);
   const MmaBlock blk = mma_block(a, G);
@@ -288,13 +306,32 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dq_kernel(const AttnArgs a) {
   const T* K = static_cast<const T*>(a.k) + blk.b * a.k_sb + int64_t(blk.h) * DH;
   const T* V = static_cast<const T*>(a.v) + blk.b * a.v_sb + int64_t(blk.h) * DH;
   const T* M = a.mask ? static_cast<const T*>(a.mask) + blk.b * a.mask_sb : nullptr;
+  const int64_t n_part = G.prefix + G.parts;
+  const int64_t n_blocks = ceil_div(n_part, kBlockN);
+  const int64_t pbase = G.part_base + blk.g * G.part_gstride;
+  auto tok_of = [&](int64_t j) -> int64_t { return j < G.prefix ? 0 : pbase + (j - G.prefix); };
+  auto issue = [&](int64_t nb, int st) {
+    const int64_t n0 = nb * kBlockN;
+    const int valid = int(imin(kBlockN, n_part - n0));
+    load_tile_async<T, DH, kBlockN>(
+        sK(st), [&](int r) { return K + tok_of(n0 + r) * a.k_st; }, valid);
+    load_tile_async<T, DH, kBlockN>(
+        sV(st), [&](int r) { return V + tok_of(n0 + r) * a.v_st; }, valid);
+    cp_async_commit();
+  };
 
   uint32_t qf[S::KS][4], gf[S::KS][4];
-  load_tile<T, DH, kBlockM>(sR, [&](int r) { return Q + (tok0 + r) * a.q_st; }, valid_rows);
+  load_tile_async<T, DH, kBlockM>(sR, [&](int r) { return Q + (tok0 + r) * a.q_st; }, valid_rows);
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
   load_a_frags<T, DH>(qf, sR, warp, gq, tq);
-  __syncthreads();
-  load_tile<T, DH, kBlockM>(sR, [&](int r) { return GO + (tok0 + r) * a.do_st; }, valid_rows);
+  __syncthreads();  // every warp has its Q fragments before sR is overwritten
+  load_tile_async<T, DH, kBlockM>(
+      sR, [&](int r) { return GO + (tok0 + r) * a.do_st; }, valid_rows);
+  cp_async_commit();
+  issue(0, 0);
+  cp_async_wait<1>();
   __syncthreads();
   load_a_frags<T, DH>(gf, sR, warp, gq, tq);
 
@@ -312,23 +349,23 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dq_kernel(const AttnArgs a) {
     for (int i = 0; i < 4; ++i) dq[nt][i] = 0.f;
   }
   const float sl2 = a.scale * kLog2e;
-  const int64_t n_part = G.prefix + G.parts;
-  const int64_t pbase = G.part_base + blk.g * G.part_gstride;
 
-  for (int64_t n0 = 0; n0 < n_part; n0 += kBlockN) {
+  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+    const int st = NS == 2 ? int(nb & 1) : 0;
+    if (NS == 1 && nb > 0) issue(nb, 0);
+    if (NS == 2 && nb + 1 < n_blocks) {
+      issue(nb + 1, st ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t n0 = nb * kBlockN;
     const int valid = int(imin(kBlockN, n_part - n0));
-    auto tok_of = [&](int r) -> int64_t {
-      const int64_t j = n0 + r;
-      return j < G.prefix ? 0 : pbase + (j - G.prefix);
-    };
-    __syncthreads();
-    load_tile<T, DH, kBlockN>(sK, [&](int r) { return K + tok_of(r) * a.k_st; }, valid);
-    load_tile<T, DH, kBlockN>(sV, [&](int r) { return V + tok_of(r) * a.v_st; }, valid);
-    __syncthreads();
 
     float s[4][4], dp[4][4];
-    mma_rows_xt<T, DH>(s, qf, sK, gq, tq);
-    mma_rows_xt<T, DH>(dp, gf, sV, gq, tq);
+    mma_rows_xt<T, DH>(s, qf, sK(st), gq, tq);
+    mma_rows_xt<T, DH>(dp, gf, sV(st), gq, tq);
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
@@ -336,7 +373,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dq_kernel(const AttnArgs a) {
         const int r = nt * 8 + tq * 2 + c;
         float p0 = 0.f, p1 = 0.f;
         if (r < valid) {
-          const float add = M ? to_f(M[tok_of(r)]) * kLog2e : 0.f;
+          const float add = M ? to_f(M[tok_of(n0 + r)]) * kLog2e : 0.f;
           p0 = exp2f(s[nt][c] * sl2 + add - lse0);
           p1 = exp2f(s[nt][2 + c] * sl2 + add - lse1);
         }
@@ -344,10 +381,11 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dq_kernel(const AttnArgs a) {
         s[nt][2 + c] = p1 * (dp[nt][2 + c] - dl1);
       }
     }
-    mma_w_x<T, DH>(dq, s, sK, gq, tq);
+    mma_w_x<T, DH>(dq, s, sK(st), gq, tq);
+    __syncthreads();
   }
 
-  __syncthreads();  // every warp is done with its dO rows in sR before any warp overwrites
+  // sR rows of this warp were read only by this warp (its dO fragments).
   stage_rows<T, DH>(sR, dq, a.scale, a.scale, warp, gq, tq);
   __syncthreads();
   T* O = static_cast<T*>(a.o) + blk.b * a.o_sb + int64_t(blk.h) * DH;
@@ -359,12 +397,14 @@ template <class T, int DH>
 __global__ void __launch_bounds__(kMmaThreads) mma_dkv_kernel(const AttnArgs a) {
   using S = MmaShape<DH>;
   constexpr int LD = S::LD;
+  constexpr int NS = S::kStages;
   EGO_DYNAMIC_SMEM(T, smem);
-  T* sR = smem;                // [64][LD]: K, then V, then the staged dK and dV
-  T* sQ = sR + kBlockM * LD;   // [32][LD]
-  T* sG = sQ + kBlockN * LD;   // [32][LD] (dO)
-  float* sL = reinterpret_cast<float*>(sG + kBlockN * LD);  // [32] lse (log2 units)
-  float* sD = sL + kBlockN;                                 // [32] delta
+  T* sR = smem;  // [64][LD]: K, then V, then the staged dK and dV
+  auto sQ = [&](int st) { return smem + (kBlockM + (2 * st) * kBlockN) * LD; };      // [32][LD]
+  auto sG = [&](int st) { return smem + (kBlockM + (2 * st + 1) * kBlockN) * LD; };  // dO
+  float* fbase = reinterpret_cast<float*>(smem + (kBlockM + 2 * NS * kBlockN) * LD);
+  auto sL = [&](int st) { return fbase + st * 2 * kBlockN; };  // [32] lse (log2 units)
+  auto sD = [&](int st) { return fbase + st * 2 * kBlockN + kBlockN; };  // [32] delta
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
   const Groups G = mma_groups(a, true);
   const MmaBlock blk = mma_block(a, G);
@@ -377,13 +417,37 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dkv_kernel(const AttnArgs a) 
   const T* GO = static_cast<const T*>(a.dout) + blk.b * a.do_sb + int64_t(blk.h) * DH;
   const float* Lg = a.lse + (blk.b * a.heads + blk.h) * a.q_rows;
   const float* Dg = a.delta + (blk.b * a.heads + blk.h) * a.q_rows;
+  const int64_t n_part = G.prefix + G.parts;
+  const int64_t n_blocks = ceil_div(n_part, kBlockN);
+  const int64_t pbase = G.part_base + blk.g * G.part_gstride;
+  auto tok_of = [&](int64_t j) -> int64_t { return j < G.prefix ? 0 : pbase + (j - G.prefix); };
+  auto issue = [&](int64_t nb, int st) {
+    const int64_t n0 = nb * kBlockN;
+    const int valid = int(imin(kBlockN, n_part - n0));
+    load_tile_async<T, DH, kBlockN>(
+        sQ(st), [&](int r) { return Q + tok_of(n0 + r) * a.q_st; }, valid);
+    load_tile_async<T, DH, kBlockN>(
+        sG(st), [&](int r) { return GO + tok_of(n0 + r) * a.do_st; }, valid);
+    cp_async_commit();
+    if (threadIdx.x < kBlockN) {  // plain loads: visible after the next __syncthreads
+      const int r = threadIdx.x;
+      const int64_t tk = tok_of(n0 + (r < valid ? r : 0));
+      sL(st)[r] = r < valid ? Lg[tk] * kLog2e : 0.f;
+      sD(st)[r] = r < valid ? Dg[tk] : 0.f;
+    }
+  };
 
   uint32_t kf[S::KS][4], vf[S::KS][4];
-  load_tile<T, DH, kBlockM>(sR, [&](int r) { return K + (tok0 + r) * a.k_st; }, valid_rows);
+  load_tile_async<T, DH, kBlockM>(sR, [&](int r) { return K + (tok0 + r) * a.k_st; }, valid_rows);
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
   load_a_frags<T, DH>(kf, sR, warp, gq, tq);
-  __syncthreads();
-  load_tile<T, DH, kBlockM>(sR, [&](int r) { return V + (tok0 + r) * a.v_st; }, valid_rows);
+  __syncthreads();  // every warp has its K fragments before sR is overwritten
+  load_tile_async<T, DH, kBlockM>(sR, [&](int r) { return V + (tok0 + r) * a.v_st; }, valid_rows);
+  cp_async_commit();
+  issue(0, 0);
+  cp_async_wait<1>();
   __syncthreads();
   load_a_frags<T, DH>(vf, sR, warp, gq, tq);
 
@@ -406,29 +470,25 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dkv_kernel(const AttnArgs a) 
     }
   }
   const float sl2 = a.scale * kLog2e;
-  const int64_t n_part = G.prefix + G.parts;
-  const int64_t pbase = G.part_base + blk.g * G.part_gstride;
 
-  for (int64_t n0 = 0; n0 < n_part; n0 += kBlockN) {
-    const int valid = int(imin(kBlockN, n_part - n0));
-    auto tok_of = [&](int r) -> int64_t {
-      const int64_t j = n0 + r;
-      return j < G.prefix ? 0 : pbase + (j - G.prefix);
-    };
-    __syncthreads();
-    load_tile<T, DH, kBlockN>(sQ, [&](int r) { return Q + tok_of(r) * a.q_st; }, valid);
-    load_tile<T, DH, kBlockN>(sG, [&](int r) { return GO + tok_of(r) * a.do_st; }, valid);
-    if (threadIdx.x < kBlockN) {
-      const int r = threadIdx.x;
-      const int64_t tk = tok_of(r < valid ? r : 0);
-      sL[r] = r < valid ? Lg[tk] * kLog2e : 0.f;
-      sD[r] = r < valid ? Dg[tk] : 0.f;
+  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+    const int st = NS == 2 ? int(nb & 1) : 0;
+    if (NS == 1 && nb > 0) issue(nb, 0);
+    if (NS == 2 && nb + 1 < n_blocks) {
+      issue(nb + 1, st ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const int64_t n0 = nb * kBlockN;
+    const int valid = int(imin(kBlockN, n_part - n0));
+    const float* L = sL(st);
+    const float* D = sD(st);
 
-    float st[4][4], dpt[4][4];
-    mma_rows_xt<T, DH>(st, kf, sQ, gq, tq);   // S^T  = K Q^T
-    mma_rows_xt<T, DH>(dpt, vf, sG, gq, tq);  // dP^T = V dO^T
+    float sT[4][4], dpT[4][4];
+    mma_rows_xt<T, DH>(sT, kf, sQ(st), gq, tq);   // S^T  = K Q^T
+    mma_rows_xt<T, DH>(dpT, vf, sG(st), gq, tq);  // dP^T = V dO^T
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
@@ -436,22 +496,22 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dkv_kernel(const AttnArgs a) 
         const int r = nt * 8 + tq * 2 + c;  // partner (query) index within the block
         float p0 = 0.f, p1 = 0.f;
         if (r < valid) {
-          p0 = exp2f(st[nt][c] * sl2 + mk0 - sL[r]);
-          p1 = exp2f(st[nt][2 + c] * sl2 + mk1 - sL[r]);
+          p0 = exp2f(sT[nt][c] * sl2 + mk0 - L[r]);
+          p1 = exp2f(sT[nt][2 + c] * sl2 + mk1 - L[r]);
         }
-        st[nt][c] = p0;
-        st[nt][2 + c] = p1;
-        dpt[nt][c] = p0 * (dpt[nt][c] - sD[r]);  // dS^T
-        dpt[nt][2 + c] = p1 * (dpt[nt][2 + c] - sD[r]);
+        sT[nt][c] = p0;
+        sT[nt][2 + c] = p1;
+        dpT[nt][c] = p0 * (dpT[nt][c] - D[r]);  // dS^T
+        dpT[nt][2 + c] = p1 * (dpT[nt][2 + c] - D[r]);
       }
     }
-    mma_w_x<T, DH>(dv, st, sG, gq, tq);   // dV += P^T dO
-    mma_w_x<T, DH>(dk, dpt, sQ, gq, tq);  // dK += dS^T Q
+    mma_w_x<T, DH>(dv, sT, sG(st), gq, tq);   // dV += P^T dO
+    mma_w_x<T, DH>(dk, dpT, sQ(st), gq, tq);  // dK += dS^T Q
+    __syncthreads();
   }
 
   T* DK = static_cast<T*>(a.dk) + blk.b * a.dk_sb + int64_t(blk.h) * DH;
   T* DV = static_cast<T*>(a.dv) + blk.b * a.dv_sb + int64_t(blk.h) * DH;
-  __syncthreads();  // sR's V rows are no longer read by any warp
   stage_rows<T, DH>(sR, dk, a.scale, a.scale, warp, gq, tq);
   __syncthreads();
   store_tile<T, DH>(sR, [&](int r) { return DK + (tok0 + r) * a.dk_st; }, valid_rows);
@@ -466,8 +526,9 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dkv_kernel(const AttnArgs a) 
 
 template <class T, int DH>
 size_t mma_smem_bytes(int kind) {
-  const size_t tile = size_t(kBlockM + 2 * kBlockN) * MmaShape<DH>::LD * sizeof(T);
-  return kind == kMmaDkv ? tile + 2 * kBlockN * sizeof(float) : tile;
+  constexpr int NS = MmaShape<DH>::kStages;
+  const size_t tiles = size_t(kBlockM + 2 * NS * kBlockN) * MmaShape<DH>::LD * sizeof(T);
+  return kind == kMmaDkv ? tiles + size_t(2 * NS * kBlockN) * sizeof(float) : tiles;
 }
 
 template <class T, int DH, int KIND>

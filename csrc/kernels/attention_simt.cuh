@@ -112,7 +112,9 @@ __device__ __forceinline__ SimtTask simt_task(const AttnArgs& a) {
 template <class T, int DH>
 __global__ void __launch_bounds__(kSimtThreads) simt_forward_kernel(const AttnArgs a) {
   constexpr int E = DH / 32;
-  constexpr int kU = 4;  // partners in flight per step: independent loads and shuffles overlap
+  // Partners in flight per step: independent loads and shuffles overlap. Two when a lane's chunk
+  // is already a 16-byte vector (float32, head dim 128): four would spill on sm_90.
+  constexpr int kU = E * sizeof(T) >= 16 ? 2 : 4;
   EGO_DYNAMIC_SMEM(float, red);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;

@@ -1,5 +1,6 @@
-// One-row-per-warp attention kernels for __nv_bfloat16 (see attention_simt.cuh).
-#include "attention_simt.cuh"
+// One-row-per-warp attention kernels for __nv_bfloat16 (see attention_simt.cuh and
+// attention_time.cuh).
+#include "attention_time.cuh"
 
 namespace egovlpv2 {
 namespace kernels {
@@ -7,6 +8,8 @@ namespace detail {
 
 template cudaError_t launch_simt<__nv_bfloat16>(int kind, const AttnArgs& a, cudaStream_t stream);
 template cudaError_t launch_delta<__nv_bfloat16>(const AttnArgs& a, cudaStream_t stream);
+template cudaError_t launch_time_columns<__nv_bfloat16>(bool backward, const AttnArgs& a,
+                                                cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace kernels

@@ -144,6 +144,7 @@ void run_space_time_forward(const Tensor& qkv, const SpaceTimeShape& s, bool tem
   p.out = out.mutable_data_ptr<T>();
   p.lse = lse.mutable_data_ptr<T>();
   p.parallel_for = torch_parallel_for;
+  p.num_threads = torch::stable::get_num_threads();
   check_status(kcpu::space_time_attention_forward(p), kSpaceTime);
 }
 
@@ -180,6 +181,7 @@ void run_space_time_backward(const Tensor& grad_out, const Tensor& qkv, const Te
   p.scale = static_cast<T>(scale);
   p.grad_qkv = grad_qkv.mutable_data_ptr<T>();
   p.parallel_for = torch_parallel_for;
+  p.num_threads = torch::stable::get_num_threads();
   check_status(kcpu::space_time_attention_backward(p), kSpaceTimeBackward);
 }
 

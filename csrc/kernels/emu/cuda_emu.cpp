@@ -48,10 +48,20 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kExchangeBytes = 64;  // per lane
 
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int bytes;  // bytes read from src; the rest of the 16 are zero-filled
+};
+
 struct Fiber {
   void* sp = nullptr;
   uint3 tid{0, 0, 0};
   bool done = false;
+  bool at_block_barrier = false;  // waiting in __syncthreads (not in a warp-level barrier)
+  uint64_t block_wait_gen = 0;    // ... of this generation of the block barrier
+  std::vector<AsyncCopy> open_group;               // issued, not yet committed
+  std::vector<std::vector<AsyncCopy>> committed;  // oldest first
 };
 
 struct Barrier {
@@ -75,6 +85,7 @@ struct State {
   const std::function<void()>* body = nullptr;
   uint64_t progress = 0;
   uint64_t seed = 0;
+  int async_mode = 0;
   std::mt19937_64 rng;
   std::string error;
   std::string taken_error;
@@ -93,13 +104,19 @@ void to_scheduler() {
 [[noreturn]] void trampoline() {
   State& s = S();
   (*s.body)();
+  {
+    Fiber& f = s.fibers[s.cur];
+    if (!f.open_group.empty() || !f.committed.empty()) {
+      s.error = "a thread exited with cp.async copies never waited for";
+    }
+  }
   s.fibers[s.cur].done = true;
   ++s.progress;
   ego_emu_switch(&s.fibers[s.cur].sp, s.sched_sp);
   std::abort();  // a finished fiber is never resumed
 }
 
-void wait_at(Barrier& b, int participants) {
+void wait_at(Barrier& b, int participants, bool block_level) {
   State& s = S();
   const uint64_t gen = b.generation;
   ++s.progress;
@@ -108,7 +125,10 @@ void wait_at(Barrier& b, int participants) {
     ++b.generation;
     return;
   }
+  s.fibers[s.cur].at_block_barrier = block_level;
+  s.fibers[s.cur].block_wait_gen = gen;
   while (b.generation == gen) to_scheduler();
+  s.fibers[s.cur].at_block_barrier = false;
 }
 
 void init_fiber(int i) {
@@ -121,28 +141,62 @@ void init_fiber(int i) {
   for (int r = 0; r < 6; ++r) *--sp = 0;  // rbp, rbx, r12-r15
   s.fibers[i].sp = sp;
   s.fibers[i].done = false;
+  s.fibers[i].open_group.clear();
+  s.fibers[i].committed.clear();
 }
 
-// Runs every fiber of the current block to completion; false on deadlock.
+void resume(int i) {
+  State& s = S();
+  s.cur = i;
+  ego_emu_switch(&s.sched_sp, s.fibers[i].sp);
+  s.cur = -1;
+}
+
+// Runs every fiber of the current block to completion; false on deadlock. Policies (by seed):
+//   0          round robin over all threads: warps advance in near lock-step;
+//   odd        warp-greedy: warps in random order, each run until all its threads wait in
+//              __syncthreads or have finished, so one warp gets as far ahead of the others as
+//              the barriers allow (exposes a missing __syncthreads, read-after-write or
+//              write-after-read between warps);
+//   even > 0   round robin in a random order per round.
 bool run_block() {
   State& s = S();
   const int n = int(s.fibers.size());
+  const int warps = n / 32;
   for (int i = 0; i < n; ++i) init_fiber(i);
   s.block_barrier = Barrier{};
   for (auto& b : s.warp_barriers) b = Barrier{};
   std::vector<int> order(n);
   std::iota(order.begin(), order.end(), 0);
+  std::vector<int> warp_order(warps);
+  std::iota(warp_order.begin(), warp_order.end(), 0);
+  const bool greedy = (s.seed & 1u) != 0;
   for (;;) {
     const uint64_t before = s.progress;
-    if (s.seed != 0) std::shuffle(order.begin(), order.end(), s.rng);
     bool all_done = true;
-    for (int i : order) {
-      if (s.fibers[i].done) continue;
-      s.cur = i;
-      ego_emu_switch(&s.sched_sp, s.fibers[i].sp);
-      if (!s.fibers[i].done) all_done = false;
+    if (greedy) {
+      std::shuffle(warp_order.begin(), warp_order.end(), s.rng);
+      for (int w : warp_order) {
+        for (;;) {  // this warp until it is parked at the block barrier or finished
+          const uint64_t warp_before = s.progress;
+          bool runnable = false;
+          for (int i = w * 32; i < w * 32 + 32; ++i) {
+            const Fiber& f = s.fibers[i];
+            if (f.done) continue;
+            if (f.at_block_barrier && s.block_barrier.generation == f.block_wait_gen) continue;
+            runnable = true;
+            resume(i);
+          }
+          if (!runnable || s.progress == warp_before) break;
+        }
+      }
+    } else {
+      if (s.seed != 0) std::shuffle(order.begin(), order.end(), s.rng);
+      for (int i : order) {
+        if (!s.fibers[i].done) resume(i);
+      }
     }
-    s.cur = -1;
+    for (int i = 0; i < n; ++i) all_done = all_done && s.fibers[i].done;
     if (all_done) return true;
     if (s.progress == before) return false;
   }
@@ -157,8 +211,8 @@ const dim3& grid_dim() { return S().gdim; }
 int lane_id() { return int(thread_idx().x & 31u); }
 unsigned char* dynamic_smem() { return reinterpret_cast<unsigned char*>(S().smem.data()); }
 
-void sync_block() { wait_at(S().block_barrier, int(S().fibers.size())); }
-void sync_warp() { wait_at(S().warp_barriers[thread_idx().x / 32], 32); }
+void sync_block() { wait_at(S().block_barrier, int(S().fibers.size()), true); }
+void sync_warp() { wait_at(S().warp_barriers[thread_idx().x / 32], 32, false); }
 
 void warp_allgather(const void* mine, size_t bytes, void* all) {
   if (bytes > kExchangeBytes) std::abort();
@@ -255,6 +309,41 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
         }
       }
     }
+  }
+}
+
+void perform(const AsyncCopy& c) {
+  unsigned char buf[16] = {0};
+  std::memcpy(buf, c.src, size_t(c.bytes));
+  std::memcpy(c.dst, buf, 16);
+}
+
+void set_async_mode(int mode) { S().async_mode = mode; }
+
+void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  State& s = S();
+  const AsyncCopy c{smem, gmem, src_bytes};
+  const bool now = s.async_mode == 1 || (s.async_mode == 2 && (s.rng() & 1u));
+  if (now) {
+    perform(c);
+  } else {
+    s.fibers[s.cur].open_group.push_back(c);
+  }
+}
+
+void cp_async_commit() {
+  State& s = S();
+  Fiber& f = s.fibers[s.cur];
+  f.committed.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+void cp_async_wait(int keep_pending) {
+  State& s = S();
+  Fiber& f = s.fibers[s.cur];
+  while (int(f.committed.size()) > keep_pending) {
+    for (const AsyncCopy& c : f.committed.front()) perform(c);
+    f.committed.erase(f.committed.begin());
   }
 }
 

@@ -35,6 +35,14 @@ void sync_warp();
 void warp_allgather(const void* mine, size_t bytes, void* all);
 void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16);
 void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& body);
+// cp.async. When the copy lands is chosen by set_async_mode: 0 = when a wait_group retires its
+// group (the latest legal moment: a read before the matching wait and barrier sees poison),
+// 1 = at issue (the earliest: a copy into a buffer another warp still reads clobbers it),
+// 2 = either, drawn per copy from the scheduling seed.
+void set_async_mode(int mode);
+void cp_async16(void* smem, const void* gmem, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int keep_pending);
 
 // Scheduling seed for the next launches (0 = plain round-robin), and the number of fiber
 // switches performed so far (a cost measure for the tests).

@@ -13,6 +13,10 @@ __attribute__((visibility("default"))) void ego_emu_set_seed(uint64_t seed) {
   emu::set_seed(seed);
 }
 
+__attribute__((visibility("default"))) void ego_emu_set_async_mode(int mode) {
+  emu::set_async_mode(mode);
+}
+
 __attribute__((visibility("default"))) const char* ego_emu_error() { return emu::take_error(); }
 
 __attribute__((visibility("default"))) int ego_emu_divided_forward(

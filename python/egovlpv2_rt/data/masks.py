@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["multi_hot", "overlap_mask", "egonce_masks"]
+__all__ = ["egonce_masks", "multi_hot", "overlap_mask"]
 
 
 def multi_hot(tags: Sequence[Sequence[int]], dim: int | None = None) -> Tensor:

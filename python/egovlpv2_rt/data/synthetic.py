@@ -4,8 +4,10 @@ Each video is a table top seen from above (a per-video background colour and a f
 specks) with three objects of distinct shapes and colours. A hand-like blob performs one action
 per clip: it moves an object to the left or right, picks it up (the object grows and rises, held
 by the hand), puts it down (the reverse) or rotates it. Narrations read like Ego4D's
-("#C C moves the red square to the left"); verb tags index :data:`VERBS`, noun tags index
-:data:`SHAPES` (the colour is an adjective, not a noun, as in the Ego4D taxonomy).
+("#C C moves the red square to the left"). Verb tags index :data:`VERB_CLASSES` (the
+direction of a move is part of its verb class) and noun tags index :data:`NOUN_CLASSES` (one
+class per coloured shape), so two clips are EgoNCE positives exactly when they show the same
+action on the same kind of object.
 
 What the tasks test:
 - inter-video EgoMCQ: the candidates come from other videos and show other objects, so the
@@ -33,7 +35,9 @@ from .egomcq import INTER, INTRA, MCQItem, write_egomcq
 __all__ = [
     "COLOURS",
     "SHAPES",
+    "NOUN_CLASSES",
     "VERBS",
+    "VERB_CLASSES",
     "SynthConfig",
     "generate_dataset",
     "narration_words",
@@ -49,6 +53,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "bar")
 VERBS: tuple[str, ...] = ("move", "pick up", "put down", "rotate")
+VERB_CLASSES: tuple[str, ...] = ("move left", "move right", "pick up", "put down", "rotate")
+NOUN_CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 HAND_RGB = (225, 170, 130)
 OBJECT_HALF = 0.08  # object half-size as a fraction of the frame
 
@@ -262,7 +268,7 @@ def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
     bg = rng.uniform(50, 150, size=3).astype(np.float32)
     specks = np.array([(rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, 3),
                         rng.uniform(0.75, 1.25)) for _ in range(6)], np.float32)
-    fpc = max(4, int(round(cfg.fps * cfg.clip_seconds)))
+    fpc = max(4, round(cfg.fps * cfg.clip_seconds))
     frames: list[np.ndarray] = []
     records: list[ClipRecord] = []
     dur = cfg.clips_per_video * fpc / cfg.fps
@@ -278,8 +284,9 @@ def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
         records.append(ClipRecord(
             video_uid=uid, video_dur=dur, narration_source="narration_pass_1",
             narration_ind=k, narration_time=0.5 * (start + end), clip_start=start,
-            clip_end=end, clip_text=text, tag_verb=(VERBS.index(act.verb),),
-            tag_noun=(SHAPES.index(o.shape),)))
+            clip_end=end, clip_text=text, tag_verb=(VERB_CLASSES.index(
+                f"{act.verb} {act.direction}".strip()),),
+            tag_noun=(NOUN_CLASSES.index(f"{o.colour} {o.shape}"),)))
     return frames, records
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +54,7 @@ def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
 
 def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_size: int,
                          *, steps: int, batch: int, lr: float, width: int, heads: int,
-                         eval_dir: Path | None, seed: int = 0) -> dict:
+                         eval_dir: Path | None, eval_every: int = 0, seed: int = 0) -> dict:
     cfg = {
         "model": {"preset": "tiny", "overrides": default_model_overrides(vocab_size, width,
                                                                           heads)},
@@ -69,9 +71,9 @@ def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_
         "checkpoint_every": max(50, steps // 10),
         "log_every": 10,
     }
-    if eval_dir is not None:
+    if eval_dir is not None and eval_every > 0:
         cfg["eval"] = {"egomcq": str(eval_dir / "egomcq.json"),
-                       "video_dir": str(eval_dir / "videos")}
+                       "video_dir": str(eval_dir / "videos"), "every_steps": eval_every}
     return cfg
 
 
@@ -88,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--nproc", type=int, default=2,
+                   help="training processes (gloo DDP, one thread each: on the CPU this keeps "
+                        "denormal flushing effective, which is per thread)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-install", action="store_true", help="do not copy into --out")
     args = p.parse_args(argv)
@@ -118,13 +122,31 @@ def main(argv: list[str] | None = None) -> int:
     cfg_dict = default_train_config(train_dir, tok_path, run_dir, tokenizer.vocab_size,
                                     steps=args.steps, batch=args.batch, lr=args.lr,
                                     width=args.width, heads=args.heads, eval_dir=eval_dir)
-    if args.threads:
-        cfg_dict["num_threads"] = args.threads
+    cfg_dict["num_threads"] = 1
     work.mkdir(parents=True, exist_ok=True)
-    (work / "train_config.json").write_text(json.dumps(cfg_dict, indent=1))
-    cfg = train_config_from_dict(cfg_dict, str(work / "train_config.json"))
-    result = train(cfg, resume=args.resume, device="cpu")
-    t_train = result.seconds
+    cfg_path = work / "train_config.json"
+    cfg_path.write_text(json.dumps(cfg_dict, indent=1))
+    cfg = train_config_from_dict(cfg_dict, str(cfg_path))
+    t0 = time.perf_counter()
+    if args.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "egovlpv2_rt.train",
+               "--config", str(cfg_path), "--device", "cpu"]
+        if args.resume:
+            cmd.append("--resume")
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([pkg_root, env.get("PYTHONPATH", "")])
+        subprocess.run(cmd, check=True, env=env)
+        steps = cfg.max_steps
+        final_loss = float(
+            (run_dir / "metrics.csv").read_text().splitlines()[-1].split(",")[3])
+    else:
+        result = train(cfg, resume=args.resume, device="cpu")
+        steps, final_loss = result.steps, result.final_loss
+    t_train = time.perf_counter() - t0
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
 
     model = load_model(run_dir / "model.safetensors")
     t0 = time.perf_counter()
@@ -136,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         "eval_seed": EVAL_SEED,
         "train_seed": TRAIN_SEED,
         "train_clips": args.train_clips,
-        "steps": result.steps,
+        "steps": steps,
         "global_batch_size": args.batch,
-        "final_loss": result.final_loss,
+        "final_loss": final_loss,
+        "train_processes": args.nproc,
         "seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
                     "eval": round(t_eval, 1),
                     "total": round(time.perf_counter() - t_start, 1)},

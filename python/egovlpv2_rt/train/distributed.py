@@ -7,7 +7,7 @@ rendezvous address; without them the trainer runs as a single process with no pr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     gather_group: object | None = None
 
     @property
@@ -45,7 +45,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
         device: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():

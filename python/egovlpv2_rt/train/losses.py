@@ -145,7 +145,7 @@ def mlm_mask_tokens(
                          f"input_ids shape {tuple(input_ids.shape)}")
     if not 0.0 <= mlm_probability <= 1.0:
         raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
-    special = torch.tensor(sorted(set(int(s) for s in special_token_ids)), dtype=torch.long)
+    special = torch.tensor(sorted({int(s) for s in special_token_ids}), dtype=torch.long)
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask_token_id {mask_token_id} outside the vocabulary [0, {vocab_size})")
     ids = input_ids.detach().cpu().long()

@@ -9,8 +9,14 @@ from torch import nn
 
 from .config import OptimConfig
 
-__all__ = ["NO_DECAY", "HEAD_NAMES", "CROSS_MODAL_NAMES", "build_optimizer", "build_scheduler",
-           "param_groups"]
+__all__ = [
+    "CROSS_MODAL_NAMES",
+    "HEAD_NAMES",
+    "NO_DECAY",
+    "build_optimizer",
+    "build_scheduler",
+    "param_groups",
+]
 
 # Name fragments of the original's ``set_schedule`` (substring matches on parameter names).
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",

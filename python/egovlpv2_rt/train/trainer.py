@@ -266,6 +266,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             _save(ckpt_path, model, optimizer, scheduler, data, step, cfg, info)
+        ev = cfg.eval
+        if ev.egomcq and ((ev.every_steps > 0 and step % ev.every_steps == 0)
+                          or step == cfg.max_steps):
+            _evaluate(cfg, model, data, step, out_dir, info)
     if bar is not None:
         bar.close()
     if log_file is not None:
@@ -278,6 +282,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     if info.distributed:
         dist.barrier()
     return TrainResult(step, last_loss, ckpt_path, weights_path, time.perf_counter() - t0)
+
+
+def _evaluate(cfg: TrainConfig, model: EgoVLPv2, data: _Data, step: int, out_dir: Path,
+              info: DistInfo) -> None:
+    """EgoMCQ on rank 0 (``eval.egomcq``); appends a JSON line to ``<out_dir>/eval.jsonl``."""
+    if info.is_main:
+        from ..eval.egomcq import evaluate_egomcq
+
+        ev = cfg.eval
+        video_dir = ev.video_dir or str(Path(ev.egomcq).parent / "videos")
+        res = evaluate_egomcq(model, ev.egomcq, video_dir, data.tokenizer,
+                              num_frames=cfg.data.num_frames,
+                              max_length=cfg.data.max_text_length, batch_size=ev.batch_size,
+                              backend=cfg.data.backend)
+        model.train()
+        with (out_dir / "eval.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "egomcq": res.accuracy}) + "\n")
+    if info.distributed:
+        dist.barrier()
 
 
 def _f(x) -> float:

@@ -6,6 +6,8 @@ Entry points: :func:`read_clip` (one clip -> ``[F, 3, 224, 224]`` float32) and
 Every failure raises a :class:`VideoError` subclass naming the file. See docs/VIDEO.md.
 """
 
+from .dali_backend import DaliClipLoader, dali_available
+from .dataset import ClipFailure, RobustClipLoader, VideoClipDataset, collate_clips
 from .errors import (
     BackendUnavailableError,
     ClipRangeError,
@@ -21,6 +23,7 @@ from .errors import (
 from .probe import VideoInfo, clear_probe_cache, probe
 from .reader import BACKENDS, backends_for_codec, decode_clip, frame_indices, plan_clip, read_clip
 from .sampling import ClipPlan, ClipSpec, EgoClipLayout, segment_indices
+from .torchcodec_backend import torchcodec_available
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
 __all__ = [
@@ -28,27 +31,34 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BackendUnavailableError",
+    "ClipFailure",
     "ClipPlan",
     "ClipRangeError",
     "ClipRangeWarning",
     "ClipSpec",
     "CorruptVideoError",
+    "DaliClipLoader",
     "EgoClipLayout",
     "EvalTransform",
     "FramePaddingWarning",
     "InsufficientFramesError",
     "NoVideoStreamError",
+    "RobustClipLoader",
     "TrainTransform",
     "UnsupportedCodecError",
+    "VideoClipDataset",
     "VideoError",
     "VideoInfo",
     "VideoNotFoundError",
     "backends_for_codec",
     "clear_probe_cache",
+    "collate_clips",
+    "dali_available",
     "decode_clip",
     "frame_indices",
     "plan_clip",
     "probe",
     "read_clip",
     "segment_indices",
+    "torchcodec_available",
 ]

@@ -19,6 +19,7 @@ measured tolerance.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import warnings
@@ -42,13 +43,15 @@ from .transforms import CropBox, EvalTransform, TrainTransform
 
 __all__ = ["DaliClipLoader", "dali_available", "read_plans"]
 
+log = logging.getLogger(__name__)
+
 
 @functools.cache
 def _load():
     try:
         import nvidia.dali  # noqa: F401
         from nvidia.dali import fn, pipeline_def, types
-    except Exception as e:
+    except (ImportError, OSError, RuntimeError) as e:  # missing package or CUDA libraries
         return None, f"{type(e).__name__}: {e}".splitlines()[0][:300]
     return (fn, pipeline_def, types), ""
 
@@ -162,7 +165,8 @@ def _build(device: str, tf, batch_size: int, num_threads: int, device_id: int | 
         video = fn.decoders.video(encoded, device=decoder_device, frames=frames)  # [f, H, W, 3]
         if kind == "none":
             return fn.transpose(video, perm=[0, 3, 1, 2])
-        interp = dict(interp_type=types.INTERP_LINEAR, antialias=tf.antialias, dtype=types.FLOAT)
+        interp = {"interp_type": types.INTERP_LINEAR, "antialias": tf.antialias,
+                  "dtype": types.FLOAT}
         if kind == "eval":
             size = fn.external_source(name="resize", dtype=types.FLOAT, ndim=1)  # [h, w]
             video = fn.resize(video, size=size, subpixel_scale=False, **interp)
@@ -240,7 +244,7 @@ def _run(samples: list[_Sample], device: str, tf, num_threads: int) -> list[Tens
         _feed(pipe, tf, samples)
         (out,) = pipe.run()
         return [_to_torch(out, i, device, tf is None) for i in range(len(samples))]
-    except Exception as batch_err:
+    except (RuntimeError, ValueError, IndexError, OSError) as batch_err:
         _drop(key)  # a DALI error can leave the pipeline unusable
         if len(samples) == 1:
             s = samples[0]
@@ -440,8 +444,12 @@ class DaliClipLoader:
             if videos:
                 yield {"video": torch.stack(videos), "index": torch.tensor(kept)}
         if self.failures:
-            warnings.warn(f"DaliClipLoader: {len(self.failures)} bad clip(s) skipped this epoch",
-                          stacklevel=2)
+            log.warning(
+                "DaliClipLoader epoch %d: %d bad clip(s) skipped: %s",
+                self.epoch - 1,
+                len(self.failures),
+                "; ".join(f"[{i}] {p} ({e})" for i, p, e in self.failures[:20]),
+            )
 
     def _fail(self, i: int, spec: ClipSpec, err: VideoError, describe) -> None:
         if self.on_error == "raise":

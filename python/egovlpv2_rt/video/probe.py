@@ -10,6 +10,7 @@ cache is dropped in a forked child so that workers never share state with their 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -18,7 +19,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import CorruptVideoError, NoVideoStreamError, VideoError, VideoNotFoundError
+from .errors import (
+    BackendUnavailableError,
+    CorruptVideoError,
+    NoVideoStreamError,
+    VideoError,
+    VideoNotFoundError,
+)
 
 __all__ = ["VideoInfo", "clear_probe_cache", "probe"]
 
@@ -73,7 +80,7 @@ class VideoInfo:
             return self.width, self.height
         return self.height, self.width
 
-    @property
+    @functools.cached_property
     def timestamps(self) -> np.ndarray:
         """float64 [N], start time of each frame in seconds, the first frame at 0."""
         return (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
@@ -150,9 +157,20 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return info
 
 
-def _open(p: str):
-    import av
+def import_av():
+    """The ``av`` module, or a BackendUnavailableError saying how to install it."""
+    try:
+        import av
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"PyAV is needed to read videos ({e}); install it with `pip install av` "
+            "(the 'video' extra of egovlpv2-rt)"
+        ) from e
+    return av
 
+
+def _open(p: str):
+    av = import_av()
     try:
         return av.open(p, metadata_errors="ignore")
     except av.error.FFmpegError as e:
@@ -160,7 +178,7 @@ def _open(p: str):
 
 
 def _probe_uncached(p: str) -> VideoInfo:
-    import av
+    av = import_av()
 
     if os.path.getsize(p) == 0:
         raise CorruptVideoError(f"{p}: empty file (0 bytes)", p)
@@ -249,13 +267,11 @@ def _one_frame(time_base: Fraction, fps: float) -> int:
 
 
 def _codec_name(stream) -> str:
-    try:
-        return str(stream.codec_context.codec.canonical_name)
-    except Exception:  # no decoder for this codec in PyAV's FFmpeg
-        try:
-            return str(stream.codec.name)
-        except Exception:
-            return "unknown"
+    cc = stream.codec_context
+    codec = getattr(cc, "codec", None) if cc is not None else None
+    if codec is not None:
+        return str(codec.canonical_name)
+    return "unknown"  # no decoder for this codec in PyAV's FFmpeg
 
 
 def _rotation(p: str) -> int:
@@ -265,7 +281,7 @@ def _rotation(p: str) -> int:
     try:
         with av.open(p, metadata_errors="ignore") as c:
             for frame in c.decode(video=0):
-                rot = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+                rot = round(getattr(frame, "rotation", 0) or 0) % 360
                 return rot if rot in (0, 90, 180, 270) else 0
     except (av.error.FFmpegError, VideoError, StopIteration):
         pass

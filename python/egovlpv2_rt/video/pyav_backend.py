@@ -3,15 +3,18 @@
 For each wanted frame it seeks to the keyframe at or before it (the probe knows where keyframes
 are), then decodes forward, converting to RGB only the wanted frames. Wanted frames that share a
 keyframe interval are collected in the same forward pass instead of seeking again, which is where
-most of the speed over the original's seek-per-frame OpenCV loop comes from; frames that nothing
-references (non-reference B-frames) are skipped by the decoder unless they are wanted, which
-halves the decoding work on typical H.264 files without changing any decoded picture.
+most of the speed over the original's seek-per-frame OpenCV loop comes from. Frames that nothing
+references (non-reference B-frames) are skipped by the decoder unless they are wanted: on a
+textured x264 file this took a quarter to a half of the decoding CPU time off, and it changes no
+decoded picture (tested).
 
 A container is opened per call and closed before returning, so nothing leaks across DataLoader
 workers (fork or spawn). Decoding is single-threaded by default: workers give the parallelism.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -31,7 +34,7 @@ def pyav_can_decode(codec: str) -> bool:
     try:
         av.codec.Codec(codec, "r")
         return True
-    except Exception:
+    except ValueError:  # av.codec.codec.UnknownCodecError
         return False
 
 
@@ -78,7 +81,9 @@ def decode_pyav(
 
 
 def _to_rgb(frame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
+    # Same swscale conversion as to_ndarray(format="rgb24"), several times faster (that path
+    # sets up the scaler with automatic threading on every call).
+    return frame.reformat(format="rgb24", threads=1).to_ndarray()
 
 
 def _decode_sequential(container, stream, wanted: list[int]) -> dict[int, np.ndarray]:
@@ -115,15 +120,13 @@ def _decode_seeking(container, stream, info: VideoInfo, wanted: list[int], skip_
             i += 1
             continue
         tpts = int(info.pts[target])
-        key = info.key_pts[max(np.searchsorted(info.key_pts, tpts, side="right") - 1, 0)]
-        if packets is None or eof or max_seen is None or key > max_seen:
+        k = max(int(np.searchsorted(info.key_pts, tpts, side="right")) - 1, 0)
+        if packets is None or eof or max_seen is None or info.key_pts[k] > max_seen:
             # The keyframe we need is ahead of the decoder (or we are not positioned): seek.
-            try:
-                container.seek(info.seek_target(target), stream=stream, backward=True)
-            except av.error.FFmpegError:
+            packets = _seek(container, stream, info, k)
+            if packets is None:
                 i += 1  # cannot seek there: this frame is missing
                 continue
-            packets = container.demux(stream)
             max_seen, eof = None, False
         since_target = None
         while target not in out:
@@ -149,6 +152,32 @@ def _decode_seeking(container, stream, info: VideoInfo, wanted: list[int], skip_
                 since_target = 0
         i += 1
     return out
+
+
+def _seek(container, stream, info: VideoInfo, k: int):
+    """Position the demuxer on keyframe ``k`` (or an earlier one); return a packet iterator.
+
+    Seeking to the keyframe's pts lands exactly on it with FFmpeg's mp4, Matroska/WebM and AVI
+    demuxers. A demuxer that lands after it (which would make frames before the next keyframe
+    unreachable) is caught by looking at the first packet; the seek is then retried at the
+    keyframe's dts, then at the previous keyframe.
+    """
+    import av
+
+    targets = [int(info.key_pts[k]), int(info.key_seek[k])]
+    if k > 0:
+        targets.append(int(info.key_seek[k - 1]))
+    for ts in dict.fromkeys(targets):
+        try:
+            container.seek(ts, stream=stream, backward=True)
+            packets = container.demux(stream)
+            first = next(packets)
+        except (StopIteration, av.error.FFmpegError):
+            continue
+        p = first.pts if first.pts is not None else first.dts
+        if p is None or p <= info.key_pts[k]:
+            return itertools.chain([first], packets)
+    return None
 
 
 def _drain(cc, pkt, pts_to_index: dict[int, int], out: dict[int, np.ndarray]) -> None:

@@ -16,12 +16,10 @@ import torch
 from torch import Tensor
 
 from .errors import (
-    BackendUnavailableError,
     CorruptVideoError,
     FramePaddingWarning,
     InsufficientFramesError,
     UnsupportedCodecError,
-    VideoError,
 )
 from .probe import VideoInfo, probe
 from .pyav_backend import decode_pyav, pyav_can_decode
@@ -172,12 +170,17 @@ def _rotate(frames: Tensor, rotation: int) -> Tensor:
 
 
 def decode_clip(
-    plan: ClipPlan, backend: str = "pyav", short: ShortPolicy = "pad", threads: int = 1
+    plan: ClipPlan,
+    backend: str = "pyav",
+    short: ShortPolicy = "pad",
+    threads: int = 1,
+    contiguous: bool = True,
 ) -> Tensor:
     """Decode the frames of ``plan`` on a CPU backend.
 
     Returns:
-        uint8 [F, 3, H, W] RGB, display orientation. Frames that could not be decoded are
+        uint8 [F, 3, H, W] RGB, display orientation (a channels-last view unless
+        ``contiguous``). Frames that could not be decoded are
         replaced as the original's lax loading does (``short='pad'``: the decoded frames keep
         their order and the last one is repeated to fill F, with a FramePaddingWarning) or
         raise InsufficientFramesError (``short='raise'``).
@@ -209,8 +212,9 @@ def decode_clip(
     shapes = sorted({tuple(t.shape[1:3]) for t in tensors})
     if len(shapes) != 1:
         raise CorruptVideoError(f"{path}: the clip's frames differ in size {shapes}", path)
-    out = torch.cat(tensors)
-    return out.permute(0, 3, 1, 2).contiguous()
+    out = torch.cat(tensors).permute(0, 3, 1, 2)
+    # A transform crops and converts anyway: skip the channels-first copy of whole frames.
+    return out.contiguous() if contiguous else out
 
 
 def read_clip(
@@ -267,7 +271,7 @@ def read_clip(
                           short=short, dtype=dtype, generator=gen)[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    frames = decode_clip(plan, backend, short, threads)
+    frames = decode_clip(plan, backend, short, threads, contiguous=tf is None)
     if tf is None:
         return frames
     if isinstance(tf, TrainTransform):

@@ -85,7 +85,7 @@ class EgoClipLayout:
 
     @property
     def frames_per_chunk(self) -> int:
-        return int(round(self.chunk_sec * self.fps))
+        return round(self.chunk_sec * self.fps)
 
     def chunk_path(self, video_dir: str | os.PathLike, chunk_id: int) -> str:
         return os.path.join(os.fspath(video_dir), self.chunk_name.format(chunk_id))

@@ -99,7 +99,7 @@ def write_video(
                 frame_image(first_index + k, height, width, texture), format="rgb24"
             )
             if timestamps is not None:
-                frame.pts = int(round(timestamps[k] * 1000))
+                frame.pts = round(timestamps[k] * 1000)
                 frame.time_base = Fraction(1, 1000)
             for pkt in s.encode(frame):
                 c.mux(pkt)

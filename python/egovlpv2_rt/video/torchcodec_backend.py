@@ -11,6 +11,7 @@ display rotation itself.
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 
@@ -19,12 +20,14 @@ from .probe import VideoInfo
 
 __all__ = ["decode_torchcodec", "torchcodec_available"]
 
+log = logging.getLogger(__name__)
+
 
 @functools.cache
 def _load():
     try:
         from torchcodec.decoders import VideoDecoder
-    except Exception as e:  # ImportError, or RuntimeError when FFmpeg libraries are missing
+    except (ImportError, OSError, RuntimeError) as e:  # package or FFmpeg libraries missing
         return None, f"{type(e).__name__}: {e}".splitlines()[0][:300]
     return VideoDecoder, ""
 
@@ -51,17 +54,17 @@ def decode_torchcodec(info: VideoInfo, indices, threads: int = 1) -> dict[int, n
     wanted = sorted({int(i) for i in indices})
     try:
         dec = cls(info.path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
-    except Exception as e:
+    except (RuntimeError, ValueError, OSError) as e:
         raise CorruptVideoError(f"{info.path}: torchcodec cannot open it ({e})", info.path) from e
     try:
         batch = dec.get_frames_at(wanted).data.numpy()
         return {i: batch[k] for k, i in enumerate(wanted)}
-    except Exception:
+    except (RuntimeError, IndexError, ValueError):
         # One bad frame fails the whole batch: fall back to frame by frame to keep the good ones.
         out: dict[int, np.ndarray] = {}
         for i in wanted:
             try:
                 out[i] = dec.get_frame_at(i).data.numpy()
-            except Exception:
-                continue
+            except (RuntimeError, IndexError, ValueError):
+                log.debug("torchcodec could not decode frame %d of %s", i, info.path)
         return out

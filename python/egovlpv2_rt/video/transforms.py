@@ -61,7 +61,7 @@ def center_crop_box(height: int, width: int, crop: int) -> CropBox:
     """torchvision ``CenterCrop(crop)`` box (Python ``round``, i.e. half to even)."""
     if crop > height or crop > width:
         raise ValueError(f"center crop {crop} larger than the image {height}x{width}")
-    return CropBox(int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0)), crop, crop)
+    return CropBox(round((height - crop) / 2.0), round((width - crop) / 2.0), crop, crop)
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,7 +81,7 @@ def _matrix64(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
             m[i, lo:hi] = w / w.sum()
         else:
             x = max(center - 0.5, 0.0)  # align_corners=False, clamped at the border
-            x0 = min(int(math.floor(x)), n_in - 1)
+            x0 = min(math.floor(x), n_in - 1)
             x1 = min(x0 + 1, n_in - 1)
             m[i, x0] += 1.0 - (x - x0)
             m[i, x1] += x - x0
@@ -92,20 +92,47 @@ def _matrix64(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
 def resample_matrix(n_in: int, n_out: int, antialias: bool, dtype: torch.dtype) -> Tensor:
     """[n_out, n_in] bilinear resampling weights along one axis (rows sum to 1).
 
-    Weights are computed in float64 and applied as two matrix products, so the float64 path is
-    exact to rounding; ``F.interpolate`` computes source coordinates in float32 and drifts by up
-    to ~3e-5 (in [0, 1] pixel units) from the exact filter.
+    Weights are computed in float64, so the float64 path is exact to rounding;
+    ``F.interpolate`` computes source coordinates in float32 and drifts by up to ~3e-5 (in
+    [0, 1] pixel units) from the exact filter.
     """
     return torch.from_numpy(_matrix64(n_in, n_out, antialias)).to(dtype)
+
+
+# Output positions resampled per matrix product: each block reads only the input window its
+# filter taps touch, so the work is banded instead of a dense n_out x n_in product.
+_BLOCK = 32
+
+
+@functools.lru_cache(maxsize=256)
+def _bands(n_in: int, n_out: int, antialias: bool, dtype: torch.dtype):
+    m = resample_matrix(n_in, n_out, antialias, dtype)
+    nz = m != 0
+    bands = []
+    for o0 in range(0, n_out, _BLOCK):
+        o1 = min(o0 + _BLOCK, n_out)
+        cols = nz[o0:o1].any(0).nonzero().flatten()
+        i0, i1 = int(cols[0]), int(cols[-1]) + 1
+        bands.append((o0, o1, i0, i1, m[o0:o1, i0:i1].T.contiguous()))
+    return bands
+
+
+def _resample_last(x: Tensor, n_out: int, antialias: bool) -> Tensor:
+    out = x.new_empty((*x.shape[:-1], n_out))
+    for o0, o1, i0, i1, w in _bands(x.shape[-1], n_out, antialias, x.dtype):
+        out[..., o0:o1] = x[..., i0:i1] @ w.to(x.device)
+    return out
 
 
 def _resize(x: Tensor, size: tuple[int, int], antialias: bool) -> Tensor:
     h, w = int(size[0]), int(size[1])
     if tuple(x.shape[-2:]) == (h, w):
         return x  # torchvision returns the input untouched when the size already matches
-    rows = resample_matrix(x.shape[-2], h, antialias, x.dtype).to(x.device)
-    cols = resample_matrix(x.shape[-1], w, antialias, x.dtype).to(x.device)
-    return rows @ (x @ cols.T)
+    if x.shape[-1] != w:
+        x = _resample_last(x, w, antialias)
+    if x.shape[-2] != h:
+        x = _resample_last(x.transpose(-1, -2), h, antialias).transpose(-1, -2)
+    return x
 
 
 def _normalize(x: Tensor, mean, std) -> Tensor:
@@ -114,13 +141,16 @@ def _normalize(x: Tensor, mean, std) -> Tensor:
     return (x - m) / s
 
 
-def _to_float(frames: Tensor, dtype: torch.dtype) -> Tensor:
+def _check(frames: Tensor) -> None:
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [F, 3, H, W], got shape {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8 and not frames.is_floating_point():
+        raise ValueError(f"frames must be uint8 or floating point, got {frames.dtype}")
+
+
+def _to_float(frames: Tensor, dtype: torch.dtype) -> Tensor:
     if frames.dtype == torch.uint8:
         return frames.to(dtype).div_(255.0)
-    if not frames.is_floating_point():
-        raise ValueError(f"frames must be uint8 or floating point, got {frames.dtype}")
     return frames.to(dtype)
 
 
@@ -152,11 +182,14 @@ class EvalTransform:
         return (rh, rw), center_crop_box(rh, rw, self.crop)
 
     def __call__(self, frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        _check(frames)
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        x = _to_float(frames, work)
-        (rh, rw), box = self.geometry(x.shape[-2], x.shape[-1])
-        x = _resize(x, (rh, rw), self.antialias)
-        x = x[..., box.top : box.top + box.height, box.left : box.left + box.width]
+        (rh, rw), box = self.geometry(frames.shape[-2], frames.shape[-1])
+        crop = (..., slice(box.top, box.top + box.height), slice(box.left, box.left + box.width))
+        if (rh, rw) == tuple(frames.shape[-2:]):
+            x = _to_float(frames[crop], work)  # first resize is the identity: crop first
+        else:
+            x = _resize(_to_float(frames, work), (rh, rw), self.antialias)[crop]
         x = _resize(x, (self.size, self.size), self.antialias)
         return _normalize(x, self.mean, self.std).to(dtype).contiguous()
 
@@ -195,8 +228,8 @@ class TrainTransform:
             u = torch.rand(2, generator=g, dtype=torch.float64).tolist()
             target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])
             aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
                 top = int(torch.randint(0, height - h + 1, (1,), generator=g))
                 left = int(torch.randint(0, width - w + 1, (1,), generator=g))
@@ -205,9 +238,9 @@ class TrainTransform:
         if box is None:  # torchvision's fallback: the central crop of the clamped ratio
             in_ratio = width / height
             if in_ratio < min(self.ratio):
-                w, h = width, int(round(width / min(self.ratio)))
+                w, h = width, round(width / min(self.ratio))
             elif in_ratio > max(self.ratio):
-                h, w = height, int(round(height * max(self.ratio)))
+                h, w = height, round(height * max(self.ratio))
             else:
                 w, h = width, height
             box = CropBox((height - h) // 2, (width - w) // 2, h, w)
@@ -215,10 +248,10 @@ class TrainTransform:
         return TrainParams(box, flip)
 
     def apply(self, frames: Tensor, params: TrainParams, dtype=torch.float32) -> Tensor:
+        _check(frames)
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        x = _to_float(frames, work)
         b = params.box
-        x = x[..., b.top : b.top + b.height, b.left : b.left + b.width]
+        x = _to_float(frames[..., b.top : b.top + b.height, b.left : b.left + b.width], work)
         x = _resize(x, (self.size, self.size), self.antialias)
         if params.flip:
             x = x.flip(-1)

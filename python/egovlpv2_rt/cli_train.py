@@ -1,0 +1,107 @@
+"""``egovlpv2 synth``, ``egovlpv2 train`` and ``egovlpv2 eval``: subcommands for the ``egovlpv2``
+CLI. ``add_subcommands(subparsers)`` registers them; each sets ``func(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``synth``, ``train`` and ``eval`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("synth", help="write a synthetic EgoClip/EgoMCQ dataset",
+                              description="Write videos/, egoclip.csv and egomcq.json.")
+    p.add_argument("--out", required=True, help="destination folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips", type=int, default=480, help="number of narrated clips")
+    p.add_argument("--questions", type=int, default=100, help="EgoMCQ questions")
+    p.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    p.set_defaults(func=cmd_synth)
+
+    p = subparsers.add_parser("train", help="pre-train EgoVLPv2 (EgoNCE + MLM + VTM)",
+                              description="Pre-train from an experiment config. For several "
+                              "processes run it under torchrun: torchrun --nproc_per_node N "
+                              "-m egovlpv2_rt.train --config FILE")
+    p.add_argument("--config", required=True, help="experiment file (.json/.yaml)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out_dir>/checkpoints/last.pt")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a model (EgoMCQ)",
+                              description="EgoMCQ accuracy (inter / intra) in dual, fusion "
+                              "and ensemble modes.")
+    p.add_argument("--task", default="egomcq", choices=("egomcq",))
+    p.add_argument("--data", required=True,
+                   help="folder with egomcq.json and videos/ (as written by synth)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model .safetensors (default: the shipped default model)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json (default: beside the checkpoint)")
+    p.add_argument("--mode", default="all", choices=("dual", "fusion", "ensemble", "all"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=16)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import SynthConfig, generate_dataset
+
+    cfg = SynthConfig(num_clips=args.clips, num_mcq=args.questions, size=args.size)
+    paths = generate_dataset(args.out, args.seed, cfg)
+    print(f"wrote {paths['egoclip']}, {paths['egomcq']} and {paths['videos']}/")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.__main__ import main
+
+    argv = ["--config", args.config, "--device", args.device]
+    if args.resume:
+        argv.append("--resume")
+    return main(argv)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .eval.egomcq import MODES, evaluate_egomcq
+    from .tokenizer import RobertaTokenizer
+    from .train.default_model import DEFAULT_DIR
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_DIR / "model.safetensors"
+    if not ckpt.is_file():
+        print(f"error: --checkpoint: no such file {ckpt}", file=sys.stderr)
+        return 2
+    tok_path = Path(args.tokenizer) if args.tokenizer else ckpt.parent / "tokenizer.json"
+    if not tok_path.is_file():
+        print(f"error: --tokenizer: no such file {tok_path}", file=sys.stderr)
+        return 2
+    data = Path(args.data)
+    if not (data / "egomcq.json").is_file():
+        print(f"error: --data: {data / 'egomcq.json'} not found", file=sys.stderr)
+        return 2
+    torch.set_flush_denormal(True)
+    model = load_model(ckpt)
+    tok = RobertaTokenizer.from_tokenizer_json(tok_path, max_length=args.max_length)
+    modes = MODES if args.mode == "all" else (args.mode,)
+    if args.mode == "ensemble":
+        modes = MODES
+    res = evaluate_egomcq(model, data / "egomcq.json", data / "videos", tok,
+                          max_length=args.max_length, batch_size=args.batch_size, modes=modes)
+    acc = {m: res.accuracy[m] for m in (MODES if args.mode == "all" else (args.mode,))}
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc},
+                         indent=1))
+    else:
+        print(f"EgoMCQ on {data} ({ckpt.name})")
+        print(f"{'mode':<10}{'inter %':>10}{'intra %':>10}")
+        for m, a in acc.items():
+            print(f"{m:<10}{a['inter']:>10.1f}{a['intra']:>10.1f}")
+    return 0
