@@ -2,7 +2,7 @@
 //
 // Included only by attention_isa.cpp, which is compiled several times with different target
 // flags and a different EGOVLPV2_CPU_ISA namespace. Everything here therefore lives in that
-// namespace and uses only C library calls (expf, memcpy, aligned_alloc): an inline function
+// namespace and uses only C library calls (logf, memcpy, aligned_alloc): an inline function
 // shared between the variants (std::vector, std::max, ...) could be emitted by the AVX-512
 // object and picked by the linker for the baseline one.
 //
@@ -469,6 +469,22 @@ struct DenseForward {
       }
     }
   }
+
+  // One more query (already scaled, dh elements) against the keys packed by the last run(),
+  // leaving out key 0: its partial softmax state {max, sum of exp, sum of exp * v} goes to
+  // state[0], state[1], state[2 : 2 + dh]. The divided attention's CLS query is assembled from
+  // these (plus the CLS key itself) while each key set is still in cache.
+  void partial(const T* qs_row, T* state) {
+    gemm<T, false>(1, nk_pad, dh, qs_row, dh, kt, nk_pad, s, nk_pad);
+    s[0] = -static_cast<T>(HUGE_VAL);
+    for (int64_t j = nk; j < nk_pad; ++j) s[j] = -static_cast<T>(HUGE_VAL);
+    const T m = row_max(s, nk_pad);
+    const T sum = exp_shift_sum(s, nk_pad, m);
+    gemm<T, false>(1, dh_pad, nk, s, nk_pad, v, dh_pad, o, dh_pad);
+    state[0] = m;
+    state[1] = sum;
+    memcpy(state + 2, o, static_cast<size_t>(dh) * sizeof(T));
+  }
 };
 
 template <typename T>
@@ -566,8 +582,8 @@ struct RowForward {
   void clear() {}
 
   void run(int64_t nq, T scale, const ForwardIo<T>& io) {
-    const Rows<T> k = unit_rows(io.k, nk, dh, kpack, kptr);
-    const Rows<T> v = unit_rows(io.v, nk, dh, vpack, vptr);
+    const Rows<T> k = last_k = unit_rows(io.k, nk, dh, kpack, kptr);
+    const Rows<T> v = last_v = unit_rows(io.v, nk, dh, vpack, vptr);
     for (int64_t i = 0; i < nq; ++i) {
       load_row(io.q.ptr[i], io.q.stride, dh, dh, scale, qs);
       for (int64_t j = 0; j < nk; ++j) s[j] = dot(qs, k.ptr[j], dh);
@@ -583,6 +599,21 @@ struct RowForward {
       *io.lse[i] = m + log_t(sum);
     }
   }
+
+  // See DenseForward::partial (no mask).
+  void partial(const T* qs_row, T* state) {
+    for (int64_t j = 1; j < nk; ++j) s[j] = dot(qs_row, last_k.ptr[j], dh);
+    const T m = row_max(s + 1, nk - 1);
+    const T sum = exp_shift_sum(s + 1, nk - 1, m);
+    T* acc_out = state + 2;
+    for (int64_t d = 0; d < dh; ++d) acc_out[d] = T(0);
+    for (int64_t j = 1; j < nk; ++j) axpy(s[j], last_v.ptr[j], acc_out, dh);
+    state[0] = m;
+    state[1] = sum;
+  }
+
+ private:
+  Rows<T> last_k, last_v;
 };
 
 template <typename T>
@@ -630,14 +661,6 @@ struct RowBackward {
   }
 };
 
-
-template <typename E>
-inline int64_t engine_bytes(int64_t nk, int64_t dh) {
-  Carver c(nullptr);
-  E e(c, nk, dh);
-  (void)e;
-  return c.used();
-}
 
 // Row pointers of one key set: queries, keys, values, gradient and output rows, lse slots.
 template <typename T>
@@ -713,270 +736,343 @@ struct SpaceTimeGeometry {
   }
 };
 
+#define EGOVLPV2_FAIL_AND_RETURN(ctx)                  \
+  do {                                                 \
+    __atomic_store_n(&(ctx).failed, 1, __ATOMIC_RELAXED); \
+    return;                                            \
+  } while (0)
+
+template <typename T>
+struct SpaceTimeForwardCtx {
+  const SpaceTimeAttentionParams<T>* p;
+  const SpaceTimeGeometry* g;
+  T* cls_states;  // [B, H, groups, 2 + dh]: the CLS query's partial softmax per key set
+  int failed;
+};
+
+// Work items [begin, end) of the divided attention forward, key sets through `Engine`.
+template <typename T, typename Engine>
+void space_time_forward_range(SpaceTimeForwardCtx<T>& c, int64_t begin, int64_t end) {
+  const SpaceTimeAttentionParams<T>& p = *c.p;
+  const SpaceTimeGeometry& g = *c.g;
+  const int64_t nk = g.group_size + 1;
+  Carver sizing(nullptr);
+  {
+    RowTable<T> r(sizing, nk);
+    Engine e(sizing, nk, g.dh);
+    sizing.take<T>(g.dh);
+  }
+  Block block(sizing.used());
+  if (!block.get()) EGOVLPV2_FAIL_AND_RETURN(c);
+  Carver cv(block.get());
+  RowTable<T> rows(cv, nk);
+  Engine engine(cv, nk, g.dh);
+  T* cls_q = cv.take<T>(g.dh);
+  engine.clear();
+
+  const int64_t sc = p.qkv.stride_c;
+  ForwardIo<T> io;
+  io.q = Rows<T>{rows.q, sc};
+  io.k = Rows<T>{rows.k, sc};
+  io.v = Rows<T>{rows.v, sc};
+  io.out = rows.out;
+  io.lse = rows.lse_w;
+
+  for (int64_t item = begin; item < end; ++item) {
+    // Key sets of one batch element and a block of heads, all heads of a set in a row: its
+    // token rows are then read whole and in order (heads are consecutive column slices).
+    const int64_t b = item / (g.chunks * g.head_blocks);
+    const int64_t chunk = (item / g.head_blocks) % g.chunks;
+    const int64_t h_begin = (item % g.head_blocks) * g.heads_per_block;
+    const int64_t h_end = min64(g.heads, h_begin + g.heads_per_block);
+    const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
+    for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
+      for (int64_t h = h_begin; h < h_end; ++h) {
+        const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+        T* out_bh = p.out + b * g.tokens * g.dim + h * g.dh;
+        T* lse_bh = p.lse + (b * g.heads + h) * g.tokens;
+        rows.k[0] = p.qkv.at(b, 0, kc);
+        rows.v[0] = p.qkv.at(b, 0, vc);
+        for (int64_t i = 0; i < g.group_size; ++i) {
+          const int64_t t = g.token(grp, i);
+          rows.q[i] = p.qkv.at(b, t, qc);
+          rows.k[1 + i] = p.qkv.at(b, t, kc);
+          rows.v[1 + i] = p.qkv.at(b, t, vc);
+          rows.out[i] = out_bh + t * g.dim;
+          rows.lse_w[i] = lse_bh + t;
+        }
+        engine.run(g.group_size, p.scale, io);
+        // The CLS query's share of this key set, while it is in cache (merged later).
+        load_row(p.qkv.at(b, 0, qc), sc, g.dh, g.dh, p.scale, cls_q);
+        engine.partial(cls_q, c.cls_states + ((b * g.heads + h) * g.groups + grp) * (g.dh + 2));
+      }
+    }
+  }
+}
+
+// The CLS query of (b, h) for b * heads + h in [begin, end): its softmax over all T keys from
+// the partial states of the key sets (each holds every patch key once) and the CLS key.
+template <typename T>
+void space_time_forward_cls(SpaceTimeForwardCtx<T>& c, int64_t begin, int64_t end) {
+  const SpaceTimeAttentionParams<T>& p = *c.p;
+  const SpaceTimeGeometry& g = *c.g;
+  const int64_t dh = g.dh;
+  Carver sizing(nullptr);
+  sizing.take<T>(dh);
+  sizing.take<T>(dh);
+  sizing.take<T>(dh);
+  Block block(sizing.used());
+  if (!block.get()) EGOVLPV2_FAIL_AND_RETURN(c);
+  Carver cv(block.get());
+  T* qs = cv.take<T>(dh);
+  T* k0 = cv.take<T>(dh);
+  T* acc = cv.take<T>(dh);
+  const int64_t sc = p.qkv.stride_c;
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / g.heads;
+    const int64_t h = bh % g.heads;
+    load_row(p.qkv.at(b, 0, h * dh), sc, dh, dh, p.scale, qs);
+    copy_row(p.qkv.at(b, 0, g.dim + h * dh), sc, dh, dh, k0);
+    const T s0 = dot(qs, k0, dh);
+    const T* states = c.cls_states + bh * g.groups * (dh + 2);
+    T m = s0;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const T mg = states[grp * (dh + 2)];
+      m = mg > m ? mg : m;
+    }
+    const T w0 = exp_t(s0 - m);
+    T sum = w0;
+    copy_row(p.qkv.at(b, 0, 2 * g.dim + h * dh), sc, dh, dh, acc);
+    scale_row(acc, dh, w0);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      const T* st = states + grp * (dh + 2);
+      const T w = exp_t(st[0] - m);
+      sum += w * st[1];
+      axpy(w, st + 2, acc, dh);
+    }
+    T* out = p.out + b * g.tokens * g.dim + h * dh;
+    const T f = T(1) / sum;
+    for (int64_t d = 0; d < dh; ++d) out[d] = acc[d] * f;
+    p.lse[bh * g.tokens] = m + log_t(sum);
+  }
+}
+
 template <typename T>
 Status space_time_forward(const SpaceTimeAttentionParams<T>& p) {
   const SpaceTimeGeometry geo(p);
-  struct Ctx {
-    const SpaceTimeAttentionParams<T>* p;
-    const SpaceTimeGeometry* g;
-    int failed;
-  } ctx{&p, &geo, 0};
-
+  Block states(geo.batch * geo.heads * geo.groups * (geo.dh + 2) *
+               static_cast<int64_t>(sizeof(T)));
+  if (!states.get()) return Status::kOutOfMemory;
+  SpaceTimeForwardCtx<T> ctx{&p, &geo, reinterpret_cast<T*>(states.get()), 0};
   auto body = [](int64_t begin, int64_t end, void* raw) {
-    Ctx& c = *static_cast<Ctx*>(raw);
-    const SpaceTimeAttentionParams<T>& p = *c.p;
-    const SpaceTimeGeometry& g = *c.g;
-    const int64_t nk = g.group_size + 1;
-    const int64_t table_bytes = RowTable<T>::bytes(g.tokens);
-    const int64_t group_bytes = g.dense ? engine_bytes<DenseForward<T>>(nk, g.dh)
-                                        : engine_bytes<RowForward<T>>(nk, g.dh);
-    const int64_t cls_bytes = engine_bytes<RowForward<T>>(g.tokens, g.dh);
-    Block block(table_bytes + max64(group_bytes, cls_bytes));
-    if (!block.get()) {
-      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
-      return;
-    }
-    Carver table_carver(block.get());
-    RowTable<T> rows(table_carver, g.tokens);
-    char* engine_base = block.get() + table_bytes;
-
-    const int64_t sc = p.qkv.stride_c;
-    ForwardIo<T> io;
-    io.q = Rows<T>{rows.q, sc};
-    io.k = Rows<T>{rows.k, sc};
-    io.v = Rows<T>{rows.v, sc};
-    io.out = rows.out;
-    io.lse = rows.lse_w;
-
-    for (int64_t item = begin; item < end; ++item) {
-      // Key sets of one batch element and a block of heads, all heads of a set in a row: its
-      // token rows are then read whole and in order (heads are consecutive column slices).
-      const int64_t b = item / (g.chunks * g.head_blocks);
-      const int64_t chunk = (item / g.head_blocks) % g.chunks;
-      const int64_t h_begin = (item % g.head_blocks) * g.heads_per_block;
-      const int64_t h_end = min64(g.heads, h_begin + g.heads_per_block);
-      const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
-      for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
-        for (int64_t h = h_begin; h < h_end; ++h) {
-          const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
-          T* out_bh = p.out + b * g.tokens * g.dim + h * g.dh;
-          T* lse_bh = p.lse + (b * g.heads + h) * g.tokens;
-          rows.k[0] = p.qkv.at(b, 0, kc);
-          rows.v[0] = p.qkv.at(b, 0, vc);
-          for (int64_t i = 0; i < g.group_size; ++i) {
-            const int64_t t = g.token(grp, i);
-            rows.q[i] = p.qkv.at(b, t, qc);
-            rows.k[1 + i] = p.qkv.at(b, t, kc);
-            rows.v[1 + i] = p.qkv.at(b, t, vc);
-            rows.out[i] = out_bh + t * g.dim;
-            rows.lse_w[i] = lse_bh + t;
-          }
-          Carver ec(engine_base);
-          if (g.dense) {
-            DenseForward<T> e(ec, nk, g.dh);
-            e.run(g.group_size, p.scale, io);
-          } else {
-            RowForward<T> e(ec, nk, g.dh);
-            e.run(g.group_size, p.scale, io);
-          }
-        }
-      }
-      // The CLS query of (b, h), which attends to every token, goes to the item of chunk
-      // h % chunks of h's block, spreading those queries over the items.
-      for (int64_t h = h_begin; h < h_end; ++h) {
-        if (h % g.chunks != chunk) continue;
-        rows.q[0] = p.qkv.at(b, 0, h * g.dh);
-        for (int64_t t = 0; t < g.tokens; ++t) {
-          rows.k[t] = p.qkv.at(b, t, g.dim + h * g.dh);
-          rows.v[t] = p.qkv.at(b, t, 2 * g.dim + h * g.dh);
-        }
-        rows.out[0] = p.out + b * g.tokens * g.dim + h * g.dh;
-        rows.lse_w[0] = p.lse + (b * g.heads + h) * g.tokens;
-        Carver ec(engine_base);
-        RowForward<T> e(ec, g.tokens, g.dh);
-        e.run(1, p.scale, io);
-      }
-    }
+    auto& c = *static_cast<SpaceTimeForwardCtx<T>*>(raw);
+    if (c.g->dense)
+      space_time_forward_range<T, DenseForward<T>>(c, begin, end);
+    else
+      space_time_forward_range<T, RowForward<T>>(c, begin, end);
   };
   p.parallel_for(0, geo.batch * geo.chunks * geo.head_blocks, 1, body, &ctx);
+  if (ctx.failed) return Status::kOutOfMemory;
+  auto cls_body = [](int64_t begin, int64_t end, void* raw) {
+    space_time_forward_cls(*static_cast<SpaceTimeForwardCtx<T>*>(raw), begin, end);
+  };
+  p.parallel_for(0, geo.batch * geo.heads, 4, cls_body, &ctx);
   return ctx.failed ? Status::kOutOfMemory : Status::kOk;
+}
+
+template <typename T>
+struct SpaceTimeBackwardCtx {
+  const SpaceTimeAttentionGradParams<T>* p;
+  const SpaceTimeGeometry* g;
+  T* partials;  // [B, H, chunks, 2, dh]: dK, dV of the CLS key from each item of pass 1
+  int failed;
+};
+
+// Accumulates a key's share of the gradients into [nk, ld] buffers (row engine).
+template <typename T>
+struct KeyGradInto {
+  T* dk;
+  T* dv;
+  int64_t ld, dh;
+  void operator()(int64_t j, T ds, T pj, const T* qs, const T* go) const {
+    axpy(ds, qs, dk + j * ld, dh);
+    axpy(pj, go, dv + j * ld, dh);
+  }
+};
+
+template <typename T>
+inline void run_backward(DenseBackward<T>& e, int64_t nq, T scale, const BackwardIo<T>& io) {
+  e.run(nq, scale, io);
+}
+
+template <typename T>
+inline void run_backward(RowBackward<T>& e, int64_t nq, T scale, const BackwardIo<T>& io) {
+  e.run(nq, scale, io, KeyGradInto<T>{io.grad_k, io.grad_v, io.ld_grad, e.dh});
+}
+
+// Pass 1 of the divided attention backward: the patch queries. Each patch key belongs to one
+// key set (plus the CLS query's), so its rows of grad_qkv are written here by one item.
+template <typename T, typename Engine>
+void space_time_backward_range(SpaceTimeBackwardCtx<T>& c, int64_t begin, int64_t end) {
+  const SpaceTimeAttentionGradParams<T>& p = *c.p;
+  const SpaceTimeGeometry& g = *c.g;
+  const int64_t nk = g.group_size + 1;
+  const int64_t ld = padded<T>(g.dh);
+  Carver sizing(nullptr);
+  {
+    RowTable<T> r(sizing, nk);
+    sizing.take<T>(nk * ld);
+    sizing.take<T>(nk * ld);
+    Engine e(sizing, nk, g.dh);
+  }
+  Block block(sizing.used());
+  if (!block.get()) EGOVLPV2_FAIL_AND_RETURN(c);
+  Carver cv(block.get());
+  RowTable<T> rows(cv, nk);
+  T* dk = cv.take<T>(nk * ld);
+  T* dv = cv.take<T>(nk * ld);
+  Engine engine(cv, nk, g.dh);
+  engine.clear();
+  const int64_t three_d = 3 * g.dim;
+
+  BackwardIo<T> io;
+  io.q = Rows<T>{rows.q, p.qkv.stride_c};
+  io.k = Rows<T>{rows.k, p.qkv.stride_c};
+  io.v = Rows<T>{rows.v, p.qkv.stride_c};
+  io.grad_out = Rows<T>{rows.go, p.grad_out.stride_c};
+  io.out = Rows<T>{rows.o, p.out.stride_c};
+  io.lse = rows.lse_r;
+  io.grad_q = rows.out;
+  io.grad_k = dk;
+  io.grad_v = dv;
+  io.ld_grad = ld;
+
+  for (int64_t item = begin; item < end; ++item) {
+    // (batch, chunk, block of heads) as in the forward.
+    const int64_t b = item / (g.chunks * g.head_blocks);
+    const int64_t chunk = (item / g.head_blocks) % g.chunks;
+    const int64_t h_begin = (item % g.head_blocks) * g.heads_per_block;
+    const int64_t h_end = min64(g.heads, h_begin + g.heads_per_block);
+    T* grad_b = p.grad_qkv + b * g.tokens * three_d;
+    for (int64_t h = h_begin; h < h_end; ++h) {
+      T* part = c.partials + ((b * g.heads + h) * g.chunks + chunk) * 2 * g.dh;
+      for (int64_t d = 0; d < 2 * g.dh; ++d) part[d] = T(0);
+    }
+    const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
+    for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
+      for (int64_t h = h_begin; h < h_end; ++h) {
+        const int64_t bh = b * g.heads + h;
+        const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+        rows.k[0] = p.qkv.at(b, 0, kc);
+        rows.v[0] = p.qkv.at(b, 0, vc);
+        for (int64_t i = 0; i < g.group_size; ++i) {
+          const int64_t t = g.token(grp, i);
+          rows.q[i] = p.qkv.at(b, t, qc);
+          rows.k[1 + i] = p.qkv.at(b, t, kc);
+          rows.v[1 + i] = p.qkv.at(b, t, vc);
+          rows.go[i] = p.grad_out.at(b, t, qc);
+          rows.o[i] = p.out.at(b, t, qc);
+          rows.lse_r[i] = p.lse + bh * g.tokens + t;
+          rows.out[i] = grad_b + t * three_d + qc;
+        }
+        memset(dk, 0, static_cast<size_t>(nk * ld) * sizeof(T));
+        memset(dv, 0, static_cast<size_t>(nk * ld) * sizeof(T));
+        run_backward(engine, g.group_size, p.scale, io);
+        for (int64_t i = 0; i < g.group_size; ++i) {
+          T* row = grad_b + g.token(grp, i) * three_d;
+          memcpy(row + kc, dk + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
+          memcpy(row + vc, dv + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
+        }
+        T* part = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
+        axpy(T(1), dk, part, g.dh);
+        axpy(T(1), dv, part + g.dh, g.dh);
+      }
+    }
+  }
+}
+
+// Pass 2: the CLS query of each (batch, head), which adds its share to every key row.
+template <typename T>
+void space_time_backward_cls(SpaceTimeBackwardCtx<T>& c, int64_t begin, int64_t end) {
+  const SpaceTimeAttentionGradParams<T>& p = *c.p;
+  const SpaceTimeGeometry& g = *c.g;
+  Carver sizing(nullptr);
+  {
+    RowTable<T> r(sizing, g.tokens);
+    sizing.take<T>(g.dh);
+    sizing.take<T>(g.dh);
+    RowBackward<T> e(sizing, g.tokens, g.dh);
+  }
+  Block block(sizing.used());
+  if (!block.get()) EGOVLPV2_FAIL_AND_RETURN(c);
+  Carver cv(block.get());
+  RowTable<T> rows(cv, g.tokens);
+  T* gk0 = cv.take<T>(g.dh);
+  T* gv0 = cv.take<T>(g.dh);
+  RowBackward<T> engine(cv, g.tokens, g.dh);
+  const int64_t three_d = 3 * g.dim;
+
+  BackwardIo<T> io;
+  io.q = Rows<T>{rows.q, p.qkv.stride_c};
+  io.k = Rows<T>{rows.k, p.qkv.stride_c};
+  io.v = Rows<T>{rows.v, p.qkv.stride_c};
+  io.grad_out = Rows<T>{rows.go, p.grad_out.stride_c};
+  io.out = Rows<T>{rows.o, p.out.stride_c};
+  io.lse = rows.lse_r;
+  io.grad_q = rows.out;
+
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / g.heads;
+    const int64_t h = bh % g.heads;
+    const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
+    T* grad_b = p.grad_qkv + b * g.tokens * three_d;
+    rows.q[0] = p.qkv.at(b, 0, qc);
+    rows.go[0] = p.grad_out.at(b, 0, qc);
+    rows.o[0] = p.out.at(b, 0, qc);
+    rows.lse_r[0] = p.lse + bh * g.tokens;
+    rows.out[0] = grad_b + qc;
+    for (int64_t t = 0; t < g.tokens; ++t) {
+      rows.k[t] = p.qkv.at(b, t, kc);
+      rows.v[t] = p.qkv.at(b, t, vc);
+    }
+    for (int64_t d = 0; d < g.dh; ++d) gk0[d] = gv0[d] = T(0);
+    for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
+      const T* part = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
+      axpy(T(1), part, gk0, g.dh);
+      axpy(T(1), part + g.dh, gv0, g.dh);
+    }
+    const int64_t dh = g.dh;
+    engine.run(1, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
+      T* gk = j == 0 ? gk0 : grad_b + j * three_d + kc;
+      T* gv = j == 0 ? gv0 : grad_b + j * three_d + vc;
+      axpy(ds, qs, gk, dh);
+      axpy(pj, go, gv, dh);
+    });
+    memcpy(grad_b + kc, gk0, static_cast<size_t>(g.dh) * sizeof(T));
+    memcpy(grad_b + vc, gv0, static_cast<size_t>(g.dh) * sizeof(T));
+  }
 }
 
 template <typename T>
 Status space_time_backward(const SpaceTimeAttentionGradParams<T>& p) {
   const SpaceTimeGeometry geo(p);
-  const int64_t n_bh = geo.batch * geo.heads;
-  // dK / dV of the CLS key from each work item of pass 1, reduced in pass 2 in a fixed order.
-  Block partials(n_bh * geo.chunks * 2 * geo.dh * static_cast<int64_t>(sizeof(T)));
+  Block partials(geo.batch * geo.heads * geo.chunks * 2 * geo.dh *
+                 static_cast<int64_t>(sizeof(T)));
   if (!partials.get()) return Status::kOutOfMemory;
-  struct Ctx {
-    const SpaceTimeAttentionGradParams<T>* p;
-    const SpaceTimeGeometry* g;
-    T* partials;
-    int failed;
-  } ctx{&p, &geo, reinterpret_cast<T*>(partials.get()), 0};
-
-  // Pass 1: patch queries. Each patch key belongs to one key set (plus the CLS query's), so
-  // its rows of grad_qkv are written here by exactly one item.
+  SpaceTimeBackwardCtx<T> ctx{&p, &geo, reinterpret_cast<T*>(partials.get()), 0};
   auto groups_body = [](int64_t begin, int64_t end, void* raw) {
-    Ctx& c = *static_cast<Ctx*>(raw);
-    const SpaceTimeAttentionGradParams<T>& p = *c.p;
-    const SpaceTimeGeometry& g = *c.g;
-    const int64_t nk = g.group_size + 1;
-    const int64_t ld = padded<T>(g.dh);
-    const int64_t table_bytes = RowTable<T>::bytes(nk);
-    Carver acc_size(nullptr);
-    acc_size.take<T>(nk * ld);
-    acc_size.take<T>(nk * ld);
-    const int64_t acc_bytes = acc_size.used();
-    const int64_t engine = g.dense ? engine_bytes<DenseBackward<T>>(nk, g.dh)
-                                   : engine_bytes<RowBackward<T>>(nk, g.dh);
-    Block block(table_bytes + acc_bytes + engine);
-    if (!block.get()) {
-      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
-      return;
-    }
-    Carver carver(block.get());
-    RowTable<T> rows(carver, nk);
-    T* dk = carver.take<T>(nk * ld);
-    T* dv = carver.take<T>(nk * ld);
-    char* engine_base = block.get() + table_bytes + acc_bytes;
-    const int64_t three_d = 3 * g.dim;
-
-    BackwardIo<T> io;
-    io.q = Rows<T>{rows.q, p.qkv.stride_c};
-    io.k = Rows<T>{rows.k, p.qkv.stride_c};
-    io.v = Rows<T>{rows.v, p.qkv.stride_c};
-    io.grad_out = Rows<T>{rows.go, p.grad_out.stride_c};
-    io.out = Rows<T>{rows.o, p.out.stride_c};
-    io.lse = rows.lse_r;
-    io.grad_q = rows.out;
-    io.grad_k = dk;
-    io.grad_v = dv;
-    io.ld_grad = ld;
-
-    for (int64_t item = begin; item < end; ++item) {
-      // (batch, chunk, block of heads) as in the forward.
-      const int64_t b = item / (g.chunks * g.head_blocks);
-      const int64_t chunk = (item / g.head_blocks) % g.chunks;
-      const int64_t h_begin = (item % g.head_blocks) * g.heads_per_block;
-      const int64_t h_end = min64(g.heads, h_begin + g.heads_per_block);
-      T* grad_b = p.grad_qkv + b * g.tokens * three_d;
-      for (int64_t h = h_begin; h < h_end; ++h) {
-        T* part_k = c.partials + ((b * g.heads + h) * g.chunks + chunk) * 2 * g.dh;
-        for (int64_t d = 0; d < 2 * g.dh; ++d) part_k[d] = T(0);
-      }
-      const int64_t group_end = min64(g.groups, (chunk + 1) * g.groups_per_item);
-      for (int64_t grp = chunk * g.groups_per_item; grp < group_end; ++grp) {
-        for (int64_t h = h_begin; h < h_end; ++h) {
-          const int64_t bh = b * g.heads + h;
-          const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
-          rows.k[0] = p.qkv.at(b, 0, kc);
-          rows.v[0] = p.qkv.at(b, 0, vc);
-          for (int64_t i = 0; i < g.group_size; ++i) {
-            const int64_t t = g.token(grp, i);
-            rows.q[i] = p.qkv.at(b, t, qc);
-            rows.k[1 + i] = p.qkv.at(b, t, kc);
-            rows.v[1 + i] = p.qkv.at(b, t, vc);
-            rows.go[i] = p.grad_out.at(b, t, qc);
-            rows.o[i] = p.out.at(b, t, qc);
-            rows.lse_r[i] = p.lse + bh * g.tokens + t;
-            rows.out[i] = grad_b + t * three_d + qc;
-          }
-          for (int64_t e = 0; e < nk * ld; ++e) dk[e] = dv[e] = T(0);
-          Carver ec(engine_base);
-          if (g.dense) {
-            DenseBackward<T> e(ec, nk, g.dh);
-            e.run(g.group_size, p.scale, io);
-          } else {
-            RowBackward<T> e(ec, nk, g.dh);
-            const int64_t dh = g.dh;
-            e.run(g.group_size, p.scale, io,
-                  [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
-                    axpy(ds, qs, dk + j * ld, dh);
-                    axpy(pj, go, dv + j * ld, dh);
-                  });
-          }
-          for (int64_t i = 0; i < g.group_size; ++i) {
-            T* row = grad_b + g.token(grp, i) * three_d;
-            memcpy(row + kc, dk + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
-            memcpy(row + vc, dv + (1 + i) * ld, static_cast<size_t>(g.dh) * sizeof(T));
-          }
-          T* part_k = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
-          axpy(T(1), dk, part_k, g.dh);
-          axpy(T(1), dv, part_k + g.dh, g.dh);
-        }
-      }
-    }
+    auto& c = *static_cast<SpaceTimeBackwardCtx<T>*>(raw);
+    if (c.g->dense)
+      space_time_backward_range<T, DenseBackward<T>>(c, begin, end);
+    else
+      space_time_backward_range<T, RowBackward<T>>(c, begin, end);
   };
   p.parallel_for(0, geo.batch * geo.chunks * geo.head_blocks, 1, groups_body, &ctx);
   if (ctx.failed) return Status::kOutOfMemory;
-
-  // Pass 2: the CLS query of each (batch, head); adds its share to every key row.
   auto cls_body = [](int64_t begin, int64_t end, void* raw) {
-    Ctx& c = *static_cast<Ctx*>(raw);
-    const SpaceTimeAttentionGradParams<T>& p = *c.p;
-    const SpaceTimeGeometry& g = *c.g;
-    const int64_t table_bytes = RowTable<T>::bytes(g.tokens);
-    Carver acc_size(nullptr);
-    acc_size.take<T>(g.dh);
-    acc_size.take<T>(g.dh);
-    const int64_t acc_bytes = acc_size.used();
-    Block block(table_bytes + acc_bytes + engine_bytes<RowBackward<T>>(g.tokens, g.dh));
-    if (!block.get()) {
-      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
-      return;
-    }
-    Carver carver(block.get());
-    RowTable<T> rows(carver, g.tokens);
-    T* gk0 = carver.take<T>(g.dh);
-    T* gv0 = carver.take<T>(g.dh);
-    char* engine_base = block.get() + table_bytes + acc_bytes;
-    const int64_t three_d = 3 * g.dim;
-
-    BackwardIo<T> io;
-    io.q = Rows<T>{rows.q, p.qkv.stride_c};
-    io.k = Rows<T>{rows.k, p.qkv.stride_c};
-    io.v = Rows<T>{rows.v, p.qkv.stride_c};
-    io.grad_out = Rows<T>{rows.go, p.grad_out.stride_c};
-    io.out = Rows<T>{rows.o, p.out.stride_c};
-    io.lse = rows.lse_r;
-    io.grad_q = rows.out;
-
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / g.heads;
-      const int64_t h = bh % g.heads;
-      const int64_t qc = h * g.dh, kc = g.dim + h * g.dh, vc = 2 * g.dim + h * g.dh;
-      T* grad_b = p.grad_qkv + b * g.tokens * three_d;
-      rows.q[0] = p.qkv.at(b, 0, qc);
-      rows.go[0] = p.grad_out.at(b, 0, qc);
-      rows.o[0] = p.out.at(b, 0, qc);
-      rows.lse_r[0] = p.lse + bh * g.tokens;
-      rows.out[0] = grad_b + qc;
-      for (int64_t t = 0; t < g.tokens; ++t) {
-        rows.k[t] = p.qkv.at(b, t, kc);
-        rows.v[t] = p.qkv.at(b, t, vc);
-      }
-      for (int64_t d = 0; d < g.dh; ++d) gk0[d] = gv0[d] = T(0);
-      for (int64_t chunk = 0; chunk < g.chunks; ++chunk) {
-        const T* part_k = c.partials + (bh * g.chunks + chunk) * 2 * g.dh;
-        axpy(T(1), part_k, gk0, g.dh);
-        axpy(T(1), part_k + g.dh, gv0, g.dh);
-      }
-      Carver ec(engine_base);
-      RowBackward<T> e(ec, g.tokens, g.dh);
-      const int64_t dh = g.dh;
-      e.run(1, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
-        T* gk = j == 0 ? gk0 : grad_b + j * three_d + kc;
-        T* gv = j == 0 ? gv0 : grad_b + j * three_d + vc;
-        axpy(ds, qs, gk, dh);
-        axpy(pj, go, gv, dh);
-      });
-      memcpy(grad_b + kc, gk0, static_cast<size_t>(g.dh) * sizeof(T));
-      memcpy(grad_b + vc, gv0, static_cast<size_t>(g.dh) * sizeof(T));
-    }
+    space_time_backward_cls(*static_cast<SpaceTimeBackwardCtx<T>*>(raw), begin, end);
   };
-  p.parallel_for(0, n_bh, 1, cls_body, &ctx);
+  p.parallel_for(0, geo.batch * geo.heads, 1, cls_body, &ctx);
   return ctx.failed ? Status::kOutOfMemory : Status::kOk;
 }
 
@@ -986,166 +1082,163 @@ Status space_time_backward(const SpaceTimeAttentionGradParams<T>& p) {
 constexpr int64_t kCrossQueriesPerItem = 2 * kQueryBlock;
 
 template <typename T>
-inline bool cross_dense(int64_t nq, int64_t nk) {
-  return nq >= kDenseMin && nk >= 1;
+struct CrossForwardCtx {
+  const CrossAttentionParams<T>* p;
+  int64_t chunks;
+  int failed;
+};
+
+// Items are (batch, head, block of queries); the keys of (batch, head) are packed per item.
+template <typename T, typename Engine>
+void cross_forward_range(CrossForwardCtx<T>& c, int64_t begin, int64_t end) {
+  const CrossAttentionParams<T>& p = *c.p;
+  const int64_t nk = p.k_len, dh = p.head_dim, dim = p.num_heads * dh;
+  const int64_t n_rows = max64(nk, kCrossQueriesPerItem);
+  Carver sizing(nullptr);
+  {
+    RowTable<T> r(sizing, n_rows);
+    sizing.take<T>(nk);
+    Engine e(sizing, nk, dh);
+  }
+  Block block(sizing.used());
+  if (!block.get()) EGOVLPV2_FAIL_AND_RETURN(c);
+  Carver cv(block.get());
+  RowTable<T> rows(cv, n_rows);
+  T* mask = cv.take<T>(nk);
+  Engine engine(cv, nk, dh);
+  engine.clear();
+
+  ForwardIo<T> io;
+  io.q = Rows<T>{rows.q, p.q.stride_c};
+  io.k = Rows<T>{rows.k, p.k.stride_c};
+  io.v = Rows<T>{rows.v, p.v.stride_c};
+  io.mask = p.key_mask ? mask : nullptr;
+  io.out = rows.out;
+  io.lse = rows.lse_w;
+
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t bh = item / c.chunks;
+    const int64_t q0 = (item % c.chunks) * kCrossQueriesPerItem;
+    const int64_t nq = min64(kCrossQueriesPerItem, p.q_len - q0);
+    const int64_t b = bh / p.num_heads;
+    const int64_t hc = (bh % p.num_heads) * dh;
+    for (int64_t j = 0; j < nk; ++j) {
+      rows.k[j] = p.k.at(b, j, hc);
+      rows.v[j] = p.v.at(b, j, hc);
+    }
+    if (p.key_mask)
+      for (int64_t j = 0; j < nk; ++j)
+        mask[j] = p.key_mask[b * p.mask_stride_b + j * p.mask_stride_l];
+    for (int64_t i = 0; i < nq; ++i) {
+      rows.q[i] = p.q.at(b, q0 + i, hc);
+      rows.out[i] = p.attn + (b * p.q_len + q0 + i) * dim + hc;
+      rows.lse_w[i] = p.lse + bh * p.q_len + q0 + i;
+    }
+    engine.run(nq, p.scale, io);
+  }
 }
 
 template <typename T>
 Status cross_forward(const CrossAttentionParams<T>& p) {
-  const int64_t dim = p.num_heads * p.head_dim;
-  const int64_t chunks = ceil_div(p.q_len, kCrossQueriesPerItem);
-  struct Ctx {
-    const CrossAttentionParams<T>* p;
-    int64_t dim, chunks;
-    int failed;
-  } ctx{&p, dim, chunks, 0};
-
+  CrossForwardCtx<T> ctx{&p, ceil_div(p.q_len, kCrossQueriesPerItem), 0};
   auto body = [](int64_t begin, int64_t end, void* raw) {
-    Ctx& c = *static_cast<Ctx*>(raw);
-    const CrossAttentionParams<T>& p = *c.p;
-    const int64_t nk = p.k_len, dh = p.head_dim;
-    const int64_t n_rows = max64(nk, kCrossQueriesPerItem);
-    const int64_t table_bytes = RowTable<T>::bytes(n_rows);
-    Carver mask_size(nullptr);
-    mask_size.take<T>(nk);
-    const int64_t mask_bytes = mask_size.used();
-    const int64_t engine = max64(engine_bytes<DenseForward<T>>(nk, dh),
-                                 engine_bytes<RowForward<T>>(nk, dh));
-    Block block(table_bytes + mask_bytes + engine);
-    if (!block.get()) {
-      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
-      return;
-    }
-    Carver carver(block.get());
-    RowTable<T> rows(carver, n_rows);
-    T* mask = carver.take<T>(nk);
-    char* engine_base = block.get() + table_bytes + mask_bytes;
-
-    ForwardIo<T> io;
-    io.q = Rows<T>{rows.q, p.q.stride_c};
-    io.k = Rows<T>{rows.k, p.k.stride_c};
-    io.v = Rows<T>{rows.v, p.v.stride_c};
-    io.mask = p.key_mask ? mask : nullptr;
-    io.out = rows.out;
-    io.lse = rows.lse_w;
-
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t bh = item / c.chunks;
-      const int64_t q0 = (item % c.chunks) * kCrossQueriesPerItem;
-      const int64_t nq = min64(kCrossQueriesPerItem, p.q_len - q0);
-      const int64_t b = bh / p.num_heads;
-      const int64_t hc = (bh % p.num_heads) * dh;
-      for (int64_t j = 0; j < nk; ++j) {
-        rows.k[j] = p.k.at(b, j, hc);
-        rows.v[j] = p.v.at(b, j, hc);
-      }
-      if (p.key_mask)
-        for (int64_t j = 0; j < nk; ++j) mask[j] = p.key_mask[b * p.mask_stride_b + j * p.mask_stride_l];
-      for (int64_t i = 0; i < nq; ++i) {
-        rows.q[i] = p.q.at(b, q0 + i, hc);
-        rows.out[i] = p.attn + (b * p.q_len + q0 + i) * c.dim + hc;
-        rows.lse_w[i] = p.lse + bh * p.q_len + q0 + i;
-      }
-      Carver ec(engine_base);
-      if (cross_dense<T>(nq, nk)) {
-        DenseForward<T> e(ec, nk, dh);
-        e.run(nq, p.scale, io);
-      } else {
-        RowForward<T> e(ec, nk, dh);
-        e.run(nq, p.scale, io);
-      }
-    }
+    auto& c = *static_cast<CrossForwardCtx<T>*>(raw);
+    if (c.p->q_len >= kDenseMin)
+      cross_forward_range<T, DenseForward<T>>(c, begin, end);
+    else
+      cross_forward_range<T, RowForward<T>>(c, begin, end);
   };
-  p.parallel_for(0, p.batch * p.num_heads * chunks, 1, body, &ctx);
+  p.parallel_for(0, p.batch * p.num_heads * ctx.chunks, 1, body, &ctx);
   return ctx.failed ? Status::kOutOfMemory : Status::kOk;
 }
 
 template <typename T>
+struct CrossBackwardCtx {
+  const CrossAttentionGradParams<T>* p;
+  int failed;
+};
+
+// One item per (batch, head): every query of it shares the keys, whose gradients are summed
+// here without races.
+template <typename T, typename Engine>
+void cross_backward_range(CrossBackwardCtx<T>& c, int64_t begin, int64_t end) {
+  const CrossAttentionGradParams<T>& p = *c.p;
+  const int64_t nq = p.q_len, nk = p.k_len, dh = p.head_dim;
+  const int64_t dim = p.num_heads * dh;
+  const int64_t ld = padded<T>(dh);
+  Carver sizing(nullptr);
+  {
+    RowTable<T> r(sizing, max64(nq, nk));
+    sizing.take<T>(nk);
+    sizing.take<T>(nk * ld);
+    sizing.take<T>(nk * ld);
+    Engine e(sizing, nk, dh);
+  }
+  Block block(sizing.used());
+  if (!block.get()) EGOVLPV2_FAIL_AND_RETURN(c);
+  Carver cv(block.get());
+  RowTable<T> rows(cv, max64(nq, nk));
+  T* mask = cv.take<T>(nk);
+  T* dk = cv.take<T>(nk * ld);
+  T* dv = cv.take<T>(nk * ld);
+  Engine engine(cv, nk, dh);
+  engine.clear();
+
+  BackwardIo<T> io;
+  io.q = Rows<T>{rows.q, p.q.stride_c};
+  io.k = Rows<T>{rows.k, p.k.stride_c};
+  io.v = Rows<T>{rows.v, p.v.stride_c};
+  io.grad_out = Rows<T>{rows.go, p.grad_attn.stride_c};
+  io.out = Rows<T>{rows.o, p.attn.stride_c};
+  io.mask = p.key_mask ? mask : nullptr;
+  io.lse = rows.lse_r;
+  io.grad_q = rows.out;
+  io.grad_k = dk;
+  io.grad_v = dv;
+  io.ld_grad = ld;
+
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / p.num_heads;
+    const int64_t hc = (bh % p.num_heads) * dh;
+    for (int64_t j = 0; j < nk; ++j) {
+      rows.k[j] = p.k.at(b, j, hc);
+      rows.v[j] = p.v.at(b, j, hc);
+    }
+    if (p.key_mask)
+      for (int64_t j = 0; j < nk; ++j)
+        mask[j] = p.key_mask[b * p.mask_stride_b + j * p.mask_stride_l];
+    for (int64_t i = 0; i < nq; ++i) {
+      rows.q[i] = p.q.at(b, i, hc);
+      rows.go[i] = p.grad_attn.at(b, i, hc);
+      rows.o[i] = p.attn.at(b, i, hc);
+      rows.lse_r[i] = p.lse + bh * nq + i;
+      rows.out[i] = p.grad_q + (b * nq + i) * dim + hc;
+    }
+    memset(dk, 0, static_cast<size_t>(nk * ld) * sizeof(T));
+    memset(dv, 0, static_cast<size_t>(nk * ld) * sizeof(T));
+    run_backward(engine, nq, p.scale, io);
+    for (int64_t j = 0; j < nk; ++j) {
+      memcpy(p.grad_k + (b * nk + j) * dim + hc, dk + j * ld, static_cast<size_t>(dh) * sizeof(T));
+      memcpy(p.grad_v + (b * nk + j) * dim + hc, dv + j * ld, static_cast<size_t>(dh) * sizeof(T));
+    }
+  }
+}
+
+template <typename T>
 Status cross_backward(const CrossAttentionGradParams<T>& p) {
-  struct Ctx {
-    const CrossAttentionGradParams<T>* p;
-    int failed;
-  } ctx{&p, 0};
-
-  // One item per (batch, head): every query of it shares the keys, whose gradients are summed
-  // here without races.
+  CrossBackwardCtx<T> ctx{&p, 0};
   auto body = [](int64_t begin, int64_t end, void* raw) {
-    Ctx& c = *static_cast<Ctx*>(raw);
-    const CrossAttentionGradParams<T>& p = *c.p;
-    const int64_t nq = p.q_len, nk = p.k_len, dh = p.head_dim;
-    const int64_t dim = p.num_heads * dh;
-    const int64_t ld = padded<T>(dh);
-    const bool dense = cross_dense<T>(nq, nk);
-    const int64_t table_bytes = RowTable<T>::bytes(max64(nq, nk));
-    Carver extra(nullptr);
-    extra.take<T>(nk);
-    extra.take<T>(nk * ld);
-    extra.take<T>(nk * ld);
-    const int64_t extra_bytes = extra.used();
-    const int64_t engine =
-        dense ? engine_bytes<DenseBackward<T>>(nk, dh) : engine_bytes<RowBackward<T>>(nk, dh);
-    Block block(table_bytes + extra_bytes + engine);
-    if (!block.get()) {
-      __atomic_store_n(&c.failed, 1, __ATOMIC_RELAXED);
-      return;
-    }
-    Carver carver(block.get());
-    RowTable<T> rows(carver, max64(nq, nk));
-    T* mask = carver.take<T>(nk);
-    T* dk = carver.take<T>(nk * ld);
-    T* dv = carver.take<T>(nk * ld);
-    char* engine_base = block.get() + table_bytes + extra_bytes;
-
-    BackwardIo<T> io;
-    io.q = Rows<T>{rows.q, p.q.stride_c};
-    io.k = Rows<T>{rows.k, p.k.stride_c};
-    io.v = Rows<T>{rows.v, p.v.stride_c};
-    io.grad_out = Rows<T>{rows.go, p.grad_attn.stride_c};
-    io.out = Rows<T>{rows.o, p.attn.stride_c};
-    io.mask = p.key_mask ? mask : nullptr;
-    io.lse = rows.lse_r;
-    io.grad_q = rows.out;
-    io.grad_k = dk;
-    io.grad_v = dv;
-    io.ld_grad = ld;
-
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / p.num_heads;
-      const int64_t hc = (bh % p.num_heads) * dh;
-      for (int64_t j = 0; j < nk; ++j) {
-        rows.k[j] = p.k.at(b, j, hc);
-        rows.v[j] = p.v.at(b, j, hc);
-      }
-      if (p.key_mask)
-        for (int64_t j = 0; j < nk; ++j) mask[j] = p.key_mask[b * p.mask_stride_b + j * p.mask_stride_l];
-      for (int64_t i = 0; i < nq; ++i) {
-        rows.q[i] = p.q.at(b, i, hc);
-        rows.go[i] = p.grad_attn.at(b, i, hc);
-        rows.o[i] = p.attn.at(b, i, hc);
-        rows.lse_r[i] = p.lse + bh * nq + i;
-        rows.out[i] = p.grad_q + (b * nq + i) * dim + hc;
-      }
-      for (int64_t e = 0; e < nk * ld; ++e) dk[e] = dv[e] = T(0);
-      Carver ec(engine_base);
-      if (dense) {
-        DenseBackward<T> e(ec, nk, dh);
-        e.run(nq, p.scale, io);
-      } else {
-        RowBackward<T> e(ec, nk, dh);
-        e.run(nq, p.scale, io, [&](int64_t j, T ds, T pj, const T* qs, const T* go) {
-          axpy(ds, qs, dk + j * ld, dh);
-          axpy(pj, go, dv + j * ld, dh);
-        });
-      }
-      for (int64_t j = 0; j < nk; ++j) {
-        memcpy(p.grad_k + (b * nk + j) * dim + hc, dk + j * ld, static_cast<size_t>(dh) * sizeof(T));
-        memcpy(p.grad_v + (b * nk + j) * dim + hc, dv + j * ld, static_cast<size_t>(dh) * sizeof(T));
-      }
-    }
+    auto& c = *static_cast<CrossBackwardCtx<T>*>(raw);
+    if (c.p->q_len >= kDenseMin)
+      cross_backward_range<T, DenseBackward<T>>(c, begin, end);
+    else
+      cross_backward_range<T, RowBackward<T>>(c, begin, end);
   };
   p.parallel_for(0, p.batch * p.num_heads, 1, body, &ctx);
   return ctx.failed ? Status::kOutOfMemory : Status::kOk;
 }
+
+#undef EGOVLPV2_FAIL_AND_RETURN
 
 template <typename T>
 void gate_residual_impl(const GateResidualParams<T>& p) {

@@ -292,22 +292,25 @@ class _CudaGraphs:
     """CUDA graphs of one function, captured per input shape (callers pad to buckets) and
     replayed; all graphs share one memory pool. Replays return a copy of the static output."""
 
-    def __init__(self, fn: Callable[..., Tensor]) -> None:
+    def __init__(self, fn: Callable[..., Tensor], device: torch.device) -> None:
         self.fn = fn
+        self.device = device
         self.graphs: dict[tuple, tuple[list[Tensor], Tensor, Any]] = {}
         self.pool = None
 
     def __call__(self, *args: Tensor) -> Tensor:
         key = tuple((tuple(a.shape), a.dtype) for a in args)
-        entry = self.graphs.get(key)
-        if entry is None:
-            entry = self._capture(args)
-            self.graphs[key] = entry
-        static_in, static_out, graph = entry
-        for s, a in zip(static_in, args):
-            s.copy_(a, non_blocking=True)
-        graph.replay()
-        return static_out.clone()
+        # Streams and graphs belong to the current device: make it the runtime's.
+        with torch.cuda.device(self.device):
+            entry = self.graphs.get(key)
+            if entry is None:
+                entry = self._capture(args)
+                self.graphs[key] = entry
+            static_in, static_out, graph = entry
+            for s, a in zip(static_in, args):
+                s.copy_(a, non_blocking=True)
+            graph.replay()
+            return static_out.clone()
 
     def _capture(self, args: Sequence[Tensor]):
         static_in = [a.clone() for a in args]
@@ -356,9 +359,9 @@ class _TorchEngine(_Engine):
         self.bucketing = cuda_graphs
         self._graphs: dict[str, _CudaGraphs] = {}
         if cuda_graphs:
-            self._graphs = {"video": _CudaGraphs(model.encode_video),
-                            "text": _CudaGraphs(model.encode_text),
-                            "vtm": _CudaGraphs(model.vtm_logits)}
+            self._graphs = {"video": _CudaGraphs(model.encode_video, device),
+                            "text": _CudaGraphs(model.encode_text, device),
+                            "vtm": _CudaGraphs(model.vtm_logits, device)}
 
     def _to_device(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         if self.device.type == "cuda" and x.device.type == "cpu":
@@ -600,6 +603,17 @@ class Runtime:
     def has_fusion(self) -> bool:
         return self._engine.has_fusion
 
+    @property
+    def attention_impl(self) -> str | None:
+        """``"fused"`` or ``"reference"`` on the torch backend; None for exported graphs."""
+        model = getattr(self._engine, "model", None)
+        return None if model is None else model.config.attention_impl
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the torch backend replays CUDA graphs."""
+        return bool(getattr(self._engine, "_graphs", None))
+
     # -- inputs -----------------------------------------------------------------------------
     def _check_pixels(self, x: Tensor, label: str) -> Tensor:
         p = self.preprocessing
@@ -677,7 +691,7 @@ class Runtime:
             for start in range(0, len(items), bs):
                 chunk = items[start:start + bs]
                 pixels = self.read_clips(chunk)
-                outs.append(self._engine.video(pixels))
+                outs.append(self._engine.video(pixels).float().cpu())
                 bar.update(len(chunk))
         finally:
             bar.close()
@@ -711,9 +725,9 @@ class Runtime:
                 for start in range(0, len(order), bs):
                     idx = order[start:start + bs]
                     width = int(lengths[idx].max())
-                    emb = self._engine.text(ids[idx, :width], mask[idx, :width])
+                    emb = self._engine.text(ids[idx, :width], mask[idx, :width]).float().cpu()
                     for row, k in enumerate(idx):
-                        found[todo[k]] = emb[row].float().cpu()
+                        found[todo[k]] = emb[row]
                     bar.update(len(idx))
             finally:
                 bar.close()
@@ -756,7 +770,7 @@ class Runtime:
             sl = slice(start, start + bs)
             width = int(lengths[sl].max())
             logits = self._engine.vtm(pixels[sl], ids[sl, :width], mask[sl, :width])
-            probs.append(F.softmax(logits.double(), dim=-1)[:, 1].float())
+            probs.append(F.softmax(logits.double().cpu(), dim=-1)[:, 1].float())
         return torch.cat(probs)
 
     def score(self, clips: Any, texts: Any, *, all_pairs: bool = False,
@@ -940,6 +954,7 @@ def load(
     video_backend: str = "pyav",
     decode_workers: int | None = None,
     cache_size: int = 4096,
+    attention_impl: str | None = None,
 ) -> Runtime:
     """Load a model for inference.
 
@@ -964,6 +979,8 @@ def load(
         video_backend: ``egovlpv2_rt.video`` decoder (``"pyav"``, ``"torchcodec"``, ...).
         decode_workers: threads decoding clips in parallel (default min(4, CPUs)).
         cache_size: text embeddings kept in the LRU cache (0 disables it).
+        attention_impl: torch backend: ``"fused"`` (custom ops) or ``"reference"`` (plain
+            PyTorch); default fused where the ops are built for the device and precision.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -1018,8 +1035,15 @@ def load(
                                 "model.safetensors serves backend='onnxruntime' or "
                                 "'tensorrt' only")
     fused_ok = _fused_available(dev, PRECISIONS[precision])
+    if attention_impl == "fused" and not fused_ok:
+        raise ValueError(f"attention_impl='fused': the custom ops are not built for {dev.type} "
+                         f"{precision} here (see egovlpv2_rt.build_info())")
+    if attention_impl not in (None, "fused", "reference"):
+        raise ValueError(f"attention_impl must be 'fused' or 'reference', got "
+                         f"{attention_impl!r}")
+    impl = attention_impl or ("fused" if fused_ok else "reference")
     model = load_model(files, config=config, device="cpu", dtype=torch.float32,
-                       attention_impl="fused" if fused_ok else "reference")
+                       attention_impl=impl)
     cfg = model.config
     frames = num_frames or cfg.video.num_frames
     if not 1 <= frames <= cfg.video.num_frames:

@@ -89,6 +89,7 @@ struct State {
   std::mt19937_64 rng;
   std::string error;
   std::string taken_error;
+  std::vector<int> launch_blocks;
 };
 
 State& S() {
@@ -284,6 +285,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
               std::to_string(smem_bytes) + ")";
     return;
   }
+  s.launch_blocks.push_back(int(threads));
   if (s.stacks_for < threads) {
     s.stacks.reset(new char[threads * kStackBytes]);
     s.stacks_for = threads;
@@ -348,6 +350,13 @@ void cp_async_wait(int keep_pending) {
 }
 
 void set_seed(uint64_t seed) { S().seed = seed; }
+
+int launches_with_block(int threads) {
+  const auto& v = S().launch_blocks;
+  return int(std::count(v.begin(), v.end(), threads));
+}
+
+void reset_launches() { S().launch_blocks.clear(); }
 
 const char* take_error() {
   State& s = S();

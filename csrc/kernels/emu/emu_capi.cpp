@@ -17,6 +17,12 @@ __attribute__((visibility("default"))) void ego_emu_set_async_mode(int mode) {
   emu::set_async_mode(mode);
 }
 
+__attribute__((visibility("default"))) int ego_emu_launches_with_block(int threads) {
+  return emu::launches_with_block(threads);
+}
+
+__attribute__((visibility("default"))) void ego_emu_reset_launches() { emu::reset_launches(); }
+
 __attribute__((visibility("default"))) const char* ego_emu_error() { return emu::take_error(); }
 
 __attribute__((visibility("default"))) int ego_emu_divided_forward(

@@ -56,7 +56,7 @@ VERBS: tuple[str, ...] = ("move", "pick up", "put down", "rotate")
 VERB_CLASSES: tuple[str, ...] = ("move left", "move right", "pick up", "put down", "rotate")
 NOUN_CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 HAND_RGB = (225, 170, 130)
-OBJECT_HALF = 0.08  # object half-size as a fraction of the frame
+OBJECT_HALF = 0.11  # object half-size as a fraction of the frame
 
 
 @dataclass(frozen=True)

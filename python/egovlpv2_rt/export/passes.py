@@ -29,6 +29,7 @@ __all__ = [
     "attention_patterns",
     "cast_precision",
     "check_attention_patterns",
+    "default_keep_float32",
     "eliminate_dead_nodes",
     "nonstandard_nodes",
     "prescale_attention",
@@ -224,12 +225,18 @@ def attention_patterns(model: onnx.ModelProto) -> list[AttentionMatch]:
             m.problems.append(f"softmax axis is {axis}, not the last axis")
         src = index.producer.get(node.input[0])
         if src is not None and src.op_type == "Add":
-            m.mask_add = src.name
+            m.mask_add = src.name or src.output[0]
             if index.single_consumer(src.output[0]) is None:
                 m.problems.append("the masked scores are read by more than the Softmax")
             mm = [index.producer.get(i) for i in src.input]
-            cands = [p for p in mm if p is not None and p.op_type == "MatMul"]
+            cands = [p for p in mm if p is not None and p.op_type in ("MatMul", "Div", "Mul")]
             src = cands[0] if cands else None
+        if src is not None and src.op_type in ("Div", "Mul"):
+            before = index.producer.get(src.input[0])
+            if before is not None and before.op_type == "MatMul":
+                m.problems.append("the query is not pre-scaled: the scale is applied after "
+                                  "the scores MatMul (prescale_attention rewrites it)")
+                continue
         if src is None or src.op_type != "MatMul":
             m.problems.append("the Softmax input is not a MatMul (or MatMul + mask Add); "
                               f"found {src.op_type if src is not None else 'a graph input'}")
@@ -405,21 +412,36 @@ def _bf16_tensor(arr: np.ndarray, name: str) -> onnx.TensorProto:
                               upper.astype(np.uint16).tobytes(), raw=True)
 
 
+def default_keep_float32(model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
+    """Ops kept in float32: LayerNormalization (its statistics overflow float16 easily), and
+    for bfloat16 below opset 22 also Conv, whose ONNX schema gains bfloat16 only in opset 22
+    (it is the patch embedding: one small layer)."""
+    keep = ("LayerNormalization",)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                default=0)
+    if precision == "bf16" and opset < 22:
+        keep += ("Conv",)
+    return keep
+
+
 def cast_precision(model: onnx.ModelProto, precision: str, *,
-                   keep_float32: Sequence[str] = ("LayerNormalization",)) -> onnx.ModelProto:
+                   keep_float32: Sequence[str] | None = None) -> onnx.ModelProto:
     """Convert a float32 graph to ``precision`` (``"fp32"`` returns it unchanged).
 
     Float32 initializers and Constant values become the target type (float16 values are
     clamped to its finite range), ``Cast(to=float)`` becomes ``Cast(to=target)``; nodes whose
-    op type is in ``keep_float32`` compute in float32 between Casts (their float32-only
-    weights stay float32). Graph inputs and outputs keep float32: a Cast follows each float
-    input and precedes each float output. Edits in place and returns ``model``.
+    op type is in ``keep_float32`` (default :func:`default_keep_float32`; ops whose inputs
+    are all floating point) compute in float32 between Casts, and weights read only by them
+    stay float32. Graph inputs and outputs keep float32: a Cast follows each float input and
+    precedes each float output. Edits in place and returns ``model``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     target = PRECISIONS[precision]
     if target == TensorProto.FLOAT:
         return model
+    if keep_float32 is None:
+        keep_float32 = default_keep_float32(model, precision)
     graph = model.graph
     index = _Index(graph)
     fresh = _Namer(graph)

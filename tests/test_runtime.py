@@ -1,0 +1,395 @@
+"""``egovlpv2_rt.runtime``: torch and onnxruntime backends agree, inputs in every form give the
+model's numbers, text batching/caching/bucketing do not change results, scoring and MCQ
+modes compose as specified, and bad inputs raise clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from egovlpv2_rt import runtime
+from egovlpv2_rt.checkpoint import load_model
+from egovlpv2_rt.config import preset
+from egovlpv2_rt.modeling import EgoVLPv2
+from egovlpv2_rt.runtime import DefaultModelMissingError, load
+from egovlpv2_rt.video import ClipSpec, EvalTransform, VideoError, read_clip
+
+TOL = 1e-4
+
+
+# ------------------------------------------------------------------------------ fixtures
+# Same helpers as in test_export.py (shared files in the session's base temp folder).
+
+
+def tiny_config():
+    cfg = preset("tiny")
+    return cfg.replace(
+        video=dataclasses.replace(cfg.video, depth=2),
+        text=dataclasses.replace(cfg.text, num_hidden_layers=2, vocab_size=300),
+        fusion=dataclasses.replace(cfg.fusion, num_layers=2, num_fuse_block=1, vocab_size=300),
+    )
+
+
+def tiny_model_dir(factory) -> Path:
+    d = factory.getbasetemp() / "egovlpv2-tiny" / "model"
+    if (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file():
+        return d
+    from egovlpv2_rt.checkpoint import save_safetensors
+    from egovlpv2_rt.data.synthetic import COLOURS, SHAPES, VERBS, narration_words
+    from egovlpv2_rt.train.bpe import train_bpe_tokenizer
+
+    d.mkdir(parents=True, exist_ok=True)
+    texts = [narration_words(v, c, s, r) for v in VERBS for c in COLOURS for s in SHAPES
+             for r in ("", "left", "right")]
+    train_bpe_tokenizer(texts, 300, d / "tokenizer.json")
+    torch.manual_seed(0)
+    model = EgoVLPv2(tiny_config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "alpha" in name or "timeattn" in name:
+                p.normal_(0.0, 0.5)
+    save_safetensors(model, d / "model.safetensors")
+    return d
+
+
+def tiny_export_dir(factory) -> Path:
+    d = factory.getbasetemp() / "egovlpv2-tiny" / "export"
+    if (d / "export.json").is_file():
+        return d
+    from egovlpv2_rt.export.cli import main
+
+    rc = main(["--mode", "all", "--checkpoint", str(tiny_model_dir(factory)), "--out", str(d),
+               "--json"])
+    assert rc == 0
+    return d
+
+
+def synthetic_clips(factory) -> tuple[Path, list]:
+    """A small synthetic dataset (5 videos x 5 clips, 32 px); returns (folder, records)."""
+    from egovlpv2_rt.data.egoclip import read_egoclip
+    from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
+
+    d = factory.getbasetemp() / "egovlpv2-tiny" / "synth"
+    if not (d / "egoclip.csv").is_file():
+        generate_dataset(d, 7, SynthConfig(num_clips=25, clips_per_video=5, size=32,
+                                           num_mcq=4))
+    return d, read_egoclip(d / "egoclip.csv")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    return tiny_export_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return synthetic_clips(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def specs(synth) -> list[ClipSpec]:
+    root, records = synth
+    return [ClipSpec(str(root / "videos" / f"{r.video_uid}.mp4"), r.clip_start, r.clip_end)
+            for r in records[:6]]
+
+
+@pytest.fixture(scope="module")
+def rt_torch(model_dir):
+    return load(model_dir, backend="torch", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rt_ort(export_dir):
+    return load(export_dir, backend="onnxruntime", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> EgoVLPv2:
+    return load_model(model_dir / "model.safetensors", attention_impl="reference")
+
+
+CAPTIONS = ["#C C moves the red square to the left", "#C C picks up the bar",
+            "C rotates the green triangle", "#C C puts down the white circle on the table",
+            "#C C moves the blue bar to the right"]
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+# ------------------------------------------------------------------------------ backends
+
+
+def test_torch_and_onnxruntime_agree(rt_torch, rt_ort, specs):
+    assert rt_ort.backend == "onnxruntime" and rt_torch.backend == "torch"
+    assert _rel(rt_ort.encode_video(specs), rt_torch.encode_video(specs)) <= TOL
+    assert _rel(rt_ort.encode_text(CAPTIONS), rt_torch.encode_text(CAPTIONS)) <= TOL
+    pairs = specs[:len(CAPTIONS)]
+    assert _rel(rt_ort.score(pairs, CAPTIONS), rt_torch.score(pairs, CAPTIONS)) <= TOL
+
+
+def test_onnxruntime_exports_on_first_use(model_dir, tmp_path, rt_torch):
+    """A checkpoint (not an export folder) with backend='onnxruntime' exports the graph it
+    needs into onnx_dir on first use."""
+    rt = load(model_dir, backend="onnxruntime", device="cpu", onnx_dir=tmp_path / "cache")
+    emb = rt.encode_text(CAPTIONS[:3])
+    assert (tmp_path / "cache" / "text_encoder.onnx").is_file()
+    assert not (tmp_path / "cache" / "video_encoder.onnx").exists()
+    assert _rel(emb, rt_torch.encode_text(CAPTIONS[:3])) <= TOL
+
+
+def test_runtime_equals_the_model(rt_torch, model, specs):
+    """Paths are decoded with the export's preprocessing and give the model's embeddings."""
+    p = rt_torch.preprocessing
+    assert (p.num_frames, p.size) == (4, 32)
+    tf = EvalTransform(resize=32, crop=32, size=32)
+    pixels = torch.stack([read_clip(s.path, s.start_sec, s.end_sec, num_frames=4,
+                                    transform=tf) for s in specs])
+    with torch.no_grad():
+        ref_v = model.encode_video(pixels).numpy()
+        tok = rt_torch.tokenizer(CAPTIONS, max_length=p.max_text_length)
+        ref_t = model.encode_text(tok["input_ids"], tok["attention_mask"]).numpy()
+    assert _rel(rt_torch.encode_video(specs), ref_v) <= 1e-5
+    assert _rel(rt_torch.encode_video(pixels), ref_v) <= 1e-5  # tensors in, same numbers
+    assert _rel(rt_torch.encode_text(CAPTIONS), ref_t) <= 1e-5
+
+
+def test_clip_forms(rt_torch, specs):
+    s = specs[1]
+    ref = rt_torch.encode_video([s])
+    for form in ((s.path, s.start_sec, s.end_sec), {"path": s.path, "start": s.start_sec,
+                                                     "end": s.end_sec}):
+        np.testing.assert_allclose(rt_torch.encode_video([form]), ref, rtol=0, atol=0)
+    single = rt_torch.encode_video((s.path, s.start_sec, s.end_sec))  # one clip, not a list
+    assert single.shape == (1, rt_torch.embedding_dim)
+    whole = rt_torch.encode_video(s.path)
+    assert whole.shape == ref.shape
+
+
+def test_outputs_and_normalization(rt_torch, specs):
+    emb = rt_torch.encode_video(specs[:2], output="torch", normalize=True)
+    assert isinstance(emb, torch.Tensor) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+    t = rt_torch.encode_text(CAPTIONS[:2])
+    assert isinstance(t, np.ndarray) and t.dtype == np.float32 and t.shape == (2, 32)
+    with pytest.raises(ValueError, match="output must be"):
+        rt_torch.encode_text(CAPTIONS[:1], output="list")
+
+
+# ------------------------------------------------------------------------------ text
+
+
+def test_length_sorted_batches_equal_single_captions(rt_torch):
+    rt_torch.clear_cache()
+    batched = rt_torch.encode_text(CAPTIONS, batch_size=2, cache=False)
+    single = np.stack([rt_torch.encode_text([c], cache=False)[0] for c in CAPTIONS])
+    assert _rel(batched, single) <= 1e-5
+
+
+def test_text_cache(rt_torch):
+    rt_torch.clear_cache()
+    hits, misses = rt_torch.stats.text_cache_hits, rt_torch.stats.text_cache_misses
+    first = rt_torch.encode_text(CAPTIONS[:3])
+    again = rt_torch.encode_text([CAPTIONS[2], CAPTIONS[0], CAPTIONS[2]])
+    assert rt_torch.stats.text_cache_misses - misses == 3
+    assert rt_torch.stats.text_cache_hits - hits == 3
+    np.testing.assert_array_equal(again, first[[2, 0, 2]])
+
+
+def test_shape_buckets_do_not_change_results(rt_torch, specs):
+    """The CUDA-graph path pads batches to powers of two and texts to multiples of 8; run
+    that padding on the CPU (eager) and compare with the exact shapes."""
+    engine = rt_torch._engine
+    ids, mask = rt_torch.tokenize(CAPTIONS[:3])
+    pixels = rt_torch.read_clips(specs[:3])
+    exact = (engine.text(ids, mask), engine.video(pixels), engine.vtm(pixels, ids, mask))
+    engine.bucketing = True
+    try:
+        assert engine._pad_batch(3) == 4 and engine._pad_len(ids.shape[1]) % 8 == 0
+        padded = (engine.text(ids, mask), engine.video(pixels), engine.vtm(pixels, ids, mask))
+    finally:
+        engine.bucketing = False
+    for a, b in zip(padded, exact):
+        assert a.shape == b.shape
+        assert _rel(a, b) <= 1e-5
+
+
+def test_bucket_sizes():
+    assert [runtime._bucket(n, 32) for n in (1, 2, 3, 5, 9, 32)] == [1, 2, 4, 8, 16, 32]
+    assert runtime._bucket(20, 24) == 24
+    assert [runtime._len_bucket(n, 512) for n in (1, 8, 9, 64, 65, 300)] == [8, 8, 16, 64,
+                                                                              128, 512]
+    assert runtime._len_bucket(30, 18) == 18
+
+
+# ------------------------------------------------------------------------------ fusion, mcq
+
+
+def test_score_all_pairs_with_top_k(rt_torch, specs):
+    texts = CAPTIONS[:2]
+    full = rt_torch.score(specs, texts, all_pairs=True)
+    assert full.shape == (2, len(specs)) and np.isfinite(full).all()
+    pairwise = rt_torch.score([specs[3], specs[1]], [texts[0], texts[1]])
+    np.testing.assert_allclose(pairwise, [full[0, 3], full[1, 1]], rtol=1e-5)
+    top = rt_torch.score(specs, texts, all_pairs=True, top_k=2)
+    sims = rt_torch.encode_text(texts, normalize=True) @ rt_torch.encode_video(
+        specs, normalize=True).T
+    for row in range(2):
+        scored = np.flatnonzero(np.isfinite(top[row]))
+        assert sorted(scored) == sorted(np.argsort(-sims[row])[:2])
+        np.testing.assert_allclose(top[row, scored], full[row, scored], rtol=1e-5)
+        assert (top[row][~np.isfinite(top[row])] == -np.inf).all()
+
+
+def test_mcq_modes(rt_torch, specs):
+    q = CAPTIONS[0]
+    ens = rt_torch.mcq(q, specs[:5])
+    dual = rt_torch.mcq(q, specs[:5], mode="dual")
+    fusion = rt_torch.mcq(q, specs[:5], mode="fusion")
+    cos = rt_torch.encode_video(specs[:5], normalize=True) @ rt_torch.encode_text(
+        [q], normalize=True)[0]
+    np.testing.assert_allclose(dual.scores, cos, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fusion.scores, rt_torch.score(specs[:5], [q] * 5), rtol=1e-5)
+    np.testing.assert_allclose(ens.scores, dual.scores + fusion.scores, rtol=1e-5, atol=1e-6)
+    for a in (ens, dual, fusion):
+        assert a.answer == int(np.argmax(a.scores)) == a.ranking()[0]
+    with pytest.raises(ValueError, match="mode must be"):
+        rt_torch.mcq(q, specs[:5], mode="best")
+    with pytest.raises(ValueError, match="at least 2 candidates"):
+        rt_torch.mcq(q, specs[:1])
+
+
+# ------------------------------------------------------------------------------ warmup, bench
+
+
+def test_warmup_and_benchmark(rt_torch):
+    times = rt_torch.warmup(batch_sizes=[1, 2], text_lengths=[8])
+    assert set(times) == {"video_b1", "video_b2", "text_b1_l8", "text_b2_l8", "vtm_b1_l8",
+                          "vtm_b2_l8"}
+    assert all(t > 0 for t in times.values())
+    rows = runtime.benchmark(rt_torch, cases=("text_b1", "video_b2", "score_b2"), repeats=2,
+                             warmup=1)
+    assert [r["case"] for r in rows] == ["text_b1", "video_b2", "score_b2"]
+    assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] for r in rows)
+    with pytest.raises(ValueError, match="benchmark case"):
+        runtime.benchmark(rt_torch, cases=("audio_b1",))
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_frame_count_mismatch(rt_torch, rt_ort, model_dir, export_dir):
+    pixels = torch.zeros(8, 3, 32, 32)
+    with pytest.raises(ValueError, match="8 frames.*takes 4 frames.*frame count mismatch"):
+        rt_torch.encode_video([pixels])
+    with pytest.raises(ValueError, match="frame count mismatch"):
+        rt_ort.encode_video(torch.zeros(2, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"num_frames=5 is outside \[1, 4\]"):
+        load(model_dir, num_frames=5, device="cpu")
+    with pytest.raises(ValueError, match="takes 4 frames per clip"):
+        load(export_dir, backend="onnxruntime", num_frames=2, device="cpu")
+    with pytest.raises(ValueError, match=r"expected pixels of shape \[F, C, S, S\]"):
+        rt_torch.encode_video([torch.zeros(4, 3, 16, 16)])
+
+
+def test_bad_inputs(rt_torch, tmp_path):
+    with pytest.raises(ValueError, match=r"texts\[1\]: empty text"):
+        rt_torch.encode_text(["ok", "  "])
+    with pytest.raises(ValueError, match="non-empty"):
+        rt_torch.encode_text([])
+    with pytest.raises(TypeError, match=r"texts\[0\]: expected str"):
+        rt_torch.encode_text([3])
+    with pytest.raises(VideoError, match="missing.mp4"):
+        rt_torch.encode_video(str(tmp_path / "missing.mp4"))
+    with pytest.raises(TypeError, match="clip 0: expected a path"):
+        rt_torch.encode_video([3.5])
+    with pytest.raises(ValueError, match="pairwise scoring needs equal counts"):
+        rt_torch.score([torch.zeros(4, 3, 32, 32)], ["a", "b"])
+
+
+def test_load_errors(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load(model_dir, backend="tflite")
+    with pytest.raises(ValueError, match="'fp16' is not supported on the CPU"):
+        load(model_dir, device="cpu", precision="fp16")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load(tmp_path / "nope.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a readable EgoVLPv2 checkpoint"):
+        load(junk, device="cpu")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match="unknown file type"):
+        load(tmp_path / "model.onnx")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load(model_dir, device="cuda")
+
+
+def test_wrong_tokenizer_is_rejected(model_dir, tmp_path):
+    from egovlpv2_rt.train.bpe import train_bpe_tokenizer
+
+    words = [f"word{i} thing{i} other{i}" for i in range(400)]
+    big = train_bpe_tokenizer(words, 600, tmp_path / "tokenizer.json")
+    with pytest.raises(ValueError, match="wrong tokenizer"):
+        load(model_dir, tokenizer=big, device="cpu")
+
+
+def test_default_model_location(monkeypatch, tmp_path, model_dir):
+    monkeypatch.setattr(runtime, "default_model_dir", lambda: tmp_path / "default_model")
+    with pytest.raises(DefaultModelMissingError, match="python -m egovlpv2_rt.train."
+                                                       "default_model"):
+        runtime.default_model_path()
+    with pytest.raises(DefaultModelMissingError):
+        load(device="cpu")
+    monkeypatch.setattr(runtime, "default_model_dir", lambda: model_dir)
+    assert runtime.default_model_path() == model_dir / "model.safetensors"
+    rt = load(device="cpu")
+    assert rt.files.checkpoint == model_dir / "model.safetensors"
+
+
+def test_package_default_model_dir():
+    d = runtime.default_model_dir()
+    assert d.name == "default_model" and d.parent.name == "egovlpv2_rt"
+
+
+# ------------------------------------------------------------------------------ GPU
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda_only
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("bf16", 3e-2)])
+def test_cuda_graphs_match_eager_and_cpu(model_dir, specs, rt_torch, precision, tol):
+    """Torch on CUDA, eager and through CUDA graphs (bucket padding, captured once per
+    shape), gives the CPU float32 numbers (fp32: 1e-4; bf16: its own rounding)."""
+    eager = load(model_dir, device="cuda", precision=precision, cuda_graphs=False)
+    graphs = load(model_dir, device="cuda", precision=precision, cuda_graphs=True)
+    assert graphs.cuda_graphs and not eager.cuda_graphs
+    times = graphs.warmup(batch_sizes=[1, 2, 4, 8], text_lengths=[8, 16])
+    assert len(times) == 4 * (1 + 2 * 2)
+    pairs = specs[:len(CAPTIONS)]
+    ref = (rt_torch.encode_video(specs), rt_torch.encode_text(CAPTIONS),
+           rt_torch.score(pairs, CAPTIONS))
+    for rt in (eager, graphs):
+        got = (rt.encode_video(specs), rt.encode_text(CAPTIONS, cache=False),
+               rt.score(pairs, CAPTIONS))
+        for a, b in zip(got, ref):
+            assert _rel(a, b) <= tol
+    # Replays are repeatable and do not alias each other's outputs.
+    a = graphs.encode_video(specs[:3])
+    b = graphs.encode_video(specs[3:6])
+    np.testing.assert_array_equal(graphs.encode_video(specs[:3]), a)
+    assert not np.array_equal(a, b)
+    n_graphs = sum(len(g.graphs) for g in graphs._engine._graphs.values())
+    assert n_graphs >= 4 * 3  # video, text x2 lengths, vtm x2 lengths per batch bucket
