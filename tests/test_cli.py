@@ -114,7 +114,7 @@ def test_demo(model_dir, tmp_path, capsys):
     res = run_json(["demo", "--checkpoint", str(model_dir), "--device", "cpu", "--out",
                     str(tmp_path / "demo"), "--top-k", "3"], capsys)
     assert (tmp_path / "demo" / "egomcq.json").is_file()
-    assert len(list((tmp_path / "demo" / "videos").glob("*.mp4"))) == 5
+    assert len(list((tmp_path / "demo" / "videos").glob("*.mp4"))) == 5  # 30 clips, 6 each
     results = res["search"]["results"]
     assert [r["rank"] for r in results] == [1, 2, 3]
     scores = [r["score"] for r in results]
@@ -127,7 +127,7 @@ def test_demo(model_dir, tmp_path, capsys):
     rc, out, _ = run(["demo", "--checkpoint", str(model_dir), "--device", "cpu", "--out",
                         str(tmp_path / "demo"), "--query", "C picks up the red bar"], capsys)
     assert rc == 0
-    assert 'search: "C picks up the red bar" over 25 clips' in out
+    assert 'search: "C picks up the red bar" over 30 clips' in out
     assert "EgoMCQ (" in out and "answer " in out
 
 

@@ -458,3 +458,122 @@ def test_cli_usage_error_exit_code(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--mode", "dual"])  # --out missing
     assert exc.value.code == 2
+
+
+class _FakeTensorRT:
+    """The slice of the TensorRT 10 builder API that build_engine uses, recording calls (the
+    real package cannot be installed here; this checks the call sequence and the files)."""
+
+    __version__ = "10.9.0"
+
+    def __init__(self):
+        self.calls = []
+        fake = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                fake.calls.append(("logger", level))
+
+        class NetworkDefinitionCreationFlag:
+            STRONGLY_TYPED = 5
+
+        class MemoryPoolType:
+            WORKSPACE = "workspace"
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return self.data + b"+timed"
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls.append(("shape", name, lo, opt, hi))
+
+        class Config:
+            builder_optimization_level = None
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("pool", pool, size))
+
+            def create_timing_cache(self, data):
+                self.cache = Cache(data)
+                return self.cache
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fake.calls.append(("timing_cache", cache.data, ignore_mismatch))
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("profile",))
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return "network"
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", config.builder_optimization_level))
+                return b"ENGINE"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", Path(path).name))
+                return Path(path).is_file()
+
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
+        self.MemoryPoolType = MemoryPoolType
+
+
+def test_build_engine_call_sequence(export_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from egovlpv2_rt.export.metadata import read_sidecar
+    from egovlpv2_rt.export.tensorrt import EngineProfile, build_engine
+
+    fake = _FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    for f in ("vtm.onnx", "vtm.json"):
+        shutil.copy(export_dir / f, tmp_path / f)
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(b"old")
+    profiles = [EngineProfile((1, 2, 4), (4, 8, 16)), EngineProfile((5, 8, 16), (4, 16, 32))]
+    engine = build_engine(tmp_path / "vtm.onnx", profiles=profiles, timing_cache=cache,
+                          workspace_gib=1)
+    assert engine == tmp_path / "vtm.engine" and engine.read_bytes() == b"ENGINE"
+    assert cache.read_bytes() == b"old+timed"
+    assert ("network", 1 << 5) in fake.calls  # strongly typed
+    assert ("timing_cache", b"old", False) in fake.calls
+    assert ("pool", "workspace", 1 << 30) in fake.calls
+    shapes = [c for c in fake.calls if c[0] == "shape"]
+    assert len(shapes) == 6 and fake.calls.count(("profile",)) == 2
+    assert ("shape", "video", (5, 4, 3, 32, 32), (8, 4, 3, 32, 32), (16, 4, 3, 32, 32)) in shapes
+    assert ("shape", "input_ids", (1, 4), (2, 8), (4, 16)) in shapes
+    side = read_sidecar(tmp_path / "vtm.engine.json")
+    assert side.format == "tensorrt" and side.extra["tensorrt_version"] == "10.9.0"
+    assert side.extra["source_onnx"] == "vtm.onnx" and len(side.extra["profiles"]) == 2
+    fake.__version__ = "8.6.1"
+    from egovlpv2_rt.export.tensorrt import TensorRTUnavailableError
+
+    with pytest.raises(TensorRTUnavailableError, match="too old"):
+        build_engine(tmp_path / "vtm.onnx")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from egovlpv2_rt import runtime
+from egovlpv2_rt import runtime, runtime_backends
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.config import preset
 from egovlpv2_rt.modeling import EgoVLPv2
@@ -224,11 +224,11 @@ def test_shape_buckets_do_not_change_results(rt_torch, specs):
 
 
 def test_bucket_sizes():
-    assert [runtime._bucket(n, 32) for n in (1, 2, 3, 5, 9, 32)] == [1, 2, 4, 8, 16, 32]
-    assert runtime._bucket(20, 24) == 24
-    assert [runtime._len_bucket(n, 512) for n in (1, 8, 9, 64, 65, 300)] == [8, 8, 16, 64,
-                                                                              128, 512]
-    assert runtime._len_bucket(30, 18) == 18
+    batch, length = runtime_backends.batch_bucket, runtime_backends.length_bucket
+    assert [batch(n, 32) for n in (1, 2, 3, 5, 9, 32)] == [1, 2, 4, 8, 16, 32]
+    assert batch(20, 24) == 24
+    assert [length(n, 512) for n in (1, 8, 9, 64, 65, 300)] == [8, 8, 16, 64, 128, 512]
+    assert length(30, 18) == 18
 
 
 # ------------------------------------------------------------------------------ fusion, mcq

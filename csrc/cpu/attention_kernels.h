@@ -10,7 +10,10 @@
 // are read once:
 //   * space attention: the N patch queries of frame f share {CLS, patches of f};
 //   * time attention: the F queries at spatial position n share {CLS, position n of each frame};
-//   * the CLS query has all T keys; cross-attention: all queries of a (batch, head) share Lk keys.
+//   * the CLS query has all T keys: its partial softmax {max, sum, sum of p v} over each
+//     patch key set is taken while that set is in cache, and the partials plus the CLS key
+//     are merged at the end (the backward handles it in a second pass instead);
+//   * cross-attention: all queries of a (batch, head) share Lk keys.
 // Large sets go through the "dense" engine: keys packed transposed, queries in blocks of
 // kQueryBlock, scores and P.V as register-tiled GEMMs (kMR rows x kNR columns). Small sets go
 // through the "row" engine: one query at a time, dot products and axpys over the head dim.
@@ -161,6 +164,24 @@ class Carver {
   int64_t used_ = 0;
 };
 
+// Software prefetch of [p, p + bytes): the next head's column slices of the same token rows
+// are 9 KB apart (one per row), too scattered for the hardware prefetchers.
+inline void prefetch(const void* p, int64_t bytes, bool write) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) {
+    if (write)
+      __builtin_prefetch(c + off, 1, 3);
+    else
+      __builtin_prefetch(c + off, 0, 3);
+  }
+#else
+  (void)p;
+  (void)bytes;
+  (void)write;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row primitives (vectorised over the head dim).
 
@@ -298,39 +319,74 @@ inline void vstore(T* p, typename VecOf<T>::type v) {
 }
 #endif
 
+// Independent accumulator sets of a tile: a small tile (few rows / one vector) would otherwise
+// wait on one FMA chain per accumulator (latency ~4 cycles), so the k loop is split over up to
+// 4 sets that are summed at the end.
+template <int64_t MR, int64_t NV>
+constexpr int64_t kSplitK = MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
+
 template <typename T, int64_t MR, int64_t NV, bool kAccumulate>
 inline void gemm_tile(int64_t k, const T* __restrict a, int64_t lda, const T* __restrict b,
                       int64_t ldb, T* __restrict c, int64_t ldc) {
   constexpr int64_t W = kLanes<T>;
+  constexpr int64_t KS = kSplitK<MR, NV>;
 #ifdef EGOVLPV2_VECTOR_TYPES
   using V = typename VecOf<T>::type;
-  V acc[MR][NV];
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t v = 0; v < NV; ++v) acc[i][v] = kAccumulate ? vload(c + i * ldc + v * W) : V{};
-  for (int64_t p = 0; p < k; ++p) {
-    V bv[NV];
-    for (int64_t v = 0; v < NV; ++v) bv[v] = vload(b + p * ldb + v * W);
-    for (int64_t i = 0; i < MR; ++i) {
-      const T ai = a[i * lda + p];
-      for (int64_t v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+  V acc[KS][MR][NV];
+  for (int64_t s = 0; s < KS; ++s)
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t v = 0; v < NV; ++v)
+        acc[s][i][v] = (kAccumulate && s == 0) ? vload(c + i * ldc + v * W) : V{};
+  int64_t p = 0;
+  for (; p + KS <= k; p += KS) {
+    for (int64_t s = 0; s < KS; ++s) {
+      V bv[NV];
+      for (int64_t v = 0; v < NV; ++v) bv[v] = vload(b + (p + s) * ldb + v * W);
+      for (int64_t i = 0; i < MR; ++i) {
+        const T ai = a[i * lda + p + s];
+        for (int64_t v = 0; v < NV; ++v) acc[s][i][v] += ai * bv[v];
+      }
     }
   }
+  for (; p < k; ++p) {
+    for (int64_t i = 0; i < MR; ++i) {
+      const T ai = a[i * lda + p];
+      for (int64_t v = 0; v < NV; ++v) acc[0][i][v] += ai * vload(b + p * ldb + v * W);
+    }
+  }
+  for (int64_t s = 1; s < KS; ++s)
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t v = 0; v < NV; ++v) acc[0][i][v] += acc[s][i][v];
   for (int64_t i = 0; i < MR; ++i)
-    for (int64_t v = 0; v < NV; ++v) vstore(c + i * ldc + v * W, acc[i][v]);
+    for (int64_t v = 0; v < NV; ++v) vstore(c + i * ldc + v * W, acc[0][i][v]);
 #else
   constexpr int64_t NC = NV * W;
-  T acc[MR][NC];
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NC; ++j) acc[i][j] = kAccumulate ? c[i * ldc + j] : T(0);
-  for (int64_t p = 0; p < k; ++p) {
+  T acc[KS][MR][NC];
+  for (int64_t s = 0; s < KS; ++s)
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t j = 0; j < NC; ++j)
+        acc[s][i][j] = (kAccumulate && s == 0) ? c[i * ldc + j] : T(0);
+  int64_t p = 0;
+  for (; p + KS <= k; p += KS)
+    for (int64_t s = 0; s < KS; ++s) {
+      const T* __restrict bp = b + (p + s) * ldb;
+      for (int64_t i = 0; i < MR; ++i) {
+        const T ai = a[i * lda + p + s];
+        for (int64_t j = 0; j < NC; ++j) acc[s][i][j] += ai * bp[j];
+      }
+    }
+  for (; p < k; ++p) {
     const T* __restrict bp = b + p * ldb;
     for (int64_t i = 0; i < MR; ++i) {
       const T ai = a[i * lda + p];
-      for (int64_t j = 0; j < NC; ++j) acc[i][j] += ai * bp[j];
+      for (int64_t j = 0; j < NC; ++j) acc[0][i][j] += ai * bp[j];
     }
   }
+  for (int64_t s = 1; s < KS; ++s)
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t j = 0; j < NC; ++j) acc[0][i][j] += acc[s][i][j];
   for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NC; ++j) c[i * ldc + j] = acc[i][j];
+    for (int64_t j = 0; j < NC; ++j) c[i * ldc + j] = acc[0][i][j];
 #endif
 }
 
@@ -800,6 +856,20 @@ void space_time_forward_range(SpaceTimeForwardCtx<T>& c, int64_t begin, int64_t 
           rows.v[1 + i] = p.qkv.at(b, t, vc);
           rows.out[i] = out_bh + t * g.dim;
           rows.lse_w[i] = lse_bh + t;
+        }
+        // Fetch the next (key set, head)'s rows while this one computes.
+        const int64_t next_h = h + 1 < h_end ? h + 1 : h_begin;
+        const int64_t next_grp = h + 1 < h_end ? grp : grp + 1;
+        if (sc == 1 && next_grp < group_end) {
+          const int64_t bytes = g.dh * static_cast<int64_t>(sizeof(T));
+          for (int64_t i = 0; i < g.group_size; ++i) {
+            const int64_t t = g.token(next_grp, i);
+            const T* row = p.qkv.at(b, t, next_h * g.dh);
+            prefetch(row, bytes, false);
+            prefetch(row + g.dim, bytes, false);
+            prefetch(row + 2 * g.dim, bytes, false);
+            prefetch(p.out + (b * g.tokens + t) * g.dim + next_h * g.dh, bytes, true);
+          }
         }
         engine.run(g.group_size, p.scale, io);
         // The CLS query's share of this key set, while it is in cache (merged later).

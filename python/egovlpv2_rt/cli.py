@@ -558,8 +558,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if not quiet:
         print(f"1/4 writing example clips to {work} ...", flush=True)
+    # Six actions per video leave enough distinct narrations for intra-video questions.
     paths = generate_dataset(work, args.seed, SynthConfig(num_clips=args.clips,
-                                                          clips_per_video=5, size=64,
+                                                          clips_per_video=6, size=64,
                                                           num_mcq=4))
     records = read_egoclip(paths["egoclip"])
     questions = read_egomcq(paths["egomcq"])
@@ -636,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(s)
     s.add_argument("--out", default=None, help="folder for the clips (default: a temp folder)")
     s.add_argument("--query", default=None, help="text query (default: a clip's narration)")
-    s.add_argument("--clips", type=int, default=25, help="example clips (5 per video)")
+    s.add_argument("--clips", type=int, default=30,
+                   help="example clips (6 per video, at least 5 videos)")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")

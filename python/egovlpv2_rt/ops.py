@@ -230,7 +230,13 @@ def _validate_cross(
             )
     if not isinstance(gate, Tensor):
         raise TypeError(f"gate must be a one-element torch.Tensor, got {type(gate).__name__}")
-    _check_like(gate, q, "gate", "q")
+    if gate.device != q.device:
+        raise ValueError(f"gate must be on the device of q ({q.device}), got {gate.device}")
+    # A float16/bfloat16 model may keep its gates (learned scalars) in float32.
+    gate_dtypes = (q.dtype, torch.float32) if q.dtype in (torch.float16, torch.bfloat16) else (
+        q.dtype,)
+    if gate.dtype not in gate_dtypes:
+        raise TypeError(f"gate must have the dtype of q ({q.dtype}), got {gate.dtype}")
     if gate.numel() != 1:
         raise ValueError(f"gate must hold one element, got shape {tuple(gate.shape)}")
     _check_tensor(residual, "residual", 3, "[B, Lq, Dout]")

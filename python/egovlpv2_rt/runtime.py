@@ -18,14 +18,12 @@ torch tensors, float32, on the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import math
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,14 @@ from torch import Tensor
 
 from .config import ModelConfig
 from .export.metadata import Preprocessing
+from .runtime_backends import (
+    Engine,
+    OrtEngine,
+    TensorRTEngines,
+    TorchEngine,
+    batch_bucket,
+    length_bucket,
+)
 
 __all__ = [
     "BACKENDS",
@@ -254,276 +260,6 @@ def _normalize(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
-# ------------------------------------------------------------------------------ engines
-
-
-@contextlib.contextmanager
-def _no_value_checks() -> Iterator[None]:
-    """Skip the model's data-dependent input checks (token range, finite pixels) while a
-    CUDA graph is captured: they read tensor values on the host, which a capture forbids.
-    The runtime builds its inputs itself (ids from its tokenizer), so they are valid."""
-    from .modeling import validation
-
-    original = validation._value_checks_enabled
-    validation._value_checks_enabled = lambda: False
-    try:
-        yield
-    finally:
-        validation._value_checks_enabled = original
-
-
-class _Engine:
-    """Backend interface: float32/int64 CPU or device tensors in, float32 tensors out."""
-
-    name = "engine"
-    has_fusion = True
-
-    def video(self, video: Tensor) -> Tensor:  # [B, F, 3, S, S] -> [B, P]
-        raise NotImplementedError
-
-    def text(self, ids: Tensor, mask: Tensor) -> Tensor:  # [B, L] -> [B, P]
-        raise NotImplementedError
-
-    def vtm(self, video: Tensor, ids: Tensor, mask: Tensor) -> Tensor:  # -> [B, 2]
-        raise NotImplementedError
-
-
-class _CudaGraphs:
-    """CUDA graphs of one function, captured per input shape (callers pad to buckets) and
-    replayed; all graphs share one memory pool. Replays return a copy of the static output."""
-
-    def __init__(self, fn: Callable[..., Tensor], device: torch.device) -> None:
-        self.fn = fn
-        self.device = device
-        self.graphs: dict[tuple, tuple[list[Tensor], Tensor, Any]] = {}
-        self.pool = None
-
-    def __call__(self, *args: Tensor) -> Tensor:
-        key = tuple((tuple(a.shape), a.dtype) for a in args)
-        # Streams and graphs belong to the current device: make it the runtime's.
-        with torch.cuda.device(self.device):
-            entry = self.graphs.get(key)
-            if entry is None:
-                entry = self._capture(args)
-                self.graphs[key] = entry
-            static_in, static_out, graph = entry
-            for s, a in zip(static_in, args):
-                s.copy_(a, non_blocking=True)
-            graph.replay()
-            return static_out.clone()
-
-    def _capture(self, args: Sequence[Tensor]):
-        static_in = [a.clone() for a in args]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with _no_value_checks():
-            # Warm-up on a side stream (lazy initialisation, cuBLAS workspaces) as the CUDA
-            # graph documentation prescribes, then capture.
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self.fn(*static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                static_out = self.fn(*static_in)
-        self.pool = graph.pool()
-        return static_in, static_out, graph
-
-
-def _bucket(n: int, cap: int) -> int:
-    """Batch bucket: the smallest power of two >= n, at most ``cap`` (n <= cap)."""
-    return min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-
-
-def _len_bucket(n: int, cap: int) -> int:
-    """Text-length bucket: a multiple of 8 up to 64, then a power of two; at most ``cap``."""
-    b = 8 * math.ceil(n / 8) if n <= 64 else 1 << math.ceil(math.log2(n))
-    return min(cap, b)
-
-
-class _TorchEngine(_Engine):
-    """The PyTorch model. On CUDA: pinned host memory, and with ``cuda_graphs`` inputs padded
-    to shape buckets and run through captured CUDA graphs."""
-
-    name = "torch"
-
-    def __init__(self, model, device: torch.device, dtype: torch.dtype, *,
-                 cuda_graphs: bool, max_batch: int, max_text_length: int,
-                 pad_token_id: int, bos_token_id: int) -> None:
-        self.model = model
-        self.device, self.dtype = device, dtype
-        self.has_fusion = hasattr(model, "itm_score")
-        self.max_batch = max_batch
-        self.max_len = max_text_length
-        self.pad_id, self.bos_id = pad_token_id, bos_token_id
-        self.bucketing = cuda_graphs
-        self._graphs: dict[str, _CudaGraphs] = {}
-        if cuda_graphs:
-            self._graphs = {"video": _CudaGraphs(model.encode_video, device),
-                            "text": _CudaGraphs(model.encode_text, device),
-                            "vtm": _CudaGraphs(model.vtm_logits, device)}
-
-    def _to_device(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        if self.device.type == "cuda" and x.device.type == "cpu":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(device=self.device, dtype=dtype or x.dtype)
-
-    def _pad_batch(self, n: int) -> int:
-        return _bucket(n, self.max_batch) if self.bucketing else n
-
-    def _pad_len(self, length: int) -> int:
-        return _len_bucket(length, self.max_len) if self.bucketing else length
-
-    def _chunks(self, n: int) -> list[slice]:
-        return [slice(i, i + self.max_batch) for i in range(0, n, self.max_batch)]
-
-    def _pad_text(self, ids: Tensor, mask: Tensor, rows: int, length: int
-                  ) -> tuple[Tensor, Tensor]:
-        b, n = ids.shape
-        if (rows, length) == (b, n):
-            return ids, mask
-        # Extra positions are padding (mask 0: the text embedding does not change); extra
-        # rows hold a lone <s> so that no row is fully masked.
-        out_ids = ids.new_full((rows, length), self.pad_id)
-        out_mask = mask.new_zeros((rows, length))
-        out_ids[:b, :n], out_mask[:b, :n] = ids, mask
-        out_ids[b:, 0], out_mask[b:, 0] = self.bos_id, 1
-        return out_ids, out_mask
-
-    def _pad_video(self, video: Tensor, rows: int) -> Tensor:
-        if rows == video.shape[0]:
-            return video
-        pad = video.new_zeros((rows - video.shape[0],) + tuple(video.shape[1:]))
-        return torch.cat([video, pad])
-
-    def _run(self, kind: str, *args: Tensor) -> Tensor:
-        fn = {"video": self.model.encode_video, "text": self.model.encode_text,
-              "vtm": self.model.vtm_logits}[kind]
-        if kind in self._graphs:
-            return self._graphs[kind](*args)
-        return fn(*args)
-
-    def video(self, video: Tensor) -> Tensor:
-        b = video.shape[0]
-        if b > self.max_batch:
-            return torch.cat([self.video(video[sl]) for sl in self._chunks(b)])
-        with torch.inference_mode():
-            x = self._pad_video(self._to_device(video, self.dtype), self._pad_batch(b))
-            return self._run("video", x)[:b].float()
-
-    def text(self, ids: Tensor, mask: Tensor) -> Tensor:
-        b, n = ids.shape
-        if b > self.max_batch:
-            return torch.cat([self.text(ids[sl], mask[sl]) for sl in self._chunks(b)])
-        with torch.inference_mode():
-            ids, mask = self._pad_text(ids, mask, self._pad_batch(b), self._pad_len(n))
-            return self._run("text", self._to_device(ids), self._to_device(mask))[:b].float()
-
-    def vtm(self, video: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        b, n = ids.shape
-        if b > self.max_batch:
-            return torch.cat([self.vtm(video[sl], ids[sl], mask[sl]) for sl in self._chunks(b)])
-        with torch.inference_mode():
-            rows = self._pad_batch(b)
-            v = self._pad_video(self._to_device(video, self.dtype), rows)
-            ids, mask = self._pad_text(ids, mask, rows, self._pad_len(n))
-            return self._run("vtm", v, self._to_device(ids), self._to_device(mask))[:b].float()
-
-
-class _OrtEngine(_Engine):
-    """onnxruntime sessions over an export folder; graphs missing from the folder are
-    exported on first use through ``exporter`` (when a torch model is at hand)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, export_dir: Path, device: torch.device,
-                 exporter: Callable[[str], None] | None, has_fusion: bool,
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self.ort = ort
-        self.dir = export_dir
-        self.exporter = exporter
-        self.has_fusion = has_fusion
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime here has no CUDAExecutionProvider; install "
-                                   "onnxruntime-gpu or use device='cpu'")
-            providers.insert(0, "CUDAExecutionProvider")
-        self.providers = providers
-        self.threads = threads or torch.get_num_threads()
-        self.sessions: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def session(self, name: str):
-        with self._lock:
-            if name not in self.sessions:
-                path = self.dir / f"{name}.onnx"
-                if not path.is_file():
-                    if self.exporter is None:
-                        raise FileNotFoundError(f"{path} is missing from the export folder; "
-                                                f"export it with egovlpv2-export")
-                    self.exporter(name)
-                opts = self.ort.SessionOptions()
-                opts.intra_op_num_threads = self.threads
-                opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                self.sessions[name] = self.ort.InferenceSession(str(path), opts,
-                                                                providers=self.providers)
-            return self.sessions[name]
-
-    def _run(self, name: str, feeds: dict[str, Tensor]) -> Tensor:
-        sess = self.session(name)
-        arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in feeds.items()}
-        return torch.from_numpy(sess.run(None, arrays)[0]).float()
-
-    def video(self, video: Tensor) -> Tensor:
-        return self._run("video_encoder", {"video": video.float()})
-
-    def text(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._run("text_encoder", {"input_ids": ids.long(),
-                                          "attention_mask": mask.long()})
-
-    def vtm(self, video: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._run("vtm", {"video": video.float(), "input_ids": ids.long(),
-                                 "attention_mask": mask.long()})
-
-
-class _TrtEngine(_Engine):
-    """TensorRT engines (``<graph>.engine`` + ``.engine.json``) of an export folder."""
-
-    name = "tensorrt"
-
-    def __init__(self, export_dir: Path, device: torch.device) -> None:
-        from .export.tensorrt import TensorRTEngine, import_tensorrt
-
-        import_tensorrt()
-        if device.type != "cuda":
-            raise ValueError("backend 'tensorrt' needs a CUDA device")
-        self.dir, self.device = export_dir, device
-        self._cls = TensorRTEngine
-        self.engines: dict[str, Any] = {}
-        self.has_fusion = (export_dir / "vtm.engine").is_file()
-
-    def _engine(self, name: str):
-        if name not in self.engines:
-            path = self.dir / f"{name}.engine"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; build it with egovlpv2-export "
-                                        "--format tensorrt")
-            self.engines[name] = self._cls(path, self.device)
-        return self.engines[name]
-
-    def video(self, video: Tensor) -> Tensor:
-        return self._engine("video_encoder")(video=video).cpu()
-
-    def text(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._engine("text_encoder")(input_ids=ids, attention_mask=mask).cpu()
-
-    def vtm(self, video: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._engine("vtm")(video=video, input_ids=ids, attention_mask=mask).cpu()
-
-
 # ------------------------------------------------------------------------------ runtime
 
 
@@ -559,7 +295,7 @@ class Runtime:
     ``preprocessing`` (frames, image size, text length), ``tokenizer``.
     """
 
-    def __init__(self, engine: _Engine, *, config: ModelConfig, preprocessing: Preprocessing,
+    def __init__(self, engine: Engine, *, config: ModelConfig, preprocessing: Preprocessing,
                  tokenizer, device: torch.device, precision: str, video_batch_size: int,
                  text_batch_size: int, video_backend: str, decode_workers: int,
                  cache_size: int, files: ModelFiles | None = None) -> None:
@@ -852,12 +588,12 @@ class Runtime:
         p = self.preprocessing
         if batch_sizes is None:
             cap = self.video_batch_size
-            batch_sizes = sorted({_bucket(b, cap) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+            batch_sizes = sorted({batch_bucket(b, cap) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)
                                   if b <= cap} | {cap})
         if text_lengths is None:
             # Captions are short: warm the buckets up to 32 tokens; longer ones are captured
             # on first use.
-            text_lengths = sorted({_len_bucket(n, p.max_text_length) for n in (8, 16, 24, 32)})
+            text_lengths = sorted({length_bucket(n, p.max_text_length) for n in (8, 16, 24, 32)})
         fusion = self.has_fusion if fusion is None else fusion
         times: dict[str, float] = {}
         gen = torch.Generator().manual_seed(0)
@@ -1017,10 +753,10 @@ def load(
                 max_text_length, prep.max_text_length)})
         tokenizer_obj = _load_tokenizer(tok_path, prep.max_text_length)
         if backend == "onnxruntime":
-            engine: _Engine = _OrtEngine(files.export_dir, dev, None,
+            engine: Engine = OrtEngine(files.export_dir, dev, None,
                                          has_fusion="vtm" in manifest["graphs"])
         else:
-            engine = _TrtEngine(files.export_dir, dev)
+            engine = TensorRTEngines(files.export_dir, dev)
         return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj,
                        device=dev, precision=precision, video_batch_size=vbs,
                        text_batch_size=tbs, video_backend=video_backend,
@@ -1074,7 +810,7 @@ def load(
                          else None, source_checkpoint=files.checkpoint,
                          max_text_length=prep.max_text_length)
 
-        engine = _OrtEngine(out, dev, exporter, has_fusion=hasattr(model, "itm_score"))
+        engine = OrtEngine(out, dev, exporter, has_fusion=hasattr(model, "itm_score"))
         return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj,
                        device=dev, precision=precision, video_batch_size=vbs,
                        text_batch_size=tbs, video_backend=video_backend,
@@ -1088,7 +824,7 @@ def load(
     use_graphs = (dev.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and dev.type != "cuda":
         raise ValueError("cuda_graphs=True needs a CUDA device")
-    engine = _TorchEngine(model, dev, dtype, cuda_graphs=use_graphs, max_batch=max(vbs, tbs),
+    engine = TorchEngine(model, dev, dtype, cuda_graphs=use_graphs, max_batch=max(vbs, tbs),
                           max_text_length=prep.max_text_length,
                           pad_token_id=cfg.text.pad_token_id,
                           bos_token_id=cfg.text.bos_token_id)

@@ -106,10 +106,14 @@ def run(args: argparse.Namespace) -> dict:
         profiles = profiles_from_args(args.batch, args.text_length,
                                       cfg.text.max_text_length)
     tokenizer = Path(args.tokenizer) if args.tokenizer else files.tokenizer
-    if tokenizer is not None and tokenizer.is_dir():
-        tokenizer = tokenizer / "tokenizer.json" if (tokenizer / "tokenizer.json").is_file() \
-            else None
     out = Path(args.out)
+    if tokenizer is not None and tokenizer.is_dir():
+        # vocab.json + merges.txt: the export folder gets the same pipeline as one file.
+        from ..tokenizer import RobertaTokenizer
+
+        out.mkdir(parents=True, exist_ok=True)
+        RobertaTokenizer.from_directory(tokenizer).save(out / "tokenizer.json")
+        tokenizer = out / "tokenizer.json"
 
     def say(name: str) -> None:
         if not args.json:

@@ -161,7 +161,13 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """One pre-training experiment."""
+    """One pre-training experiment.
+
+    ``init_scale`` multiplies the initial weight matrices of every Linear and Embedding layer
+    of a model trained from scratch (not biases, LayerNorms, gates, or the time attention's
+    identity ``proj``). The original's std 0.02 suits width 768; a narrow model keeps the same
+    signal propagation with ``sqrt(768 / width)``.
+    """
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,6 +186,7 @@ class TrainConfig:
     progress: bool = True
     num_threads: int = 0
     precision: str = "float32"
+    init_scale: float = 1.0
 
     def validate(self, where: str = "config") -> None:
         """Range checks that the dataclass types alone do not express."""
@@ -201,6 +208,7 @@ class TrainConfig:
         need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: off)")
         need(self.loss.temperature > 0, "loss.temperature", "must be > 0")
+        need(self.init_scale > 0, "init_scale", "must be > 0")
         try:
             self.loss.weights()
         except ValueError as e:

@@ -134,6 +134,23 @@ class _Data:
                            dev(text.mask_n), offset, step)
 
 
+@torch.no_grad()
+def scale_initialisation(model: EgoVLPv2, factor: float) -> None:
+    """Multiply the weight matrices of Linear and Embedding layers by ``factor``.
+
+    Biases and LayerNorms are untouched; zero-initialised tensors (gates, the time attention's
+    qkv) stay zero; the time attention's ``proj`` (initialised to 1 so that the block starts as
+    the image ViT) is left as is.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            if name.endswith("timeattn.proj"):
+                continue
+            module.weight.mul_(factor)
+            if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+
+
 def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     mine = capture_rng()
     if not info.distributed:
@@ -176,7 +193,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     data = _Data(cfg, info)
     mc = _model_config(cfg, data.tokenizer.vocab_size)
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
-    model = EgoVLPv2(mc).to(device=info.device, dtype=dtype)
+    model = EgoVLPv2(mc)
+    if cfg.init_scale != 1.0:
+        scale_initialisation(model, cfg.init_scale)
+    model = model.to(device=info.device, dtype=dtype)
     model.train()
     weights = cfg.loss.weights()
     objective = PretrainObjective(model, weights, cfg.loss.temperature, info, cfg.seed)

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# GPU check of egovlpv2-rt on a machine with an NVIDIA GPU and no network:
+#   1. environment report (GPU, torch, nvcc, cmake, ninja, Python packages);
+#   2. build: `pip install --no-build-isolation --no-deps .` for the GPU present only
+#      (TORCH_CUDA_ARCH_LIST = its compute capability), CUDA required, ninja on every core;
+#   3. the GPU tests (tests/test_ops_cuda.py, marker gpu);
+#   4. the GPU benchmark (bench/bench_ops_gpu.py, --json);
+#   5. the DALI GPU tests (tests/test_video*.py, marker gpu) when DALI is importable.
+# Full logs go to LOG_DIR; a short table is printed last. Each step gets a share of an overall
+# budget (EGOVLPV2_GPU_CHECK_BUDGET seconds, default 450) so the whole run stays under 8 minutes.
+#
+# Python packages the run needs beyond torch: einops, safetensors, tokenizers, numpy, pytest,
+# scikit-build-core, pybind11. If one is missing and a .whl/ folder sits in the repository root,
+# its wheels are installed with `pip install --no-index --no-deps --target /tmp/site` first.
+#
+# Usage: scripts/gpu_check.sh LOG_DIR        (env PYTHON overrides the interpreter)
+set -uo pipefail
+
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 LOG_DIR" >&2
+  exit 2
+fi
+mkdir -p "$1"
+log_dir=$(cd "$1" && pwd)
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+py=${PYTHON:-python3}
+budget=${EGOVLPV2_GPU_CHECK_BUDGET:-450}
+t_start=$SECONDS
+summary="$log_dir/summary.txt"
+: >"$summary"
+export PYTHONUNBUFFERED=1
+
+remaining() { echo $((budget - (SECONDS - t_start))); }
+
+# step NAME MAX_SECONDS CMD... : runs CMD with its output in LOG_DIR/NAME.log, under
+# min(MAX_SECONDS, what is left of the budget); records status and time in the summary.
+step() {
+  local name=$1 max=$2
+  shift 2
+  local left
+  left=$(remaining)
+  local limit=$((max < left ? max : left))
+  local log="$log_dir/$name.log"
+  if ((limit < 15)); then
+    printf '%-14s %-8s %5s s  %s\n' "$name" "SKIPPED" 0 "no time left in the budget" \
+      | tee -a "$summary"
+    return 124
+  fi
+  echo "== $name (limit ${limit}s, log $log)"
+  local t0=$SECONDS
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  local status=ok
+  if ((rc == 124 || rc == 137)); then status=TIMEOUT; elif ((rc != 0)); then status=FAIL; fi
+  printf '%-14s %-8s %5s s  rc=%s  %s\n' "$name" "$status" $((SECONDS - t0)) "$rc" "$log" \
+    | tee -a "$summary"
+  return $rc
+}
+
+# ---- 1. environment --------------------------------------------------------------------------
+env_report() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host cores: $(nproc)"
+  nvidia-smi -L || true
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
+    --format=csv || true
+  "$py" - <<'EOF'
+import importlib, sys
+import torch
+print("python", sys.version.split()[0], sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+      "capability", torch.cuda.get_device_capability() if torch.cuda.is_available() else None)
+for name in ("einops", "safetensors", "tokenizers", "numpy", "pytest", "scikit_build_core",
+             "pybind11", "triton"):
+    try:
+        m = importlib.import_module(name)
+        print(f"  {name:18s} {getattr(m, '__version__', '?')}")
+    except ImportError as exc:
+        print(f"  {name:18s} MISSING ({exc})")
+EOF
+  nvcc --version | tail -2 || true
+  cmake --version | head -1 || true
+  ninja --version || true
+}
+export py repo log_dir
+export -f env_report
+step env 60 bash -c env_report
+
+missing=$("$py" - <<'EOF'
+import importlib
+names = ["einops", "safetensors", "tokenizers", "numpy", "pytest", "scikit_build_core",
+         "pybind11"]
+missing = []
+for n in names:
+    try:
+        importlib.import_module(n)
+    except ImportError:
+        missing.append(n)
+print(" ".join(missing))
+EOF
+)
+if [[ -n "$missing" ]]; then
+  if compgen -G "$repo/.whl/*.whl" >/dev/null; then
+    echo "== installing carried wheels for: $missing"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$repo"/.whl/*.whl >"$log_dir/wheels.log" 2>&1 \
+      || echo "wheel install failed (see $log_dir/wheels.log)" | tee -a "$summary"
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "missing Python packages: $missing (no .whl/ folder to install them from)" \
+      | tee -a "$summary"
+  fi
+fi
+
+# ---- 2. build --------------------------------------------------------------------------------
+arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+if [[ -z "$arch" ]]; then
+  echo "no CUDA device visible to torch; nothing to check" | tee -a "$summary"
+  cat "$summary"
+  exit 1
+fi
+build() {
+  export TORCH_CUDA_ARCH_LIST="$arch"
+  export CMAKE_BUILD_PARALLEL_LEVEL
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+  export CMAKE_ARGS="-DEGOVLPV2_CUDA=ON ${CMAKE_ARGS:-}"
+  echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST jobs=$CMAKE_BUILD_PARALLEL_LEVEL"
+  "$py" -m pip install --no-build-isolation --no-deps -v . || return $?
+  cd /tmp && "$py" - <<'EOF'
+import egovlpv2_rt
+info = egovlpv2_rt.build_info()
+for k, v in sorted(info.items()):
+    print(f"{k}: {v}")
+assert info.get("cuda_kernels_loaded"), f"the CUDA kernels did not load: {info}"
+EOF
+}
+export arch
+export -f build
+if ! step build 240 bash -c build; then
+  echo "build failed; last lines of $log_dir/build.log:"
+  tail -40 "$log_dir/build.log"
+  echo
+  cat "$summary"
+  exit 1
+fi
+
+# ---- 3. GPU tests ----------------------------------------------------------------------------
+step gpu-tests 230 "$py" -m pytest tests/test_ops_cuda.py -m gpu -q -rfEs \
+  -p no:cacheprovider --junitxml="$log_dir/gpu-tests.xml" --durations=15
+
+# ---- 4. benchmark ----------------------------------------------------------------------------
+step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json"
+
+# ---- 5. DALI GPU tests -----------------------------------------------------------------------
+dali_tests=$(ls tests/test_video*.py 2>/dev/null | tr '\n' ' ')
+if dali_why=$("$py" -c "import nvidia.dali as d; print(d.__version__)" 2>&1); then
+  if [[ -n "$dali_tests" ]]; then
+    step dali-tests 60 "$py" -m pytest $dali_tests -m gpu -q -rfEs -p no:cacheprovider
+  else
+    echo "dali-tests     SKIPPED  no tests/test_video*.py files" | tee -a "$summary"
+  fi
+else
+  printf '%-14s %-8s %5s s  %s\n' dali-tests SKIPPED 0 \
+    "DALI not importable here: $(echo "$dali_why" | tail -1)" | tee -a "$summary"
+fi
+
+# ---- short table, last -----------------------------------------------------------------------
+echo
+echo "================ egovlpv2-rt GPU check ($((SECONDS - t_start)) s) ================"
+head -3 "$log_dir/env.log" 2>/dev/null | tail -2
+grep -E "^torch " "$log_dir/env.log" 2>/dev/null
+echo "-- gpu tests:"
+grep -E "^(FAILED|ERROR)" "$log_dir/gpu-tests.log" 2>/dev/null | head -15
+tail -1 "$log_dir/gpu-tests.log" 2>/dev/null
+if [[ -f "$log_dir/dali-tests.log" ]]; then
+  echo "-- dali tests:"
+  tail -1 "$log_dir/dali-tests.log"
+fi
+echo "-- bench (ms; ratios = other / fused):"
+sed -n '/^case /,$p' "$log_dir/bench.log" 2>/dev/null
+echo "-- steps:"
+cat "$summary"
+if grep -qE " (FAIL|TIMEOUT) " "$summary"; then exit 1; fi
+exit 0
