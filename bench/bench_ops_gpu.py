@@ -10,6 +10,7 @@ reference path), and its model FLOP utilisation against a bf16 matmul measured i
 
 Timing: CUDA events around each call, warm-up first, median of --iters (>= 50) calls.
 Usage: python bench/bench_ops_gpu.py [--iters 50] [--json out.json] [--no-model] [--no-compile]
+       [--compile-limit 120]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import sys
 import time
@@ -123,6 +125,7 @@ def fwd_and_fwdbwd(impls: dict[str, Callable], inputs: list[torch.Tensor], grad_
                 x.grad = None
 
         fb[name] = time_ms(step, iters)
+        print(f"  {name:6s} fwd {fwd[name]:8.3f} ms  fwd+bwd {fb[name]:8.3f} ms", flush=True)
     return fwd, fb
 
 
@@ -133,6 +136,7 @@ def bench_divided(rows: list[Row], iters: int) -> None:
     qkv = torch.randn(B, TOKENS, 3 * DIM, generator=g, device="cuda").to(DTYPE)
     grad = torch.randn(B, TOKENS, DIM, generator=g, device="cuda").to(DTYPE)
     for temporal, label in ((False, "space"), (True, "time")):
+        print(f"[{label} attention]", flush=True)
         impls = {
             "fused": lambda x, t=temporal: ops.divided_space_time_attention(
                 x, HEADS, FRAMES, t, SCALE, impl="fused"),
@@ -180,6 +184,8 @@ def bench_cross(rows: list[Row], iters: int) -> None:
                       rnd(B, TEXT_LEN, DIM)),
     }
     for label, (q, k, v, mask, residual) in cases.items():
+        print(f"[{label}]", flush=True)
+
         def make(impl, mask=mask):
             if impl == "sdpa":
                 return lambda qq, kk, vv, ww, rr: sdpa_cross(qq, kk, vv, mask, ww, bias, gate, rr,
@@ -221,7 +227,16 @@ def video_encoder_flops(cfg) -> float:
     return B * (patch + v.depth * per_block + 2 * d * cfg.projection_dim)
 
 
-def bench_model(rows: list[Row], iters: int, compile_ref: bool, peak_tflops: float) -> None:
+class _CompileTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _CompileTimeout
+
+
+def bench_model(rows: list[Row], iters: int, compile_ref: bool, peak_tflops: float,
+                compile_limit_s: int) -> None:
     try:
         from egovlpv2_rt.config import preset
         from egovlpv2_rt.modeling import EgoVLPv2
@@ -241,27 +256,40 @@ def bench_model(rows: list[Row], iters: int, compile_ref: bool, peak_tflops: flo
         with torch.no_grad():
             return time_ms(lambda: model.forward_video(video).embeds, model_iters, warmup=3)
 
+    print("[video encoder]", flush=True)
     row.ms["fused"] = run("fused")
     row.ms["ref"] = run("reference")
+    print(f"  fused {row.ms['fused']:.3f} ms  ref {row.ms['ref']:.3f} ms", flush=True)
+    rows.append(row)
     if compile_ref:
         model.set_attention_impl("reference")
         fn = torch.compile(lambda x: model.forward_video(x).embeds)
+        # The compile gets its own time limit, so that a slow compiler cannot cost the rest.
+        previous = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(compile_limit_s)
         try:
             t0 = time.perf_counter()
             with torch.no_grad():
                 fn(video)
                 torch.cuda.synchronize()
             row.extra["compile s"] = round(time.perf_counter() - t0, 1)
+            signal.alarm(0)
             with torch.no_grad():
                 row.ms["compile"] = time_ms(lambda: fn(video), model_iters, warmup=3)
+            print(f"  compile {row.ms['compile']:.3f} ms ({row.extra['compile s']} s to compile)",
+                  flush=True)
+        except _CompileTimeout:
+            row.extra["compile error"] = f"torch.compile took longer than {compile_limit_s} s"
         except Exception as exc:  # noqa: BLE001 -- any compiler failure: report it, keep the rest
             row.extra["compile error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
     flops = video_encoder_flops(cfg)
     row.extra["GFLOP"] = round(flops / 1e9, 1)
     for impl in ("fused", "ref", "compile"):
         if impl in row.ms:
             row.extra[f"MFU {impl}"] = round(flops / (row.ms[impl] * 1e-3) / 1e12 / peak_tflops, 3)
-    rows.append(row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     parser.add_argument("--no-model", action="store_true", help="skip the video encoder")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--compile-limit", type=int, default=120,
+                        help="seconds allowed for torch.compile of the video encoder")
     args = parser.parse_args(argv)
     if args.iters < 50:
         parser.error("--iters must be >= 50 (median of at least 50 calls)")
@@ -291,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     copy_gbs = bench_copy_bandwidth(args.iters)
     peak = matmul_tflops(args.iters)
+    print(f"[ceilings] copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul {peak:.0f} TFLOP/s",
+          flush=True)
     bench_divided(rows, args.iters)
     bench_cross(rows, args.iters)
     if not args.no_model:
-        bench_model(rows, args.iters, not args.no_compile, peak)
+        bench_model(rows, args.iters, not args.no_compile, peak, args.compile_limit)
 
     by_name = {r.name: r for r in rows}
     t = by_name["time attention fwd"].ms["fused"]

@@ -150,7 +150,7 @@ step gpu-tests 230 "$py" -m pytest tests/test_ops_cuda.py -m gpu -q -rfEs \
   -p no:cacheprovider --junitxml="$log_dir/gpu-tests.xml" --durations=15
 
 # ---- 4. benchmark ----------------------------------------------------------------------------
-step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json"
+step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json" --compile-limit 100
 
 # ---- 5. DALI GPU tests -----------------------------------------------------------------------
 dali_tests=$(ls tests/test_video*.py 2>/dev/null | tr '\n' ' ')

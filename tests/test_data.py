@@ -149,6 +149,13 @@ def test_synthetic_dataset_formats(synth):
             assert len({c.clip_text for c in it.choices}) == 5
         else:
             assert len(uids) == 5
+            # distractors come from other scenes: no clip of their videos shows the object
+            words = it.text.split()
+            obj = " ".join(words[words.index("the") + 1:words.index("the") + 3])
+            for j, c in enumerate(it.choices):
+                if j != it.answer:
+                    assert all(obj not in r.clip_text for r in recs
+                               if r.video_uid == c.video_uid)
 
 
 def test_synthetic_is_deterministic(synth, tmp_path):

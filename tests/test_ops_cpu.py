@@ -15,11 +15,6 @@ import pytest
 import torch
 from egovlpv2_rt import ops
 
-pytestmark = pytest.mark.skipif(
-    egovlpv2_rt.build_info()["build"] == "not built",
-    reason="the compiled extension is not built",
-)
-
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
@@ -409,6 +404,7 @@ def test_raw_op_bad_input_names_the_argument():
 
 def test_build_info_says_cpu_build():
     info = egovlpv2_rt.build_info()
+    assert info["build"] != "not built", info.get("error")
     assert info["build"] in ("cpu", "cuda")
     assert info["cuda"] is (info["build"] == "cuda")
     assert info["torch_target_version"] == "2.11"

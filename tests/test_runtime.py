@@ -393,3 +393,10 @@ def test_cuda_graphs_match_eager_and_cpu(model_dir, specs, rt_torch, precision, 
     assert not np.array_equal(a, b)
     n_graphs = sum(len(g.graphs) for g in graphs._engine._graphs.values())
     assert n_graphs >= 4 * 3  # video, text x2 lengths, vtm x2 lengths per batch bucket
+
+
+def test_export_folder_precision(export_dir):
+    rt = load(export_dir, backend="onnxruntime", device="cpu")
+    assert rt.precision == "fp32"  # the folder's, whatever the device default
+    with pytest.raises(ValueError, match="the export in .* is 'fp32'"):
+        load(export_dir, backend="onnxruntime", device="cpu", precision="bf16")

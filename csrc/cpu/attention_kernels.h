@@ -1045,6 +1045,27 @@ void space_time_backward_range(SpaceTimeBackwardCtx<T>& c, int64_t begin, int64_
           rows.lse_r[i] = p.lse + bh * g.tokens + t;
           rows.out[i] = grad_b + t * three_d + qc;
         }
+        // Fetch the next (key set, head)'s rows while this one computes (as in the forward).
+        const int64_t next_h = h + 1 < h_end ? h + 1 : h_begin;
+        const int64_t next_grp = h + 1 < h_end ? grp : grp + 1;
+        if (p.qkv.stride_c == 1 && p.grad_out.stride_c == 1 && p.out.stride_c == 1 &&
+            next_grp < group_end) {
+          const int64_t bytes = g.dh * static_cast<int64_t>(sizeof(T));
+          const int64_t nc = next_h * g.dh;
+          for (int64_t i = 0; i < g.group_size; ++i) {
+            const int64_t t = g.token(next_grp, i);
+            const T* row = p.qkv.at(b, t, nc);
+            prefetch(row, bytes, false);
+            prefetch(row + g.dim, bytes, false);
+            prefetch(row + 2 * g.dim, bytes, false);
+            prefetch(p.grad_out.at(b, t, nc), bytes, false);
+            prefetch(p.out.at(b, t, nc), bytes, false);
+            T* grad_row = grad_b + t * three_d + nc;
+            prefetch(grad_row, bytes, true);
+            prefetch(grad_row + g.dim, bytes, true);
+            prefetch(grad_row + 2 * g.dim, bytes, true);
+          }
+        }
         memset(dk, 0, static_cast<size_t>(nk * ld) * sizeof(T));
         memset(dv, 0, static_cast<size_t>(nk * ld) * sizeof(T));
         run_backward(engine, g.group_size, p.scale, io);

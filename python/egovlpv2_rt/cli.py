@@ -230,10 +230,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
     device = args.device
     if args.shard:
         target = shard_path(out, rank, world)
-        if device is None:
-            import torch
+        import torch
 
+        if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if str(device) == "cpu":
+            # Ranks on one machine share its cores.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
         if rank == 0:
             write_manifest(out, world, len(clips))
         mine = clips[rank::world]

@@ -721,6 +721,7 @@ def load(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     dev = _resolve_device(device)
+    requested = precision
     precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -744,10 +745,12 @@ def load(
         if num_frames is not None and num_frames != prep.num_frames:
             raise ValueError(f"num_frames={num_frames}, but the export in {files.export_dir} "
                              f"takes {prep.num_frames} frames per clip (frame count mismatch)")
-        if manifest.get("precision", "fp32") != precision and precision != "fp32":
-            raise ValueError(f"precision {precision!r} requested, but the export in "
-                             f"{files.export_dir} is {manifest.get('precision')!r}")
-        precision = manifest.get("precision", "fp32")
+        exported = manifest.get("precision", "fp32")
+        if requested is not None and requested != exported:
+            raise ValueError(f"precision {requested!r} requested, but the export in "
+                             f"{files.export_dir} is {exported!r} (export it again with "
+                             f"--precision {requested})")
+        precision = exported
         if max_text_length is not None:
             prep = Preprocessing(**{**prep.to_dict(), "max_text_length": min(
                 max_text_length, prep.max_text_length)})

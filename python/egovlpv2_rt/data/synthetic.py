@@ -10,8 +10,8 @@ class per coloured shape), so two clips are EgoNCE positives exactly when they s
 action on the same kind of object.
 
 What the tasks test:
-- inter-video EgoMCQ: the candidates come from other videos and show other objects, so the
-  object words (colour and shape) decide;
+- inter-video EgoMCQ: the candidates come from other videos whose tables do not hold the
+  query's object, so the object words (colour and shape) decide;
 - intra-video EgoMCQ: the candidates are other clips of the query's video (same scene, same
   objects); verb, direction and which object moved decide. Some of these need the temporal order
   of the frames (left vs right, pick up vs put down), which a single pooled vector keeps less
@@ -34,8 +34,8 @@ from .egomcq import INTER, INTRA, MCQItem, write_egomcq
 
 __all__ = [
     "COLOURS",
-    "SHAPES",
     "NOUN_CLASSES",
+    "SHAPES",
     "VERBS",
     "VERB_CLASSES",
     "SynthConfig",
@@ -241,9 +241,13 @@ def _write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str)
         stream.width = frames[0].shape[1]
         stream.height = frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
+        # One encoder thread: x264's threaded rate control depends on thread timing, so a
+        # threaded encode of the same frames can differ from run to run.
+        stream.codec_context.thread_count = 1
         if codec == "libx264":
-            # Near-lossless, and single-threaded so that the bytes do not depend on the machine.
-            stream.options = {"crf": "16", "threads": "1"}
+            # Lossless: the decoded pixels then equal the (4:2:0) input whatever the encoder
+            # decides, so the dataset is the same on every run and machine.
+            stream.options = {"qp": "0", "threads": "1"}
         for fr in frames:
             for pkt in stream.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
                 container.mux(pkt)
@@ -255,7 +259,7 @@ def _write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str)
 
 
 def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
-                ) -> tuple[list[np.ndarray], list[ClipRecord]]:
+                ) -> tuple[list[np.ndarray], list[ClipRecord], set[str]]:
     size = cfg.size
     shapes = list(rng.permutation(len(SHAPES))[: cfg.objects_per_video])
     colours = list(rng.permutation(len(COLOURS))[: cfg.objects_per_video])
@@ -287,7 +291,7 @@ def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
             clip_end=end, clip_text=text, tag_verb=(VERB_CLASSES.index(
                 f"{act.verb} {act.direction}".strip()),),
             tag_noun=(NOUN_CLASSES.index(f"{o.colour} {o.shape}"),)))
-    return frames, records
+    return frames, records, {f"{o.colour} {o.shape}" for o in objs}
 
 
 def _object_of(text: str) -> str:
@@ -296,8 +300,8 @@ def _object_of(text: str) -> str:
     return " ".join(words[i + 1: i + 3])
 
 
-def _make_mcq(rng: np.random.Generator, videos: list[list[ClipRecord]], num: int
-              ) -> list[MCQItem]:
+def _make_mcq(rng: np.random.Generator, videos: list[list[ClipRecord]], scenes: list[set[str]],
+              num: int) -> list[MCQItem]:
     items: list[MCQItem] = []
     attempts = 0
     while len(items) < num and attempts < 50 * max(num, 1):
@@ -323,9 +327,10 @@ def _make_mcq(rng: np.random.Generator, videos: list[list[ClipRecord]], num: int
             vids = [int(i) for i in rng.permutation(len(videos)) if int(i) != v]
             picks = []
             for w in vids:
-                cands = [c for c in videos[w] if _object_of(c.clip_text) != obj]
-                if cands:
-                    picks.append(cands[int(rng.integers(len(cands)))])
+                # Another scene: a video whose table does not hold the query's object at all.
+                if obj in scenes[w]:
+                    continue
+                picks.append(videos[w][int(rng.integers(len(videos[w])))])
                 if len(picks) == 4:
                     break
             if len(picks) < 4:
@@ -360,13 +365,15 @@ def generate_dataset(out_dir: str | Path, seed: int, cfg: SynthConfig | None = N
     num_videos = max(5, math.ceil(cfg.num_clips / cfg.clips_per_video))
     all_records: list[ClipRecord] = []
     per_video: list[list[ClipRecord]] = []
+    scenes: list[set[str]] = []
     for i in range(num_videos):
         uid = f"synth{seed}_{i:04d}"
-        frames, records = _make_video(rng, cfg, uid)
+        frames, records, scene = _make_video(rng, cfg, uid)
         _write_video(vdir / f"{uid}.mp4", frames, cfg.fps, cfg.codec)
         all_records.extend(records)
         per_video.append(records)
+        scenes.append(scene)
     write_egoclip(out / "egoclip.csv", all_records)
-    write_egomcq(out / "egomcq.json", _make_mcq(rng, per_video, cfg.num_mcq))
+    write_egomcq(out / "egomcq.json", _make_mcq(rng, per_video, scenes, cfg.num_mcq))
     return {"root": out, "videos": vdir, "egoclip": out / "egoclip.csv",
             "egomcq": out / "egomcq.json"}
