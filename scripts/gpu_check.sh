@@ -104,8 +104,8 @@ if [[ -n "$missing" ]]; then
   if compgen -G "$repo/.whl/*.whl" >/dev/null; then
     echo "== installing carried wheels for: $missing"
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$repo"/.whl/*.whl >"$log_dir/wheels.log" 2>&1 \
-      || echo "wheel install failed (see $log_dir/wheels.log)" | tee -a "$summary"
+      --target /tmp/site "$repo"/.whl/*.whl >>"$log_dir/env.log" 2>&1 \
+      || echo "wheel install failed (see $log_dir/env.log)" | tee -a "$summary"
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   else
     echo "missing Python packages: $missing (no .whl/ folder to install them from)" \

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kSimtThreads) time_forward_kernel(const AttnAr
 
 // dQ of the column's F queries and dK/dV of its F keys (the CLS query's share included).
 template <class T, int DH, int FMAX>
-__global__ void __launch_bounds__(kSimtThreads) time_backward_kernel(const AttnArgs a) {
+__global__ void __launch_bounds__(kSimtThreads, 1) time_backward_kernel(const AttnArgs a) {
   constexpr int E = DH / 32;
   const ColumnTask c = column_task(a);
   if (!c.active) return;  // warp-uniform; this kernel has no block barrier

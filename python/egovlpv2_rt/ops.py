@@ -253,6 +253,17 @@ def _validate_cross(
 # Public face.
 
 
+def _autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Under torch.autocast the fused ops run in the autocast dtype, like the Linears feeding them.
+
+    Without this, autocast hands the ops bf16 activations next to fp32 weights and gates.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 def divided_space_time_attention(
     qkv: Tensor,
     num_heads: int,
@@ -267,9 +278,13 @@ def divided_space_time_attention(
     as (h dh)). temporal selects the key set of the patch queries: False = CLS + their frame
     (space), True = CLS + their spatial position in every frame (time); the CLS query attends
     to every token. q is multiplied by scale first. Returns [B, 1+F*N, D] contiguous, dtype of
-    qkv (the input of the block's proj Linear). impl="fused" supports float32/float64 on CPU.
+    qkv (the input of the block's proj Linear). impl="fused" supports float32/float64 on CPU and
+    float32/float16/bfloat16 on CUDA; under torch.autocast it runs in the autocast dtype (the
+    reference path follows PyTorch's own promotion instead).
     """
     _check_impl(impl)
+    if impl == "fused" and isinstance(qkv, Tensor):
+        (qkv,) = _autocast(qkv.device.type, qkv)
     _validate_space_time(qkv, num_heads, num_frames, temporal, scale)
     if impl == "reference":
         return reference_divided_space_time_attention(qkv, num_heads, num_frames, temporal, scale)
@@ -299,9 +314,14 @@ def gated_cross_attention(
     q: [B, Lq, D]; k, v: [B, Lk, D] (any strides, e.g. the halves of one packed projection);
     key_mask: [B, Lk] additive (same dtype as q) or None; proj_weight: [Dout, D];
     proj_bias: [Dout] or None; gate: one-element tensor; residual: [B, Lq, Dout].
-    Returns [B, Lq, Dout] contiguous, dtype of q. impl="fused" supports float32/float64 on CPU.
+    Returns [B, Lq, Dout] contiguous, dtype of q. impl="fused" supports float32/float64 on CPU
+    and float32/float16/bfloat16 on CUDA; under torch.autocast it runs in the autocast dtype.
     """
     _check_impl(impl)
+    if impl == "fused" and isinstance(q, Tensor):
+        q, k, v, key_mask, proj_weight, proj_bias, gate, residual = _autocast(
+            q.device.type, q, k, v, key_mask, proj_weight, proj_bias, gate, residual
+        )
     _validate_cross(q, k, v, key_mask, proj_weight, proj_bias, gate, residual, num_heads, scale)
     if impl == "reference":
         return reference_gated_cross_attention(

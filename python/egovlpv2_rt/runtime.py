@@ -633,7 +633,10 @@ class _NoBar:
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are a convenience: run without them
+        return _NoBar()
 
     return tqdm(total=total, desc=desc, unit="clip" if "clip" in desc else "item",
                 leave=False)
