@@ -162,7 +162,7 @@ def test_embed_folder_and_parquet(synth, model_dir, tmp_path, capsys):
 
 def test_sharded_embed_and_index_merge(clip_list, model_dir, embeddings, tmp_path, capsys,
                                        monkeypatch):
-    out = tmp_path / "sharded.safetensors"
+    out = tmp_path / "new_folder" / "sharded.safetensors"  # created by the ranks
     for rank in (0, 1):  # what torchrun --nproc_per_node 2 would run, one rank at a time
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
@@ -170,7 +170,7 @@ def test_sharded_embed_and_index_merge(clip_list, model_dir, embeddings, tmp_pat
         res = run_json(["embed", "--videos", str(clip_list), "--out", str(out),
                         "--checkpoint", str(model_dir), "--device", "cpu", "--shard"], capsys)
         assert res["rank"] == rank and res["clips"] == 5
-    manifest = tmp_path / "sharded.manifest.json"
+    manifest = tmp_path / "new_folder" / "sharded.manifest.json"
     assert json.loads(manifest.read_text())["shards"] == [
         "sharded.shard-00000-of-00002.safetensors", "sharded.shard-00001-of-00002.safetensors"]
     merged_file = tmp_path / "merged.safetensors"

@@ -143,6 +143,26 @@ def test_temporal(emu, dtype, frames, head_dim):
                  temporal=True, seed=frames, tensor_cores=False)
 
 
+@pytest.mark.parametrize(
+    "dtype,batch,frames,patches,heads,head_dim,temporal",
+    [
+        # temporal, 12 heads x 64: 2 columns side by side x 4 steps per CTA, 3 CTAs per clip
+        # (the last one partly idle), so the CLS partials merge in a CTA and across CTAs
+        (torch.bfloat16, 2, 4, 19, 12, 64, True),
+        # temporal, head dim 32, 3 heads: 252 busy threads (slots straddle warps), F < bucket
+        (torch.float16, 1, 3, 23, 3, 32, True),
+        # spatial CLS row: 4 tokens per slot per step, partials from 2 CTAs
+        (torch.float16, 1, 2, 50, 3, 32, False),
+        (torch.bfloat16, 1, 1, 40, 12, 64, False),
+    ],
+)
+def test_cls_split_softmax(emu, dtype, batch, frames, patches, heads, head_dim, temporal):
+    # The CLS query's softmax from per-CTA partials in the workspace, merged by a combine kernel.
+    emu.schedule(2, 1)
+    _run_divided(emu, dtype, batch, frames, patches, heads, head_dim, temporal, seed=patches,
+                 tensor_cores=not temporal)
+
+
 @pytest.mark.parametrize("temporal", [False, True])
 @pytest.mark.parametrize(
     "dtype,layout,tensor_cores",

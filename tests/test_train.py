@@ -226,3 +226,26 @@ def test_param_groups_and_schedule_follow_the_original():
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5e-4) and lrs[10] == pytest.approx(1e-4)
     assert lrs[60] == pytest.approx(0.5e-4)     # half way through the cosine
     assert lrs[110] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scale_initialisation_keeps_special_inits():
+    from egovlpv2_rt.config import preset
+    from egovlpv2_rt.modeling.model import EgoVLPv2
+    from egovlpv2_rt.train.trainer import scale_initialisation
+
+    torch.manual_seed(0)
+    ref = EgoVLPv2(preset("tiny"))
+    torch.manual_seed(0)
+    model = EgoVLPv2(preset("tiny"))
+    scale_initialisation(model, 3.0)
+    a, b = ref.state_dict(), model.state_dict()
+    assert torch.equal(b["video_model.blocks.0.attn.qkv.weight"],
+                       3.0 * a["video_model.blocks.0.attn.qkv.weight"])
+    assert torch.equal(b["text_model.embeddings.word_embeddings.weight"],
+                       3.0 * a["text_model.embeddings.word_embeddings.weight"])
+    assert b["text_model.embeddings.word_embeddings.weight"][1].abs().max() == 0  # padding row
+    for key in ("video_model.blocks.0.timeattn.proj.weight",  # identity-style init, kept
+                "video_model.blocks.0.attn.qkv.bias", "video_model.blocks.0.norm1.weight",
+                "video_model.blocks.6.attn.alpha_i2t"):
+        assert torch.equal(a[key], b[key]), key
+    assert b["video_model.blocks.0.timeattn.qkv.weight"].abs().max() == 0

@@ -146,7 +146,33 @@ AttnArgs divided_args(DType dtype, const void* qkv, int64_t sb, int64_t st, int6
 
 }  // namespace
 
+namespace {
+
+// The split-softmax plan of the CLS row for these shapes (ok == false: not available).
+detail::ClsPlan forward_cls_plan(DType dtype, int64_t tokens, int heads, int head_dim,
+                                 int frames, bool temporal) {
+  if (dtype == DType::kFloat32 || frames < 1 || tokens < 2 || (tokens - 1) % frames != 0) {
+    return detail::ClsPlan{};
+  }
+  if (temporal && detail::time_vec_supported(frames, head_dim)) {
+    return detail::cls_plan(heads, head_dim, (tokens - 1) / frames, 1);
+  }
+  // The CLS row alone (its keys are every token in both modes).
+  return detail::cls_plan(heads, head_dim, tokens - 1, 4);
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------
+size_t divided_forward_workspace_bytes(const DividedForwardParams& p) {
+  if (!valid_divided(p.dtype, p.batch, p.tokens, p.heads, p.head_dim, p.frames)) return 0;
+  const detail::ClsPlan plan =
+      forward_cls_plan(p.dtype, p.tokens, p.heads, p.head_dim, p.frames, p.temporal);
+  if (!plan.ok || p.batch > 65535) return 0;
+  return size_t(p.batch) * size_t(p.heads) * size_t(plan.chunks) * size_t(p.head_dim + 2) *
+         sizeof(float);
+}
+
 cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream) {
   if (!valid_divided(p.dtype, p.batch, p.tokens, p.heads, p.head_dim, p.frames)) {
     return cudaErrorInvalidValue;
@@ -159,11 +185,22 @@ cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream) 
   a.o_sb = p.tokens * D;
   a.o_st = D;
   a.lse = p.lse;
+  const size_t ws_need = divided_forward_workspace_bytes(p);
   return by_dtype(p.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     cudaError_t err = cudaSuccess;
     AlignCheck vc = simt_align(a, p.dtype);
     const bool vec = add_out(add_qkv(vc, a), a.o, a.o_sb, a.o_st).ok;
+    bool cls_vec = false;  // CLS row from per-CTA partials (16-byte rows, workspace given)
+    if constexpr (!std::is_same<T, float>::value) {
+      AlignCheck c16 = mma_align(a, p.dtype);
+      cls_vec = ws_need > 0 && p.workspace != nullptr && p.workspace_bytes >= ws_need &&
+                a.patches > 0 && add_out(add_qkv(c16, a), a.o, a.o_sb, a.o_st).ok;
+      if (cls_vec && p.temporal && detail::time_vec_supported(p.frames, p.head_dim)) {
+        // Patch tokens and the CLS row in one pass over qkv, then the tiny combine.
+        return detail::launch_cls_vec<T>(true, a, p.workspace, stream);
+      }
+    }
     bool done = false;
     if constexpr (!std::is_same<T, float>::value) {
       AlignCheck mc = mma_align(a, p.dtype);
@@ -189,6 +226,10 @@ cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream) 
       a.vec_ok = vec;
       err = detail::launch_simt<T>(detail::kSimtForward, a, stream);
       if (err != cudaSuccess) return err;
+    }
+    if constexpr (!std::is_same<T, float>::value) {
+      // The CLS query attends to every token: split over many CTAs, then combined.
+      if (cls_vec) return detail::launch_cls_vec<T>(false, a, p.workspace, stream);
     }
     // The CLS query attends to every token: one row, split over all warps of a CTA.
     a.row_begin = 0;

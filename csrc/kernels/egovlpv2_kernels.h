@@ -39,6 +39,10 @@ struct DividedForwardParams {
   float scale = 1.f;
   void* out = nullptr;   // [batch, tokens, D] contiguous, dtype
   float* lse = nullptr;  // [batch, heads, tokens]
+  // Optional float32 scratch for the CLS row's split softmax (divided_forward_workspace_bytes);
+  // without it (null or too small) the CLS row runs as one row split over a CTA's warps.
+  float* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 struct DividedBackwardParams {
@@ -118,6 +122,9 @@ struct GateResidualParams {
   int64_t numel = 0;
 };
 
+// Bytes of DividedForwardParams::workspace that divided_forward can use for these shapes and
+// dtype (0: no use). Depends only on dtype, batch, tokens, heads, head_dim, frames, temporal.
+size_t divided_forward_workspace_bytes(const DividedForwardParams& p);
 cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream);
 cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream);
 cudaError_t cross_forward(const CrossForwardParams& p, cudaStream_t stream);

@@ -1,5 +1,6 @@
 // One-row-per-warp attention kernels for __nv_bfloat16 (see attention_simt.cuh and
 // attention_time.cuh).
+#include "attention_cls.cuh"
 #include "attention_time.cuh"
 
 namespace egovlpv2 {
@@ -10,6 +11,8 @@ template cudaError_t launch_simt<__nv_bfloat16>(int kind, const AttnArgs& a, cud
 template cudaError_t launch_delta<__nv_bfloat16>(const AttnArgs& a, cudaStream_t stream);
 template cudaError_t launch_time_columns<__nv_bfloat16>(bool backward, const AttnArgs& a,
                                                 cudaStream_t stream);
+template cudaError_t launch_cls_vec<__nv_bfloat16>(bool fused_time, const AttnArgs& a,
+                                                   float* ws, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace kernels

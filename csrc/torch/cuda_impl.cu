@@ -181,6 +181,15 @@ std::tuple<Tensor, Tensor> space_time_forward(const Tensor& qkv_in, int64_t num_
   p.scale = float(scale);
   p.out = out.mutable_data_ptr();
   p.lse = static_cast<float*>(lse.mutable_data_ptr());
+  // Scratch for the CLS row's split softmax (a few MB at B=32); the caching allocator keeps it
+  // stream-ordered, so freeing it right after the launch is safe and graph-capturable.
+  std::optional<Tensor> workspace;
+  const size_t ws_bytes = kern::divided_forward_workspace_bytes(p);
+  if (ws_bytes > 0) {
+    workspace = new_empty({int64_t(ws_bytes / sizeof(float))}, ScalarType::Float, qkv);
+    p.workspace = static_cast<float*>(workspace->mutable_data_ptr());
+    p.workspace_bytes = ws_bytes;
+  }
   check_launch(kern::divided_forward(p, current_stream(qkv)), op);
   return {out, lse};
 }

@@ -221,6 +221,7 @@ def write_manifest(out: str | os.PathLike, world_size: int, total_clips: int) ->
     """The manifest of a sharded run (written by rank 0; its content is known up front)."""
     path = manifest_path(out)
     shards = [shard_path(out, r, world_size).name for r in range(world_size)]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"format_version": 1, "world_size": world_size,
                                 "total_clips": total_clips, "shards": shards}, indent=1) + "\n")
     return path

@@ -1,6 +1,8 @@
 // C entry points over egovlpv2_kernels.h for the emulator build (ctypes-friendly: plain scalars
 // and pointers). Used by tests/test_kernels_emulated.py.
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "../egovlpv2_kernels.h"
 #include "cuda_emu.h"
@@ -42,6 +44,11 @@ __attribute__((visibility("default"))) int ego_emu_divided_forward(
   p.scale = scale;
   p.out = out;
   p.lse = lse;
+  // Scratch as the torch registration gives it: uninitialised (NaN here, so unwritten
+  // partials would show).
+  std::vector<float> ws(divided_forward_workspace_bytes(p) / sizeof(float), NAN);
+  p.workspace = ws.empty() ? nullptr : ws.data();
+  p.workspace_bytes = ws.size() * sizeof(float);
   return int(divided_forward(p, nullptr));
 }
 

@@ -166,7 +166,10 @@ class TrainConfig:
     ``init_scale`` multiplies the initial weight matrices of every Linear and Embedding layer
     of a model trained from scratch (not biases, LayerNorms, gates, or the time attention's
     identity ``proj``). The original's std 0.02 suits width 768; a narrow model keeps the same
-    signal propagation with ``sqrt(768 / width)``.
+    signal propagation with ``sqrt(768 / width)``. ``gate_init`` is the starting value of the
+    cross-attention gates ``alpha_i2t`` / ``alpha_t2i`` (0 in the original, whose towers are
+    pre-trained); from scratch, a zero gate and a random cross-attention form a saddle that VTM
+    takes hundreds of steps to leave.
     """
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -187,6 +190,7 @@ class TrainConfig:
     num_threads: int = 0
     precision: str = "float32"
     init_scale: float = 1.0
+    gate_init: float = 0.0
 
     def validate(self, where: str = "config") -> None:
         """Range checks that the dataclass types alone do not express."""

@@ -196,6 +196,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     model = EgoVLPv2(mc)
     if cfg.init_scale != 1.0:
         scale_initialisation(model, cfg.init_scale)
+    if cfg.gate_init != 0.0:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("alpha_i2t", "alpha_t2i")):
+                    p.fill_(cfg.gate_init)
     model = model.to(device=info.device, dtype=dtype)
     model.train()
     weights = cfg.loss.weights()
