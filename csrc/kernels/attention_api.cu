@@ -240,6 +240,16 @@ cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream) 
   });
 }
 
+size_t divided_backward_workspace_bytes(const DividedBackwardParams& p) {
+  if (!valid_divided(p.dtype, p.batch, p.tokens, p.heads, p.head_dim, p.frames)) return 0;
+  if (p.dtype == DType::kFloat32 || p.tokens < 2 || p.batch > 65535) return 0;
+  const detail::ClsPlan plan =
+      detail::cls_plan(p.heads, p.head_dim, p.tokens, 2, detail::kClsBackwardSteps);
+  if (!plan.ok) return 0;
+  return size_t(p.batch) * size_t(p.heads) * size_t(plan.chunks) * size_t(3 * p.head_dim) *
+         sizeof(float);
+}
+
 cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream) {
   if (!valid_divided(p.dtype, p.batch, p.tokens, p.heads, p.head_dim, p.frames)) {
     return cudaErrorInvalidValue;
@@ -263,6 +273,7 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
   a.dv = advance(p.grad_qkv, 2 * D, p.dtype);
   a.dk_sb = a.dv_sb = p.tokens * 3 * D;
   a.dk_st = a.dv_st = 3 * D;
+  const size_t ws_need = divided_backward_workspace_bytes(p);
   return by_dtype(p.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     cudaError_t err = detail::launch_delta<T>(a, stream);
@@ -273,13 +284,15 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
             a.dv, a.dv_sb, a.dv_st);
     const bool vec = vc.ok;
     const int64_t partners = p.temporal ? p.frames + 1 : a.patches + 1;
-    bool mma_ok = false;
+    bool mma_ok = false, cls_split = false;
     if constexpr (!std::is_same<T, float>::value) {
       AlignCheck mc = mma_align(a, p.dtype);
       add_out(add_out(add_out(add_grad(add_qkv(mc, a), a), a.o, a.o_sb, a.o_st), a.dk, a.dk_sb,
                       a.dk_st),
               a.dv, a.dv_sb, a.dv_st);
       mma_ok = !p.temporal && a.patches > 0 && mc.ok && device_has_mma();
+      // Row 0 (CLS query dQ, CLS key dK/dV) split over many CTAs: 16-byte rows, workspace.
+      cls_split = ws_need > 0 && p.workspace != nullptr && p.workspace_bytes >= ws_need && mc.ok;
     }
     // Temporal columns: dQ, dK and dV of every patch token in one pass.
     const bool columns =
@@ -306,12 +319,14 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
       err = detail::launch_simt<T>(detail::kSimtDq, a, stream);
       if (err != cudaSuccess) return err;
     }
-    a.row_begin = 0;
-    a.row_count = 1;
-    a.split = choose_split(p.tokens);
-    a.vec_ok = vec;
-    err = detail::launch_simt<T>(detail::kSimtDq, a, stream);
-    if (err != cudaSuccess) return err;
+    if (!cls_split) {
+      a.row_begin = 0;
+      a.row_count = 1;
+      a.split = choose_split(p.tokens);
+      a.vec_ok = vec;
+      err = detail::launch_simt<T>(detail::kSimtDq, a, stream);
+      if (err != cudaSuccess) return err;
+    }
     // dK, dV of the patch keys, then of the CLS key (attended by every query).
     done = columns;
     if constexpr (!std::is_same<T, float>::value) {
@@ -328,6 +343,9 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
       a.vec_ok = vec;
       err = detail::launch_simt<T>(detail::kSimtDkv, a, stream);
       if (err != cudaSuccess) return err;
+    }
+    if constexpr (!std::is_same<T, float>::value) {
+      if (cls_split) return detail::launch_cls_backward<T>(a, p.workspace, stream);
     }
     a.row_begin = 0;
     a.row_count = 1;

@@ -358,6 +358,175 @@ cudaError_t launch_cls_combine_dh(const AttnArgs& a, const float* ws, int64_t ch
   return cudaGetLastError();
 }
 
+// Backward of the CLS row and the CLS key, split over many CTAs. Every token i is both a key of
+// the CLS query (dQ_0 += dS_0i k_i) and a query of the CLS key (dK_0 += dS_i0 q_i,
+// dV_0 += P_i0 dO_i), token 0 included. Each CTA writes, per head, the plain sums of its tokens
+// (`[B, h, chunks, 3, DH]`, scale not yet applied); cls_backward_combine_kernel adds them up.
+// grid (chunks, batch); token t = chunk*C*I*U + (it*C + c)*U + u.
+template <class T, int DH, int U>
+__global__ void __launch_bounds__(256, 1) cls_backward_partial_kernel(const AttnArgs a, float* ws,
+                                                                      int cols, int iters,
+                                                                      int64_t chunks) {
+  constexpr int L = DH / 8;
+  const int tid = threadIdx.x, slot = tid / L, sub = tid % L, d0 = sub * 8;
+  const int H = a.heads;
+  const int c = slot / H;
+  const bool slot_ok = c < cols;
+  const int h = slot_ok ? slot % H : 0;
+  const int64_t b = blockIdx.y, T_ = a.tokens;
+  const int64_t hd = int64_t(h) * DH + d0;
+  const T* Q = static_cast<const T*>(a.q) + b * a.q_sb + hd;
+  const T* K = static_cast<const T*>(a.k) + b * a.k_sb + hd;
+  const T* V = static_cast<const T*>(a.v) + b * a.v_sb + hd;
+  const T* G = static_cast<const T*>(a.dout) + b * a.do_sb + hd;
+  const float* Lse = a.lse + (b * H + h) * a.q_rows;
+  const float* Dl = a.delta + (b * H + h) * a.q_rows;
+  const float sl2 = a.scale * kLog2e;
+  float q0[8], k0[8], v0[8], g0[8];
+  ld8<T>(q0, Q);
+  ld8<T>(k0, K);
+  ld8<T>(v0, V);
+  ld8<T>(g0, G);
+  const float lse0 = Lse[0] * kLog2e, dl0 = Dl[0];
+  float dq[8], dk[8], dv[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) dq[e] = dk[e] = dv[e] = 0.f;
+  for (int it = 0; it < iters; ++it) {
+    const int64_t t0 = int64_t(blockIdx.x) * cols * iters * U + (int64_t(it) * cols + c) * U;
+    float q[U][8], k[U][8], v[U][8], g[U][8], lse[U], dl[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      ok[u] = slot_ok && t0 + u < T_;
+      const int64_t t = ok[u] ? t0 + u : 0;
+      ld8<T>(q[u], Q + t * a.q_st);
+      ld8<T>(k[u], K + t * a.k_st);
+      ld8<T>(v[u], V + t * a.v_st);
+      ld8<T>(g[u], G + t * a.do_st);
+      lse[u] = Lse[t] * kLog2e;
+      dl[u] = Dl[t];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const float sa = slot_sum<L>(dot8(q0, k[u]));   // CLS query . key t
+      const float dpa = slot_sum<L>(dot8(g0, v[u]));
+      const float sb = slot_sum<L>(dot8(q[u], k0));   // query t . CLS key
+      const float dpb = slot_sum<L>(dot8(g[u], v0));
+      const float pa = ok[u] ? exp2f(sa * sl2 - lse0) : 0.f;
+      const float pb = ok[u] ? exp2f(sb * sl2 - lse[u]) : 0.f;
+      const float dsa = pa * (dpa - dl0), dsb = pb * (dpb - dl[u]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        dq[e] = fmaf(dsa, k[u][e], dq[e]);
+        dk[e] = fmaf(dsb, q[u][e], dk[e]);
+        dv[e] = fmaf(pb, g[u][e], dv[e]);
+      }
+    }
+  }
+  // Sum the C slots of each head through shared memory; slot c == 0 writes the CTA's sums.
+  EGO_DYNAMIC_SMEM(float, sm);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    sm[(tid * 3 + 0) * 8 + e] = dq[e];
+    sm[(tid * 3 + 1) * 8 + e] = dk[e];
+    sm[(tid * 3 + 2) * 8 + e] = dv[e];
+  }
+  __syncthreads();
+  if (slot < H) {
+    float* P = ws + ((b * H + slot) * chunks + blockIdx.x) * (3 * DH);
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+      for (int cc = 0; cc < cols; ++cc) {
+        const int t = (cc * H + slot) * L + sub;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] += sm[(t * 3 + x) * 8 + e];
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) P[x * DH + d0 + e] = acc[e];
+    }
+  }
+}
+
+// dQ, dK, dV of token 0: the sums of all chunks, scaled. One CTA per (batch, head).
+template <class T, int DH>
+__global__ void __launch_bounds__(kSimtThreads) cls_backward_combine_kernel(const AttnArgs a,
+                                                                             const float* ws,
+                                                                             int64_t chunks) {
+  constexpr int E = DH / 32;
+  EGO_DYNAMIC_SMEM(float, sm);  // [kSimtWarps][3][DH]
+  const int64_t task = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, d0 = lane * E;
+  const int64_t b = task / a.heads;
+  const int h = int(task % a.heads);
+  const float* P0 = ws + task * chunks * (3 * DH);
+  float acc[3][E];
+#pragma unroll
+  for (int x = 0; x < 3; ++x) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[x][e] = 0.f;
+  }
+#pragma unroll 4
+  for (int64_t ch = warp; ch < chunks; ch += kSimtWarps) {
+    const float* P = P0 + ch * (3 * DH);
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[x][e] += P[x * DH + d0 + e];
+    }
+  }
+#pragma unroll
+  for (int x = 0; x < 3; ++x) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) sm[(warp * 3 + x) * DH + d0 + e] = acc[x][e];
+  }
+  __syncthreads();
+  if (warp != 0) return;  // no barrier after this point
+  const int64_t hd = int64_t(h) * DH + d0;
+  T* out[3] = {static_cast<T*>(a.o) + b * a.o_sb + hd, static_cast<T*>(a.dk) + b * a.dk_sb + hd,
+               static_cast<T*>(a.dv) + b * a.dv_sb + hd};
+#pragma unroll
+  for (int x = 0; x < 3; ++x) {
+    const float f = x < 2 ? a.scale : 1.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      float t = 0.f;
+#pragma unroll
+      for (int w = 0; w < kSimtWarps; ++w) t += sm[(w * 3 + x) * DH + d0 + e];
+      out[x][e] = from_f<T>(t * f);
+    }
+  }
+}
+
+template <class T, int DH>
+cudaError_t launch_cls_backward_dh(const AttnArgs& a, float* ws, const ClsPlan& p,
+                                   cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.chunks), static_cast<unsigned>(a.batch));
+  const size_t smem = size_t(p.threads) * 24 * sizeof(float);
+  auto fn = &cls_backward_partial_kernel<T, DH, 2>;
+  EGO_LAUNCH(fn, grid, dim3(p.threads), smem, stream, a, ws, p.cols, p.iters, p.chunks);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int64_t ctas = a.batch * a.heads;
+  if (ctas > INT_MAX) return cudaErrorInvalidValue;
+  const size_t smem2 = size_t(kSimtWarps) * 3 * DH * sizeof(float);
+  auto fn2 = &cls_backward_combine_kernel<T, DH>;
+  EGO_LAUNCH(fn2, dim3(static_cast<unsigned>(ctas)), dim3(kSimtThreads), smem2, stream, a,
+             static_cast<const float*>(ws), p.chunks);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_cls_backward(const AttnArgs& a, float* ws, cudaStream_t stream) {
+  const ClsPlan p = cls_plan(a.heads, a.head_dim, a.tokens, 2, kClsBackwardSteps);
+  if (!p.ok || a.batch > 65535) return cudaErrorInvalidValue;
+  if (a.head_dim == 32) return launch_cls_backward_dh<T, 32>(a, ws, p, stream);
+  if (a.head_dim == 64) return launch_cls_backward_dh<T, 64>(a, ws, p, stream);
+  return launch_cls_backward_dh<T, 128>(a, ws, p, stream);
+}
+
 template <class T>
 cudaError_t launch_cls_vec(bool fused_time, const AttnArgs& a, float* ws, cudaStream_t stream) {
   const ClsPlan p = fused_time ? cls_plan(a.heads, a.head_dim, a.patches, 1)

@@ -54,7 +54,7 @@ struct ClsPlan {
 };
 
 // items: patch columns N (temporal) or patch tokens F*N (spatial CLS row).
-inline ClsPlan cls_plan(int heads, int head_dim, int64_t items, int unroll) {
+inline ClsPlan cls_plan(int heads, int head_dim, int64_t items, int unroll, int steps = 4) {
   ClsPlan p;
   if (head_dim != 32 && head_dim != 64 && head_dim != 128) return p;
   p.lanes = head_dim / 8;
@@ -62,9 +62,10 @@ inline ClsPlan cls_plan(int heads, int head_dim, int64_t items, int unroll) {
   if (heads < 1 || slot_threads > 256 || items < 1) return p;
   p.cols = int(256 / slot_threads);
   p.threads = int((int64_t(p.cols) * slot_threads + 31) / 32 * 32);
-  // About 4 columns (or 4 steps of U tokens) per CTA: enough CTAs for even waves on a large
-  // GPU, few enough partials (B*h*chunks*(DH+2) floats, 5 MB at B=32, 12 heads, N=196).
-  p.iters = p.cols >= 4 ? 1 : 4 / p.cols;
+  // About `steps` columns (or steps of U tokens) per slot position: enough CTAs for even waves
+  // on a large GPU, few enough partials (forward: B*h*chunks*(DH+2) floats, 5 MB at B=32,
+  // 12 heads, N=196).
+  p.iters = p.cols >= steps ? 1 : steps / p.cols;
   p.unroll = unroll;
   p.per_cta = int64_t(p.cols) * p.iters * p.unroll;
   p.chunks = ceil_div(items, p.per_cta);
@@ -82,6 +83,13 @@ inline size_t cls_smem_bytes(const ClsPlan& p) {
 // CLS row only, either mode); then the combine kernel.
 template <class T>
 cudaError_t launch_cls_vec(bool fused_time, const AttnArgs& a, float* ws, cudaStream_t stream);
+
+// dQ of the CLS query and dK, dV of the CLS key (row 0) from per-CTA sums in `ws`
+// (cls_plan(heads, head_dim, tokens, 2, kClsBackwardSteps).chunks per (batch, head), 3 * DH
+// floats each: 15 MB at B=32, 12 heads, 785 tokens).
+constexpr int kClsBackwardSteps = 8;
+template <class T>
+cudaError_t launch_cls_backward(const AttnArgs& a, float* ws, cudaStream_t stream);
 
 // Tensor-core tiles over the groups of mma_groups(); T is __half or __nv_bfloat16.
 template <class T>

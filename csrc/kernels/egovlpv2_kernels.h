@@ -62,6 +62,10 @@ struct DividedBackwardParams {
   float scale = 1.f;
   float* delta = nullptr;     // scratch [batch, heads, tokens]: rowsum(grad_out * out)
   void* grad_qkv = nullptr;   // [batch, tokens, 3*D] contiguous; every element is written
+  // Optional float32 scratch for the CLS row/key gradients split over many CTAs
+  // (divided_backward_workspace_bytes); without it they run as one row split over a CTA.
+  float* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // Attention core of the gated cross-attention: attn = softmax(q*scale k^T + key_mask) v.
@@ -126,6 +130,9 @@ struct GateResidualParams {
 // dtype (0: no use). Depends only on dtype, batch, tokens, heads, head_dim, frames, temporal.
 size_t divided_forward_workspace_bytes(const DividedForwardParams& p);
 cudaError_t divided_forward(const DividedForwardParams& p, cudaStream_t stream);
+// Bytes of DividedBackwardParams::workspace that divided_backward can use (0: no use). Depends
+// only on dtype, batch, tokens, heads, head_dim, frames.
+size_t divided_backward_workspace_bytes(const DividedBackwardParams& p);
 cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream);
 cudaError_t cross_forward(const CrossForwardParams& p, cudaStream_t stream);
 cudaError_t cross_backward(const CrossBackwardParams& p, cudaStream_t stream);

@@ -14,6 +14,8 @@ template cudaError_t launch_time_columns<__nv_bfloat16>(bool backward, const Att
 template cudaError_t launch_cls_vec<__nv_bfloat16>(bool fused_time, const AttnArgs& a,
                                                    float* ws, cudaStream_t stream);
 
+template cudaError_t launch_cls_backward<__nv_bfloat16>(const AttnArgs& a, float* ws,
+                                                        cudaStream_t stream);
 }  // namespace detail
 }  // namespace kernels
 }  // namespace egovlpv2

@@ -14,6 +14,8 @@ template cudaError_t launch_time_columns<__half>(bool backward, const AttnArgs& 
 template cudaError_t launch_cls_vec<__half>(bool fused_time, const AttnArgs& a,
                                             float* ws, cudaStream_t stream);
 
+template cudaError_t launch_cls_backward<__half>(const AttnArgs& a, float* ws,
+                                                 cudaStream_t stream);
 }  // namespace detail
 }  // namespace kernels
 }  // namespace egovlpv2

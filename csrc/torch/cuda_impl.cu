@@ -235,6 +235,13 @@ Tensor space_time_backward(const Tensor& grad_out_in, const Tensor& qkv_in, cons
   p.scale = float(scale);
   p.delta = static_cast<float*>(delta.mutable_data_ptr());
   p.grad_qkv = grad_qkv.mutable_data_ptr();
+  std::optional<Tensor> workspace;  // CLS row/key gradients split over many CTAs
+  const size_t ws_bytes = kern::divided_backward_workspace_bytes(p);
+  if (ws_bytes > 0) {
+    workspace = new_empty({int64_t(ws_bytes / sizeof(float))}, ScalarType::Float, qkv);
+    p.workspace = static_cast<float*>(workspace->mutable_data_ptr());
+    p.workspace_bytes = ws_bytes;
+  }
   check_launch(kern::divided_backward(p, current_stream(qkv)), op);
   return grad_qkv;
 }

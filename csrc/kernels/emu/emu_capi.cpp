@@ -73,6 +73,9 @@ __attribute__((visibility("default"))) int ego_emu_divided_backward(
   p.scale = scale;
   p.delta = delta;
   p.grad_qkv = grad_qkv;
+  std::vector<float> ws(divided_backward_workspace_bytes(p) / sizeof(float), NAN);
+  p.workspace = ws.empty() ? nullptr : ws.data();
+  p.workspace_bytes = ws.size() * sizeof(float);
   return int(divided_backward(p, nullptr));
 }
 
