@@ -10,10 +10,11 @@
 # budget (EGOVLPV2_GPU_CHECK_BUDGET seconds, default 450) so the whole run stays under 8 minutes.
 #
 # Python packages the run needs beyond torch: einops, safetensors, tokenizers, numpy, pytest,
-# scikit-build-core, pybind11. If one is missing and a .whl/ folder sits in the repository root,
+# scikit-build-core, pybind11, av (the runtime tests write synthetic videos). If one is missing and a .whl/ folder sits in the repository root,
 # its wheels are installed with `pip install --no-index --no-deps --target /tmp/site` first.
 #
-# Usage: scripts/gpu_check.sh LOG_DIR        (env PYTHON overrides the interpreter)
+# Usage: scripts/gpu_check.sh LOG_DIR        (env PYTHON overrides the interpreter;
+#        EGOVLPV2_GPU_CHECK_SKIP="gpu-tests bench" skips the named steps)
 set -uo pipefail
 
 if [[ $# -lt 1 ]]; then
@@ -42,6 +43,10 @@ step() {
   left=$(remaining)
   local limit=$((max < left ? max : left))
   local log="$log_dir/$name.log"
+  if [[ " ${EGOVLPV2_GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+    printf '%-14s %-8s %5s s  %s\n' "$name" "SKIPPED" 0 "EGOVLPV2_GPU_CHECK_SKIP" | tee -a "$summary"
+    return 0
+  fi
   if ((limit < 15)); then
     printf '%-14s %-8s %5s s  %s\n' "$name" "SKIPPED" 0 "no time left in the budget" \
       | tee -a "$summary"
@@ -90,7 +95,7 @@ step env 60 bash -c env_report
 missing=$("$py" - <<'EOF'
 import importlib
 names = ["einops", "safetensors", "tokenizers", "numpy", "pytest", "scikit_build_core",
-         "pybind11"]
+         "pybind11", "av"]
 missing = []
 for n in names:
     try:
@@ -152,7 +157,16 @@ step gpu-tests 230 "$py" -m pytest tests/test_ops_cuda.py -m gpu -q -rfEs \
 # ---- 4. benchmark ----------------------------------------------------------------------------
 step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json" --compile-limit 100
 
-# ---- 5. DALI GPU tests -----------------------------------------------------------------------
+# ---- 5. runtime on the GPU (issue 6): tests, then latency of eager vs fused + CUDA graphs --------
+# One log (the device tool brings back at most 8 files).
+runtime_check() {
+  "$py" -m pytest tests/test_runtime.py -m gpu -q -rfEs -p no:cacheprovider || return $?
+  "$py" bench/bench_runtime.py --device cuda --precision bf16 --model base || return $?
+  "$py" bench/bench_runtime.py --device cuda --precision fp16 --model default
+}
+step runtime 150 bash -c "$(declare -f runtime_check); py=$py; runtime_check"
+
+# ---- 6. DALI GPU tests -----------------------------------------------------------------------
 dali_tests=$(ls tests/test_video*.py 2>/dev/null | tr '\n' ' ')
 if dali_why=$("$py" -c "import nvidia.dali as d; print(d.__version__)" 2>&1); then
   if [[ -n "$dali_tests" ]]; then
@@ -173,6 +187,8 @@ grep -E "^torch " "$log_dir/env.log" 2>/dev/null
 echo "-- gpu tests:"
 grep -E "^(FAILED|ERROR)" "$log_dir/gpu-tests.log" 2>/dev/null | head -15
 tail -1 "$log_dir/gpu-tests.log" 2>/dev/null
+echo "-- runtime (tests, then bench_runtime base bf16 and default fp16):"
+grep -vE "^\s*$|warn" "$log_dir/runtime.log" 2>/dev/null | tail -40
 if [[ -f "$log_dir/dali-tests.log" ]]; then
   echo "-- dali tests:"
   tail -1 "$log_dir/dali-tests.log"

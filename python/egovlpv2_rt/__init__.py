@@ -10,8 +10,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import _extension, ops  # ops registers the fake kernels and autograd
+from .runtime import Runtime, default_model_path, load
 
-__all__ = ["__version__", "build_info", "ops"]
+__all__ = ["Runtime", "__version__", "build_info", "default_model_path", "load", "ops"]
 
 
 def build_info() -> dict[str, object]:
