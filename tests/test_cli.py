@@ -3,66 +3,22 @@ fusion re-rank), index, mcq, bench, info; bad input gives one line and exit stat
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _tiny_assets import synthetic_clips, tiny_model_dir
 from egovlpv2_rt import cli
 from egovlpv2_rt.checkpoint import load_model
-from egovlpv2_rt.config import preset
 from egovlpv2_rt.embedding_store import load_embeddings
-from egovlpv2_rt.modeling import EgoVLPv2, sim_matrix
+from egovlpv2_rt.modeling import sim_matrix
 from egovlpv2_rt.runtime import load
 from egovlpv2_rt.video import EvalTransform, read_clip
 
 # ------------------------------------------------------------------------------ fixtures
-# Same helpers as in test_export.py / test_runtime.py (shared files in the session's base
-# temp folder).
-
-
-def tiny_config():
-    cfg = preset("tiny")
-    return cfg.replace(
-        video=dataclasses.replace(cfg.video, depth=2),
-        text=dataclasses.replace(cfg.text, num_hidden_layers=2, vocab_size=300),
-        fusion=dataclasses.replace(cfg.fusion, num_layers=2, num_fuse_block=1, vocab_size=300),
-    )
-
-
-def tiny_model_dir(factory, name: str = "model", seed: int = 0) -> Path:
-    d = factory.getbasetemp() / "egovlpv2-tiny" / name
-    if (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file():
-        return d
-    from egovlpv2_rt.checkpoint import save_safetensors
-    from egovlpv2_rt.data.synthetic import COLOURS, SHAPES, VERBS, narration_words
-    from egovlpv2_rt.train.bpe import train_bpe_tokenizer
-
-    d.mkdir(parents=True, exist_ok=True)
-    texts = [narration_words(v, c, s, r) for v in VERBS for c in COLOURS for s in SHAPES
-             for r in ("", "left", "right")]
-    train_bpe_tokenizer(texts, 300, d / "tokenizer.json")
-    torch.manual_seed(seed)
-    model = EgoVLPv2(tiny_config()).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "alpha" in pname or "timeattn" in pname:
-                p.normal_(0.0, 0.5)
-    save_safetensors(model, d / "model.safetensors")
-    return d
-
-
-def synthetic_clips(factory) -> tuple[Path, list]:
-    from egovlpv2_rt.data.egoclip import read_egoclip
-    from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
-
-    d = factory.getbasetemp() / "egovlpv2-tiny" / "synth"
-    if not (d / "egoclip.csv").is_file():
-        generate_dataset(d, 7, SynthConfig(num_clips=25, clips_per_video=5, size=32,
-                                           num_mcq=4))
-    return d, read_egoclip(d / "egoclip.csv")
+# Tiny model and clips: tests/_tiny_assets.py (shared with the export and runtime tests).
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ text_encoder, vtm); the runtime tests reuse the same folder.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 ort = pytest.importorskip("onnxruntime")
 
-from egovlpv2_rt.checkpoint import load_model, save_safetensors
-from egovlpv2_rt.config import preset
+from _tiny_assets import tiny_export_dir, tiny_model_dir
+from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.export import passes
 from egovlpv2_rt.export.graphs import GRAPHS, build_graph, example_inputs
 from egovlpv2_rt.export.onnx_export import expected_attention_count
@@ -34,53 +33,6 @@ TOL = 1e-4
 
 
 # ------------------------------------------------------------------------------ fixtures
-# The same two helpers live in test_runtime.py and test_cli.py: whichever module runs first
-# builds the files in the session's base temp folder, the others reuse them.
-
-
-def tiny_config():
-    cfg = preset("tiny")
-    return cfg.replace(
-        video=dataclasses.replace(cfg.video, depth=2),
-        text=dataclasses.replace(cfg.text, num_hidden_layers=2, vocab_size=300),
-        fusion=dataclasses.replace(cfg.fusion, num_layers=2, num_fuse_block=1, vocab_size=300),
-    )
-
-
-def tiny_model_dir(factory) -> Path:
-    """model.safetensors (config in metadata) + tokenizer.json of a tiny random EgoVLPv2."""
-    d = factory.getbasetemp() / "egovlpv2-tiny" / "model"
-    if (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file():
-        return d
-    from egovlpv2_rt.data.synthetic import COLOURS, SHAPES, VERBS, narration_words
-    from egovlpv2_rt.train.bpe import train_bpe_tokenizer
-
-    d.mkdir(parents=True, exist_ok=True)
-    texts = [narration_words(v, c, s, r) for v in VERBS for c in COLOURS for s in SHAPES
-             for r in ("", "left", "right")]
-    train_bpe_tokenizer(texts, 300, d / "tokenizer.json")
-    torch.manual_seed(0)
-    model = EgoVLPv2(tiny_config()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Gates and time attention start at zero/identity; make them matter.
-            if "alpha" in name or "timeattn" in name:
-                p.normal_(0.0, 0.5)
-    save_safetensors(model, d / "model.safetensors")
-    return d
-
-
-def tiny_export_dir(factory) -> Path:
-    """``egovlpv2-export --mode all`` of the tiny model (fp32)."""
-    d = factory.getbasetemp() / "egovlpv2-tiny" / "export"
-    if (d / "export.json").is_file():
-        return d
-    from egovlpv2_rt.export.cli import main
-
-    model_dir = tiny_model_dir(factory)
-    rc = main(["--mode", "all", "--checkpoint", str(model_dir), "--out", str(d), "--json"])
-    assert rc == 0
-    return d
 
 
 @pytest.fixture(scope="module")
