@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "../cpu/attention.h"
+#include "op_messages.h"
 
 namespace {
 
@@ -19,10 +20,7 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 namespace kcpu = egovlpv2::cpu;
 
-constexpr const char* kSpaceTime = "egovlpv2::divided_space_time_attention";
-constexpr const char* kSpaceTimeBackward = "egovlpv2::divided_space_time_attention_backward";
-constexpr const char* kCross = "egovlpv2::gated_cross_attention";
-constexpr const char* kCrossBackward = "egovlpv2::gated_cross_attention_backward";
+using namespace egovlpv2::op_messages;  // op names, shape_of, dtype_name
 
 // ----- the host side of the framework-free kernels -------------------------------------------
 
@@ -42,29 +40,6 @@ void check_status(kcpu::Status status, const char* op) {
 }
 
 // ----- validation ----------------------------------------------------------------------------
-
-std::string shape_of(const Tensor& t) {
-  std::ostringstream s;
-  s << "[";
-  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? ", " : "") << t.size(d);
-  s << "]";
-  return s.str();
-}
-
-const char* dtype_name(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float:
-      return "float32";
-    case ScalarType::Double:
-      return "float64";
-    case ScalarType::Half:
-      return "float16";
-    case ScalarType::BFloat16:
-      return "bfloat16";
-    default:
-      return "a non-floating dtype";
-  }
-}
 
 // `t` is a CPU float32/float64 tensor of `dims` dimensions.
 void check_input(const Tensor& t, const char* op, const char* name, int64_t dims,

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "../kernels/egovlpv2_kernels.h"
+#include "op_messages.h"
 
 namespace {
 
@@ -27,35 +28,9 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 namespace kern = egovlpv2::kernels;
 
-constexpr const char* kSpaceTime = "egovlpv2::divided_space_time_attention";
-constexpr const char* kSpaceTimeBackward = "egovlpv2::divided_space_time_attention_backward";
-constexpr const char* kCross = "egovlpv2::gated_cross_attention";
-constexpr const char* kCrossBackward = "egovlpv2::gated_cross_attention_backward";
+using namespace egovlpv2::op_messages;  // op names, shape_of, dtype_name
 
 // ----- validation ----------------------------------------------------------------------------
-
-std::string shape_of(const Tensor& t) {
-  std::ostringstream s;
-  s << "[";
-  for (int64_t d = 0; d < t.dim(); ++d) s << (d ? ", " : "") << t.size(d);
-  s << "]";
-  return s.str();
-}
-
-const char* dtype_name(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float:
-      return "float32";
-    case ScalarType::Double:
-      return "float64";
-    case ScalarType::Half:
-      return "float16";
-    case ScalarType::BFloat16:
-      return "bfloat16";
-    default:
-      return "a non-floating dtype";
-  }
-}
 
 bool supported_dtype(ScalarType t) {
   return t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16;
