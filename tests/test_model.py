@@ -340,6 +340,21 @@ def test_nan_check_can_be_switched_off():
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
 
 
+def test_skip_value_checks_skips_only_the_value_checks(tiny32):
+    from egovlpv2_rt.modeling.validation import skip_value_checks
+
+    video, _ids, _mask = _good(tiny32.config)
+    nan_video = video.clone()
+    nan_video[0, 0, 0, 0, 0] = float("nan")
+    with torch.no_grad(), skip_value_checks(), skip_value_checks():
+        out = tiny32.encode_video(nan_video)
+        with pytest.raises(ValueError, match="video: expected 3 channels"):
+            tiny32.encode_video(video[:, :, :1])  # shape checks still run
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
+    with pytest.raises(ValueError, match="video: contains NaN"):  # back on after the block
+        tiny32.encode_video(nan_video)
+
+
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [

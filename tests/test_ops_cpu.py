@@ -211,6 +211,29 @@ def test_cross_attention_matches_reference(shape, mask, bias, dtype):
         check(res["fused"][i], res["reference"][i], res["truth"][i], what)
 
 
+def test_fused_ops_under_cpu_bfloat16_autocast_run_in_float32():
+    # The C++ kernels have no bfloat16 path: under CPU autocast the ops run in float32 (inputs
+    # cast up), with autocast off inside the kernel, whose own ATen calls would otherwise
+    # return bfloat16 under it. Same inputs in float32 outside autocast give the same numbers.
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 6, 2, 4, 8, torch.float32,
+                                                               "padding", True)
+    qkv = make_qkv(2, 2, 3, 2, 4, torch.float32, "contiguous")
+    ref_c = ops.gated_cross_attention(q, kv[..., :8], kv[..., 8:], key_mask, weight, bias, gate,
+                                      residual, 2, 0.5)
+    leaf = qkv.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_c = ops.gated_cross_attention(q, kv[..., :8], kv[..., 8:], key_mask, weight, bias,
+                                          gate, residual, 2, 0.5)
+        out_s = ops.divided_space_time_attention(leaf, 2, 2, True, 0.5)
+    assert out_c.dtype == out_s.dtype == torch.float32
+    assert torch.equal(out_c, ref_c)
+    truth_s = ops.divided_space_time_attention(qkv.bfloat16().float(), 2, 2, True, 0.5)
+    assert torch.equal(out_s, truth_s)
+    out_s.sum().backward()
+    assert leaf.grad is not None and leaf.grad.dtype == torch.bfloat16
+    assert torch.isfinite(leaf.grad.float()).all()
+
+
 def test_cross_attention_returns_attn_and_lse():
     q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 6, 2, 4, 8, torch.float64,
                                                                "padding", True)

@@ -122,6 +122,58 @@ def test_two_process_gloo_equals_one_process(dataset, tmp_path):
     assert init_moved > 0
 
 
+def _metrics(out: Path) -> list[dict[str, float]]:
+    import csv
+
+    with (out / "metrics.csv").open(newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def test_loss_start_steps_stage_mlm_and_vtm(dataset, tmp_path):
+    # Step 0 EgoNCE alone, step 1 EgoNCE + MLM, steps 2-3 EgoNCE + MLM + VTM; 2 processes (DDP
+    # must accept the parameters that get no gradient in the early steps) against 1 process,
+    # float64.
+    kw = {"precision": "float64", "max_steps": 4,
+              "loss": {"preset": "original", "mlm_start_step": 1, "vtm_start_step": 2}}
+    one = _write(_config(dataset, tmp_path / "one", **kw), tmp_path / "one.json")
+    two = _write(_config(dataset, tmp_path / "two", **kw), tmp_path / "two.json")
+    _run(_train_cmd(one, 1))
+    _run(_train_cmd(two, 2))
+    rows = _metrics(tmp_path / "one")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    nan = [[r[k] != r[k] for k in ("mlm", "vtm")] for r in rows]  # NaN: term not computed
+    assert nan == [[True, True], [False, True], [False, False], [False, False]]
+    assert rows[0]["loss"] == rows[0]["egonce"]
+    assert abs(rows[1]["loss"] - rows[1]["egonce"] - rows[1]["mlm"]) <= 1e-12 * rows[1]["loss"]
+    for r in rows[2:]:
+        parts = r["egonce"] + r["mlm"] + 2 * r["vtm"]
+        assert abs(r["loss"] - parts) <= 1e-12 * abs(parts)
+    for a, b in zip(rows, _metrics(tmp_path / "two")):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
+    w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
+    # As in the test above: relative to the tensor, but never finer than one Adam step (lr).
+    worst = max(((w2[k] - w1[k]).abs().max().item() / max(w1[k].abs().max().item(), 1e-3), k)
+                for k in w1 if w1[k].is_floating_point())
+    assert worst[0] <= 1e-5, worst
+
+
+def test_loss_start_steps_schedule():
+    from egovlpv2_rt.train.distributed import DistInfo
+    from egovlpv2_rt.train.objective import PretrainObjective
+
+    obj = PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
+                            seed=0, mlm_start_step=2, vtm_start_step=5)
+    got = [obj.weights_at(s) for s in (0, 1, 2, 4, 5, 100)]
+    assert got == [LossWeights(1.0, 0.0, 0.0)] * 2 + [LossWeights(1.0, 1.0, 0.0)] * 2 + [
+        LossWeights(1.0, 1.0, 2.0)] * 2
+    none = PretrainObjective(torch.nn.Linear(1, 1), LossWeights(0.0, 1.0, 2.0), 0.05,
+                             DistInfo(), seed=0, mlm_start_step=1, vtm_start_step=1)
+    with pytest.raises(ValueError, match="no loss"):
+        none.weights_at(0)
+    assert none.weights_at(1) == LossWeights(0.0, 1.0, 2.0)
+
+
 def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     steps = 8
     full = _write(_config(dataset, tmp_path / "full", max_steps=steps, dropout=0.1,
@@ -179,15 +231,29 @@ def test_config_unknown_key_names_file_and_key(dataset, tmp_path):
     cfg["model"]["overrides"]["video"] = {"patch_sizes": 8}
     with pytest.raises(ConfigError, match="patch_sizes"):
         load_train_config(_write(cfg, tmp_path / "bad3.json"))
+    cfg = _config(dataset, tmp_path / "x")
+    cfg["loss"] = {"vtm_start_step": -1}
+    with pytest.raises(ConfigError, match=r"bad4\.json.*loss\.vtm_start_step: must be >= 0"):
+        load_train_config(_write(cfg, tmp_path / "bad4.json"))
 
 
-def test_shipped_example_config_loads():
+def test_shipped_example_config_is_the_default_model_recipe():
+    from egovlpv2_rt.train.default_model import RECIPE, default_train_config
+
     path = REPO / "python" / "egovlpv2_rt" / "configs" / "pretrain_synthetic.yaml"
     cfg = load_train_config(path)
     mc = cfg.model.build()
-    assert mc.text.vocab_size == mc.fusion.vocab_size == 384
+    assert mc.text.vocab_size == mc.fusion.vocab_size == 341
     assert mc.video.depth == 12 and mc.fusion.num_fuse_block == 6
     assert cfg.loss.weights() == LossWeights.original()
+    recipe = default_train_config(Path("data/synth"), Path("data/synth/tokenizer.json"),
+                                  Path("runs/synthetic"), 341, steps=RECIPE["steps"],
+                                  batch=RECIPE["batch"], lr=RECIPE["lr"], width=64, heads=4,
+                                  eval_dir=None, vtm_start_step=RECIPE["vtm_start"])
+    recipe["num_threads"] = 1
+    from egovlpv2_rt.train.config import train_config_from_dict
+
+    assert cfg.to_dict() == train_config_from_dict(recipe, "recipe").to_dict()
 
 
 def test_param_groups_and_schedule_follow_the_original():

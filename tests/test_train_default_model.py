@@ -12,9 +12,14 @@ from egovlpv2_rt.data.egomcq import read_egomcq
 from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
 from egovlpv2_rt.eval.egomcq import evaluate_egomcq
 from egovlpv2_rt.tokenizer import RobertaTokenizer
-from egovlpv2_rt.train.default_model import DEFAULT_DIR, EVAL_SEED, IMAGE_SIZE, MAX_TEXT_LENGTH
-
-N_QUESTIONS = 100
+from egovlpv2_rt.train.default_model import (
+    DEFAULT_DIR,
+    EVAL_CLIPS,
+    EVAL_QUESTIONS,
+    EVAL_SEED,
+    IMAGE_SIZE,
+    MAX_TEXT_LENGTH,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +46,38 @@ def test_default_model_files_and_architecture(shipped):
     assert tok.mask_token_id is not None
 
 
-# Issue 5's acceptance targets. The shipped model (3000 steps, 44.5 min on the shared 2-core CPU)
-# reaches ensemble 72 / 55 (inter / intra) on the held-out split and fusion does not beat dual on
-# intra yet: a known, tracked shortfall (issue 5 is open). strict=True: once a retrained model
-# meets the targets this test reports XPASS as a failure, and the marker must go.
-@pytest.mark.xfail(strict=True, reason="shipped default model below issue 5's EgoMCQ targets "
-                   "(ensemble inter >= 90, intra >= 60, fusion > dual on intra)")
-def test_default_model_egomcq_heldout(shipped, tmp_path_factory):
+@pytest.fixture(scope="module")
+def heldout(shipped, tmp_path_factory):
+    """EgoMCQ accuracy of the shipped model on the held-out split, regenerated here with the
+    build's seed and sizes (videos the model never saw)."""
     model, tok = shipped
     root = tmp_path_factory.mktemp("heldout")
-    # The held-out set of the default-model build (its seed; videos the model never saw).
-    generate_dataset(root, EVAL_SEED, SynthConfig(num_clips=400, size=IMAGE_SIZE,
-                                                  num_mcq=N_QUESTIONS))
+    generate_dataset(root, EVAL_SEED, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE,
+                                                  num_mcq=EVAL_QUESTIONS))
     items = read_egomcq(root / "egomcq.json")
-    res = evaluate_egomcq(model, items, root / "videos", tok, max_length=MAX_TEXT_LENGTH)
-    acc = res.accuracy
+    return evaluate_egomcq(model, items, root / "videos", tok, max_length=MAX_TEXT_LENGTH,
+                           batch_size=8).accuracy
+
+
+def test_default_model_scores_what_its_results_json_says(heldout):
+    recorded = json.loads((DEFAULT_DIR / "results.json").read_text())["egomcq_heldout"]
+    for mode in ("dual", "fusion", "ensemble"):
+        for kind in ("inter", "intra"):
+            assert heldout[mode][f"{kind}_count"] == EVAL_QUESTIONS // 2
+            # One question of 100 either way: summation order may differ from the build's.
+            assert abs(heldout[mode][kind] - recorded[mode][kind]) <= 1.0, (mode, kind)
+    # Far above chance (20%) in every mode.
+    assert min(heldout[m][k] for m in heldout for k in ("inter", "intra")) >= 55.0, heldout
+
+
+# Issue 5's acceptance targets. The shipped model (4200 steps, 34 min on the shared 2-core CPU)
+# reaches ensemble 89 / 72 (inter / intra): inter is one question short of 90, and fusion
+# (62) does not beat dual (74) on intra (see default_model/README.md for why). strict=True: once
+# a retrained model meets the targets this test reports XPASS as a failure, and the marker goes.
+@pytest.mark.xfail(strict=True, reason="shipped default model: ensemble inter 89 < 90 and "
+                   "fusion intra 62 < dual intra 74 (issue 5)")
+def test_default_model_meets_the_egomcq_targets(heldout):
+    acc = heldout
     assert acc["ensemble"]["inter"] >= 90.0, acc
     assert acc["ensemble"]["intra"] >= 60.0, acc
     assert acc["fusion"]["intra"] > acc["dual"]["intra"], acc

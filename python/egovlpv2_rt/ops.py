@@ -15,6 +15,8 @@ have no autograd (no double backward through the fused path).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
@@ -257,11 +259,26 @@ def _autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None,
     """Under torch.autocast the fused ops run in the autocast dtype, like the Linears feeding them.
 
     Without this, autocast hands the ops bf16 activations next to fp32 weights and gates.
+    A dtype the device's kernels lack (bfloat16 on the CPU) runs in float32.
     """
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
+    if dtype not in _FUSED_DTYPES.get(device_type, ()):
+        # bfloat16 autocast on the CPU: the C++ kernels are float32/float64, so the attention
+        # runs in float32 (autocast's own policy for ops without a low-precision kernel); the
+        # Linears around it still run in bfloat16.
+        dtype = torch.float32
     return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _kernel_autocast_guard(device_type: str) -> contextlib.AbstractContextManager[None]:
+    """Autocast off around a float32 fallback (see :func:`_autocast`): the CPU kernels call ATen
+    ops of their own, which autocast would otherwise turn to bfloat16 under the kernel."""
+    if (torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type)
+            not in _FUSED_DTYPES.get(device_type, ())):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def divided_space_time_attention(
@@ -290,9 +307,10 @@ def divided_space_time_attention(
         return reference_divided_space_time_attention(qkv, num_heads, num_frames, temporal, scale)
     _check_fused_dtype(qkv, "qkv")
     _extension.require(qkv.device)
-    out, _ = torch.ops.egovlpv2.divided_space_time_attention(
-        qkv, num_heads, num_frames, temporal, float(scale)
-    )
+    with _kernel_autocast_guard(qkv.device.type):
+        out, _ = torch.ops.egovlpv2.divided_space_time_attention(
+            qkv, num_heads, num_frames, temporal, float(scale)
+        )
     return out
 
 
@@ -329,9 +347,10 @@ def gated_cross_attention(
         )
     _check_fused_dtype(q, "q")
     _extension.require(q.device)
-    out, _, _ = torch.ops.egovlpv2.gated_cross_attention(
-        q, k, v, key_mask, proj_weight, proj_bias, gate, residual, num_heads, float(scale)
-    )
+    with _kernel_autocast_guard(q.device.type):
+        out, _, _ = torch.ops.egovlpv2.gated_cross_attention(
+            q, k, v, key_mask, proj_weight, proj_bias, gate, residual, num_heads, float(scale)
+        )
     return out
 
 

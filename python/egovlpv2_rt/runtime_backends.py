@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,13 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def no_value_checks() -> Iterator[None]:
+def no_value_checks() -> contextlib.AbstractContextManager[None]:
     """Skip the model's data-dependent input checks (token range, finite pixels) while a
     CUDA graph is captured: they read tensor values on the host, which a capture forbids.
     The runtime builds its inputs itself (ids from its tokenizer), so they are valid."""
-    from .modeling import validation
+    from .modeling.validation import skip_value_checks
 
-    original = validation._value_checks_enabled
-    validation._value_checks_enabled = lambda: False
-    try:
-        yield
-    finally:
-        validation._value_checks_enabled = original
+    return skip_value_checks()
 
 
 class Engine:

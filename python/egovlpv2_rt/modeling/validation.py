@@ -3,20 +3,38 @@ what was received, instead of a shape error deep inside a matmul."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from ..config import TextConfig, VideoConfig
 
-__all__ = ["check_batch_match", "check_text", "check_video"]
+__all__ = ["check_batch_match", "check_text", "check_video", "skip_value_checks"]
+
+_skip = threading.local()
+
+
+@contextlib.contextmanager
+def skip_value_checks() -> Iterator[None]:
+    """Within this block (in this thread), skip the data-dependent checks (token range, finite
+    pixels); shape and dtype checks still run. For callers that build valid inputs themselves
+    and cannot afford a host read, e.g. while a CUDA graph is captured. Nests."""
+    _skip.depth = getattr(_skip, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _skip.depth -= 1
 
 
 def _value_checks_enabled() -> bool:
     """Value checks (token range, finite pixels) read tensor data: a host sync, and a graph
-    break under ``torch.compile``/export. They run in eager mode only; shape and dtype checks
-    always run."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                or torch.onnx.is_in_onnx_export())
+    break under ``torch.compile``/export. They run in eager mode only, outside
+    :func:`skip_value_checks`; shape and dtype checks always run."""
+    return not (getattr(_skip, "depth", 0) > 0 or torch.compiler.is_compiling()
+                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def _require_tensor(x: object, name: str, expected: str) -> Tensor:

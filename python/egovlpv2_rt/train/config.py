@@ -126,7 +126,13 @@ class OptimConfig:
 @dataclass
 class LossSection:
     """Loss weights: ``preset: original`` (EgoNCE + MLM + 2 VTM), ``paper`` with ``gamma`` and
-    ``delta`` (``(1-g-d) EgoNCE + g MLM + d VTM``), or ``custom`` with the three weights."""
+    ``delta`` (``(1-g-d) EgoNCE + g MLM + d VTM``), or ``custom`` with the three weights.
+
+    ``mlm_start_step`` / ``vtm_start_step``: the first step at which MLM / VTM join (0: from the
+    start). Trained from scratch, VTM sits at chance (cross-entropy 0.69) until the dual
+    encoder's features separate the captions, while costing a third of each step; EgoVLPv2
+    itself starts from pretrained towers and needs no such stage.
+    """
 
     preset: str = "original"
     gamma: float = 0.25
@@ -137,6 +143,8 @@ class LossSection:
     temperature: float = 0.05
     use_verb: bool = True
     use_noun: bool = True
+    mlm_start_step: int = 0
+    vtm_start_step: int = 0
 
     def weights(self) -> LossWeights:
         if self.preset == "original":
@@ -212,6 +220,8 @@ class TrainConfig:
         need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: off)")
         need(self.loss.temperature > 0, "loss.temperature", "must be > 0")
+        need(self.loss.mlm_start_step >= 0, "loss.mlm_start_step", "must be >= 0")
+        need(self.loss.vtm_start_step >= 0, "loss.vtm_start_step", "must be >= 0")
         need(self.init_scale > 0, "init_scale", "must be > 0")
         try:
             self.loss.weights()

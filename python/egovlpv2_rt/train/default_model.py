@@ -33,11 +33,18 @@ TRAIN_SEED = 1
 EVAL_SEED = 2
 IMAGE_SIZE = 64
 MAX_TEXT_LENGTH = 16
+EVAL_CLIPS = 400
+EVAL_QUESTIONS = 200
+# The shipped model's recipe (the command's defaults): EgoNCE + MLM for the first
+# ``vtm_start`` steps, then EgoNCE + MLM + VTM. See default_model/README.md for why.
+RECIPE = {"train_clips": 2400, "steps": 4200, "vtm_start": 2200, "batch": 16, "lr": 5e-4}
 
 
 def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
     """The default model: EgoVLPv2's topology (12 + 12 layers, top 6 fused) at ``width``."""
     return {
+        # The fused C++ attention ops: 1.6x faster training steps than the reference path.
+        "attention_impl": "fused",
         "video": {"img_size": IMAGE_SIZE, "patch_size": 16, "embed_dim": width, "depth": 12,
                   "num_heads": heads, "num_frames": 4},
         "text": {"vocab_size": vocab_size, "hidden_size": width, "num_hidden_layers": 12,
@@ -54,16 +61,18 @@ def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
 
 def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_size: int,
                          *, steps: int, batch: int, lr: float, width: int, heads: int,
-                         eval_dir: Path | None, eval_every: int = 0, seed: int = 0) -> dict:
+                         eval_dir: Path | None, eval_every: int = 0, seed: int = 0,
+                         vtm_start_step: int = 0, warmup_steps: int | None = None) -> dict:
     cfg = {
         "model": {"preset": "tiny", "overrides": default_model_overrides(vocab_size, width,
                                                                           heads)},
         "data": {"root": str(data_root), "tokenizer": str(tokenizer),
                  "image_size": IMAGE_SIZE, "num_frames": 4, "sampling": "uniform",
                  "cache_clips": True, "neg_seconds": 60.0, "max_text_length": MAX_TEXT_LENGTH},
-        "optim": {"lr": lr, "warmup_steps": max(1, steps // 20), "weight_decay": 0.01,
+        "optim": {"lr": lr, "warmup_steps": (max(1, steps // 20) if warmup_steps is None
+                                           else warmup_steps), "weight_decay": 0.01,
                   "min_lr_ratio": 0.05, "grad_clip": 1.0},
-        "loss": {"preset": "original"},
+        "loss": {"preset": "original", "vtm_start_step": vtm_start_step},
         "out_dir": str(out_dir),
         "seed": seed,
         "global_batch_size": batch,
@@ -87,16 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="build/default_model_work",
                    help="folder for the synthetic data and the run")
     p.add_argument("--out", default=str(DEFAULT_DIR), help="where the model files go")
-    p.add_argument("--train-clips", type=int, default=1200)
-    p.add_argument("--eval-questions", type=int, default=200)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--train-clips", type=int, default=RECIPE["train_clips"])
+    p.add_argument("--eval-questions", type=int, default=EVAL_QUESTIONS)
+    p.add_argument("--steps", type=int, default=RECIPE["steps"])
+    p.add_argument("--batch", type=int, default=RECIPE["batch"])
+    p.add_argument("--lr", type=float, default=RECIPE["lr"])
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--nproc", type=int, default=2,
                    help="training processes (gloo DDP, one thread each: on the CPU this keeps "
                         "denormal flushing effective, which is per thread)")
+    p.add_argument("--vtm-start", type=int, default=RECIPE["vtm_start"],
+                   help="EgoNCE + MLM steps before VTM joins (loss.vtm_start_step)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="learning-rate warm-up steps (default: 5%% of --steps)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="EgoMCQ on the held-out set every N steps (eval.jsonl in the run)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-install", action="store_true", help="do not copy into --out")
     args = p.parse_args(argv)
@@ -113,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         generate_dataset(train_dir, TRAIN_SEED, SynthConfig(num_clips=args.train_clips,
                                                             size=IMAGE_SIZE, num_mcq=20))
     if not (eval_dir / "egomcq.json").is_file():
-        generate_dataset(eval_dir, EVAL_SEED, SynthConfig(num_clips=max(400, args.train_clips
-                                                                         // 3),
-                                                          size=IMAGE_SIZE,
+        # A fixed held-out set (50 videos) whatever the training set's size.
+        generate_dataset(eval_dir, EVAL_SEED, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE,
                                                           num_mcq=args.eval_questions))
     t_data = time.perf_counter() - t_start
     tok_path = work / "tokenizer.json"
@@ -125,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = RobertaTokenizer.from_tokenizer_json(tok_path, max_length=MAX_TEXT_LENGTH)
     cfg_dict = default_train_config(train_dir, tok_path, run_dir, tokenizer.vocab_size,
                                     steps=args.steps, batch=args.batch, lr=args.lr,
-                                    width=args.width, heads=args.heads, eval_dir=eval_dir)
+                                    width=args.width, heads=args.heads, eval_dir=eval_dir,
+                                    eval_every=args.eval_every,
+                                    vtm_start_step=args.vtm_start,
+                                    warmup_steps=args.warmup)
     cfg_dict["num_threads"] = 1
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "train_config.json"

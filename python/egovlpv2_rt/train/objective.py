@@ -72,19 +72,34 @@ class PretrainObjective(nn.Module):
         temperature: EgoNCE (and VTM hard-negative) temperature.
         info: rank facts.
         seed: base seed of the VTM draws.
+        mlm_start_step, vtm_start_step: steps before these have the MLM / VTM weight 0.
     """
 
     def __init__(self, model: EgoVLPv2, weights: LossWeights, temperature: float,
-                 info: DistInfo, seed: int) -> None:
+                 info: DistInfo, seed: int, mlm_start_step: int = 0,
+                 vtm_start_step: int = 0) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
         self.temperature = temperature
         self.info = info
         self.seed = seed
+        self.mlm_start_step = mlm_start_step
+        self.vtm_start_step = vtm_start_step
+
+    def weights_at(self, step: int) -> LossWeights:
+        """The loss weights of global step ``step`` (0-based)."""
+        w = self.weights
+        mlm = w.mlm if step >= self.mlm_start_step else 0.0
+        vtm = w.vtm if step >= self.vtm_start_step else 0.0
+        if w.egonce == 0 and mlm == 0 and vtm == 0:
+            raise ValueError(f"step {step} has no loss: the EgoNCE weight is 0 and the step is "
+                             f"before loss.mlm_start_step ({self.mlm_start_step}) and "
+                             f"loss.vtm_start_step ({self.vtm_start_step})")
+        return LossWeights(w.egonce, mlm, vtm)
 
     def forward(self, batch: GlobalBatch) -> StepLosses:  # type: ignore[override]
-        info, w = self.info, self.weights
+        info, w = self.info, self.weights_at(batch.step)
         b = batch.video.shape[0]
         g = batch.input_ids.shape[0]
         if b * info.world_size != g:

@@ -57,9 +57,13 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW (decoupled weight decay) with :func:`param_groups`."""
+    """AdamW (decoupled weight decay) with :func:`param_groups`.
+
+    ``foreach=True`` on every device: PyTorch picks the per-tensor loop on the CPU by default,
+    which cost ~28 ms of a ~500 ms step of the default model's training (hundreds of small
+    tensors)."""
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps)
+                             eps=cfg.eps, foreach=True)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
