@@ -43,7 +43,8 @@ RECIPE = {"train_clips": 2400, "steps": 4200, "vtm_start": 2200, "batch": 16, "l
 def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
     """The default model: EgoVLPv2's topology (12 + 12 layers, top 6 fused) at ``width``."""
     return {
-        # The fused C++ attention ops: 1.6x faster training steps than the reference path.
+        # The fused C++ attention ops: 1.44x faster training steps than the reference path
+        # (bench/bench_train_step.py, bench/RESULTS.md).
         "attention_impl": "fused",
         "video": {"img_size": IMAGE_SIZE, "patch_size": 16, "embed_dim": width, "depth": 12,
                   "num_heads": heads, "num_frames": 4},

@@ -233,7 +233,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
 
     # "auto": bf16 autocast on CUDA, float32 on the CPU. "bf16" on the CPU autocasts the Linears
     # (the C++ attention kernels stay float32); for the width-64 default model it was slower
-    # (611 vs 437 ms a step on an AMX Xeon: the casts cost more than the small matmuls save).
+    # (383 vs 312 ms a step on an AMX Xeon, bench/bench_train_step.py: the casts cost more
+    # than the small matmuls save).
     use_bf16 = dtype == torch.float32 and (cfg.amp == "bf16" or (
         cfg.amp == "auto" and info.device.type == "cuda"))
     if cfg.amp == "bf16" and dtype != torch.float32:
