@@ -158,6 +158,21 @@ def test_loss_start_steps_stage_mlm_and_vtm(dataset, tmp_path):
     assert worst[0] <= 1e-5, worst
 
 
+def test_cpu_bf16_amp_trains_close_to_float32(dataset, tmp_path):
+    # amp: bf16 on the CPU autocasts the Linears (the fused attention stays float32): the first
+    # step, from the same weights and batch, matches float32 to bfloat16 accuracy.
+    runs = {}
+    for amp in ("off", "bf16"):
+        cfg = _config(dataset, tmp_path / amp, amp=amp, max_steps=2)
+        cfg["model"]["overrides"]["attention_impl"] = "fused"
+        _run(_train_cmd(_write(cfg, tmp_path / f"{amp}.json"), 1))
+        runs[amp] = _metrics(tmp_path / amp)
+    assert all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e3 for r in runs["bf16"])
+    first32, first16 = runs["off"][0], runs["bf16"][0]
+    for k in ("egonce", "mlm", "vtm"):
+        assert abs(first16[k] - first32[k]) <= 2e-2 * abs(first32[k]), k
+
+
 def test_loss_start_steps_schedule():
     from egovlpv2_rt.train.distributed import DistInfo
     from egovlpv2_rt.train.objective import PretrainObjective

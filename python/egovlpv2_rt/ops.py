@@ -263,20 +263,24 @@ def _autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None,
     """
     if not torch.is_autocast_enabled(device_type):
         return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    if dtype not in _FUSED_DTYPES.get(device_type, ()):
-        # bfloat16 autocast on the CPU: the C++ kernels are float32/float64, so the attention
-        # runs in float32 (autocast's own policy for ops without a low-precision kernel); the
-        # Linears around it still run in bfloat16.
-        dtype = torch.float32
+    # bfloat16 autocast on the CPU: the C++ kernels are float32/float64, so the attention runs in
+    # float32 (autocast's own policy for ops without a low-precision kernel); the Linears around
+    # it still run in bfloat16.
+    dtype = torch.float32 if _autocast_falls_back(device_type) else torch.get_autocast_dtype(
+        device_type)
     return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _autocast_falls_back(device_type: str) -> bool:
+    """Autocast is on with a dtype the device's fused kernels lack (they then run in float32)."""
+    return (torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) not in _FUSED_DTYPES.get(device_type, ()))
 
 
 def _kernel_autocast_guard(device_type: str) -> contextlib.AbstractContextManager[None]:
     """Autocast off around a float32 fallback (see :func:`_autocast`): the CPU kernels call ATen
     ops of their own, which autocast would otherwise turn to bfloat16 under the kernel."""
-    if (torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type)
-            not in _FUSED_DTYPES.get(device_type, ())):
+    if _autocast_falls_back(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
