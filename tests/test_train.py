@@ -59,8 +59,13 @@ def _write(cfg: dict, path: Path) -> Path:
 
 
 def _env() -> dict:
+    import egovlpv2_rt
+
+    # The training subprocesses import the package this process imported (installed, with its
+    # compiled extension, or the source tree), not whatever REPO/python holds.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
+    pkg_root = str(Path(egovlpv2_rt.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root, env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
 
