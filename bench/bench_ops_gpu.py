@@ -9,8 +9,13 @@ run, the whole video encoder forward at batch 32 (fused, reference eager, torch.
 reference path), and its model FLOP utilisation against a bf16 matmul measured in the same run.
 
 Timing: CUDA events around each call, warm-up first, median of --iters (>= 50) calls.
+With --profile-cross, the fused gated cross-attention (i2t and t2i, forward and forward+backward)
+is also run under torch.profiler and each CUDA kernel's device time per call is printed: the
+fused op's time is its cuBLAS projection, the attention kernel and the gate/residual pass, and
+this says which one moved when the op's time moves between machines.
+
 Usage: python bench/bench_ops_gpu.py [--iters 50] [--json out.json] [--no-model] [--no-compile]
-       [--compile-limit 120]
+       [--compile-limit 120] [--profile-cross]
 """
 
 from __future__ import annotations
@@ -165,7 +170,39 @@ def time_attention_bytes() -> int:
     return B * TOKENS * 3 * DIM * 2 + B * TOKENS * DIM * 2 + B * HEADS * TOKENS * 4
 
 
-def bench_cross(rows: list[Row], iters: int) -> None:
+def profile_kernels(label: str, fn: Callable[[], object], calls: int = 20) -> list[dict]:
+    """Device time per call of each CUDA kernel ``fn`` launches (torch.profiler, after warm-up).
+
+    Returns rows ``{"kernel", "us_per_call", "launches_per_call"}``, slowest first; prints them.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", None)
+        if us is None:
+            us = ev.self_cuda_time_total
+        if us > 0:
+            rows.append({"kernel": ev.key, "us_per_call": us / calls,
+                         "launches_per_call": ev.count / calls})
+    rows.sort(key=lambda r: -r["us_per_call"])
+    total = sum(r["us_per_call"] for r in rows)
+    print(f"[profile {label}] {total:.1f} us of kernels per call", flush=True)
+    for r in rows[:8]:
+        print(f"  {r['us_per_call']:8.1f} us  x{r['launches_per_call']:.0f}  {r['kernel'][:90]}",
+              flush=True)
+    return rows
+
+
+def bench_cross(rows: list[Row], iters: int, profile_cross: bool = False) -> dict:
+    """Times the cross-attention cases into ``rows``; returns the kernel profiles when asked."""
     from egovlpv2_rt import ops
 
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -174,6 +211,7 @@ def bench_cross(rows: list[Row], iters: int) -> None:
         return (torch.randn(*shape, generator=g, device="cuda") * s).to(DTYPE)
 
     w, bias, gate = rnd(DIM, DIM, s=DIM**-0.5), rnd(DIM), rnd(1)
+    profiles: dict[str, list[dict]] = {}
     keep = torch.ones(B, TEXT_LEN, device="cuda")
     keep[:, TEXT_LEN // 2:] = 0  # half of the text padded
     text_mask = ((1 - keep) * torch.finfo(DTYPE).min).to(DTYPE)
@@ -200,6 +238,22 @@ def bench_cross(rows: list[Row], iters: int) -> None:
         fwd, fb = fwd_and_fwdbwd(impls, [q, k, v, w, residual], [0, 1, 2, 3, 4], grad, iters)
         rows.append(Row(f"{label} fwd", fwd))
         rows.append(Row(f"{label} fwd+bwd", fb))
+        if profile_cross:
+            fused = impls["fused"]
+            leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v, w, residual)]
+
+            def fwd_only(fused=fused, args=(q, k, v, w, residual)):
+                with torch.no_grad():
+                    fused(*args)
+
+            def fwd_bwd(fused=fused, leaves=leaves, grad=grad):
+                fused(*leaves).backward(grad)
+                for x in leaves:
+                    x.grad = None
+
+            profiles[f"{label} fwd"] = profile_kernels(f"{label} fwd", fwd_only)
+            profiles[f"{label} fwd+bwd"] = profile_kernels(f"{label} fwd+bwd", fwd_bwd)
+    return profiles
 
 
 def matmul_tflops(iters: int) -> float:
@@ -340,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--compile-limit", type=int, default=120,
                         help="seconds allowed for torch.compile of the video encoder")
+    parser.add_argument("--profile-cross", action="store_true",
+                        help="kernel-level profile of the fused cross-attention")
     args = parser.parse_args(argv)
     if args.iters < 50:
         parser.error("--iters must be >= 50 (median of at least 50 calls)")
@@ -364,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[ceilings] copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul {peak:.0f} TFLOP/s",
           flush=True)
     bench_divided(rows, args.iters)
-    bench_cross(rows, args.iters)
+    profiles = bench_cross(rows, args.iters, args.profile_cross)
     if not args.no_model:
         bench_model(rows, args.iters, not args.no_compile, peak, args.compile_limit)
 
@@ -414,8 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"targets missed: {len(failed)}" + (" -- " + "; ".join(failed) if failed else ""))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"summary": summary, "rows": results, "targets_missed": failed}, fh,
-                      indent=2)
+            json.dump({"summary": summary, "rows": results, "targets_missed": failed,
+                       "cross_kernel_profiles": profiles}, fh, indent=2)
     return 0
 
 

@@ -3,8 +3,8 @@
 #   1. environment report (GPU, torch, nvcc, cmake, ninja, Python packages);
 #   2. build: `pip install --no-build-isolation --no-deps .` for the GPU present only
 #      (TORCH_CUDA_ARCH_LIST = its compute capability), CUDA required, ninja on every core;
-#   3. the GPU tests (tests/test_ops_cuda.py, marker gpu);
-#   4. the GPU benchmark (bench/bench_ops_gpu.py, --json);
+#   3. the GPU tests (tests/test_ops_cuda.py, tests/test_train_gpu.py, marker gpu);
+#   4. the GPU benchmark (bench/bench_ops_gpu.py, --json, with the cross-attention kernel profile);
 #   5. the DALI GPU tests (tests/test_video*.py, marker gpu) when DALI is importable.
 # Full logs go to LOG_DIR; a short table is printed last. Each step gets a share of an overall
 # budget (EGOVLPV2_GPU_CHECK_BUDGET seconds, default 450) so the whole run stays under 8 minutes.
@@ -151,11 +151,12 @@ if ! step build 240 bash -c build; then
 fi
 
 # ---- 3. GPU tests ----------------------------------------------------------------------------
-step gpu-tests 230 "$py" -m pytest tests/test_ops_cuda.py -m gpu -q -rfEs \
+step gpu-tests 230 "$py" -m pytest tests/test_ops_cuda.py tests/test_train_gpu.py -m gpu -q -rfEs \
   -p no:cacheprovider --junitxml="$log_dir/gpu-tests.xml" --durations=15
 
 # ---- 4. benchmark ----------------------------------------------------------------------------
-step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json" --compile-limit 100
+step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json" --compile-limit 100 \
+  --profile-cross
 
 # ---- 5. runtime on the GPU (issue 6): tests, then latency of eager vs fused + CUDA graphs --------
 # One log (the device tool brings back at most 8 files).
@@ -195,6 +196,8 @@ if [[ -f "$log_dir/dali-tests.log" ]]; then
 fi
 echo "-- bench (ms; ratios = other / fused):"
 sed -n '/^case /,$p' "$log_dir/bench.log" 2>/dev/null
+echo "-- fused cross-attention kernels (us per call; full list in bench.log):"
+grep -A3 '^\[profile' "$log_dir/bench.log" 2>/dev/null
 echo "-- steps:"
 cat "$summary"
 if grep -qE " (FAIL|TIMEOUT) " "$summary"; then exit 1; fi

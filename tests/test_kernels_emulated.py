@@ -251,10 +251,13 @@ def test_cross_backward_without_queries(emu, dtype):
 @pytest.mark.parametrize("dtype,gate_dtype", [(torch.float32, torch.float32),
                                               (torch.bfloat16, torch.float32),
                                               (torch.float16, torch.float16)])
-def test_gate_residual(emu, dtype, gate_dtype):
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "offset1"])
+def test_gate_residual(emu, dtype, gate_dtype, offset):
+    # 693 values: 16-byte chunks and a tail; offset 1 leaves the inputs 2- or 4-byte aligned
+    # only, which takes the element-wise kernel.
     g = _gen(1)
-    residual = _randn((3, 7, 33), dtype, g)
-    lin = _randn((3, 7, 33), dtype, g)
+    residual = _randn((offset + 693,), dtype, g)[offset:].view(3, 7, 33)
+    lin = _randn((offset + 693,), dtype, g)[offset:].view(3, 7, 33)
     gate = _randn((1,), gate_dtype, g)
     out = emu.gate_residual(residual, lin, gate)
     truth = residual.double() + gate.double() * lin.double()

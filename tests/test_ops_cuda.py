@@ -398,3 +398,28 @@ def test_model_fused_matches_reference(config_name, dtype, gen):
             assert torch.isfinite(a).all()
             continue
         _check(a, t, o, f"{config_name} {name}", gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=_ids.get)
+def test_fused_ops_under_cuda_autocast_run_in_the_autocast_dtype(dtype):
+    # The CUDA kernels have float16 / bfloat16 paths: under CUDA autocast the ops cast their
+    # float32 inputs to the autocast dtype and return it (no float32 fallback, unlike the CPU),
+    # computing exactly what the explicit low-precision call computes.
+    g = torch.Generator(device="cuda").manual_seed(5)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device="cuda")
+
+    qkv = rnd(2, 1 + 2 * 4, 3 * 16)  # B 2, F 2, N 4, 2 heads x 8
+    q, k, v, residual = rnd(2, 5, 16), rnd(2, 6, 16), rnd(2, 6, 16), rnd(2, 5, 16)
+    key_mask = torch.zeros(2, 6, device="cuda")
+    key_mask[1, 4:] = torch.finfo(dtype).min
+    weight, bias, gate = rnd(16, 16) * 0.25, rnd(16), rnd(1)
+    cross = (q, k, v, key_mask, weight, bias, gate, residual)
+    with torch.autocast("cuda", dtype=dtype):
+        out_s = ops.divided_space_time_attention(qkv, 2, 2, False, 0.35)
+        out_c = ops.gated_cross_attention(*cross, 2, 0.35)
+    assert out_s.dtype == out_c.dtype == dtype
+    assert torch.equal(out_s, ops.divided_space_time_attention(qkv.to(dtype), 2, 2, False, 0.35))
+    assert torch.equal(out_c, ops.gated_cross_attention(*(t.to(dtype) for t in cross), 2, 0.35))
+    assert torch.isfinite(out_s.float()).all() and torch.isfinite(out_c.float()).all()

@@ -443,7 +443,8 @@ __global__ void __launch_bounds__(kSimtThreads) simt_dkv_kernel(const AttnArgs a
 }
 
 // ---------------------------------------------------------------------------------------------
-// delta_i = dO_i . O_i per (batch, head, query row), float32; one warp per row and head.
+// delta_i = dO_i . O_i per (batch, head, query row), float32; one warp per row and head. The
+// general path (any head dim, any 2-byte alignment).
 template <class T>
 __global__ void __launch_bounds__(kSimtThreads) delta_kernel(const AttnArgs a) {
   const int lane = threadIdx.x & 31;
@@ -460,6 +461,59 @@ __global__ void __launch_bounds__(kSimtThreads) delta_kernel(const AttnArgs a) {
   for (int d = lane; d < dh; d += 32) s = fmaf(to_f(G[d]), to_f(O[d]), s);
   s = warp_sum(s);
   if (lane == 0) a.delta[(b * a.heads + h) * a.q_rows + row] = s;
+}
+
+// The same with one warp per (batch, row) over all heads, in 16-byte chunks: a head of 64
+// bfloat16 values is 8 chunks, so 8 neighbouring lanes hold one head and a 3-step shuffle sums
+// it. One warp per row and head moved 128 bytes per tensor per warp and ran at a third of the
+// copy bandwidth on an H100 (bench/RESULTS.md, i2t profile); this reads whole rows.
+// Needs: chunks per head C = head_dim / (16 / sizeof(T)) a power of two <= 32, and 16-byte
+// aligned rows of dout and fwd_out (delta_vec_ok).
+template <class T>
+__global__ void __launch_bounds__(kSimtThreads) delta_rows_kernel(const AttnArgs a, int chunks) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  const int64_t task = int64_t(blockIdx.x) * kSimtWarps + (threadIdx.x >> 5);
+  if (task >= a.batch * a.q_rows) return;  // warp-uniform
+  const int64_t row = task % a.q_rows;
+  const int64_t b = task / a.q_rows;
+  const uint4* G = reinterpret_cast<const uint4*>(static_cast<const T*>(a.dout) + b * a.do_sb +
+                                                  row * a.do_st);
+  const uint4* O = reinterpret_cast<const uint4*>(static_cast<const T*>(a.fwd_out) +
+                                                  b * a.fo_sb + row * a.fo_st);
+  const int total = a.heads * chunks;
+  for (int base = 0; base < total; base += 32) {
+    const int c = base + lane;
+    float s = 0.f;
+    if (c < total) {
+      const uint4 gv = G[c];
+      const uint4 ov = O[c];
+      T g[V], o[V];
+      memcpy(g, &gv, 16);
+      memcpy(o, &ov, 16);
+#pragma unroll
+      for (int e = 0; e < V; ++e) s = fmaf(to_f(g[e]), to_f(o[e]), s);
+    }
+    // Lanes c .. c + chunks - 1 (chunks divides 32 and base) hold one head.
+    for (int off = chunks >> 1; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (c < total && (lane & (chunks - 1)) == 0) {
+      a.delta[(b * a.heads + c / chunks) * a.q_rows + row] = s;
+    }
+  }
+}
+
+// Chunks per head for delta_rows_kernel, or 0 when it cannot run on these tensors.
+template <class T>
+int delta_row_chunks(const AttnArgs& a) {
+  constexpr int V = 16 / sizeof(T);
+  if (a.head_dim % V != 0) return 0;
+  const int c = a.head_dim / V;
+  if (c > 32 || (c & (c - 1)) != 0) return 0;
+  const auto aligned = [](const void* p, int64_t sb, int64_t st) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && sb % V == 0 && st % V == 0;
+  };
+  if (!aligned(a.dout, a.do_sb, a.do_st) || !aligned(a.fwd_out, a.fo_sb, a.fo_st)) return 0;
+  return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,6 +553,16 @@ cudaError_t launch_simt(int kind, const AttnArgs& a, cudaStream_t stream) {
 
 template <class T>
 cudaError_t launch_delta(const AttnArgs& a, cudaStream_t stream) {
+  const int chunks = delta_row_chunks<T>(a);
+  if (chunks > 0) {
+    const int64_t rows = a.batch * a.q_rows;
+    if (rows == 0) return cudaSuccess;
+    const int64_t ctas = ceil_div(rows, kSimtWarps);
+    if (ctas > INT_MAX) return cudaErrorInvalidValue;
+    auto fn = &delta_rows_kernel<T>;
+    EGO_LAUNCH(fn, dim3(unsigned(ctas)), dim3(kSimtThreads), 0, stream, a, chunks);
+    return cudaGetLastError();
+  }
   const int64_t tasks = a.batch * a.q_rows * a.heads;
   if (tasks == 0) return cudaSuccess;
   const int64_t ctas = ceil_div(tasks, kSimtWarps);
