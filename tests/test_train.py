@@ -192,6 +192,16 @@ def test_loss_start_steps_schedule():
     with pytest.raises(ValueError, match="no loss"):
         none.weights_at(0)
     assert none.weights_at(1) == LossWeights(0.0, 1.0, 2.0)
+    # MLM from step 1 to step 3 (exclusive), VTM from step 2.
+    stop = PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
+                             seed=0, mlm_start_step=1, vtm_start_step=2, mlm_stop_step=3)
+    assert [stop.weights_at(s) for s in (0, 1, 2, 3, 50)] == [
+        LossWeights(1.0, 0.0, 0.0), LossWeights(1.0, 1.0, 0.0), LossWeights(1.0, 1.0, 2.0),
+        LossWeights(1.0, 0.0, 2.0), LossWeights(1.0, 0.0, 2.0)]
+    gap = PretrainObjective(torch.nn.Linear(1, 1), LossWeights(0.0, 1.0, 2.0), 0.05,
+                            DistInfo(), seed=0, mlm_stop_step=2, vtm_start_step=4)
+    with pytest.raises(ValueError, match=r"step 3 has no loss.*mlm_stop_step 2.*vtm_start_step"):
+        gap.weights_at(3)
 
 
 def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
@@ -255,6 +265,10 @@ def test_config_unknown_key_names_file_and_key(dataset, tmp_path):
     cfg["loss"] = {"vtm_start_step": -1}
     with pytest.raises(ConfigError, match=r"bad4\.json.*loss\.vtm_start_step: must be >= 0"):
         load_train_config(_write(cfg, tmp_path / "bad4.json"))
+    cfg["loss"] = {"mlm_start_step": 5, "mlm_stop_step": 5}
+    with pytest.raises(ConfigError, match=r"bad5\.json.*loss\.mlm_stop_step: must be 0 \(never\) "
+                                          r"or > loss\.mlm_start_step \(5\)"):
+        load_train_config(_write(cfg, tmp_path / "bad5.json"))
 
 
 def test_shipped_example_config_is_the_default_model_recipe():

@@ -129,7 +129,8 @@ class LossSection:
     ``delta`` (``(1-g-d) EgoNCE + g MLM + d VTM``), or ``custom`` with the three weights.
 
     ``mlm_start_step`` / ``vtm_start_step``: the first step at which MLM / VTM join (0: from the
-    start). Trained from scratch, VTM sits at chance (cross-entropy 0.69) until the dual
+    start). ``mlm_stop_step``: the first step without MLM (0: MLM never stops); must be after
+    ``mlm_start_step``. Trained from scratch, VTM sits at chance (cross-entropy 0.69) until the dual
     encoder's features separate the captions, while costing a third of each step; EgoVLPv2
     itself starts from pretrained towers and needs no such stage.
     """
@@ -145,6 +146,7 @@ class LossSection:
     use_noun: bool = True
     mlm_start_step: int = 0
     vtm_start_step: int = 0
+    mlm_stop_step: int = 0
 
     def weights(self) -> LossWeights:
         if self.preset == "original":
@@ -222,6 +224,9 @@ class TrainConfig:
         need(self.loss.temperature > 0, "loss.temperature", "must be > 0")
         need(self.loss.mlm_start_step >= 0, "loss.mlm_start_step", "must be >= 0")
         need(self.loss.vtm_start_step >= 0, "loss.vtm_start_step", "must be >= 0")
+        need(self.loss.mlm_stop_step == 0 or self.loss.mlm_stop_step > self.loss.mlm_start_step,
+             "loss.mlm_stop_step",
+             f"must be 0 (never) or > loss.mlm_start_step ({self.loss.mlm_start_step})")
         need(self.init_scale > 0, "init_scale", "must be > 0")
         try:
             self.loss.weights()

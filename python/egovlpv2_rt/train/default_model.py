@@ -63,7 +63,8 @@ def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
 def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_size: int,
                          *, steps: int, batch: int, lr: float, width: int, heads: int,
                          eval_dir: Path | None, eval_every: int = 0, seed: int = 0,
-                         vtm_start_step: int = 0, warmup_steps: int | None = None) -> dict:
+                         vtm_start_step: int = 0, mlm_stop_step: int = 0,
+                         warmup_steps: int | None = None) -> dict:
     cfg = {
         "model": {"preset": "tiny", "overrides": default_model_overrides(vocab_size, width,
                                                                           heads)},
@@ -73,7 +74,8 @@ def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_
         "optim": {"lr": lr, "warmup_steps": (max(1, steps // 20) if warmup_steps is None
                                            else warmup_steps), "weight_decay": 0.01,
                   "min_lr_ratio": 0.05, "grad_clip": 1.0},
-        "loss": {"preset": "original", "vtm_start_step": vtm_start_step},
+        "loss": {"preset": "original", "vtm_start_step": vtm_start_step,
+                 "mlm_stop_step": mlm_stop_step},
         "out_dir": str(out_dir),
         "seed": seed,
         "global_batch_size": batch,
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         "denormal flushing effective, which is per thread)")
     p.add_argument("--vtm-start", type=int, default=RECIPE["vtm_start"],
                    help="EgoNCE + MLM steps before VTM joins (loss.vtm_start_step)")
+    p.add_argument("--mlm-stop", type=int, default=RECIPE.get("mlm_stop", 0),
+                   help="first step without MLM (loss.mlm_stop_step; 0: MLM to the end)")
     p.add_argument("--warmup", type=int, default=None,
                    help="learning-rate warm-up steps (default: 5%% of --steps)")
     p.add_argument("--eval-every", type=int, default=0,
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                     width=args.width, heads=args.heads, eval_dir=eval_dir,
                                     eval_every=args.eval_every,
                                     vtm_start_step=args.vtm_start,
+                                    mlm_stop_step=args.mlm_stop,
                                     warmup_steps=args.warmup)
     cfg_dict["num_threads"] = 1
     work.mkdir(parents=True, exist_ok=True)

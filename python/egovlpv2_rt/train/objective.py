@@ -73,11 +73,12 @@ class PretrainObjective(nn.Module):
         info: rank facts.
         seed: base seed of the VTM draws.
         mlm_start_step, vtm_start_step: steps before these have the MLM / VTM weight 0.
+        mlm_stop_step: steps from this one on have the MLM weight 0 (0: MLM never stops).
     """
 
     def __init__(self, model: EgoVLPv2, weights: LossWeights, temperature: float,
                  info: DistInfo, seed: int, mlm_start_step: int = 0,
-                 vtm_start_step: int = 0) -> None:
+                 vtm_start_step: int = 0, mlm_stop_step: int = 0) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
@@ -86,15 +87,19 @@ class PretrainObjective(nn.Module):
         self.seed = seed
         self.mlm_start_step = mlm_start_step
         self.vtm_start_step = vtm_start_step
+        self.mlm_stop_step = mlm_stop_step
 
     def weights_at(self, step: int) -> LossWeights:
         """The loss weights of global step ``step`` (0-based)."""
         w = self.weights
-        mlm = w.mlm if step >= self.mlm_start_step else 0.0
+        mlm_on = step >= self.mlm_start_step and (self.mlm_stop_step == 0
+                                                  or step < self.mlm_stop_step)
+        mlm = w.mlm if mlm_on else 0.0
         vtm = w.vtm if step >= self.vtm_start_step else 0.0
         if w.egonce == 0 and mlm == 0 and vtm == 0:
-            raise ValueError(f"step {step} has no loss: the EgoNCE weight is 0 and the step is "
-                             f"before loss.mlm_start_step ({self.mlm_start_step}) and "
+            raise ValueError(f"step {step} has no loss: the EgoNCE weight is 0, the step is "
+                             f"outside MLM's steps (loss.mlm_start_step {self.mlm_start_step}, "
+                             f"loss.mlm_stop_step {self.mlm_stop_step}) and before "
                              f"loss.vtm_start_step ({self.vtm_start_step})")
         return LossWeights(w.egonce, mlm, vtm)
 

@@ -205,11 +205,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     model.train()
     weights = cfg.loss.weights()
     objective = PretrainObjective(model, weights, cfg.loss.temperature, info, cfg.seed,
-                                  cfg.loss.mlm_start_step, cfg.loss.vtm_start_step)
+                                  cfg.loss.mlm_start_step, cfg.loss.vtm_start_step,
+                                  cfg.loss.mlm_stop_step)
     runner: torch.nn.Module = objective
     if info.distributed:
         unused = (weights.egonce == 0 or weights.mlm == 0 or weights.vtm == 0
-                  or cfg.loss.mlm_start_step > 0 or cfg.loss.vtm_start_step > 0)
+                  or cfg.loss.mlm_start_step > 0 or cfg.loss.vtm_start_step > 0
+                  or cfg.loss.mlm_stop_step > 0)
         runner = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=unused)
