@@ -349,3 +349,26 @@ def test_scale_initialisation_keeps_special_inits():
                 "video_model.blocks.6.attn.alpha_i2t"):
         assert torch.equal(a[key], b[key]), key
     assert b["video_model.blocks.0.timeattn.qkv.weight"].abs().max() == 0
+
+
+def test_default_model_reuses_only_a_matching_synthetic_split(tmp_path):
+    # The recipe's --work folder may hold a dataset from an earlier run; training on one of
+    # another size would silently change the experiment.
+    from egovlpv2_rt.data.synthetic import SynthConfig
+    from egovlpv2_rt.train.default_model import synth_split
+
+    root = tmp_path / "train"
+    cfg = SynthConfig(num_clips=40, size=32, num_mcq=2)
+    synth_split(root, 3, cfg)
+    made = (root / "egoclip.csv").stat().st_mtime_ns
+    synth_split(root, 3, cfg)  # same settings: reused as is
+    assert (root / "egoclip.csv").stat().st_mtime_ns == made
+    assert len(read_egoclip(root / "egoclip.csv")) == 40
+    with pytest.raises(ValueError, match=r"train already holds a synthetic dataset made with "
+                                         r"other settings \(seed: 3 there, 4 asked; num_clips: "
+                                         r"40 there, 48 asked\)"):
+        synth_split(root, 4, SynthConfig(num_clips=48, size=32, num_mcq=2))
+    (root / "synth.json").unlink()  # a folder from before synth.json: the clip count is checked
+    with pytest.raises(ValueError, match=r"40 clips there, 48 asked"):
+        synth_split(root, 3, SynthConfig(num_clips=48, size=32, num_mcq=2))
+    synth_split(root, 3, cfg)

@@ -83,6 +83,11 @@ class SynthConfig:
     num_mcq: int = 100
     codec: str = "libx264"
 
+    @property
+    def num_videos(self) -> int:
+        """Videos written: enough for ``num_clips``, and at least 5 (inter questions)."""
+        return max(5, math.ceil(self.num_clips / self.clips_per_video))
+
     def __post_init__(self) -> None:
         if self.clips_per_video < 5:
             raise ValueError(f"clips_per_video must be >= 5, got {self.clips_per_video}")
@@ -362,7 +367,7 @@ def generate_dataset(out_dir: str | Path, seed: int, cfg: SynthConfig | None = N
     vdir = out / "videos"
     vdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    num_videos = max(5, math.ceil(cfg.num_clips / cfg.clips_per_video))
+    num_videos = cfg.num_videos
     all_records: list[ClipRecord] = []
     per_video: list[list[ClipRecord]] = []
     scenes: list[set[str]] = []

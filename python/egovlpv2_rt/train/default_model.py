@@ -11,6 +11,7 @@ folder (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +39,29 @@ EVAL_QUESTIONS = 200
 # The shipped model's recipe (the command's defaults): EgoNCE + MLM for the first
 # ``vtm_start`` steps, then EgoNCE + MLM + VTM. See default_model/README.md for why.
 RECIPE = {"train_clips": 2400, "steps": 4200, "vtm_start": 2200, "batch": 16, "lr": 5e-4}
+
+
+def synth_split(root: Path, seed: int, cfg: SynthConfig) -> None:
+    """Generate a synthetic split into ``root``, or reuse the one there if it was made with the
+    same seed and settings (recorded in ``root/synth.json``); another split there is an error,
+    never silently trained on."""
+    marker = root / "synth.json"
+    want = json.loads(json.dumps({"seed": seed, **dataclasses.asdict(cfg)}))
+    if not (root / "egoclip.csv").is_file():
+        generate_dataset(root, seed, cfg)
+        marker.write_text(json.dumps(want, indent=1))
+        return
+    if marker.is_file():
+        have = json.loads(marker.read_text())
+        diff = [f"{k}: {have.get(k)!r} there, {v!r} asked" for k, v in want.items()
+                if have.get(k) != v]
+    else:  # written before synth.json existed: the clip count is what can be checked
+        n = len(read_egoclip(root / "egoclip.csv"))
+        expect = cfg.num_videos * cfg.clips_per_video
+        diff = [] if n == expect else [f"{n} clips there, {expect} asked"]
+    if diff:
+        raise ValueError(f"{root} already holds a synthetic dataset made with other settings "
+                         f"({'; '.join(diff)}); use another --work folder or delete {root}")
 
 
 def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
@@ -129,13 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     work = Path(args.work)
     train_dir, eval_dir, run_dir = work / "train", work / "eval", work / "run"
-    if not (train_dir / "egoclip.csv").is_file():
-        generate_dataset(train_dir, TRAIN_SEED, SynthConfig(num_clips=args.train_clips,
-                                                            size=IMAGE_SIZE, num_mcq=20))
-    if not (eval_dir / "egomcq.json").is_file():
-        # A fixed held-out set (50 videos) whatever the training set's size.
-        generate_dataset(eval_dir, EVAL_SEED, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE,
-                                                          num_mcq=args.eval_questions))
+    synth_split(train_dir, TRAIN_SEED, SynthConfig(num_clips=args.train_clips, size=IMAGE_SIZE,
+                                                   num_mcq=20))
+    # A fixed held-out set (50 videos) whatever the training set's size.
+    synth_split(eval_dir, EVAL_SEED, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE,
+                                                 num_mcq=args.eval_questions))
     t_data = time.perf_counter() - t_start
     tok_path = work / "tokenizer.json"
     if not tok_path.is_file():
