@@ -281,9 +281,10 @@ def test_shipped_example_config_is_the_default_model_recipe():
     assert mc.video.depth == 12 and mc.fusion.num_fuse_block == 6
     assert cfg.loss.weights() == LossWeights.original()
     recipe = default_train_config(Path("data/synth"), Path("data/synth/tokenizer.json"),
-                                  Path("runs/synthetic"), 341, steps=RECIPE["steps"],
-                                  batch=RECIPE["batch"], lr=RECIPE["lr"], width=64, heads=4,
-                                  eval_dir=None, vtm_start_step=RECIPE["vtm_start"])
+                                  Path("runs/synthetic"), 341, steps=RECIPE.steps,
+                                  batch=RECIPE.batch, lr=RECIPE.lr, width=64, heads=4,
+                                  eval_dir=None, vtm_start_step=RECIPE.vtm_start,
+                                  mlm_stop_step=RECIPE.mlm_stop)
     recipe["num_threads"] = 1
     from egovlpv2_rt.train.config import train_config_from_dict
 

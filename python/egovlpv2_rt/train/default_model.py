@@ -27,7 +27,7 @@ from ..data.synthetic import SynthConfig, generate_dataset
 from .bpe import train_bpe_tokenizer
 from .config import train_config_from_dict
 
-__all__ = ["DEFAULT_DIR", "default_train_config", "main"]
+__all__ = ["DEFAULT_DIR", "RECIPE", "Recipe", "default_train_config", "main"]
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "default_model"
 TRAIN_SEED = 1
@@ -36,9 +36,30 @@ IMAGE_SIZE = 64
 MAX_TEXT_LENGTH = 16
 EVAL_CLIPS = 400
 EVAL_QUESTIONS = 200
-# The shipped model's recipe (the command's defaults): EgoNCE + MLM for the first
-# ``vtm_start`` steps, then EgoNCE + MLM + VTM. See default_model/README.md for why.
-RECIPE = {"train_clips": 2400, "steps": 4200, "vtm_start": 2200, "batch": 16, "lr": 5e-4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The shipped model's recipe (the command's defaults). See default_model/README.md.
+
+    Attributes:
+        train_clips: synthetic training clips (seed 1).
+        steps: optimiser steps (global batch ``batch``).
+        vtm_start: first step with VTM (EgoNCE + MLM before it).
+        mlm_stop: first step without MLM (0: MLM to the end).
+        batch: global batch size.
+        lr: peak learning rate (AdamW, 5% warm-up, cosine).
+    """
+
+    train_clips: int = 2400
+    steps: int = 4200
+    vtm_start: int = 2100
+    mlm_stop: int = 2100
+    batch: int = 16
+    lr: float = 5e-4
+
+
+RECIPE = Recipe()
 
 
 def synth_split(root: Path, seed: int, cfg: SynthConfig) -> None:
@@ -123,19 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="build/default_model_work",
                    help="folder for the synthetic data and the run")
     p.add_argument("--out", default=str(DEFAULT_DIR), help="where the model files go")
-    p.add_argument("--train-clips", type=int, default=RECIPE["train_clips"])
+    p.add_argument("--train-clips", type=int, default=RECIPE.train_clips)
     p.add_argument("--eval-questions", type=int, default=EVAL_QUESTIONS)
-    p.add_argument("--steps", type=int, default=RECIPE["steps"])
-    p.add_argument("--batch", type=int, default=RECIPE["batch"])
-    p.add_argument("--lr", type=float, default=RECIPE["lr"])
+    p.add_argument("--steps", type=int, default=RECIPE.steps)
+    p.add_argument("--batch", type=int, default=RECIPE.batch)
+    p.add_argument("--lr", type=float, default=RECIPE.lr)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--nproc", type=int, default=2,
                    help="training processes (gloo DDP, one thread each: on the CPU this keeps "
                         "denormal flushing effective, which is per thread)")
-    p.add_argument("--vtm-start", type=int, default=RECIPE["vtm_start"],
+    p.add_argument("--vtm-start", type=int, default=RECIPE.vtm_start,
                    help="EgoNCE + MLM steps before VTM joins (loss.vtm_start_step)")
-    p.add_argument("--mlm-stop", type=int, default=RECIPE.get("mlm_stop", 0),
+    p.add_argument("--mlm-stop", type=int, default=RECIPE.mlm_stop,
                    help="first step without MLM (loss.mlm_stop_step; 0: MLM to the end)")
     p.add_argument("--warmup", type=int, default=None,
                    help="learning-rate warm-up steps (default: 5%% of --steps)")
