@@ -192,12 +192,16 @@ def test_loss_start_steps_schedule():
     with pytest.raises(ValueError, match="no loss"):
         none.weights_at(0)
     assert none.weights_at(1) == LossWeights(0.0, 1.0, 2.0)
+    assert not obj.every_term_every_step and not none.every_term_every_step
+    assert PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
+                             seed=0).every_term_every_step
     # MLM from step 1 to step 3 (exclusive), VTM from step 2.
     stop = PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
                              seed=0, mlm_start_step=1, vtm_start_step=2, mlm_stop_step=3)
     assert [stop.weights_at(s) for s in (0, 1, 2, 3, 50)] == [
         LossWeights(1.0, 0.0, 0.0), LossWeights(1.0, 1.0, 0.0), LossWeights(1.0, 1.0, 2.0),
         LossWeights(1.0, 0.0, 2.0), LossWeights(1.0, 0.0, 2.0)]
+    assert not stop.every_term_every_step
     gap = PretrainObjective(torch.nn.Linear(1, 1), LossWeights(0.0, 1.0, 2.0), 0.05,
                             DistInfo(), seed=0, mlm_stop_step=2, vtm_start_step=4)
     with pytest.raises(ValueError, match=r"step 3 has no loss.*mlm_stop_step 2.*vtm_start_step"):

@@ -72,6 +72,13 @@ AlignCheck& add_out(AlignCheck& c, void* p, int64_t sb, int64_t st) {
   return c.ptr(p).stride(sb).stride(st);
 }
 
+// 16-byte rows of dout and the forward output: delta = rowsum(dO * O) reads whole rows in
+// 16-byte chunks.
+bool delta_rows_aligned(const AttnArgs& a, DType t) {
+  AlignCheck c(16, int64_t(16 / elem_size(t)));
+  return add_grad(c, a).ptr(a.fwd_out).stride(a.fo_sb).stride(a.fo_st).ok;
+}
+
 // Warps per row for a partner list of length n: enough that no warp walks more than ~64.
 int choose_split(int64_t n) {
   if (n <= 64) return 1;
@@ -276,6 +283,7 @@ cudaError_t divided_backward(const DividedBackwardParams& p, cudaStream_t stream
   const size_t ws_need = divided_backward_workspace_bytes(p);
   return by_dtype(p.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
+    a.grad_rows16 = delta_rows_aligned(a, p.dtype);
     cudaError_t err = detail::launch_delta<T>(a, stream);
     if (err != cudaSuccess) return err;
     AlignCheck vc = simt_align(a, p.dtype);
@@ -460,6 +468,7 @@ cudaError_t cross_backward(const CrossBackwardParams& p, cudaStream_t stream) {
       a.vec_ok = false;
       return detail::launch_simt<T>(detail::kSimtDkv, a, stream);
     }
+    a.grad_rows16 = delta_rows_aligned(a, p.dtype);
     err = detail::launch_delta<T>(a, stream);
     if (err != cudaSuccess) return err;
     AlignCheck vc = simt_align(a, p.dtype);

@@ -82,6 +82,7 @@ struct AttnArgs {
   int64_t row_begin = 0, row_count = 0;
   int split = 1;        // warps cooperating on one row (1, 2, 4 or 8)
   bool vec_ok = false;  // rows may be read with vector loads of the lane's chunk
+  bool grad_rows16 = false;  // dout and fwd_out rows are 16-byte aligned (delta's row path)
 };
 
 // The partners of one row: `prefix` copies of token 0 first (the CLS token of divided attention),

@@ -468,7 +468,7 @@ __global__ void __launch_bounds__(kSimtThreads) delta_kernel(const AttnArgs a) {
 // it. One warp per row and head moved 128 bytes per tensor per warp and ran at a third of the
 // copy bandwidth on an H100 (bench/RESULTS.md, i2t profile); this reads whole rows.
 // Needs: chunks per head C = head_dim / (16 / sizeof(T)) a power of two <= 32, and 16-byte
-// aligned rows of dout and fwd_out (delta_vec_ok).
+// aligned rows of dout and fwd_out (AttnArgs::grad_rows16).
 template <class T>
 __global__ void __launch_bounds__(kSimtThreads) delta_rows_kernel(const AttnArgs a, int chunks) {
   constexpr int V = 16 / sizeof(T);
@@ -506,14 +506,9 @@ __global__ void __launch_bounds__(kSimtThreads) delta_rows_kernel(const AttnArgs
 template <class T>
 int delta_row_chunks(const AttnArgs& a) {
   constexpr int V = 16 / sizeof(T);
-  if (a.head_dim % V != 0) return 0;
+  if (!a.grad_rows16 || a.head_dim % V != 0) return 0;
   const int c = a.head_dim / V;
-  if (c > 32 || (c & (c - 1)) != 0) return 0;
-  const auto aligned = [](const void* p, int64_t sb, int64_t st) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && sb % V == 0 && st % V == 0;
-  };
-  if (!aligned(a.dout, a.do_sb, a.do_st) || !aligned(a.fwd_out, a.fo_sb, a.fo_st)) return 0;
-  return c;
+  return c <= 32 && (c & (c - 1)) == 0 ? c : 0;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -89,6 +89,14 @@ class PretrainObjective(nn.Module):
         self.vtm_start_step = vtm_start_step
         self.mlm_stop_step = mlm_stop_step
 
+    @property
+    def every_term_every_step(self) -> bool:
+        """All three terms (so every parameter) take part in every step; when not, DDP must
+        look for parameters without a gradient (``find_unused_parameters``)."""
+        w = self.weights
+        return (w.egonce != 0 and w.mlm != 0 and w.vtm != 0 and self.mlm_start_step == 0
+                and self.vtm_start_step == 0 and self.mlm_stop_step == 0)
+
     def weights_at(self, step: int) -> LossWeights:
         """The loss weights of global step ``step`` (0-based)."""
         w = self.weights

@@ -209,12 +209,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
                                   cfg.loss.mlm_stop_step)
     runner: torch.nn.Module = objective
     if info.distributed:
-        unused = (weights.egonce == 0 or weights.mlm == 0 or weights.vtm == 0
-                  or cfg.loss.mlm_start_step > 0 or cfg.loss.vtm_start_step > 0
-                  or cfg.loss.mlm_stop_step > 0)
         runner = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=unused)
+            find_unused_parameters=not objective.every_term_every_step)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     step = 0
