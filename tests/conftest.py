@@ -1,8 +1,9 @@
 """Shared fixtures: the golden parity sets and small helpers.
 
-The golden directory is ``../shared/golden`` relative to the repository root, or the directory
-named by ``EGOVLPV2_GOLDEN_DIR``. A set is ``<set>_config.json`` with its
-``<set>_weights.safetensors`` and ``<set>_io.safetensors``.
+The golden sets of ``tests/golden`` (copied from the original EgoVLPv2's outputs; see its
+README) are always tested; when ``EGOVLPV2_GOLDEN_DIR`` names a folder, every set found there is
+tested as well. A set is ``<set>_config.json`` with its ``<set>_weights.safetensors`` and
+``<set>_io.safetensors``; a set missing one of them fails its tests instead of being skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+GOLDEN_ENV = "EGOVLPV2_GOLDEN_DIR"
+SET_FILES = ("config.json", "weights.safetensors", "io.safetensors")
 
 # Tests run against the source tree when the package is not installed.
 if str(REPO_ROOT / "python") not in sys.path:
@@ -26,52 +30,91 @@ if str(REPO_ROOT / "python") not in sys.path:
 
 @dataclass(frozen=True)
 class GoldenSet:
+    """One golden set; ``problem`` says why it cannot be tested (a missing file, an empty folder)."""
+
     name: str
-    config: Path
-    weights: Path
-    io: Path
+    directory: Path
+    extra: bool = False
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.directory.name}/{self.name}" if self.extra else self.name
+
+    @property
+    def config(self) -> Path:
+        return self.directory / f"{self.name}_config.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.directory / f"{self.name}_weights.safetensors"
+
+    @property
+    def io(self) -> Path:
+        return self.directory / f"{self.name}_io.safetensors"
 
 
-def golden_dir() -> Path:
-    env = os.environ.get("EGOVLPV2_GOLDEN_DIR")
-    return Path(env) if env else (REPO_ROOT / ".." / "shared" / "golden").resolve()
-
-
-def discover_golden_sets(directory: Path) -> list[GoldenSet]:
-    """Every ``<set>_config.json`` that has both companion files."""
+def discover_golden_sets(directory: Path, extra: bool = False) -> list[GoldenSet]:
+    """Every set whose name appears in any of its three files; incomplete ones carry a problem."""
+    if not directory.is_dir():
+        return [GoldenSet("missing", directory, extra, f"golden folder {directory} does not exist")]
+    names = sorted({f.name[: -len(suffix) - 1] for suffix in SET_FILES
+                    for f in directory.glob(f"*_{suffix}")})
+    if not names:
+        return [GoldenSet("empty", directory, extra,
+                          f"no golden set in {directory} (expected <set>_config.json, "
+                          "<set>_weights.safetensors and <set>_io.safetensors)")]
     sets = []
-    if directory.is_dir():
-        for config in sorted(directory.glob("*_config.json")):
-            name = config.name[: -len("_config.json")]
-            weights = directory / f"{name}_weights.safetensors"
-            io = directory / f"{name}_io.safetensors"
-            if weights.is_file() and io.is_file():
-                sets.append(GoldenSet(name, config, weights, io))
+    for name in names:
+        missing = [f"{name}_{suffix}" for suffix in SET_FILES
+                   if not (directory / f"{name}_{suffix}").is_file()]
+        problem = f"golden set {name} in {directory} is missing {', '.join(missing)}" if missing \
+            else None
+        sets.append(GoldenSet(name, directory, extra, problem))
+    return sets
+
+
+def golden_sets_to_test() -> list[GoldenSet]:
+    """The in-repository sets, then those of ``$EGOVLPV2_GOLDEN_DIR`` (if set)."""
+    sets = discover_golden_sets(GOLDEN_DIR)
+    env = os.environ.get(GOLDEN_ENV)
+    if env:
+        extra = Path(env).resolve()
+        if extra != GOLDEN_DIR.resolve():
+            sets += discover_golden_sets(extra, extra=True)
     return sets
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Parametrize over the sets at collection time. With no set, a single None parameter makes
-    # the test fail with an explanation instead of pytest silently skipping an empty list.
+    # Parametrize over the sets at collection time; an incomplete set is a parameter too, so that
+    # its tests fail with an explanation instead of pytest silently skipping it.
     if "golden_set" in metafunc.fixturenames:
-        sets = discover_golden_sets(golden_dir())
-        params = sets or [None]
-        ids = [s.name for s in sets] or ["no-golden-set"]
-        metafunc.parametrize("golden_set", params, ids=ids, scope="module")
-
-
-@pytest.fixture(scope="session")
-def golden_sets() -> tuple[Path, list[GoldenSet]]:
-    """(golden directory, the sets found in it)."""
-    directory = golden_dir()
-    return directory, discover_golden_sets(directory)
+        sets = golden_sets_to_test()
+        metafunc.parametrize("golden_set", sets, ids=[s.label for s in sets], scope="module")
 
 
 @pytest.fixture(scope="module")
-def golden(golden_set: GoldenSet | None) -> GoldenSet:
-    if golden_set is None:
-        pytest.fail(
-            f"no golden parity set found in {golden_dir()} (expected <set>_config.json, "
-            "<set>_weights.safetensors and <set>_io.safetensors; set EGOVLPV2_GOLDEN_DIR)"
-        )
+def golden(golden_set: GoldenSet) -> GoldenSet:
+    """The parametrized golden set; fails (never skips) when it is incomplete."""
+    if golden_set.problem:
+        pytest.fail(golden_set.problem)
     return golden_set
+
+
+@pytest.fixture(scope="session")
+def tiny_golden() -> GoldenSet:
+    """The in-repository tiny set (its weights have gates far from zero)."""
+    tiny = GoldenSet("tiny", GOLDEN_DIR)
+    missing = [p for p in (tiny.config, tiny.weights, tiny.io) if not p.is_file()]
+    if missing:
+        pytest.fail(f"the in-repository golden set is incomplete: missing {missing}")
+    return tiny
+
+
+@pytest.fixture(scope="session")
+def golden_manifest() -> Path:
+    """The full-size model's state-dict manifest (tests/golden)."""
+    path = GOLDEN_DIR / "full_state_dict_manifest.json"
+    if not path.is_file():
+        pytest.fail(f"missing {path}")
+    return path

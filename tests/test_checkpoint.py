@@ -26,11 +26,8 @@ from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(golden_sets) -> dict[str, torch.Tensor]:
-    directory, sets = golden_sets
-    tiny = [s for s in sets if s.name == "tiny"]
-    assert tiny, f"no tiny golden set in {directory}"
-    return load_file(str(tiny[0].weights))
+def tiny_weights(tiny_golden) -> dict[str, torch.Tensor]:
+    return load_file(str(tiny_golden.weights))
 
 
 def _random_state(model: EgoVLPv2, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -49,10 +46,9 @@ def _assert_state_equal(model: EgoVLPv2, expected: dict[str, torch.Tensor]) -> N
 # -- released checkpoints ------------------------------------------------------------------
 
 
-def test_golden_weights_load_exactly(golden_sets, tiny_weights):
-    _, sets = golden_sets
+def test_golden_weights_load_exactly(tiny_golden, tiny_weights):
     model = EgoVLPv2(preset("tiny"))
-    report = load_checkpoint(model, next(s for s in sets if s.name == "tiny").weights)
+    report = load_checkpoint(model, tiny_golden.weights)
     _assert_state_equal(model, tiny_weights)
     assert len(report.loaded) == 558 and not report.missing and not report.unexpected
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import json
 
 import pytest
 import torch
@@ -18,8 +17,6 @@ from egovlpv2_rt.train.losses import (
 )
 from safetensors.torch import load_file
 
-GOLDEN = Path(os.environ.get("EGOVLPV2_GOLDEN_DIR",
-                             Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"))
 
 
 def _err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -28,17 +25,16 @@ def _err(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def golden_io() -> dict[str, torch.Tensor]:
-    path = GOLDEN / "tiny_io.safetensors"
-    if not path.is_file():
-        pytest.fail(f"golden file {path} not found (set EGOVLPV2_GOLDEN_DIR)")
-    return load_file(str(path))
+def golden_io(golden) -> dict[str, torch.Tensor]:
+    return load_file(str(golden.io))
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("dtype,tol", [("f64", 1e-10), ("f32", 1e-5)])
-def test_egonce_matches_golden(golden_io, dtype, tol):
+def test_egonce_matches_golden(golden, golden_io, dtype, tol):
+    hparams = json.loads(golden.config.read_text())["hparams"]
     loss, pos = egonce_loss(golden_io[f"sim_{dtype}"], golden_io["egonce_mask_v"],
-                            golden_io["egonce_mask_n"], temperature=0.05)
+                            golden_io["egonce_mask_n"], temperature=hparams["loss"]["temperature"])
     assert _err(loss, golden_io[f"egonce_loss_{dtype}"]) <= tol
     assert torch.equal(pos, golden_io["egonce_mask_bool"])
 

@@ -15,13 +15,8 @@ from egovlpv2_rt.modeling import EgoVLPv2, sim_matrix
 from egovlpv2_rt.modeling.attention import _with_dropout
 from safetensors.torch import load_file
 
-MANIFEST_NAME = "full_state_dict_manifest.json"
 
-
-def _manifest(golden_sets) -> dict:
-    directory, _ = golden_sets
-    path = directory / MANIFEST_NAME
-    assert path.is_file(), f"missing {path}"
+def _manifest(path) -> dict:
     return json.loads(path.read_text())
 
 
@@ -41,22 +36,19 @@ def _tiny_inputs(cfg: ModelConfig, batch: int = 2, length: int = 7, frames: int 
     return video, ids, mask
 
 
-def _tiny_model(golden_sets=None, **overrides) -> EgoVLPv2:
-    """Tiny model with the golden weights if available (non-trivial gates), else random."""
+def _tiny_model(tiny_golden=None, **overrides) -> EgoVLPv2:
+    """Tiny model with the golden weights (non-trivial gates) when given, else random."""
     model = EgoVLPv2(preset("tiny", **overrides))
-    if golden_sets is not None:
-        _, sets = golden_sets
-        tiny = [s for s in sets if s.name == "tiny"]
-        if tiny:
-            load_checkpoint(model, tiny[0].weights)
+    if tiny_golden is not None:
+        load_checkpoint(model, tiny_golden.weights)
     return model.double().eval()
 
 
 # -- structure -----------------------------------------------------------------------------
 
 
-def test_base_preset_state_dict_equals_manifest(golden_sets):
-    manifest = _manifest(golden_sets)
+def test_base_preset_state_dict_equals_manifest(golden_manifest):
+    manifest = _manifest(golden_manifest)
     with torch.device("meta"):
         model = EgoVLPv2(preset("base"))
     ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch."))
@@ -67,21 +59,15 @@ def test_base_preset_state_dict_equals_manifest(golden_sets):
     assert n_params == manifest["total_parameters"] == 381_611_623
 
 
-def test_presets_match_golden_hparams(golden_sets):
-    manifest = _manifest(golden_sets)
+def test_presets_match_golden_hparams(golden_manifest, tiny_golden):
+    manifest = _manifest(golden_manifest)
     assert ModelConfig.from_golden_hparams(manifest["hparams"]) == preset("base")
-    directory, sets = golden_sets
-    tiny = [s for s in sets if s.name == "tiny"]
-    assert tiny, f"no tiny set in {directory}"
-    hparams = json.loads(tiny[0].config.read_text())["hparams"]
+    hparams = json.loads(tiny_golden.config.read_text())["hparams"]
     assert ModelConfig.from_golden_hparams(hparams) == preset("tiny")
 
 
-def test_tiny_state_dict_matches_golden_weights(golden_sets):
-    directory, sets = golden_sets
-    tiny = [s for s in sets if s.name == "tiny"]
-    assert tiny, f"no tiny set in {directory}"
-    golden = load_file(str(tiny[0].weights))
+def test_tiny_state_dict_matches_golden_weights(tiny_golden):
+    golden = load_file(str(tiny_golden.weights))
     ours = EgoVLPv2(preset("tiny")).state_dict()
     assert sorted(ours) == sorted(golden)
     assert {k: tuple(v.shape) for k, v in ours.items()} == {
@@ -152,9 +138,9 @@ def test_config_checks(build, message):
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_text_tower_equals_transformers_roberta(golden_sets, attn_implementation):
+def test_text_tower_equals_transformers_roberta(tiny_golden, attn_implementation):
     transformers = pytest.importorskip("transformers")
-    model = _tiny_model(golden_sets)
+    model = _tiny_model(tiny_golden)
     t = model.config.text
     hf_cfg = transformers.RobertaConfig(
         vocab_size=t.vocab_size, hidden_size=t.hidden_size,
@@ -185,8 +171,8 @@ def test_text_tower_equals_transformers_roberta(golden_sets, attn_implementation
 # -- behaviour -------------------------------------------------------------------------------
 
 
-def test_mlm_logits_do_not_need_the_last_video_block(golden_sets):
-    model = _tiny_model(golden_sets)
+def test_mlm_logits_do_not_need_the_last_video_block(tiny_golden):
+    model = _tiny_model(tiny_golden)
     video, ids, mask = _tiny_inputs(model.config)
     with torch.no_grad():
         fast = model.mlm_logits(video, ids, mask)
@@ -197,9 +183,9 @@ def test_mlm_logits_do_not_need_the_last_video_block(golden_sets):
         + [f"tlayer{i:02d}" for i in range(12)])
 
 
-def test_fusion_gates_change_the_towers(golden_sets):
+def test_fusion_gates_change_the_towers(tiny_golden):
     """Fusion and dual mode share blocks 0..5 and differ from block 6 on (gates on)."""
-    model = _tiny_model(golden_sets)
+    model = _tiny_model(tiny_golden)
     video, ids, mask = _tiny_inputs(model.config)
     with torch.no_grad():
         dual = model.forward_text(ids, mask, return_traces=True).traces
@@ -208,9 +194,9 @@ def test_fusion_gates_change_the_towers(golden_sets):
     assert (dual["tlayer06"] - fused["tlayer06"]).abs().max().item() > 1e-3
 
 
-def test_fewer_frames_use_the_first_temporal_embeddings(golden_sets):
+def test_fewer_frames_use_the_first_temporal_embeddings(tiny_golden):
     """A 2-frame clip on a 4-frame model equals the 2-frame model with truncated temporal_embed."""
-    model = _tiny_model(golden_sets)
+    model = _tiny_model(tiny_golden)
     cfg2 = model.config.replace(video=dataclasses.replace(model.config.video, num_frames=2))
     model2 = EgoVLPv2(cfg2).double().eval()
     sd = model.state_dict()
@@ -232,13 +218,12 @@ def test_sim_matrix_is_cosine_with_eps():
     assert torch.equal(EgoVLPv2.sim_matrix(a, b), sim_matrix(a, b))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(golden_sets):
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_golden):
     def grads(checkpointing: bool):
         text = dataclasses.replace(preset("tiny").text, hidden_dropout_prob=0.0,
                                    attention_probs_dropout_prob=0.0)
         model = EgoVLPv2(preset("tiny", text=text, gradient_checkpointing=checkpointing))
-        _, sets = golden_sets
-        load_checkpoint(model, next(s for s in sets if s.name == "tiny").weights)
+        load_checkpoint(model, tiny_golden.weights)
         model = model.double().train()
         calls = []
         model.video_model.blocks[7].register_forward_pre_hook(lambda *_: calls.append(1))
@@ -257,8 +242,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(golden_sets):
     assert worst <= 1e-12
 
 
-def test_dropout_is_active_in_training_only(golden_sets):
-    model = _tiny_model(golden_sets)
+def test_dropout_is_active_in_training_only(tiny_golden):
+    model = _tiny_model(tiny_golden)
     video, ids, mask = _tiny_inputs(model.config)
     with torch.no_grad():
         eval_a = model.vtm_logits(video, ids, mask)

@@ -1,4 +1,4 @@
-"""Parity with the original EgoVLPv2 on every golden set (see ../shared/golden/README.md).
+"""Parity with the original EgoVLPv2 on every golden set (see tests/golden/README.md).
 
 For each set, attention implementation and dtype, the model is built from the set's hparams,
 the golden weights are loaded through the public checkpoint loader, and every output and every
@@ -15,6 +15,7 @@ import torch
 from egovlpv2_rt.checkpoint import load_checkpoint
 from egovlpv2_rt.config import ModelConfig
 from egovlpv2_rt.modeling import EgoVLPv2, sim_matrix
+from conftest import GOLDEN_DIR, GOLDEN_ENV, golden_sets_to_test
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.parity
@@ -106,10 +107,29 @@ def test_sim_matches_golden(golden, golden_io, suffix, impl):
     assert err <= DTYPES[suffix][1], f"sim err {err:.3e}"
 
 
-def test_golden_sets_found(golden_sets):
-    """Parity must not pass vacuously: a missing golden directory is a failure, not a skip."""
-    directory, sets = golden_sets
-    assert sets, f"no golden parity set in {directory} (set EGOVLPV2_GOLDEN_DIR)"
+def test_golden_sets_found():
+    """Parity must not pass vacuously: the repository's own tiny set is always among the sets."""
+    in_repo = [s for s in golden_sets_to_test() if not s.extra]
+    assert [(s.name, s.problem) for s in in_repo] == [("tiny", None)]
+    assert all(p.is_file() for p in (in_repo[0].config, in_repo[0].weights, in_repo[0].io))
+
+
+def test_extra_golden_sets_are_added_and_incomplete_ones_fail(tmp_path, monkeypatch):
+    """$EGOVLPV2_GOLDEN_DIR adds sets (never replaces); a set missing a file carries a problem."""
+    for name in ("tiny_config.json", "tiny_weights.safetensors", "tiny_io.safetensors"):
+        (tmp_path / name).symlink_to(GOLDEN_DIR / name)
+    (tmp_path / "half_config.json").write_text("{}")
+    monkeypatch.setenv(GOLDEN_ENV, str(tmp_path))
+    sets = golden_sets_to_test()
+    assert [(s.label, s.extra) for s in sets] == [
+        ("tiny", False), (f"{tmp_path.name}/half", True), (f"{tmp_path.name}/tiny", True)]
+    half = sets[1]
+    assert half.problem is not None and "half_weights.safetensors" in half.problem
+    assert "half_io.safetensors" in half.problem and sets[2].problem is None
+    monkeypatch.setenv(GOLDEN_ENV, str(tmp_path / "nowhere"))
+    assert "does not exist" in (golden_sets_to_test()[-1].problem or "")
+    monkeypatch.setenv(GOLDEN_ENV, str(GOLDEN_DIR))      # the repository's own folder: no twin
+    assert [s.label for s in golden_sets_to_test()] == ["tiny"]
 
 
 def test_every_golden_tensor_is_compared(golden, golden_io):
