@@ -1,18 +1,35 @@
 """egovlpv2-rt: a production runtime for EgoVLPv2 egocentric video-language models.
 
 Importing the package loads the compiled op libraries (when built) and registers the custom
-ops' fake kernels and autograd; the model, export and training code load on first use of
-their modules.
+ops' fake kernels and autograd. The inference API (``load``, ``Runtime``, ``MCQAnswer``,
+``default_model_path``) is loaded on first use, and no module of the package imports this one:
+the package's face sits above every floor.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import _extension, ops  # ops registers the fake kernels and autograd
-from .runtime import Runtime, default_model_path, load
+from ._version import __version__
 
-__all__ = ["Runtime", "__version__", "build_info", "default_model_path", "load", "ops"]
+if TYPE_CHECKING:
+    from .runtime import MCQAnswer, Runtime, default_model_path, load
+
+__all__ = ["MCQAnswer", "Runtime", "__version__", "build_info", "default_model_path", "load",
+           "ops"]
+
+_LAZY = {"load": ".runtime", "Runtime": ".runtime", "MCQAnswer": ".runtime",
+         "default_model_path": ".runtime"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_info() -> dict[str, object]:

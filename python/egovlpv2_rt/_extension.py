@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,8 @@ def _package_dirs() -> list[Path]:
     spec = importlib.util.find_spec("egovlpv2_rt._C")
     if spec is not None and spec.origin:
         dirs.append(Path(spec.origin).parent)
-    package = importlib.import_module("egovlpv2_rt")
+    # The package is being imported (it imports this module), so it is in sys.modules.
+    package = sys.modules[__package__ or "egovlpv2_rt"]
     dirs.extend(Path(p) for p in getattr(package, "__path__", []))
     unique: list[Path] = []
     for d in dirs:

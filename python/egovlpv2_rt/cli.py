@@ -488,7 +488,8 @@ def collect_info() -> dict[str, Any]:
     """Build facts, available backends and devices (what ``egovlpv2 info`` prints)."""
     import torch
 
-    from . import __version__, build_info
+    from ._extension import build_info
+    from ._version import __version__
     from .runtime import default_model_dir
 
     backends: dict[str, Any] = {"torch": {"available": True, "version": torch.__version__}}

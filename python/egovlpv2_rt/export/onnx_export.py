@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..modeling.model import EgoVLPv2
 from . import passes
 from .graphs import DUAL_GRAPHS, FUSION_GRAPHS, GRAPHS, build_graph, dynamic_shapes, example_inputs
