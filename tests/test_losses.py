@@ -18,7 +18,6 @@ from egovlpv2_rt.train.losses import (
 from safetensors.torch import load_file
 
 
-
 def _err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     ref = ref.double()
     return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
