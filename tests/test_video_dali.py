@@ -23,7 +23,7 @@ from egovlpv2_rt.video import (
     read_clip,
 )
 from egovlpv2_rt.video.dali_backend import DaliClipLoader, dali_available
-from egovlpv2_rt.video.reader import _seeds
+from egovlpv2_rt.video.planning import split_seed
 from egovlpv2_rt.video.synthetic import read_frame_code, write_video
 
 _OK, _WHY = dali_available("cpu")
@@ -100,7 +100,7 @@ def test_dali_ops_equal_torch_transform(media, name, transform):
             "train": TrainTransform()}[transform]
     dali = read_clip(p, backend="dali_cpu", transform=ours, seed=21)
     if isinstance(ours, TrainTransform):
-        ref = ours(raw, generator=_seeds(21)[1])
+        ref = ours(raw, generator=split_seed(21)[1])
     else:
         ref = ours(raw)
     assert _stats(dali, ref)[2] <= TRANSFORM_MAX

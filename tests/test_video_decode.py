@@ -199,7 +199,7 @@ def test_truncated_faststart_pads_or_raises(media):
 def test_unsupported_codec_for_backend(media):
     with pytest.raises(UnsupportedCodecError, match="codec 'h264' cannot be decoded by backend "
                        "'dali_cpu'; backends that can read it: pyav, torchcodec, dali") as ei:
-        from egovlpv2_rt.video.reader import check_codec
+        from egovlpv2_rt.video.codecs import check_codec
 
         check_codec(probe(media["h264"]), "dali_cpu")
     assert ei.value.supported_by == ("pyav", "torchcodec", "dali")

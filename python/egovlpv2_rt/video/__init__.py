@@ -6,6 +6,8 @@ Entry points: :func:`read_clip` (one clip -> ``[F, 3, 224, 224]`` float32) and
 Every failure raises a :class:`VideoError` subclass naming the file. See docs/VIDEO.md.
 """
 
+# Importing the DALI backend registers it with the reader (backend='dali' / 'dali_cpu').
+from .codecs import backends_for_codec
 from .dali_backend import DaliClipLoader, dali_available
 from .dataset import ClipFailure, RobustClipLoader, VideoClipDataset, collate_clips
 from .errors import (
@@ -20,8 +22,9 @@ from .errors import (
     VideoError,
     VideoNotFoundError,
 )
+from .planning import frame_indices, plan_clip
 from .probe import VideoInfo, clear_probe_cache, probe
-from .reader import BACKENDS, backends_for_codec, decode_clip, frame_indices, plan_clip, read_clip
+from .reader import BACKENDS, decode_clip, read_clip
 from .sampling import ClipPlan, ClipSpec, EgoClipLayout, segment_indices
 from .torchcodec_backend import torchcodec_available
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform

@@ -30,16 +30,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .codecs import check_codec
 from .errors import (
     BackendUnavailableError,
     CorruptVideoError,
     FramePaddingWarning,
     InsufficientFramesError,
     VideoError,
+    describe_error,
 )
+from .planning import plan_clip, split_seed
 from .probe import VideoInfo, probe
+from .reader import register_plan_reader
 from .sampling import ClipPlan, ClipSpec, EgoClipLayout, as_specs
-from .transforms import CropBox, EvalTransform, TrainTransform
+from .transforms import CropBox, EvalTransform, TrainTransform, make_transform
 
 __all__ = ["DaliClipLoader", "dali_available", "read_plans"]
 
@@ -290,8 +294,6 @@ def read_plans(
     ``transform=None``, uint8 ``[F, 3, H, W]``. A failing clip raises its VideoError, or with
     ``return_errors=True`` is returned in its place.
     """
-    from .reader import check_codec
-
     backend = "dali" if device == "gpu" else "dali_cpu"
     _require(device, plans[0].files[0] if plans else "")
     flat: list[_Sample] = []
@@ -389,8 +391,6 @@ class DaliClipLoader:
         dtype: torch.dtype = torch.float32,
         num_threads: int = 2,
     ) -> None:
-        from .reader import make_transform
-
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}, {num_shards}")
         if on_error not in ("skip", "raise"):
@@ -413,11 +413,9 @@ class DaliClipLoader:
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[dict]:
-        from .reader import _seeds, describe_error, plan_clip
-
         self.failures = []
         seed = None if self.seed is None else self.seed * 1_000_003 + self.epoch
-        rng, gen = _seeds(seed)
+        rng, gen = split_seed(seed)
         self.epoch += 1
         for b in range(0, len(self.indices), self.batch_size):
             idx = self.indices[b : b + self.batch_size]
@@ -431,13 +429,13 @@ class DaliClipLoader:
                                            short=self.short))
                     keep.append(i)
                 except VideoError as e:
-                    self._fail(i, spec, e, describe_error)
+                    self._fail(i, spec, e)
             outs = read_plans(plans, self.device, self.transform, self.short, self.dtype, gen,
                               self.num_threads, return_errors=True) if plans else []
             videos, kept = [], []
             for i, o in zip(keep, outs):
                 if isinstance(o, VideoError):
-                    self._fail(i, self.specs[i], o, describe_error)
+                    self._fail(i, self.specs[i], o)
                 else:
                     videos.append(o)
                     kept.append(i)
@@ -451,7 +449,18 @@ class DaliClipLoader:
                 "; ".join(f"[{i}] {p} ({e})" for i, p, e in self.failures[:20]),
             )
 
-    def _fail(self, i: int, spec: ClipSpec, err: VideoError, describe) -> None:
+    def _fail(self, i: int, spec: ClipSpec, err: VideoError) -> None:
         if self.on_error == "raise":
             raise err
-        self.failures.append((i, os.fspath(spec.path), describe(err)))
+        self.failures.append((i, os.fspath(spec.path), describe_error(err)))
+
+
+def _plan_reader(device: str):
+    """``read_plans`` on ``device`` as the reader's plan-reader interface."""
+    def read(plans, transform, short, dtype, generator):
+        return read_plans(plans, device, transform, short, dtype, generator, return_errors=True)
+    return read
+
+
+register_plan_reader("dali", _plan_reader("gpu"))
+register_plan_reader("dali_cpu", _plan_reader("cpu"))

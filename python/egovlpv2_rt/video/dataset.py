@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import VideoError
-from .reader import describe_error, read_clip
+from .errors import VideoError, describe_error
+from .reader import read_clip
 from .sampling import EgoClipLayout, as_specs
 
 __all__ = ["ClipFailure", "RobustClipLoader", "VideoClipDataset", "collate_clips"]

@@ -96,3 +96,8 @@ class ClipRangeWarning(UserWarning):
 
 class FramePaddingWarning(UserWarning):
     """Missing frames were replaced by repeating the last decoded one (``short='pad'``)."""
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming the error type and message (used in dataset reports)."""
+    return f"{type(err).__name__}: {err}"

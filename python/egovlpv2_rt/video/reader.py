@@ -1,153 +1,62 @@
-"""``read_clip`` and ``frame_indices``: the public entry points of the video package.
+"""``read_clip`` and ``decode_clip``: the public entry points of the video package.
 
-One call = probe (cached) -> plan the frame indices (sampling.py, the same for every backend) ->
+One call = probe (cached) -> plan the frame indices (planning.py, the same for every backend) ->
 decode those frames with the chosen backend -> pad or raise on missing frames -> apply the
-display rotation -> transform.
+display rotation -> transform. The CPU decoders (PyAV, torchcodec) are called here; a backend
+that reads whole plans itself (DALI) registers with :func:`register_plan_reader` when its module
+is imported, so this module never imports it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .codecs import backends_for_codec, check_codec
 from .errors import (
+    BackendUnavailableError,
     CorruptVideoError,
     FramePaddingWarning,
     InsufficientFramesError,
-    UnsupportedCodecError,
+    VideoError,
 )
-from .probe import VideoInfo, probe
-from .pyav_backend import decode_pyav, pyav_can_decode
-from .sampling import (
-    ClipPlan,
-    EgoClipLayout,
-    OutOfRange,
-    Sampling,
-    ShortPolicy,
-    plan_egoclip,
-    plan_file,
-    unique_per_file,
-)
-from .transforms import EvalTransform, TrainTransform
+from .planning import frame_indices, plan_clip, split_seed
+from .probe import probe
+from .pyav_backend import decode_pyav
+from .sampling import ClipPlan, EgoClipLayout, OutOfRange, Sampling, ShortPolicy, unique_per_file
+from .transforms import TrainTransform, make_transform
 
 __all__ = [
     "BACKENDS",
+    "PlanReader",
     "backends_for_codec",
     "decode_clip",
     "frame_indices",
-    "make_transform",
     "plan_clip",
     "read_clip",
+    "register_plan_reader",
 ]
 
 Backend = Literal["pyav", "torchcodec", "dali", "dali_cpu"]
 BACKENDS: tuple[str, ...] = ("pyav", "torchcodec", "dali", "dali_cpu")
 
-# What each backend can decode (FFmpeg codec names). DALI's CPU decoder only has the royalty-free
-# software codecs; its GPU ("mixed") decoder uses NVDEC for the rest.
-DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp8", "vp9", "mjpeg"})
+# (plans, transform, short, dtype, generator) -> one clip tensor (or VideoError) per plan.
+PlanReader = Callable[[Sequence[ClipPlan], object, str, torch.dtype, "torch.Generator | None"],
+                      list]
+_PLAN_READERS: dict[str, PlanReader] = {}
 
 
-def backends_for_codec(codec: str) -> list[str]:
-    """Backends able to decode ``codec`` (by capability, whether or not installed here)."""
-    out = []
-    if pyav_can_decode(codec):
-        out += ["pyav", "torchcodec"]
-    if codec in DALI_GPU_CODECS:
-        out.append("dali")
-    if codec in DALI_CPU_CODECS:
-        out.append("dali_cpu")
-    return out
-
-
-def check_codec(info: VideoInfo, backend: str) -> None:
-    """Raise :class:`UnsupportedCodecError` if ``backend`` cannot decode ``info``'s codec."""
-    able = backends_for_codec(info.codec)
-    if backend not in able:
-        raise UnsupportedCodecError(info.path, info.codec, backend, able)
-
-
-def make_transform(transform) -> EvalTransform | TrainTransform | None:
-    """'eval' | 'train' | None | an EvalTransform/TrainTransform instance -> instance or None."""
-    if transform is None or isinstance(transform, (EvalTransform, TrainTransform)):
-        return transform
-    if transform == "eval":
-        return EvalTransform()
-    if transform == "train":
-        return TrainTransform()
-    raise ValueError(
-        f"transform must be 'eval', 'train', None or a transform instance, got {transform!r}"
-    )
-
-
-def _seeds(seed) -> tuple[np.random.Generator | None, torch.Generator | None]:
-    """Independent generators for frame sampling and the train transform from one seed."""
-    if seed is None:
-        return None, None
-    ss = np.random.SeedSequence(int(seed))
-    a, b = ss.spawn(2)
-    g = torch.Generator()
-    g.manual_seed(int(b.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-    return np.random.default_rng(a), g
-
-
-def plan_clip(
-    path: str | os.PathLike,
-    start_sec: float | None = None,
-    end_sec: float | None = None,
-    num_frames: int = 4,
-    sampling: Sampling = "uniform",
-    seed=None,
-    *,
-    layout: EgoClipLayout | None = None,
-    out_of_range: OutOfRange = "clamp",
-    short: ShortPolicy = "pad",
-) -> ClipPlan:
-    """The frames a read would decode (see sampling.py for the rule). ``seed``: int, Generator
-    or None."""
-    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-    if sampling not in ("uniform", "rand"):
-        raise ValueError(f"sampling must be 'uniform' or 'rand', got {sampling!r}")
-    if layout is None:
-        info = probe(path)
-        return plan_file(info, start_sec, end_sec, int(num_frames), sampling, seed,
-                         out_of_range, short)
-    return plan_egoclip(
-        path, start_sec, end_sec, int(num_frames), layout,
-        lambda k: probe(layout.chunk_path(path, k)).num_frames,
-        sampling, seed, out_of_range, short,
-    )
-
-
-def frame_indices(
-    path: str | os.PathLike,
-    start_sec: float | None = None,
-    end_sec: float | None = None,
-    num_frames: int = 4,
-    sampling: Sampling = "uniform",
-    seed: int | None = None,
-    *,
-    layout: EgoClipLayout | None = None,
-    out_of_range: OutOfRange = "clamp",
-    short: ShortPolicy = "pad",
-) -> list[int]:
-    """Frame indices ``read_clip`` decodes for the same arguments (any backend).
-
-    Indices count frames in presentation order from 0; in the EgoClip layout they are global
-    (chunk ``k`` starts at ``k * 18000``). With ``sampling='rand'`` the same ``seed`` gives the
-    same indices here and in ``read_clip``.
-    """
-    rng, _ = _seeds(seed)
-    plan = plan_clip(path, start_sec, end_sec, num_frames, sampling, rng, layout=layout,
-                     out_of_range=out_of_range, short=short)
-    return [int(i) for i in plan.indices]
+def register_plan_reader(backend: str, reader: PlanReader) -> None:
+    """Make ``read_clip(..., backend=backend)`` hand its plan to ``reader``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _PLAN_READERS[backend] = reader
 
 
 def _decode_file(path: str, local: list[int], backend: str, threads: int):
@@ -261,24 +170,23 @@ def read_clip(
         VideoError subclasses (see errors.py); ValueError for invalid arguments.
     """
     tf = make_transform(transform)
-    rng, gen = _seeds(seed)
+    rng, gen = split_seed(seed)
     plan = plan_clip(path, start_sec, end_sec, num_frames, sampling, rng, layout=layout,
                      out_of_range=out_of_range, short=short)
-    if backend in ("dali", "dali_cpu"):
-        from .dali_backend import read_plans
-
-        return read_plans([plan], device="gpu" if backend == "dali" else "cpu", transform=tf,
-                          short=short, dtype=dtype, generator=gen)[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend in ("dali", "dali_cpu"):
+        if backend not in _PLAN_READERS:
+            raise BackendUnavailableError(f"backend {backend!r}: its module "
+                                          "egovlpv2_rt.video.dali_backend is not loaded",
+                                          os.fspath(path))
+        (clip,) = _PLAN_READERS[backend]([plan], tf, short, dtype, gen)
+        if isinstance(clip, VideoError):
+            raise clip
+        return clip
     frames = decode_clip(plan, backend, short, threads, contiguous=tf is None)
     if tf is None:
         return frames
     if isinstance(tf, TrainTransform):
         return tf(frames, generator=gen, dtype=dtype)
     return tf(frames, dtype=dtype)
-
-
-def describe_error(err: BaseException) -> str:
-    """One line naming the error type and message (used in dataset reports)."""
-    return f"{type(err).__name__}: {err}"

@@ -265,3 +265,16 @@ class TrainTransform:
     ) -> Tensor:
         params = self.sample(frames.shape[-2], frames.shape[-1], generator)
         return self.apply(frames, params, dtype)
+
+
+def make_transform(transform) -> EvalTransform | TrainTransform | None:
+    """'eval' | 'train' | None | an EvalTransform/TrainTransform instance -> instance or None."""
+    if transform is None or isinstance(transform, (EvalTransform, TrainTransform)):
+        return transform
+    if transform == "eval":
+        return EvalTransform()
+    if transform == "train":
+        return TrainTransform()
+    raise ValueError(
+        f"transform must be 'eval', 'train', None or a transform instance, got {transform!r}"
+    )
