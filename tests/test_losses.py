@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from egovlpv2_rt.data.mlm import mlm_mask_tokens
 from egovlpv2_rt.train.losses import (
     LossWeights,
     combine_losses,
     egonce_loss,
     mlm_loss,
-    mlm_mask_tokens,
     sample_vtm_pairs,
     vtm_negative_weights,
 )

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..train.losses import mlm_mask_tokens
 from .egoclip import ClipRecord
 from .masks import egonce_masks, multi_hot
+from .mlm import mlm_mask_tokens
 
 __all__ = ["TextBatch", "collate_text"]
 
