@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ModelConfig
-from .export.metadata import Preprocessing
+from .preprocessing import Preprocessing
 from .runtime_backends import (
     Engine,
     OrtEngine,
