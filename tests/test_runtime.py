@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny_assets import synthetic_clips, tiny_export_dir, tiny_model_dir
-from egovlpv2_rt import runtime, runtime_backends
+from egovlpv2_rt import model_files, runtime, runtime_backends
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.modeling import EgoVLPv2
 from egovlpv2_rt.runtime import DefaultModelMissingError, load
@@ -288,13 +288,13 @@ def test_wrong_tokenizer_is_rejected(model_dir, tmp_path):
 
 
 def test_default_model_location(monkeypatch, tmp_path, model_dir):
-    monkeypatch.setattr(runtime, "default_model_dir", lambda: tmp_path / "default_model")
+    monkeypatch.setattr(model_files, "default_model_dir", lambda: tmp_path / "default_model")
     with pytest.raises(DefaultModelMissingError, match="python -m egovlpv2_rt.train."
                                                        "default_model"):
         runtime.default_model_path()
     with pytest.raises(DefaultModelMissingError):
         load(device="cpu")
-    monkeypatch.setattr(runtime, "default_model_dir", lambda: model_dir)
+    monkeypatch.setattr(model_files, "default_model_dir", lambda: model_dir)
     assert runtime.default_model_path() == model_dir / "model.safetensors"
     rt = load(device="cpu")
     assert rt.files.checkpoint == model_dir / "model.safetensors"

@@ -35,6 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ModelConfig
+from .model_files import (
+    DefaultModelMissingError,
+    ModelFiles,
+    default_model_dir,
+    default_model_path,
+    load_model_files,
+    load_tokenizer,
+    resolve_checkpoint,
+)
 from .preprocessing import Preprocessing
 from .runtime_backends import (
     Engine,
@@ -56,7 +65,6 @@ __all__ = [
     "default_model_dir",
     "default_model_path",
     "load",
-    "load_model",
     "resolve_checkpoint",
 ]
 
@@ -65,109 +73,6 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 MCQ_MODES = ("dual", "fusion", "ensemble")
 PathLike = str | os.PathLike
 Output = Literal["numpy", "torch"]
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-
-
-class DefaultModelMissingError(FileNotFoundError):
-    """The default model files are not inside the installed package."""
-
-
-# ------------------------------------------------------------------------------ model files
-
-
-def default_model_dir() -> Path:
-    """Folder of the shipped default model (``egovlpv2_rt/default_model``), whether or not
-    its files are present."""
-    return Path(__file__).resolve().parent / "default_model"
-
-
-def default_model_path() -> Path:
-    """``model.safetensors`` of the shipped default model; raises
-    :class:`DefaultModelMissingError` when the package was installed without it."""
-    d = default_model_dir()
-    missing = [n for n in ("model.safetensors", "tokenizer.json") if not (d / n).is_file()]
-    if missing:
-        raise DefaultModelMissingError(
-            f"the shipped default model is missing from {d} (no {', '.join(missing)}); "
-            "train it with `python -m egovlpv2_rt.train.default_model` or pass a checkpoint"
-        )
-    return d / "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """Where a model's pieces are: the weights (``checkpoint``), the tokenizer files, and an
-    export folder (``export.json``) when the checkpoint names one."""
-
-    checkpoint: Path | None
-    tokenizer: Path | None
-    export_dir: Path | None = None
-
-
-def _tokenizer_in(directory: Path) -> Path | None:
-    if (directory / "tokenizer.json").is_file():
-        return directory / "tokenizer.json"
-    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        return directory
-    return None
-
-
-def resolve_checkpoint(checkpoint: PathLike | None = None) -> ModelFiles:
-    """Find the files of ``checkpoint``: None = the shipped default model; a folder with
-    ``model.safetensors`` and/or an export (``export.json``) and ``tokenizer.json`` (or
-    ``vocab.json`` + ``merges.txt``); or a weights file (``.safetensors``, ``.pth``, ...) with
-    the tokenizer files beside it."""
-    if checkpoint is None:
-        path = default_model_path()
-        return ModelFiles(path, _tokenizer_in(path.parent))
-    path = Path(checkpoint)
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        export = path if (path / "export.json").is_file() else None
-        if not weights.is_file() and export is None:
-            raise FileNotFoundError(f"checkpoint folder {path} has neither model.safetensors "
-                                    "nor an export (export.json)")
-        return ModelFiles(weights if weights.is_file() else None, _tokenizer_in(path), export)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix not in _CHECKPOINT_SUFFIXES:
-        raise ValueError(f"checkpoint {path}: unknown file type {path.suffix!r}; expected one "
-                         f"of {', '.join(_CHECKPOINT_SUFFIXES)} or a model folder")
-    return ModelFiles(path, _tokenizer_in(path.parent))
-
-
-def load_model(files: ModelFiles, *, config: ModelConfig | None = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               attention_impl: str | None = None):
-    """Build the ``EgoVLPv2`` of ``files.checkpoint`` (eval mode). A file that is not a
-    checkpoint, or one that does not fit the config, raises ``ValueError`` naming it."""
-    from .checkpoint import CheckpointMismatchError
-    from .checkpoint import load_model as _load
-
-    if files.checkpoint is None:
-        raise FileNotFoundError("no model weights (model.safetensors) to load")
-    try:
-        return _load(files.checkpoint, config, attention_impl=attention_impl, dtype=dtype,
-                     device=device)
-    except (CheckpointMismatchError, FileNotFoundError):
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{files.checkpoint}: {exc}") from exc
-    except Exception as exc:  # safetensors and pickle raise their own types
-        raise ValueError(f"{files.checkpoint}: not a readable EgoVLPv2 checkpoint "
-                         f"({type(exc).__name__}: {exc})") from exc
-
-
-def _load_tokenizer(path: Path | None, max_length: int):
-    from .tokenizer import RobertaTokenizer
-
-    if path is None:
-        raise FileNotFoundError("no tokenizer: expected tokenizer.json (or vocab.json + "
-                                "merges.txt) beside the checkpoint; pass tokenizer=")
-    path = Path(path)
-    if path.is_dir():
-        return RobertaTokenizer.from_directory(path, max_length=max_length)
-    return RobertaTokenizer.from_tokenizer_json(path, max_length=max_length)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -757,7 +662,7 @@ def load(
         if max_text_length is not None:
             prep = Preprocessing(**{**prep.to_dict(), "max_text_length": min(
                 max_text_length, prep.max_text_length)})
-        tokenizer_obj = _load_tokenizer(tok_path, prep.max_text_length)
+        tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
         if backend == "onnxruntime":
             engine: Engine = OrtEngine(files.export_dir, dev, None,
                                          has_fusion="vtm" in manifest["graphs"])
@@ -784,7 +689,7 @@ def load(
         raise ValueError(f"attention_impl must be 'fused' or 'reference', got "
                          f"{attention_impl!r}")
     impl = attention_impl or ("fused" if fused_ok else "reference")
-    model = load_model(files, config=config, device="cpu", dtype=torch.float32,
+    model = load_model_files(files, config=config, device="cpu", dtype=torch.float32,
                        attention_impl=impl)
     cfg = model.config
     frames = num_frames or cfg.video.num_frames
@@ -794,7 +699,7 @@ def load(
     limit = cfg.text.max_text_length
     prep = Preprocessing.for_config(cfg, num_frames=frames,
                                     max_text_length=min(max_text_length or limit, limit))
-    tokenizer_obj = _load_tokenizer(tok_path, prep.max_text_length)
+    tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
     if tokenizer_obj.vocab_size > cfg.text.vocab_size:
         raise ValueError(f"tokenizer {tok_path} has {tokenizer_obj.vocab_size} tokens but the "
                          f"model's vocabulary is {cfg.text.vocab_size}: wrong tokenizer for "

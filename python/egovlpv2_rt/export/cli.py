@@ -83,7 +83,7 @@ def profiles_from_args(batch: list[str] | None, text_length: list[str] | None,
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..runtime import load_model, resolve_checkpoint
+    from ..model_files import load_model_files, resolve_checkpoint
     from .onnx_export import export_model, graphs_for_mode, verify_onnx
     from .translation import ONNX_OPSET
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     if files.checkpoint is None:
         raise FileNotFoundError(f"{args.checkpoint}: no model weights (model.safetensors) to "
                                 "export")
-    model = load_model(files, attention_impl="fused")
+    model = load_model_files(files, attention_impl="fused")
     cfg = model.config
     if args.frames is not None and not 1 <= args.frames <= cfg.video.num_frames:
         raise ValueError(f"--frames {args.frames} is outside [1, {cfg.video.num_frames}], the "
