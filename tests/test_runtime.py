@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from _tiny_assets import synthetic_clips, tiny_export_dir, tiny_model_dir
-from egovlpv2_rt import model_files, runtime, runtime_backends
+from egovlpv2_rt import model_files, runtime
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.modeling import EgoVLPv2
-from egovlpv2_rt.runtime import DefaultModelMissingError, load
+from egovlpv2_rt.runtime import DefaultModelMissingError, engines, load
 from egovlpv2_rt.video import ClipSpec, EvalTransform, VideoError, read_clip
 
 TOL = 1e-4
@@ -167,7 +167,7 @@ def test_shape_buckets_do_not_change_results(rt_torch, specs):
 
 
 def test_bucket_sizes():
-    batch, length = runtime_backends.batch_bucket, runtime_backends.length_bucket
+    batch, length = engines.batch_bucket, engines.length_bucket
     assert [batch(n, 32) for n in (1, 2, 3, 5, 9, 32)] == [1, 2, 4, 8, 16, 32]
     assert batch(20, 24) == 24
     assert [length(n, 512) for n in (1, 8, 9, 64, 65, 300)] == [8, 8, 16, 64, 128, 512]

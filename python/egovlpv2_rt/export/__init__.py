@@ -1,5 +1,5 @@
 """Deployment graphs: ONNX export of the dual encoders and the fusion heads, TensorRT engines,
-and the ``egovlpv2-export`` CLI (``export.cli``).
+(the ``egovlpv2-export`` command lives in ``egovlpv2_rt.cli.export``).
 
 - :mod:`.graphs`: the exportable wrappers (``video_encoder``, ``text_encoder``, ``vtm``, ``mlm``);
 - :mod:`.translation`: the custom ops as standard ONNX attention subgraphs;

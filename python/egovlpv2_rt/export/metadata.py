@@ -19,16 +19,19 @@ from ..preprocessing import Preprocessing
 
 __all__ = [
     "FORMAT_VERSION",
+    "MANIFEST",
     "METADATA_PREFIX",
     "Preprocessing",
     "Sidecar",
     "file_sha256",
     "metadata_props",
+    "read_manifest",
     "read_sidecar",
     "write_sidecar",
 ]
 
 FORMAT_VERSION = 1
+MANIFEST = "export.json"  # the export folder's index: graphs, config, preprocessing
 METADATA_PREFIX = "egovlpv2."
 
 
@@ -117,3 +120,20 @@ def metadata_props(sidecar: Sidecar) -> dict[str, str]:
         METADATA_PREFIX + "package_version": sidecar.package_version,
         METADATA_PREFIX + "format_version": str(sidecar.format_version),
     }
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The ``export.json`` of an export folder (``FileNotFoundError`` / ``ValueError`` naming
+    the file when it is missing or malformed)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: not an egovlpv2 export folder (no {MANIFEST}); "
+                                "create one with egovlpv2-export")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("config", "preprocessing", "graphs"):
+        if key not in data:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return data

@@ -38,7 +38,15 @@ from .._version import __version__
 from ..modeling.model import EgoVLPv2
 from . import passes
 from .graphs import DUAL_GRAPHS, FUSION_GRAPHS, GRAPHS, build_graph, dynamic_shapes, example_inputs
-from .metadata import Preprocessing, Sidecar, file_sha256, metadata_props, write_sidecar
+from .metadata import (
+    MANIFEST,
+    Preprocessing,
+    Sidecar,
+    file_sha256,
+    metadata_props,
+    read_manifest,
+    write_sidecar,
+)
 from .translation import ONNX_OPSET, custom_translation_table
 
 __all__ = [
@@ -52,7 +60,6 @@ __all__ = [
     "verify_onnx",
 ]
 
-MANIFEST = "export.json"
 # Protobuf's hard limit is 2 GiB; bigger graphs keep their weights in a side file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -330,23 +337,6 @@ def _update_manifest(out: Path, model: EgoVLPv2, prep: Preprocessing, precision:
                 "package_version": __version__, "graphs": graphs,
                 "tokenizer": "tokenizer.json" if (out / "tokenizer.json").is_file() else None}
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
-def read_manifest(directory: str | os.PathLike) -> dict:
-    """The ``export.json`` of an export folder (``FileNotFoundError`` / ``ValueError`` naming
-    the file when it is missing or malformed)."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory}: not an egovlpv2 export folder (no {MANIFEST}); "
-                                "create one with egovlpv2-export")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    for key in ("config", "preprocessing", "graphs"):
-        if key not in data:
-            raise ValueError(f"{path}: missing key {key!r}")
-    return data
 
 
 def verify_onnx(

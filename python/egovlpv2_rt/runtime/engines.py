@@ -1,4 +1,4 @@
-"""Inference backends of :mod:`egovlpv2_rt.runtime`: one class per backend with the same
+"""Inference engines of :mod:`egovlpv2_rt.runtime`: one class per backend with the same
 three calls (``video``, ``text``, ``vtm``), and the CUDA-graph machinery of the torch backend.
 
 Tensors in: pixels ``[B, F, 3, S, S]`` float, ``input_ids`` / ``attention_mask`` ``[B, L]``
@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..export.tensorrt import TensorRTEngine, import_tensorrt
+from ..modeling.validation import skip_value_checks
+
 __all__ = [
     "CudaGraphs",
     "Engine",
@@ -35,8 +38,6 @@ def no_value_checks() -> contextlib.AbstractContextManager[None]:
     """Skip the model's data-dependent input checks (token range, finite pixels) while a
     CUDA graph is captured: they read tensor values on the host, which a capture forbids.
     The runtime builds its inputs itself (ids from its tokenizer), so they are valid."""
-    from .modeling.validation import skip_value_checks
-
     return skip_value_checks()
 
 
@@ -263,8 +264,6 @@ class TensorRTEngines(Engine):
     name = "tensorrt"
 
     def __init__(self, export_dir: Path, device: torch.device) -> None:
-        from .export.tensorrt import TensorRTEngine, import_tensorrt
-
         import_tensorrt()
         if device.type != "cuda":
             raise ValueError("backend 'tensorrt' needs a CUDA device")

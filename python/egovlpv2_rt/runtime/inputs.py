@@ -1,0 +1,103 @@
+"""The runtime's input and output conventions: clips (paths, ``(path, start, end)``, ClipSpecs,
+dicts or pixel tensors) and captions are checked and normalised here; embeddings leave as numpy
+arrays or CPU tensors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..video import ClipSpec
+
+__all__ = ["Output", "as_clip_spec", "check_texts", "clip_label", "flatten_clips",
+           "l2_normalize", "to_output"]
+
+Output = Literal["numpy", "torch"]
+
+
+def clip_label(i: int, item: Any) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return f"clip {i} ({os.fspath(item)})"
+    return f"clip {i}"
+
+
+def as_clip_spec(item: Any, i: int):
+    """A clip description -> ClipSpec, or None for pixel tensors."""
+    if isinstance(item, ClipSpec):
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return ClipSpec(os.fspath(item))
+    if isinstance(item, dict):
+        if "path" not in item:
+            raise ValueError(f"clip {i}: a dict clip needs a 'path' key, got {sorted(item)}")
+        return ClipSpec(os.fspath(item["path"]), item.get("start_sec", item.get("start")),
+                        item.get("end_sec", item.get("end")))
+    if isinstance(item, (tuple, list)) and len(item) in (1, 3) and isinstance(
+            item[0], (str, os.PathLike)):
+        start = item[1] if len(item) == 3 else None
+        end = item[2] if len(item) == 3 else None
+        return ClipSpec(os.fspath(item[0]), None if start is None else float(start),
+                        None if end is None else float(end))
+    if isinstance(item, (Tensor, np.ndarray)):
+        return None
+    raise TypeError(f"clip {i}: expected a path, (path, start_sec, end_sec), a ClipSpec or a "
+                    f"pixel tensor [F, 3, S, S], got {type(item).__name__}")
+
+
+def flatten_clips(clips: Any) -> list[Any]:
+    """Accept one clip, a list of clips, or a batch tensor [B, F, 3, S, S]."""
+    if isinstance(clips, (Tensor, np.ndarray)):
+        if clips.ndim == 5:
+            return list(clips)
+        if clips.ndim == 4:
+            return [clips]
+        raise ValueError(f"clips: a pixel tensor must be [F, 3, S, S] or [B, F, 3, S, S], got "
+                         f"shape {tuple(clips.shape)}")
+    if isinstance(clips, (str, os.PathLike, dict)) or _is_spec(clips):
+        return [clips]
+    if isinstance(clips, tuple) and len(clips) == 3 and isinstance(clips[0], (str, os.PathLike)) \
+            and not isinstance(clips[1], (str, os.PathLike)):
+        return [clips]
+    if not isinstance(clips, Sequence) or isinstance(clips, (bytes, bytearray)):
+        raise TypeError(f"clips: expected a clip or a sequence of clips, got "
+                        f"{type(clips).__name__}")
+    if len(clips) == 0:
+        raise ValueError("clips: empty; give at least one clip")
+    return list(clips)
+
+
+def _is_spec(x: Any) -> bool:
+    return isinstance(x, ClipSpec)
+
+
+def check_texts(texts: Any, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence) or len(texts) == 0:
+        raise ValueError(f"{what}: expected a non-empty string or list of strings")
+    out = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}]: expected str, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{what}[{i}]: empty text; give a caption or query")
+        out.append(t)
+    return out
+
+
+def to_output(x: Tensor, output: Output) -> Any:
+    x = x.detach().to("cpu", torch.float32)
+    if output == "numpy":
+        return x.numpy()
+    if output == "torch":
+        return x
+    raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)

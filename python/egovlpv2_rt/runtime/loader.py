@@ -1,0 +1,228 @@
+"""``load()``: a checkpoint, a model folder or an export folder -> a :class:`Runtime` on one
+backend (torch, onnxruntime, TensorRT), with its device, precision and batch sizes chosen."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import _extension
+from ..config import ModelConfig
+from ..export.metadata import read_manifest
+from ..model_files import load_model_files, load_tokenizer, resolve_checkpoint
+from ..ops import _FUSED_DTYPES
+from ..preprocessing import Preprocessing
+from .api import Runtime
+from .engines import Engine, OrtEngine, TensorRTEngines, TorchEngine
+
+__all__ = ["BACKENDS", "PRECISIONS", "load"]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PathLike = str | os.PathLike
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here (torch "
+                         f"{torch.__version__}); use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("EGOVLPV2_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "egovlpv2_rt"
+
+
+def _checkpoint_key(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    # Content hash of the first and last MiB guards against a file replaced in place.
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def load(
+    checkpoint: PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
+    backend: str = "torch",
+    tokenizer: PathLike | None = None,
+    config: ModelConfig | None = None,
+    num_frames: int | None = None,
+    max_text_length: int | None = None,
+    video_batch_size: int | None = None,
+    text_batch_size: int | None = None,
+    cuda_graphs: bool | None = None,
+    onnx_dir: PathLike | None = None,
+    video_backend: str = "pyav",
+    decode_workers: int | None = None,
+    cache_size: int = 4096,
+    attention_impl: str | None = None,
+) -> Runtime:
+    """Load a model for inference.
+
+    Args:
+        checkpoint: None (the shipped default model), a model folder (``model.safetensors`` +
+            ``tokenizer.json``), an export folder (``export.json``, from ``egovlpv2-export``),
+            or a weights file (``.safetensors`` with its config in the metadata; ``.pth`` with
+            ``config=``) with the tokenizer files beside it.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; default CUDA when available.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; default fp32 on CPU, fp16 on CUDA.
+            For onnxruntime/tensorrt, the precision of the export folder.
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        tokenizer: tokenizer.json or a folder with it (default: beside the checkpoint).
+        config: ModelConfig for checkpoints that do not store one (released ``.pth``).
+        num_frames: frames per clip (default: the model's ``video.num_frames``; fixed by the
+            export for onnxruntime/tensorrt).
+        max_text_length: caption tokens kept (default: the model's limit).
+        video_batch_size, text_batch_size: batch sizes (defaults 8/64 on CPU, 32/256 on CUDA).
+        cuda_graphs: capture CUDA graphs per shape bucket (torch backend on CUDA; default on).
+        onnx_dir: where the onnxruntime backend keeps exported graphs when the checkpoint is
+            not an export folder (default: a cache folder keyed by the checkpoint file).
+        video_backend: ``egovlpv2_rt.video`` decoder (``"pyav"``, ``"torchcodec"``, ...).
+        decode_workers: threads decoding clips in parallel (default min(4, CPUs)).
+        cache_size: text embeddings kept in the LRU cache (0 disables it).
+        attention_impl: torch backend: ``"fused"`` (custom ops) or ``"reference"`` (plain
+            PyTorch); default fused where the ops are built for the device and precision.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dev = _resolve_device(device)
+    requested = precision
+    precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if backend == "torch" and dev.type == "cpu" and precision == "fp16":
+        raise ValueError("precision 'fp16' is not supported on the CPU; use 'fp32' or 'bf16'")
+    files = resolve_checkpoint(checkpoint)
+    tok_path = Path(tokenizer) if tokenizer is not None else files.tokenizer
+    cuda = dev.type == "cuda"
+    vbs = video_batch_size or (32 if cuda else 8)
+    tbs = text_batch_size or (256 if cuda else 64)
+    workers = decode_workers or min(4, os.cpu_count() or 1)
+    if vbs < 1 or tbs < 1:
+        raise ValueError("batch sizes must be >= 1")
+
+    if files.export_dir is not None and backend != "torch":
+        manifest = read_manifest(files.export_dir)
+        cfg = ModelConfig.from_dict(manifest["config"])
+        prep = Preprocessing.from_dict(manifest["preprocessing"])
+        if num_frames is not None and num_frames != prep.num_frames:
+            raise ValueError(f"num_frames={num_frames}, but the export in {files.export_dir} "
+                             f"takes {prep.num_frames} frames per clip (frame count mismatch)")
+        exported = manifest.get("precision", "fp32")
+        if requested is not None and requested != exported:
+            raise ValueError(f"precision {requested!r} requested, but the export in "
+                             f"{files.export_dir} is {exported!r} (export it again with "
+                             f"--precision {requested})")
+        precision = exported
+        if max_text_length is not None:
+            prep = Preprocessing(**{**prep.to_dict(), "max_text_length": min(
+                max_text_length, prep.max_text_length)})
+        tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
+        if backend == "onnxruntime":
+            engine: Engine = OrtEngine(files.export_dir, dev, None,
+                                         has_fusion="vtm" in manifest["graphs"])
+        else:
+            engine = TensorRTEngines(files.export_dir, dev)
+        return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj,
+                       device=dev, precision=precision, video_batch_size=vbs,
+                       text_batch_size=tbs, video_backend=video_backend,
+                       decode_workers=workers, cache_size=cache_size, files=files)
+
+    if backend == "tensorrt":
+        raise ValueError("backend 'tensorrt' needs an export folder with engines (build them "
+                         "with `egovlpv2-export --format tensorrt --out DIR`, then "
+                         "load(DIR, backend='tensorrt'))")
+    if files.checkpoint is None:
+        raise FileNotFoundError(f"{files.export_dir}: an export folder without "
+                                "model.safetensors serves backend='onnxruntime' or "
+                                "'tensorrt' only")
+    fused_ok = _fused_available(dev, PRECISIONS[precision])
+    if attention_impl == "fused" and not fused_ok:
+        raise ValueError(f"attention_impl='fused': the custom ops are not built for {dev.type} "
+                         f"{precision} here (see egovlpv2_rt.build_info())")
+    if attention_impl not in (None, "fused", "reference"):
+        raise ValueError(f"attention_impl must be 'fused' or 'reference', got "
+                         f"{attention_impl!r}")
+    impl = attention_impl or ("fused" if fused_ok else "reference")
+    model = load_model_files(files, config=config, device="cpu", dtype=torch.float32,
+                       attention_impl=impl)
+    cfg = model.config
+    frames = num_frames or cfg.video.num_frames
+    if not 1 <= frames <= cfg.video.num_frames:
+        raise ValueError(f"num_frames={frames} is outside [1, {cfg.video.num_frames}] (the "
+                         "model's maximum clip length; frame count mismatch)")
+    limit = cfg.text.max_text_length
+    prep = Preprocessing.for_config(cfg, num_frames=frames,
+                                    max_text_length=min(max_text_length or limit, limit))
+    tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
+    if tokenizer_obj.vocab_size > cfg.text.vocab_size:
+        raise ValueError(f"tokenizer {tok_path} has {tokenizer_obj.vocab_size} tokens but the "
+                         f"model's vocabulary is {cfg.text.vocab_size}: wrong tokenizer for "
+                         f"this checkpoint")
+
+    if backend == "onnxruntime":
+        if precision == "bf16" and dev.type == "cpu":
+            raise ValueError("onnxruntime on the CPU does not run bfloat16 graphs; use "
+                             "precision 'fp32' or 'fp16'")
+        assert files.checkpoint is not None
+        out = Path(onnx_dir) if onnx_dir is not None else (
+            _cache_root() / "onnx" / f"{_checkpoint_key(files.checkpoint)}-f{frames}-{precision}")
+
+        def exporter(name: str, _model=model, _out=out) -> None:
+            # onnx and onnxscript (the `export` extra) are needed only here.
+            from ..export.onnx_export import export_model
+
+            export_model(_model, _out, graphs=(name,), num_frames=frames, precision=precision,
+                         tokenizer_file=tok_path if tok_path and Path(tok_path).is_file()
+                         else None, source_checkpoint=files.checkpoint,
+                         max_text_length=prep.max_text_length)
+
+        engine = OrtEngine(out, dev, exporter, has_fusion=hasattr(model, "itm_score"))
+        return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj,
+                       device=dev, precision=precision, video_batch_size=vbs,
+                       text_batch_size=tbs, video_backend=video_backend,
+                       decode_workers=workers, cache_size=cache_size, files=files)
+
+    dtype = PRECISIONS[precision]
+    if dev.type == "cuda":
+        # Host-side value checks would synchronise (and break CUDA-graph capture).
+        model.config = model.config.replace(check_finite_pixels=False)
+    model = model.to(device=dev, dtype=dtype).eval()
+    use_graphs = (dev.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
+    if use_graphs and dev.type != "cuda":
+        raise ValueError("cuda_graphs=True needs a CUDA device")
+    engine = TorchEngine(model, dev, dtype, cuda_graphs=use_graphs, max_batch=max(vbs, tbs),
+                          max_text_length=prep.max_text_length,
+                          pad_token_id=cfg.text.pad_token_id,
+                          bos_token_id=cfg.text.bos_token_id)
+    return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj, device=dev,
+                   precision=precision, video_batch_size=vbs, text_batch_size=tbs,
+                   video_backend=video_backend, decode_workers=workers,
+                   cache_size=cache_size, files=files)
+
+
+def _fused_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused custom ops run for this device and dtype (else: reference path)."""
+    ext = _extension.loaded()
+    if ext is None or dtype not in _FUSED_DTYPES.get(device.type, ()):
+        return False
+    return device.type == "cpu" or ext.cuda_library is not None
