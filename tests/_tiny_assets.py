@@ -53,7 +53,7 @@ def tiny_export_dir(factory) -> Path:
     d = factory.getbasetemp() / "egovlpv2-tiny" / "export"
     if (d / "export.json").is_file():
         return d
-    from egovlpv2_rt.export.cli import main
+    from egovlpv2_rt.cli.export import main
 
     rc = main(["--mode", "all", "--checkpoint", str(tiny_model_dir(factory)), "--out", str(d),
                "--json"])

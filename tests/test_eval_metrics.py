@@ -184,7 +184,7 @@ def test_eval_cli_json(tiny_model_dir, capsys):
     import argparse
     import json
 
-    from egovlpv2_rt.cli_train import add_subcommands
+    from egovlpv2_rt.cli.training import add_subcommands
 
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))
@@ -205,7 +205,10 @@ def test_eval_cli_json(tiny_model_dir, capsys):
     for mode, a in acc.items():
         assert a["inter_count"] == 3 and a["intra_count"] == 3
         assert a == direct.accuracy[mode]
-    bad = parser.parse_args(["eval", "--data", str(root), "--checkpoint",
-                             str(root / "missing.safetensors")])
-    assert bad.func(bad) == 2
-    assert "missing.safetensors" in capsys.readouterr().err
+    from egovlpv2_rt import cli
+
+    assert cli.main(["eval", "--data", str(root), "--checkpoint",
+                     str(root / "missing.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("egovlpv2: error: --checkpoint: no such file") and err.count("\n") == 1
+    assert "missing.safetensors" in err

@@ -346,7 +346,7 @@ def test_engine_profiles_and_sidecar(export_dir):
 
 
 def test_profiles_from_cli_flags():
-    from egovlpv2_rt.export.cli import profiles_from_args
+    from egovlpv2_rt.cli.export import profiles_from_args
 
     (one,) = profiles_from_args(None, None, 38)
     assert (one.batch, one.text_length) == ((1, 8, 32), (4, 16, 32))
@@ -365,7 +365,7 @@ def test_profiles_from_cli_flags():
 
 
 def _run_export_cli(args, capsys) -> tuple[int, str, str]:
-    from egovlpv2_rt.export.cli import main
+    from egovlpv2_rt.cli.export import main
 
     rc = main(args)
     out, err = capsys.readouterr()
@@ -405,7 +405,7 @@ def test_cli_wrong_checkpoint_file(tmp_path, capsys):
 
 
 def test_cli_usage_error_exit_code(capsys):
-    from egovlpv2_rt.export.cli import main
+    from egovlpv2_rt.cli.export import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--mode", "dual"])  # --out missing

@@ -19,11 +19,16 @@ import json
 import sys
 from pathlib import Path
 
+from ..export.tensorrt import EngineProfile, build_engine, import_tensorrt, parse_range
+from ..model_files import load_model_files, resolve_checkpoint
+from ..tokenizer import RobertaTokenizer
+from .common import ArgParser, run_command
+
 __all__ = ["build_parser", "main", "profiles_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="egovlpv2-export",
         description="Export EgoVLPv2 graphs to ONNX (dual encoders, fusion VTM/MLM) and "
                     "build TensorRT engines.")
@@ -58,11 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def profiles_from_args(batch: list[str] | None, text_length: list[str] | None,
-                       max_text_length: int) -> list:
+                       max_text_length: int) -> list[EngineProfile]:
     """EngineProfiles from the repeated ``--batch`` / ``--text-length`` flags (zipped; a
     single value of one flag pairs with every value of the other)."""
-    from .tensorrt import EngineProfile, parse_range
-
     default_text = f"{min(4, max_text_length)}:{min(16, max_text_length)}:" \
                    f"{min(32, max_text_length)}"
     batches = [parse_range(b, "--batch") for b in (batch or ["1:8:32"])]
@@ -83,14 +86,13 @@ def profiles_from_args(batch: list[str] | None, text_length: list[str] | None,
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..model_files import load_model_files, resolve_checkpoint
-    from .onnx_export import export_model, graphs_for_mode, verify_onnx
-    from .translation import ONNX_OPSET
+    """Export as ``args`` says; returns the summary (graphs, verification, engines)."""
+    # onnx and onnxscript (the `export` extra) are imported only by a command that exports.
+    from ..export.onnx_export import export_model, graphs_for_mode, verify_onnx
+    from ..export.translation import ONNX_OPSET
 
     graphs = graphs_for_mode(args.mode, args.with_mlm)
     if args.format == "tensorrt":
-        from .tensorrt import import_tensorrt
-
         import_tensorrt()  # fail before the (slow) ONNX export
     files = resolve_checkpoint(args.checkpoint)
     if files.checkpoint is None:
@@ -109,8 +111,6 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if tokenizer is not None and tokenizer.is_dir():
         # vocab.json + merges.txt: the export folder gets the same pipeline as one file.
-        from ..tokenizer import RobertaTokenizer
-
         out.mkdir(parents=True, exist_ok=True)
         RobertaTokenizer.from_directory(tokenizer).save(out / "tokenizer.json")
         tokenizer = out / "tokenizer.json"
@@ -131,8 +131,6 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError("--verify compares float32 graphs; export with --precision fp32")
         summary["verify"] = {g.name: verify_onnx(model, g) for g in done}
     if args.format == "tensorrt":
-        from .tensorrt import build_engine
-
         engines = []
         for g in done:
             say(f"{g.name} engine")
@@ -144,16 +142,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import error_exit
-
+    """The ``egovlpv2-export`` entry point."""
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except KeyboardInterrupt:
-        print("egovlpv2-export: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line, no traceback
-        return error_exit("egovlpv2-export", exc)
+    summary: dict = {}
+
+    def export() -> int:
+        summary.update(run(args))
+        return 0
+
+    rc = run_command("egovlpv2-export", "egovlpv2-export", export)
+    if rc != 0:
+        return rc
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

@@ -1,7 +1,5 @@
-"""``egovlpv2``: embed a library of clips, search it with text, answer multiple-choice
-questions, build FAISS indexes, benchmark, and a self-contained demo.
+"""``egovlpv2`` commands over a library of clips: embed, search, index, mcq, bench, info.
 
-    egovlpv2 demo                                   # the main job, offline, in one command
     egovlpv2 embed --videos DIR_OR_LIST --out emb.safetensors
     egovlpv2 search --embeddings emb.safetensors --query "C picks up the red square"
     egovlpv2 index --embeddings emb.safetensors --out clips.faiss
@@ -11,194 +9,50 @@ questions, build FAISS indexes, benchmark, and a self-contained demo.
 
 Distributed embedding: ``torchrun --nproc_per_node N -m egovlpv2_rt.cli embed --shard ...``
 writes one file per rank plus ``<out>.manifest.json``; ``index``/``search`` read the manifest.
-Errors print one line (``egovlpv2: error: ...``) and exit with status 1; set
-``EGOVLPV2_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import importlib
 import os
-import re
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "error_exit", "main", "one_line", "parse_clip_arg", "read_clip_list"]
+import numpy as np
+import torch
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
-_MAX_ERROR = 400
+from .._extension import build_info
+from .._version import __version__
+from ..data.egomcq import read_egomcq
+from ..progress import progress_bar
+from ..runtime import benchmark, default_model_dir
+from ..runtime.store import (
+    EmbeddingSet,
+    build_faiss_index,
+    check_compatible,
+    load_embeddings,
+    load_faiss_index,
+    merge_shards,
+    save_embeddings,
+    shard_path,
+    top_k,
+    write_manifest,
+)
+from ..video import ClipSpec, VideoError
+from ..video.clip_list import parse_clip_arg, read_clip_list
+from .common import (
+    add_model_options,
+    one_line,
+    print_json,
+    runtime_fingerprint,
+    runtime_from_args,
+    show_progress,
+)
 
-
-# ------------------------------------------------------------------------------ errors
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message with newlines folded, cut at 400 characters;
-    exceptions that are not input errors are prefixed with their type."""
-    msg = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    if isinstance(exc, KeyError) and msg.startswith("'"):
-        msg = f"missing key {msg}"
-    if not msg:
-        msg = type(exc).__name__
-    expected = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError)
-    from .video import VideoError
-
-    if not isinstance(exc, (*expected, VideoError)):
-        msg = f"{type(exc).__name__}: {msg}"
-    if len(msg) > _MAX_ERROR:
-        msg = msg[: _MAX_ERROR - 3] + "..."
-    return msg
-
-
-def error_exit(prog: str, exc: BaseException) -> int:
-    """Print ``prog: error: <one line>`` on stderr (the traceback too with EGOVLPV2_DEBUG);
-    return exit status 1."""
-    if os.environ.get("EGOVLPV2_DEBUG"):
-        traceback.print_exception(exc)
-    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-    return 1
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line (exit status 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-# ------------------------------------------------------------------------------ clip inputs
-
-
-_CLIP_RANGE = re.compile(r"^(?P<path>.+)@(?P<start>[0-9.]+):(?P<end>[0-9.]+)$")
-
-
-def parse_clip_arg(text: str) -> tuple[str, float | None, float | None]:
-    """``path`` or ``path@START:END`` (seconds) -> (path, start, end)."""
-    m = _CLIP_RANGE.match(text)
-    if m:
-        start, end = float(m["start"]), float(m["end"])
-        if end <= start:
-            raise ValueError(f"clip {text!r}: END must be after START")
-        return m["path"], start, end
-    return text, None, None
-
-
-def _clip_id(path: str, start: float | None, end: float | None) -> str:
-    return path if start is None else f"{path}@{start:g}:{end:g}"
-
-
-def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
-    """Clips to embed: a folder (every video file below it, whole files, ids = relative
-    paths), a ``.csv``/``.tsv`` with a header holding ``path`` (and optionally ``start``,
-    ``end``, ``id``), or a text file with one ``path`` or ``path@START:END`` per line (``#``
-    comments). Relative paths are resolved against the list's folder. Returns dicts with
-    ``id``, ``path``, ``start``, ``end``."""
-    src = Path(source)
-    if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file()
-                       and p.suffix.lower() in VIDEO_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-        return [{"id": p.relative_to(src).as_posix(), "path": str(p), "start": None,
-                 "end": None} for p in files]
-    if not src.is_file():
-        raise FileNotFoundError(f"--videos: no such file or folder: {src}")
-    base = src.parent
-    clips: list[dict[str, Any]] = []
-    if src.suffix.lower() in (".csv", ".tsv"):
-        with open(src, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if src.suffix.lower() == ".tsv" else ",")
-            if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise ValueError(f"{src}: the header must have a 'path' column, got "
-                                 f"{reader.fieldnames}")
-            for row_no, row in enumerate(reader, start=2):
-                try:
-                    start = float(row["start"]) if row.get("start") not in (None, "") else None
-                    end = float(row["end"]) if row.get("end") not in (None, "") else None
-                except ValueError:
-                    raise ValueError(f"{src}, row {row_no}: start/end must be numbers, got "
-                                     f"{row.get('start')!r}, {row.get('end')!r}") from None
-                path = row["path"]
-                if not path:
-                    raise ValueError(f"{src}, row {row_no}: empty 'path'")
-                clips.append({"id": row.get("id") or _clip_id(path, start, end),
-                              "path": str(base / path), "start": start, "end": end})
-    else:
-        for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                path, start, end = parse_clip_arg(line)
-            except ValueError as exc:
-                raise ValueError(f"{src}, line {line_no}: {exc}") from None
-            clips.append({"id": _clip_id(path, start, end), "path": str(base / path),
-                          "start": start, "end": end})
-    if not clips:
-        raise ValueError(f"{src}: lists no clips")
-    return clips
-
-
-# ------------------------------------------------------------------------------ shared options
-
-
-def _add_model_options(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
-    p.add_argument("--checkpoint", default=None,
-                   help="model file or folder, or an export folder (default: the shipped "
-                        "default model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: beside the "
-                                                       "checkpoint)")
-    if backend:
-        p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
-                       default="torch")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if "
-                                                   "available)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None)
-    p.add_argument("--frames", type=int, default=None,
-                   help="frames per clip (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass")
-
-
-def _runtime(args: argparse.Namespace, **overrides: Any):
-    from .runtime import load
-
-    kwargs = {"device": getattr(args, "device", None),
-              "precision": getattr(args, "precision", None),
-              "backend": getattr(args, "backend", "torch"),
-              "tokenizer": getattr(args, "tokenizer", None),
-              "num_frames": getattr(args, "frames", None),
-              "video_batch_size": getattr(args, "batch_size", None)}
-    kwargs.update(overrides)
-    return load(getattr(args, "checkpoint", None), **kwargs)
-
-
-def _fingerprint(rt) -> dict[str, Any]:
-    from .embedding_store import model_fingerprint
-    from .export.metadata import file_sha256
-
-    sha = ""
-    if rt.files is not None and rt.files.checkpoint is not None:
-        sha = file_sha256(rt.files.checkpoint)
-    elif rt.files is not None and rt.files.export_dir is not None:
-        side = rt.files.export_dir / "video_encoder.json"
-        if side.is_file():
-            sha = json.loads(side.read_text()).get("source_sha256", "")
-    return model_fingerprint(rt.config.to_dict(), sha, num_frames=rt.num_frames,
-                             precision=rt.precision)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=1, default=float))
-
-
-def _show_progress(args: argparse.Namespace) -> bool:
-    return not getattr(args, "json", False) and not getattr(args, "no_progress", False)
+__all__ = ["add_subcommands", "collect_info"]
 
 
 # ------------------------------------------------------------------------------ embed
@@ -216,11 +70,6 @@ def _dist_env() -> tuple[int, int, int]:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .embedding_store import EmbeddingSet, save_embeddings, shard_path, write_manifest
-    from .video import ClipSpec, VideoError
-
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".parquet"):
         raise ValueError(f"--out {out}: use a .safetensors or .parquet file name")
@@ -230,8 +79,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     device = args.device
     if args.shard:
         target = shard_path(out, rank, world)
-        import torch
-
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if str(device) == "cpu":
@@ -243,14 +90,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         mine = clips[rank::world]
     else:
         mine = clips
-    rt = _runtime(args, device=device)
+    rt = runtime_from_args(args, device=device)
     specs = [ClipSpec(c["path"], c["start"], c["end"]) for c in mine]
     t0 = time.perf_counter()
     rows, kept, failed = [], [], []
     bs = rt.video_batch_size
-    from .runtime import _progress
-
-    bar = _progress(len(specs), "embed clips", _show_progress(args))
+    bar = progress_bar(len(specs), "embed clips", show_progress(args))
     try:
         for i in range(0, len(specs), bs):
             chunk = list(range(i, min(i + bs, len(specs))))
@@ -277,13 +122,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
                                                         else ""))
     data = EmbeddingSet([mine[k]["id"] for k in kept], np.concatenate(rows),
                         [{"path": mine[k]["path"], "start": mine[k]["start"],
-                          "end": mine[k]["end"]} for k in kept], _fingerprint(rt))
+                          "end": mine[k]["end"]} for k in kept], runtime_fingerprint(rt))
     save_embeddings(target, data)
     summary = {"out": str(target), "clips": len(kept), "failed": failed, "dim": data.dim,
                "seconds": round(time.perf_counter() - t0, 3), "backend": rt.backend,
                "device": str(rt.device), "rank": rank, "world_size": world}
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(f"embedded {len(kept)} clips -> {target} ({data.dim}-d, "
               f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device})")
@@ -297,16 +142,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _load_library(path: str):
     """An embeddings file / shard manifest, or a FAISS index (``.faiss``)."""
-    from .embedding_store import load_embeddings, load_faiss_index
-
     if path.endswith(".faiss"):
         return load_faiss_index(path)
     return load_embeddings(path)
 
 
 def _rank(library, query_emb, k: int):
-    from .embedding_store import EmbeddingSet, top_k
-
     if isinstance(library, EmbeddingSet):
         if query_emb.shape[0] != library.dim:
             raise ValueError(f"query dimension {query_emb.shape[0]} != embeddings dimension "
@@ -316,21 +157,17 @@ def _rank(library, query_emb, k: int):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .embedding_store import check_compatible
-
     query = args.query.strip()
     if not query:
         raise ValueError("--query is empty; give a text to search for")
     library = _load_library(args.embeddings)
-    rt = _runtime(args)
-    check_compatible(library.model, _fingerprint(rt), args.embeddings)
+    rt = runtime_from_args(args)
+    check_compatible(library.model, runtime_fingerprint(rt), args.embeddings)
     q = rt.encode_text([query])[0]
     idx, scores = _rank(library, q, args.top_k)
     results = [{"rank": r + 1, "id": library.ids[i], **(library.clips[i] or {}),
                 "score": float(s)} for r, (i, s) in enumerate(zip(idx.tolist(), scores))]
     if args.rerank != "none" and results:
-        from .video import ClipSpec
-
         specs = []
         for res in results:
             if not res.get("path") or not Path(res["path"]).is_file():
@@ -345,7 +182,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         for r, res in enumerate(results):
             res["rank"] = r + 1
     if args.json:
-        _print_json({"query": query, "results": results})
+        print_json({"query": query, "results": results})
     else:
         print(f"query: {query}")
         for res in results:
@@ -359,8 +196,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .embedding_store import build_faiss_index, load_embeddings, merge_shards, save_embeddings
-
     inputs = args.embeddings
     if len(inputs) == 1:
         data = load_embeddings(inputs[0])
@@ -375,7 +210,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     summary = {"index": str(out), "kind": args.kind, "clips": len(data), "dim": data.dim,
                "merged": args.merged}
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(f"indexed {len(data)} clips ({data.dim}-d, {args.kind}) -> {out}"
               + (f"; merged embeddings -> {args.merged}" if args.merged else ""))
@@ -386,8 +221,6 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _mcq_from_file(args: argparse.Namespace):
-    from .data.egomcq import read_egomcq
-
     if not args.video_dir:
         raise ValueError("--egomcq needs --video-dir (the folder of <video_uid>.mp4 files)")
     items = read_egomcq(args.egomcq)
@@ -405,8 +238,6 @@ def _mcq_from_file(args: argparse.Namespace):
 
 
 def cmd_mcq(args: argparse.Namespace) -> int:
-    from .video import ClipSpec
-
     answer_key = None
     if args.egomcq:
         query, cands, answer_key = _mcq_from_file(args)
@@ -420,7 +251,7 @@ def cmd_mcq(args: argparse.Namespace) -> int:
         for c in args.candidates:
             path, start, end = parse_clip_arg(c)
             cands.append({"id": c, "path": path, "start": start, "end": end})
-    rt = _runtime(args)
+    rt = runtime_from_args(args)
     ans = rt.mcq(query, [ClipSpec(c["path"], c["start"], c["end"]) for c in cands],
                  mode=args.mode)
     rows = []
@@ -439,7 +270,7 @@ def cmd_mcq(args: argparse.Namespace) -> int:
         result["correct_answer"] = answer_key
         result["correct"] = ans.answer == answer_key
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(f"question: {query}  (mode {args.mode})")
         for i in ans.ranking():
@@ -455,17 +286,15 @@ def cmd_mcq(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .runtime import benchmark
-
     rows = []
     for backend in args.backend:
-        rt = _runtime(args, backend=backend)
+        rt = runtime_from_args(args, backend=backend)
         if args.warmup_graphs:
             rt.warmup()
         cases = [c for c in args.cases if not c.startswith("score") or rt.has_fusion]
         rows += benchmark(rt, cases=cases, repeats=args.repeats)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     print(f"{'case':<12}{'backend':<13}{'device':<9}{'prec':<6}{'median ms':>11}{'min ms':>10}")
     for r in rows:
@@ -475,8 +304,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _importable(name: str) -> tuple[bool, str]:
-    import importlib
-
     try:
         mod = importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
@@ -486,12 +313,6 @@ def _importable(name: str) -> tuple[bool, str]:
 
 def collect_info() -> dict[str, Any]:
     """Build facts, available backends and devices (what ``egovlpv2 info`` prints)."""
-    import torch
-
-    from ._extension import build_info
-    from ._version import __version__
-    from .runtime import default_model_dir
-
     backends: dict[str, Any] = {"torch": {"available": True, "version": torch.__version__}}
     ok, ver = _importable("onnxruntime")
     backends["onnxruntime"] = {"available": ok, "version" if ok else "error": ver}
@@ -520,7 +341,7 @@ def collect_info() -> dict[str, Any]:
 def cmd_info(args: argparse.Namespace) -> int:
     info = collect_info()
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     b = info["build"]
     print(f"egovlpv2-rt {info['version']}  build: {b.get('build')}  torch "
@@ -546,115 +367,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------ demo
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate example clips, embed them, answer a text query and an EgoMCQ question."""
-    import numpy as np
-
-    from .data.egoclip import read_egoclip
-    from .data.egomcq import INTER, read_egomcq
-    from .data.synthetic import SynthConfig, generate_dataset
-    from .video import ClipSpec
-
-    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="egovlpv2-demo-"))
-    quiet = args.json
-    t0 = time.perf_counter()
-    if not quiet:
-        print(f"1/4 writing example clips to {work} ...", flush=True)
-    # Six actions per video leave enough distinct narrations for intra-video questions.
-    paths = generate_dataset(work, args.seed, SynthConfig(num_clips=args.clips,
-                                                          clips_per_video=6, size=64,
-                                                          num_mcq=4))
-    records = read_egoclip(paths["egoclip"])
-    questions = read_egomcq(paths["egomcq"])
-    if not quiet:
-        print(f"2/4 loading the model ({args.checkpoint or 'shipped default'}, "
-              f"{args.backend}) ...", flush=True)
-    rt = _runtime(args)
-    specs = [ClipSpec(str(paths["videos"] / f"{r.video_uid}.mp4"), r.clip_start, r.clip_end)
-             for r in records]
-    ids = [f"{r.video_uid}@{r.clip_start:g}:{r.clip_end:g}" for r in records]
-    if not quiet:
-        print(f"3/4 embedding {len(specs)} clips ...", flush=True)
-    emb = rt.encode_video(specs, normalize=True, progress=not quiet)
-    rng = np.random.default_rng(args.seed)
-    target = int(rng.integers(len(records)))
-    query = args.query or records[target].clip_text
-    q = rt.encode_text([query], normalize=True)[0]
-    sims = emb @ q
-    order = np.argsort(-sims, kind="stable")[: args.top_k]
-    ranked = [{"rank": r + 1, "id": ids[i], "text": records[i].clip_text,
-               "score": float(sims[i]), "match": records[i].clip_text == query}
-              for r, i in enumerate(order.tolist())]
-    # Prefer an intra-video question: it needs the actions, not only the objects.
-    question = next((x for x in questions if x.type != INTER), questions[0])
-    if not quiet:
-        print("4/4 answering an EgoMCQ question ...", flush=True)
-    cand_specs = [ClipSpec(str(paths["videos"] / f"{c.video_uid}.mp4"), c.clip_start,
-                           c.clip_end) for c in question.choices]
-    mode = "ensemble" if rt.has_fusion else "dual"
-    ans = rt.mcq(question.text, cand_specs, mode=mode)
-    result = {
-        "folder": str(work),
-        "model": str(rt.files.checkpoint if rt.files and rt.files.checkpoint else
-                     rt.files.export_dir if rt.files else ""),
-        "backend": rt.backend, "device": str(rt.device),
-        "search": {"query": query, "results": ranked},
-        "mcq": {"question": question.text, "type": "inter" if question.type == INTER
-                else "intra", "mode": mode, "answer": ans.answer,
-                "correct_answer": question.answer, "correct": ans.answer == question.answer,
-                "candidates": [{"index": i, "text": c.clip_text, "score": float(ans.scores[i])}
-                               for i, c in enumerate(question.choices)]},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    if quiet:
-        _print_json(result)
-        return 0
-    print(f"\nsearch: \"{query}\" over {len(specs)} clips")
-    for r in ranked:
-        print(f"  {r['rank']}. {r['score']:+.3f}  {r['id']:<24} \"{r['text']}\""
-              + ("   <- the query's clip" if r["match"] else ""))
-    m = result["mcq"]
-    print(f"\nEgoMCQ ({m['type']}-video, {mode}): \"{m['question']}\"")
-    for i in ans.ranking():
-        c = m["candidates"][i]
-        mark = "->" if i == ans.answer else "  "
-        truth = "   (correct answer)" if i == question.answer else ""
-        print(f"  {mark} [{i}] {c['score']:+.3f}  \"{c['text']}\"{truth}")
-    print(f"\nanswer {'correct' if m['correct'] else 'wrong'}; done in {result['seconds']} s "
-          f"({rt.backend} on {rt.device}). Files: {work}")
-    return 0
-
-
 # ------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="egovlpv2", description="EgoVLPv2 runtime: embed, search, answer, "
-                "index, benchmark.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    s = sub.add_parser("demo", help="generate example clips, embed them, answer a query and "
-                       "an EgoMCQ question (offline)")
-    _add_model_options(s)
-    s.add_argument("--out", default=None, help="folder for the clips (default: a temp folder)")
-    s.add_argument("--query", default=None, help="text query (default: a clip's narration)")
-    s.add_argument("--clips", type=int, default=30,
-                   help="example clips (6 per video, at least 5 videos)")
-    s.add_argument("--top-k", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_demo)
-
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register embed, search, index, mcq, bench and info."""
     s = sub.add_parser("embed", help="embed video clips into an embeddings file")
     s.add_argument("--videos", required=True,
                    help="a folder of videos, or a clip list (.txt: path[@START:END] per line; "
                         ".csv/.tsv with path[,start,end,id])")
     s.add_argument("--out", required=True, help="embeddings file (.safetensors or .parquet)")
-    _add_model_options(s)
+    add_model_options(s)
     s.add_argument("--shard", action="store_true",
                    help="under torchrun: embed this rank's share into <out>.shard-R-of-W and "
                         "write <out>.manifest.json")
@@ -671,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=10)
     s.add_argument("--rerank", choices=("none", "fusion", "ensemble"), default="none",
                    help="re-rank the top-k with the fusion encoder (reads the clips)")
-    _add_model_options(s)
+    add_model_options(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
 
@@ -694,12 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--video-dir", default=None, help="... its videos folder ...")
     s.add_argument("--question", default=None, help="... and a question key (default: first)")
     s.add_argument("--mode", choices=("dual", "fusion", "ensemble"), default="ensemble")
-    _add_model_options(s)
+    add_model_options(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_mcq)
 
     s = sub.add_parser("bench", help="latency of the runtime on synthetic inputs")
-    _add_model_options(s, backend=False)
+    add_model_options(s, backend=False)
     s.add_argument("--backend", nargs="+", default=["torch"],
                    choices=("torch", "onnxruntime", "tensorrt"))
     s.add_argument("--cases", nargs="+", default=["text_b1", "video_b1", "video_b8"],
@@ -713,29 +436,3 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="build facts, available backends, devices")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
-
-    try:
-        from .cli_train import add_subcommands
-    except ImportError:
-        add_subcommands = None
-    if add_subcommands is not None:
-        add_subcommands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("egovlpv2: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line, no traceback
-        return error_exit("egovlpv2", exc)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,6 @@
-"""``egovlpv2 synth``, ``egovlpv2 train`` and ``egovlpv2 eval``: subcommands for the ``egovlpv2``
-CLI. ``add_subcommands(subparsers)`` registers them; each sets ``func(args) -> int``."""
+"""``egovlpv2 synth``, ``egovlpv2 train`` and ``egovlpv2 eval``: the training commands of the
+``egovlpv2`` CLI. ``add_subcommands(subparsers)`` registers them; each sets
+``func(args) -> int``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..data.synthetic import SynthConfig, generate_dataset
+from ..eval.egomcq import MODES, evaluate_egomcq
+from ..model_files import default_model_path, load_tokenizer
+from ..train.trainer import train_from_file
 
 __all__ = ["add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
 
@@ -50,8 +59,6 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synthetic import SynthConfig, generate_dataset
-
     cfg = SynthConfig(num_clips=args.clips, num_mcq=args.questions, size=args.size)
     paths = generate_dataset(args.out, args.seed, cfg)
     print(f"wrote {paths['egoclip']}, {paths['egomcq']} and {paths['videos']}/")
@@ -59,37 +66,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.__main__ import main
-
-    argv = ["--config", args.config, "--device", args.device]
-    if args.resume:
-        argv.append("--resume")
-    return main(argv)
+    result = train_from_file(args.config, resume=args.resume, device=args.device)
+    print(result.summary(), file=sys.stderr)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoint import load_model
-    from .eval.egomcq import MODES, evaluate_egomcq
-    from .tokenizer import RobertaTokenizer
-    from .train.default_model import DEFAULT_DIR
-
-    ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_DIR / "model.safetensors"
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_model_path()
     if not ckpt.is_file():
-        print(f"error: --checkpoint: no such file {ckpt}", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"--checkpoint: no such file {ckpt}")
     tok_path = Path(args.tokenizer) if args.tokenizer else ckpt.parent / "tokenizer.json"
-    if not tok_path.is_file():
-        print(f"error: --tokenizer: no such file {tok_path}", file=sys.stderr)
-        return 2
+    if not tok_path.exists():
+        raise FileNotFoundError(f"--tokenizer: no such file {tok_path}")
     data = Path(args.data)
     if not (data / "egomcq.json").is_file():
-        print(f"error: --data: {data / 'egomcq.json'} not found", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"--data: {data / 'egomcq.json'} not found")
     torch.set_flush_denormal(True)
     model = load_model(ckpt)
-    tok = RobertaTokenizer.from_tokenizer_json(tok_path, max_length=args.max_length)
+    tok = load_tokenizer(tok_path, args.max_length)
     modes = MODES if args.mode == "all" else (args.mode,)
     if args.mode == "ensemble":
         modes = MODES

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import load_train_config
-from .distributed import shutdown_distributed
-from .trainer import train
+from .trainer import train_from_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps of this call (testing interruptions)")
     args = p.parse_args(argv)
-    cfg = load_train_config(args.config)
-    try:
-        result = train(cfg, resume=args.resume, device=args.device, stop_after=args.stop_after)
-    finally:
-        shutdown_distributed()
-    print(f"steps={result.steps} loss={result.final_loss:.6f} seconds={result.seconds:.1f}",
-          file=sys.stderr)
+    result = train_from_file(args.config, resume=args.resume, device=args.device,
+                             stop_after=args.stop_after)
+    print(result.summary(), file=sys.stderr)
     return 0
 
 

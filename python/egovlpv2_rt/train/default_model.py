@@ -24,12 +24,13 @@ import torch
 
 from ..data.egoclip import read_egoclip
 from ..data.synthetic import SynthConfig, generate_dataset
+from ..model_files import default_model_dir
 from .bpe import train_bpe_tokenizer
 from .config import train_config_from_dict
 
 __all__ = ["DEFAULT_DIR", "RECIPE", "Recipe", "default_train_config", "main"]
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "default_model"
+DEFAULT_DIR = default_model_dir()
 TRAIN_SEED = 1
 EVAL_SEED = 2
 IMAGE_SIZE = 64

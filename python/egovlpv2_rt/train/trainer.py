@@ -28,15 +28,16 @@ from ..config import ModelConfig
 from ..data.clips import ClipReader, clip_seed
 from ..data.collate import collate_text
 from ..data.egoclip import ClipRecord, read_egoclip, segment_ids
+from ..model_files import load_tokenizer
 from ..modeling.model import EgoVLPv2
-from .config import TrainConfig
-from .distributed import DistInfo, init_distributed
+from .config import TrainConfig, load_train_config
+from .distributed import DistInfo, init_distributed, shutdown_distributed
 from .objective import GlobalBatch, PretrainObjective
 from .optim import build_optimizer, build_scheduler
 from .sampler import GlobalBatchSampler
 from .state import atomic_torch_save, capture_rng, load_training_state, restore_rng
 
-__all__ = ["TrainResult", "load_tokenizer", "train"]
+__all__ = ["TrainResult", "train", "train_from_file"]
 
 LOG_FIELDS = ("step", "epoch", "lr", "loss", "egonce", "mlm", "vtm", "vtm_acc", "grad_norm",
               "seconds")
@@ -53,16 +54,19 @@ class TrainResult:
     seconds: float
 
 
-def load_tokenizer(path: str | Path, max_length: int):
-    """A ``RobertaTokenizer`` from ``tokenizer.json`` or a folder holding the tokenizer files."""
-    from ..tokenizer import RobertaTokenizer
+    def summary(self) -> str:
+        """One line for the log: steps, last loss, wall time."""
+        return f"steps={self.steps} loss={self.final_loss:.6f} seconds={self.seconds:.1f}"
 
-    p = Path(path)
-    if p.is_dir():
-        return RobertaTokenizer.from_directory(p, max_length=max_length)
-    if p.is_file():
-        return RobertaTokenizer.from_tokenizer_json(p, max_length=max_length)
-    raise FileNotFoundError(f"data.tokenizer: no tokenizer file or folder at {p}")
+
+def train_from_file(path: str | Path, *, resume: bool = False, device: str = "auto",
+                    stop_after: int | None = None) -> TrainResult:
+    """:func:`train` on the experiment file ``path``, then leave the process group (if any)."""
+    cfg = load_train_config(path)
+    try:
+        return train(cfg, resume=resume, device=device, stop_after=stop_after)
+    finally:
+        shutdown_distributed()
 
 
 def _seed_everything(seed: int) -> None:
@@ -96,7 +100,10 @@ class _Data:
         d = cfg.data
         root = Path(d.root)
         self.records: list[ClipRecord] = read_egoclip(root / d.metadata)
-        self.tokenizer = load_tokenizer(d.tokenizer, d.max_text_length)
+        if not Path(d.tokenizer).exists():
+            raise FileNotFoundError(f"data.tokenizer: no tokenizer file or folder at "
+                                    f"{d.tokenizer}")
+        self.tokenizer = load_tokenizer(Path(d.tokenizer), d.max_text_length)
         groups = segment_ids(self.records, d.neg_seconds) if d.neg_seconds > 0 else None
         self.sampler = GlobalBatchSampler(len(self.records), cfg.global_batch_size, cfg.seed,
                                           groups)

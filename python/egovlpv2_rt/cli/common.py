@@ -1,0 +1,165 @@
+"""What every command of the CLI shares: one-line errors (and the package a missing optional
+dependency comes with), the argument parser class, model options and the runtime they load,
+JSON output, and the main-loop wrapper of both entry points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..export.metadata import file_sha256
+from ..runtime import Runtime, load
+from ..runtime.store import model_fingerprint
+from ..video import VideoError
+
+__all__ = [
+    "ArgParser",
+    "add_model_options",
+    "error_exit",
+    "missing_dependency",
+    "one_line",
+    "print_json",
+    "run_command",
+    "runtime_fingerprint",
+    "runtime_from_args",
+    "show_progress",
+]
+
+_MAX_ERROR = 400
+
+# Optional Python packages -> the extra of egovlpv2-rt that installs them.
+_EXTRAS = {
+    "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+    "faiss": "search", "pyarrow": "search", "yaml": "train", "av": "video",
+    "nvidia": "dali", "torchcodec": "torchcodec",
+}
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def missing_dependency(exc: ModuleNotFoundError, command: str) -> str:
+    """One line naming the command, the missing package and how to install it."""
+    name = (exc.name or str(exc)).split(".")[0]
+    if name == "tensorrt":
+        how = "install TensorRT's Python package from NVIDIA's index"
+    elif name in _EXTRAS:
+        how = f"pip install 'egovlpv2-rt[{_EXTRAS[name]}]'"
+    else:
+        how = f"pip install {name}"
+    return f"{command} needs the Python package {name!r}, which is not installed ({how})"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message with newlines folded, cut at 400 characters;
+    exceptions that are not input errors are prefixed with their type."""
+    msg = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    if isinstance(exc, KeyError) and msg.startswith("'"):
+        msg = f"missing key {msg}"
+    if not msg:
+        msg = type(exc).__name__
+    expected = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, VideoError)
+    if not isinstance(exc, expected):
+        msg = f"{type(exc).__name__}: {msg}"
+    if len(msg) > _MAX_ERROR:
+        msg = msg[: _MAX_ERROR - 3] + "..."
+    return msg
+
+
+def error_exit(prog: str, exc: BaseException) -> int:
+    """Print ``prog: error: <one line>`` on stderr (the traceback too with EGOVLPV2_DEBUG);
+    return exit status 1."""
+    if os.environ.get("EGOVLPV2_DEBUG"):
+        traceback.print_exception(exc)
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    return 1
+
+
+def run_command(prog: str, command: str, func: Callable[[], int | None]) -> int:
+    """Run one command: its exit status, 130 on Ctrl-C, 0 on a closed pipe, and every failure
+    (a missing optional package included) as one line on stderr with status 1."""
+    try:
+        return int(func() or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("", "egovlpv2_rt"):
+            return error_exit(prog, exc)  # a broken install, not an optional package
+        if os.environ.get("EGOVLPV2_DEBUG"):
+            traceback.print_exception(exc)
+        print(f"{prog}: error: {missing_dependency(exc, command)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line, no traceback
+        return error_exit(prog, exc)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ------------------------------------------------------------------------------ model options
+
+
+def add_model_options(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    """--checkpoint, --tokenizer, [--backend], --device, --precision, --frames, --batch-size."""
+    p.add_argument("--checkpoint", default=None,
+                   help="model file or folder, or an export folder (default: the shipped "
+                        "default model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: beside the "
+                                                       "checkpoint)")
+    if backend:
+        p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
+                       default="torch")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if "
+                                                   "available)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None)
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per clip (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass")
+
+
+def runtime_from_args(args: argparse.Namespace, **overrides: Any) -> Runtime:
+    """The :class:`Runtime` that the model options of ``args`` describe."""
+    kwargs = {"device": getattr(args, "device", None),
+              "precision": getattr(args, "precision", None),
+              "backend": getattr(args, "backend", "torch"),
+              "tokenizer": getattr(args, "tokenizer", None),
+              "num_frames": getattr(args, "frames", None),
+              "video_batch_size": getattr(args, "batch_size", None)}
+    kwargs.update(overrides)
+    return load(getattr(args, "checkpoint", None), **kwargs)
+
+
+def runtime_fingerprint(rt: Runtime) -> dict[str, Any]:
+    """What identifies the embeddings ``rt`` computes (config, weights hash, frames, precision)."""
+    sha = ""
+    if rt.files is not None and rt.files.checkpoint is not None:
+        sha = file_sha256(rt.files.checkpoint)
+    elif rt.files is not None and rt.files.export_dir is not None:
+        side = rt.files.export_dir / "video_encoder.json"
+        if side.is_file():
+            sha = json.loads(side.read_text()).get("source_sha256", "")
+    return model_fingerprint(rt.config.to_dict(), sha, num_frames=rt.num_frames,
+                             precision=rt.precision)
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=1, default=float))
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "json", False) and not getattr(args, "no_progress", False)
