@@ -1,4 +1,4 @@
-"""Deployment graphs: ONNX export of the dual encoders and the fusion heads, TensorRT engines,
+"""Deployment graphs: ONNX export of the dual encoders and the fusion heads, and TensorRT engines
 (the ``egovlpv2-export`` command lives in ``egovlpv2_rt.cli.export``).
 
 - :mod:`.graphs`: the exportable wrappers (``video_encoder``, ``text_encoder``, ``vtm``, ``mlm``);
