@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for name, (impl, _) in paths.items():
         torch.manual_seed(0)
-        models[name] = EgoVLPv2(cfg.replace(attention_impl=impl)).train()
+        models[name] = EgoVLPv2(cfg, attention_impl=impl).train()
     calls = {name: step_calls(models[name], args.batch, bf16)
              for name, (_, bf16) in paths.items()}
     parts = list(next(iter(calls.values())))

@@ -163,8 +163,8 @@ def test_non_tensor_entries_are_rejected(tiny_weights):
 
 
 def test_safetensors_file_is_self_describing(tmp_path, tiny_weights):
-    cfg = preset("tiny", attention_impl="reference", check_finite_pixels=False)
-    model = EgoVLPv2(cfg)
+    cfg = preset("tiny")
+    model = EgoVLPv2(cfg, attention_impl="reference")
     load_checkpoint(model, tiny_weights)
     path = tmp_path / "model.safetensors"
     save_safetensors(model, path, metadata={"note": "test"})

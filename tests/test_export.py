@@ -195,7 +195,7 @@ def test_metadata_and_sidecar(export_dir, model):
         assert meta["egovlpv2.graph"] == name
         assert meta["egovlpv2.precision"] == "fp32"
         side = read_sidecar(export_dir / f"{name}.json")
-        assert side.model_config().replace(attention_impl="reference") == model.config
+        assert side.model_config() == model.config
         assert json.loads(meta["egovlpv2.config"]) == side.config
         prep = side.preprocessing_spec()
         assert prep == Preprocessing.for_config(model.config)

@@ -102,7 +102,7 @@ def test_task_names_select_heads():
 
 @pytest.mark.parametrize("name", ["base", "tiny"])
 def test_config_round_trips_through_json(name):
-    cfg = preset(name, attention_impl="fused")
+    cfg = preset(name, projection_dim=16)
     assert ModelConfig.from_json(cfg.to_json()) == cfg
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
@@ -123,7 +123,7 @@ def test_config_unknown_keys_are_named():
         (lambda: VideoConfig(img_size=200, patch_size=16), "divisible by patch_size"),
         (lambda: TextConfig(hidden_size=100, num_attention_heads=12), "divisible"),
         (lambda: FusionConfig(num_fuse_block=13), "num_fuse_block"),
-        (lambda: preset("tiny", attention_impl="flash"), "attention_impl"),
+        (lambda: EgoVLPv2(preset("tiny"), attention_impl="flash"), "attention_impl"),
         (lambda: preset("tiny", embed_dim=32), "embed_dim"),
         (lambda: preset("tiny", task_names="EgoNCE_VQA"), "task_names"),
         (lambda: dataclasses.replace(preset("tiny"), text=TextConfig()), "must be equal|must "),
@@ -222,7 +222,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_golden):
     def grads(checkpointing: bool):
         text = dataclasses.replace(preset("tiny").text, hidden_dropout_prob=0.0,
                                    attention_probs_dropout_prob=0.0)
-        model = EgoVLPv2(preset("tiny", text=text, gradient_checkpointing=checkpointing))
+        model = EgoVLPv2(preset("tiny", text=text), gradient_checkpointing=checkpointing)
         load_checkpoint(model, tiny_golden.weights)
         model = model.double().train()
         calls = []
@@ -274,9 +274,44 @@ def test_set_attention_impl_switches_every_module():
     model = EgoVLPv2(preset("tiny"))
     model.set_attention_impl("fused")
     impls = {m.impl for m in model.modules() if hasattr(m, "impl")}
-    assert impls == {"fused"} and model.config.attention_impl == "fused"
+    assert impls == {"fused"} and model.attention_impl == "fused"
     with pytest.raises(ValueError, match="impl must be one of"):
         model.set_attention_impl("flash")
+
+
+def test_execution_settings_are_not_part_of_the_config():
+    """What is saved is what the model is: a 0.1 config's execution settings are dropped on
+    reading, never written, and the model takes them as arguments instead."""
+    cfg = preset("tiny")
+    assert not {"attention_impl", "check_finite_pixels", "gradient_checkpointing"} & set(
+        cfg.to_dict())
+    legacy = {**cfg.to_dict(), "attention_impl": "fused", "check_finite_pixels": False,
+              "gradient_checkpointing": True}
+    assert ModelConfig.from_dict(legacy) == cfg
+    with pytest.raises(TypeError):
+        preset("tiny", attention_impl="fused")
+    model = EgoVLPv2(cfg, attention_impl="reference", gradient_checkpointing=True,
+                     check_finite_pixels=False)
+    assert (model.attention_impl, model.gradient_checkpointing, model.check_finite_pixels) == (
+        "reference", True, False)
+    assert {m.impl for m in model.modules() if hasattr(m, "impl")} == {"reference"}
+    assert EgoVLPv2(cfg).attention_impl == "auto"
+
+
+def test_auto_attention_takes_the_fused_ops_where_they_run(monkeypatch):
+    """impl="auto" calls the fused op for float64/float32 CPU tensors when the extension is
+    built, and the reference path for a dtype the kernels lack (bfloat16 on the CPU)."""
+    calls = []
+    real = ops.reference_divided_space_time_attention
+    monkeypatch.setattr(ops, "reference_divided_space_time_attention",
+                        lambda *a: calls.append("reference") or real(*a))
+    qkv = torch.randn(2, 1 + 4 * 4, 3 * 16, dtype=torch.float64)
+    auto = ops.divided_space_time_attention(qkv, 2, 4, False, 0.25, impl="auto")
+    fused = ops.divided_space_time_attention(qkv, 2, 4, False, 0.25, impl="fused")
+    assert ops.fused_available(qkv.device, torch.float64) and calls == []
+    assert torch.equal(auto, fused)
+    ops.divided_space_time_attention(qkv.bfloat16(), 2, 4, False, 0.25, impl="auto")
+    assert calls == ["reference"] and not ops.fused_available(qkv.device, torch.bfloat16)
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -317,7 +352,7 @@ def test_bad_video_is_rejected(tiny32, make, error, message):
 
 
 def test_nan_check_can_be_switched_off():
-    model = EgoVLPv2(preset("tiny", check_finite_pixels=False)).eval()
+    model = EgoVLPv2(preset("tiny"), check_finite_pixels=False).eval()
     video, _, _ = _good(model.config)
     video[0, 0, 0, 0, 0] = float("nan")
     with torch.no_grad():

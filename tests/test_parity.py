@@ -53,7 +53,7 @@ def _run(golden, io, impl: str, suffix: str) -> dict[str, torch.Tensor]:
     if key in _CACHE:
         return _CACHE[key]
     hparams = json.loads(golden.config.read_text())["hparams"]
-    model = EgoVLPv2(ModelConfig.from_golden_hparams(hparams, attention_impl=impl))
+    model = EgoVLPv2(ModelConfig.from_golden_hparams(hparams), attention_impl=impl)
     load_checkpoint(model, golden.weights)
     model = model.to(DTYPES[suffix][0]).eval()
     video = io[f"video_{suffix}"]

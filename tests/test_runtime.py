@@ -343,3 +343,49 @@ def test_export_folder_precision(export_dir):
     assert rt.precision == "fp32"  # the folder's, whatever the device default
     with pytest.raises(ValueError, match="the export in .* is 'fp32'"):
         load(export_dir, backend="onnxruntime", device="cpu", precision="bf16")
+
+
+def test_default_model_loads_and_runs_without_the_extension(tmp_path):
+    """A tree whose extension is not built (simulated: ``egovlpv2_rt._C`` cannot be imported)
+    loads the shipped default model, warns once that attention runs the reference path, and
+    computes the embeddings of the built package (fused ops) to float32 accuracy."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import egovlpv2_rt
+
+    clip = torch.Generator().manual_seed(0)
+    pixels = torch.randn(2, 4, 3, 64, 64, generator=clip)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    code = f"""
+import json, sys, warnings
+import torch
+sys.modules["egovlpv2_rt._C"] = None
+import egovlpv2_rt
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    rt = egovlpv2_rt.load(device="cpu")
+    t = rt.encode_text(["#C C opens the fridge", "#C C cuts the onion"])
+    v = rt.encode_video(torch.load({str(tmp_path / "pixels.pt")!r}))
+print(json.dumps({{"build": egovlpv2_rt.build_info()["build"], "impl": rt.attention_impl,
+                  "warnings": [str(w.message) for w in caught
+                               if issubclass(w.category, RuntimeWarning)],
+                  "text": t.tolist(), "video": v.tolist()}}))
+"""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(egovlpv2_rt.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["build"] == "not built" and out["impl"] == "reference"
+    assert len(out["warnings"]) == 1 and "reference PyTorch attention" in out["warnings"][0]
+    assert "egovlpv2_rt._C" in out["warnings"][0]
+    rt = load(device="cpu")
+    assert rt.attention_impl == "fused"
+    assert _rel(np.array(out["text"]), rt.encode_text(["#C C opens the fridge",
+                                                       "#C C cuts the onion"])) <= 1e-5
+    assert _rel(np.array(out["video"]), rt.encode_video(pixels)) <= 1e-5

@@ -169,7 +169,7 @@ def test_cpu_bf16_amp_trains_close_to_float32(dataset, tmp_path):
     runs = {}
     for amp in ("off", "bf16"):
         cfg = _config(dataset, tmp_path / amp, amp=amp, max_steps=2)
-        cfg["model"]["overrides"]["attention_impl"] = "fused"
+        cfg["attention_impl"] = "fused"
         _run(_train_cmd(_write(cfg, tmp_path / f"{amp}.json"), 1))
         runs[amp] = _metrics(tmp_path / amp)
     assert all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e3 for r in runs["bf16"])

@@ -24,7 +24,7 @@ TERMS = ("loss", "egonce", "mlm", "vtm")
 
 
 def _fused(cfg: dict) -> dict:
-    cfg["model"]["overrides"]["attention_impl"] = "fused"
+    cfg["attention_impl"] = "fused"
     return cfg
 
 

@@ -25,7 +25,15 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["Extension", "ExtensionNotBuiltError", "build_info", "load", "loaded", "require"]
+__all__ = [
+    "Extension",
+    "ExtensionNotBuiltError",
+    "build_info",
+    "load",
+    "load_error",
+    "loaded",
+    "require",
+]
 
 _BUILD_HINT = (
     "build the package from the repository root with `pip install --no-build-isolation .` "
@@ -148,6 +156,15 @@ def load() -> Extension:
         _error = exc
         raise
     return _loaded
+
+
+def load_error() -> str | None:
+    """Why the extension is not loaded (None when it is)."""
+    try:
+        load()
+    except ExtensionNotBuiltError as exc:
+        return str(exc)
+    return None
 
 
 def loaded() -> Extension | None:

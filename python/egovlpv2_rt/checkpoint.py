@@ -236,7 +236,7 @@ def load_model(
     path: PathLike,
     config: ModelConfig | None = None,
     *,
-    attention_impl: str | None = None,
+    attention_impl: str = "auto",
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> EgoVLPv2:
@@ -244,15 +244,15 @@ def load_model(
 
     The config is ``config`` if given, else the one stored in a safetensors file's metadata
     (``save_safetensors`` writes it); a ``.pth`` file needs ``config`` (e.g. ``preset("base")``).
+    ``attention_impl``: ``"auto"`` (default; fused ops where they run), ``"fused"`` or
+    ``"reference"``, as for ``EgoVLPv2``.
     """
     state, stored = read_checkpoint(path)
     config = config or stored
     if config is None:
         raise ValueError(f"{path}: the file stores no config; pass config= (e.g. "
                          "egovlpv2_rt.config.preset('base'))")
-    if attention_impl is not None:
-        config = config.replace(attention_impl=attention_impl)
-    model = EgoVLPv2(config)
+    model = EgoVLPv2(config, attention_impl=attention_impl)
     load_checkpoint(model, state)
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)

@@ -1,7 +1,9 @@
 """Typed configuration of the EgoVLPv2 model.
 
 Four dataclasses describe the architecture (``VideoConfig``, ``TextConfig``, ``FusionConfig``,
-``LossConfig``) and ``ModelConfig`` groups them with the projection size and runtime switches.
+``LossConfig``) and ``ModelConfig`` groups them with the projection size. A config says what the
+model *is* and is saved with its weights; how it runs (attention implementation, gradient
+checkpointing, pixel checks) is the caller's choice, given to ``EgoVLPv2(...)`` and never saved.
 Two presets exist: ``base`` (the released model) and ``tiny`` (the golden parity configuration).
 
 Every config is JSON-able (``to_dict`` / ``from_dict``); unknown keys are rejected by name so a
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "PRESETS",
@@ -26,9 +28,9 @@ __all__ = [
     "preset",
 ]
 
-AttentionImpl = Literal["reference", "fused"]
-ATTENTION_IMPLS = ("reference", "fused")
 TASKS = ("EgoNCE", "ITM", "MLM")
+# Execution settings that configs of egovlpv2-rt 0.1 stored beside the architecture.
+LEGACY_EXECUTION_KEYS = ("attention_impl", "check_finite_pixels", "gradient_checkpointing")
 
 _T = TypeVar("_T")
 
@@ -246,10 +248,6 @@ class ModelConfig:
 
     ``embed_dim`` is the video width seen by the fusion head (top-level ``cls_token`` and
     ``norm``); ``projection_dim`` the size of the retrieval embeddings (``txt_proj``/``vid_proj``).
-    ``attention_impl`` picks the attention code: ``"reference"`` (plain PyTorch) or ``"fused"``
-    (the ``torch.ops.egovlpv2`` custom ops). ``check_finite_pixels`` makes ``encode_video`` and the
-    fusion heads reject NaN/Inf pixels (a device sync on GPU; switch off in hot loops).
-    ``gradient_checkpointing`` recomputes each block/layer in the backward pass while training.
     """
 
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -260,9 +258,6 @@ class ModelConfig:
     projection_dim: int = 4096
     projection: str = "minimal"
     task_names: str = "EgoNCE_ITM_MLM"
-    attention_impl: str = "reference"
-    check_finite_pixels: bool = True
-    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
@@ -273,10 +268,6 @@ class ModelConfig:
                                 f"got {type(getattr(self, name)).__name__}")
         _positive_int(o, "embed_dim", self.embed_dim)
         _positive_int(o, "projection_dim", self.projection_dim)
-        _require(
-            self.attention_impl in ATTENTION_IMPLS,
-            f"{o}.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}",
-        )
         _require(
             self.projection == "minimal",
             f"{o}.projection: only 'minimal' (Linear-ReLU-Linear-ReLU-Linear) is supported, "
@@ -334,10 +325,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``. Missing keys take defaults; unknown keys raise ``ValueError``."""
+        """Inverse of ``to_dict``. Missing keys take defaults; unknown keys raise ``ValueError``.
+
+        Configs saved by egovlpv2-rt 0.1 also hold the execution settings ``attention_impl``,
+        ``check_finite_pixels`` and ``gradient_checkpointing``; they describe no part of the
+        model and are dropped (pass them to ``EgoVLPv2(...)`` instead).
+        """
         if not isinstance(data, dict):
             raise TypeError(f"ModelConfig.from_dict: expected a dict, got {type(data).__name__}")
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k not in LEGACY_EXECUTION_KEYS}
         subs = {"video": VideoConfig, "text": TextConfig, "fusion": FusionConfig,
                 "loss": LossConfig}
         for name, sub_cls in subs.items():
@@ -355,8 +351,8 @@ class ModelConfig:
 
         Layout: ``{"text": {...}, "video": {...}, "fusion": {...}, "model": {...}, "loss": {...},
         "inputs": {...}, "seed": int}``. ``inputs`` and ``seed`` describe the golden inputs, not
-        the model, and are ignored; ``fusion.use_checkpoint`` becomes ``gradient_checkpointing``.
-        ``overrides`` set top-level ``ModelConfig`` fields (e.g. ``attention_impl="fused"``).
+        the model, and are ignored, as is ``fusion.use_checkpoint`` (gradient checkpointing is an
+        execution setting). ``overrides`` set top-level ``ModelConfig`` fields.
         """
         if not isinstance(hparams, dict):
             raise TypeError(f"hparams: expected a dict, got {type(hparams).__name__}")
@@ -368,12 +364,11 @@ class ModelConfig:
             if required not in hparams:
                 raise ValueError(f"hparams: missing section {required!r}")
         fusion = dict(hparams["fusion"])
-        use_checkpoint = bool(fusion.pop("use_checkpoint", False))
+        fusion.pop("use_checkpoint", None)
         data: dict[str, Any] = {
             "text": dict(hparams["text"]),
             "video": dict(hparams["video"]),
             "fusion": fusion,
-            "gradient_checkpointing": use_checkpoint,
         }
         if "loss" in hparams:
             data["loss"] = dict(hparams["loss"])
@@ -416,7 +411,7 @@ PRESETS = {"base": _base, "tiny": _tiny}
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """Named configuration: ``"base"`` (released EgoVLPv2: ViT-B/16 224 px, 4 frames,
     roberta-base, 6 fused layers, projection 4096) or ``"tiny"`` (the golden parity model).
-    ``overrides`` replace top-level fields, e.g. ``preset("tiny", attention_impl="fused")``."""
+    ``overrides`` replace top-level fields, e.g. ``preset("tiny", projection_dim=16)``."""
     if name not in PRESETS:
         raise ValueError(f"preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]().replace(**overrides)

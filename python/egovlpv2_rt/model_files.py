@@ -98,7 +98,7 @@ def resolve_checkpoint(checkpoint: PathLike | None = None) -> ModelFiles:
 
 def load_model_files(files: ModelFiles, *, config: ModelConfig | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               attention_impl: str | None = None) -> EgoVLPv2:
+               attention_impl: str = "auto") -> EgoVLPv2:
     """Build the ``EgoVLPv2`` of ``files.checkpoint`` (eval mode). A file that is not a
     checkpoint, or one that does not fit the config, raises ``ValueError`` naming it."""
     if files.checkpoint is None:

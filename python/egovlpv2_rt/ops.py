@@ -1,10 +1,13 @@
 """Python face of the custom ops (contract: docs/OPS.md).
 
-Two implementations of each op:
+Two implementations of each op, and a choice between them:
 
 * ``reference``: plain PyTorch written like the original EgoVLPv2 code (einops rearrange, cat,
   repeat, einsum). It is the numerical reference and the baseline of the benchmarks.
 * ``fused``: the ``torch.ops.egovlpv2`` custom ops (C++ on CPU, CUDA kernels on GPU).
+* ``auto``: ``fused`` where its kernels run for the inputs' device and dtype
+  (:func:`fused_available`), else ``reference``; decided per call, so a model moved between
+  devices or dtypes keeps taking the fast path where there is one.
 
 Importing this module registers, for the fused ops, the fake (meta) kernels used by
 ``torch.compile`` / export and the autograd formulas: the backward of the attention cores runs
@@ -26,12 +29,13 @@ from . import _extension
 __all__ = [
     "IMPLS",
     "divided_space_time_attention",
+    "fused_available",
     "gated_cross_attention",
     "reference_divided_space_time_attention",
     "reference_gated_cross_attention",
 ]
 
-IMPLS = ("reference", "fused")
+IMPLS = ("reference", "fused", "auto")
 
 # dtypes of the fused kernels, per device type.
 _FUSED_DTYPES = {
@@ -109,6 +113,29 @@ def reference_gated_cross_attention(
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def fused_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused kernels run for tensors of ``dtype`` on ``device`` here (the extension
+    is built and loaded, with kernels for the device type and the dtype)."""
+    ext = _extension.loaded()
+    if ext is None or dtype not in _FUSED_DTYPES.get(device.type, ()):
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and ext.cuda_library is not None)
+
+
+def _choose(impl: str, x: object) -> str:
+    """``impl`` with ``auto`` decided for the tensor ``x`` (after any autocast cast)."""
+    _check_impl(impl)
+    if impl != "auto":
+        return impl
+    if not isinstance(x, Tensor):
+        return "reference"  # the validation that follows names the bad argument
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = (torch.float32 if _autocast_falls_back(x.device.type)
+                 else torch.get_autocast_dtype(x.device.type))
+    return "fused" if fused_available(x.device, dtype) else "reference"
 
 
 def _check_int(value: object, name: str, minimum: int = 1) -> None:
@@ -301,9 +328,9 @@ def divided_space_time_attention(
     to every token. q is multiplied by scale first. Returns [B, 1+F*N, D] contiguous, dtype of
     qkv (the input of the block's proj Linear). impl="fused" supports float32/float64 on CPU and
     float32/float16/bfloat16 on CUDA; under torch.autocast it runs in the autocast dtype (the
-    reference path follows PyTorch's own promotion instead).
+    reference path follows PyTorch's own promotion instead). impl="auto": fused where it runs.
     """
-    _check_impl(impl)
+    impl = _choose(impl, qkv)
     if impl == "fused" and isinstance(qkv, Tensor):
         (qkv,) = _autocast(qkv.device.type, qkv)
     _validate_space_time(qkv, num_heads, num_frames, temporal, scale)
@@ -338,8 +365,9 @@ def gated_cross_attention(
     proj_bias: [Dout] or None; gate: one-element tensor; residual: [B, Lq, Dout].
     Returns [B, Lq, Dout] contiguous, dtype of q. impl="fused" supports float32/float64 on CPU
     and float32/float16/bfloat16 on CUDA; under torch.autocast it runs in the autocast dtype.
+    impl="auto": fused where it runs.
     """
-    _check_impl(impl)
+    impl = _choose(impl, q)
     if impl == "fused" and isinstance(q, Tensor):
         q, k, v, key_mask, proj_weight, proj_bias, gate, residual = _autocast(
             q.device.type, q, k, v, key_mask, proj_weight, proj_bias, gate, residual

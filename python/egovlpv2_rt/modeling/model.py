@@ -12,6 +12,7 @@ State-dict keys are exactly the original's, so released checkpoints load directl
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ATTENTION_IMPLS, ModelConfig, preset
+from .. import _extension
+from ..config import ModelConfig, preset
+from ..ops import IMPLS
 from .heads import ITMHead, MLMHead, Pooler, projection
 from .text import RobertaTextModel, additive_key_mask
 from .validation import check_batch_match, check_text, check_video
@@ -87,16 +90,29 @@ class EgoVLPv2(nn.Module):
     Parameters start from the original's initialisation rules (RoBERTa/BERT normal(0.02) for the
     text tower and heads, ViT-style for the video tower, zero gates, "zeros" time attention);
     load real weights with ``egovlpv2_rt.checkpoint``.
+
+    ``config`` says what the model is (it is saved with the weights). How it runs is chosen
+    here and never saved:
+
+    - ``attention_impl``: ``"auto"`` (the fused C++/CUDA ops where they run for the inputs'
+      device and dtype, else plain PyTorch; a warning when the extension is not built at all),
+      ``"fused"`` or ``"reference"``; switch later with :meth:`set_attention_impl`;
+    - ``gradient_checkpointing``: recompute each block/layer in the backward pass (training);
+    - ``check_finite_pixels``: reject NaN/Inf pixels (a host sync on GPU; off in hot loops).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, attention_impl: str = "auto",
+                 gradient_checkpointing: bool = False, check_finite_pixels: bool = True) -> None:
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
+        _check_attention_impl(attention_impl)
         self.config = config
         v, t, f = config.video, config.text, config.fusion
-        impl = config.attention_impl
-        self.gradient_checkpointing = config.gradient_checkpointing
+        impl = attention_impl
+        self.attention_impl = attention_impl
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.check_finite_pixels = bool(check_finite_pixels)
         tasks = config.tasks
         self.has_fusion = "ITM" in tasks or "MLM" in tasks
         if self.has_fusion:
@@ -121,9 +137,13 @@ class EgoVLPv2(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> EgoVLPv2:
-        """``EgoVLPv2(preset(name, **overrides))``; names: ``"base"``, ``"tiny"``."""
-        return cls(preset(name, **overrides))
+    def from_preset(cls, name: str, *, attention_impl: str = "auto",
+                    gradient_checkpointing: bool = False, check_finite_pixels: bool = True,
+                    **overrides: Any) -> EgoVLPv2:
+        """``EgoVLPv2(preset(name, **overrides), ...)``; names: ``"base"``, ``"tiny"``."""
+        return cls(preset(name, **overrides), attention_impl=attention_impl,
+                   gradient_checkpointing=gradient_checkpointing,
+                   check_finite_pixels=check_finite_pixels)
 
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -181,14 +201,13 @@ class EgoVLPv2(nn.Module):
                 self.mlm_score.bias.zero_()
 
     # -- switches ------------------------------------------------------------------------------
-    def set_attention_impl(self, impl: Literal["reference", "fused"]) -> None:
-        """Switch every attention module to ``"reference"`` or ``"fused"``."""
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    def set_attention_impl(self, impl: Literal["auto", "reference", "fused"]) -> None:
+        """Switch every attention module to ``"auto"``, ``"reference"`` or ``"fused"``."""
+        _check_attention_impl(impl)
         for module in self.modules():
             if hasattr(module, "impl"):
                 module.impl = impl
-        self.config = self.config.replace(attention_impl=impl)
+        self.attention_impl = impl
 
     @property
     def dtype(self) -> torch.dtype:
@@ -201,7 +220,7 @@ class EgoVLPv2(nn.Module):
 
     def _check_video(self, video: Tensor) -> Tensor:
         return check_video(video, self.config.video, model_dtype=self.dtype,
-                           check_finite=self.config.check_finite_pixels)
+                           check_finite=self.check_finite_pixels)
 
     # -- dual mode -----------------------------------------------------------------------------
     def forward_video(self, video: Tensor, *, return_traces: bool = False) -> VideoOutput:
@@ -316,6 +335,24 @@ class EgoVLPv2(nn.Module):
         """Masked-token logits [B, L, V] for ``mlm_ids`` [B, L] conditioned on ``video``;
         ``attention_mask`` is the mask of the unmasked caption."""
         return self.forward_fusion(video, mlm_ids, attention_mask, task="mlm").logits
+
+
+_warned_unbuilt = False
+
+
+def _check_attention_impl(impl: str) -> None:
+    """Validate ``impl``; ``fused`` needs the built extension, ``auto`` warns (once) without it."""
+    global _warned_unbuilt
+    if impl not in IMPLS:
+        raise ValueError(f"attention_impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference" or _extension.loaded() is not None:
+        return
+    if impl == "fused":
+        _extension.load()  # raises ExtensionNotBuiltError saying how to build
+    if not _warned_unbuilt:
+        _warned_unbuilt = True
+        warnings.warn(f"{_extension.load_error()}; the model runs the reference PyTorch "
+                      "attention (slower)", RuntimeWarning, stacklevel=3)
 
 
 def init_time_attention_zeros(attn: DividedAttention) -> None:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..model_files import ModelFiles
+from ..ops import fused_available
 from ..preprocessing import Preprocessing
 from ..progress import progress_bar
 from ..tokenizer import RobertaTokenizer
@@ -48,9 +49,10 @@ from .inputs import (
     to_output,
 )
 
-__all__ = ["MCQ_MODES", "MCQAnswer", "Runtime"]
+__all__ = ["MCQ_MODES", "PRECISIONS", "MCQAnswer", "Runtime"]
 
 MCQ_MODES = ("dual", "fusion", "ensemble")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -131,7 +133,12 @@ class Runtime:
     def attention_impl(self) -> str | None:
         """``"fused"`` or ``"reference"`` on the torch backend; None for exported graphs."""
         model = getattr(self._engine, "model", None)
-        return None if model is None else model.config.attention_impl
+        if model is None:
+            return None
+        if model.attention_impl != "auto":
+            return model.attention_impl
+        fused = fused_available(self.device, PRECISIONS[self.precision])
+        return "fused" if fused else "reference"
 
     @property
     def cuda_graphs(self) -> bool:

@@ -10,19 +10,17 @@ from typing import Any
 
 import torch
 
-from .. import _extension
 from ..config import ModelConfig
 from ..export.metadata import read_manifest
 from ..model_files import load_model_files, load_tokenizer, resolve_checkpoint
-from ..ops import _FUSED_DTYPES
+from ..ops import fused_available
 from ..preprocessing import Preprocessing
-from .api import Runtime
+from .api import PRECISIONS, Runtime
 from .engines import Engine, OrtEngine, TensorRTEngines, TorchEngine
 
 __all__ = ["BACKENDS", "PRECISIONS", "load"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PathLike = str | os.PathLike
 
 
@@ -155,16 +153,16 @@ def load(
         raise FileNotFoundError(f"{files.export_dir}: an export folder without "
                                 "model.safetensors serves backend='onnxruntime' or "
                                 "'tensorrt' only")
-    fused_ok = _fused_available(dev, PRECISIONS[precision])
-    if attention_impl == "fused" and not fused_ok:
-        raise ValueError(f"attention_impl='fused': the custom ops are not built for {dev.type} "
-                         f"{precision} here (see egovlpv2_rt.build_info())")
     if attention_impl not in (None, "fused", "reference"):
         raise ValueError(f"attention_impl must be 'fused' or 'reference', got "
                          f"{attention_impl!r}")
-    impl = attention_impl or ("fused" if fused_ok else "reference")
+    if attention_impl == "fused" and not fused_available(dev, PRECISIONS[precision]):
+        raise ValueError(f"attention_impl='fused': the custom ops are not built for {dev.type} "
+                         f"{precision} here (see egovlpv2_rt.build_info())")
+    # "auto" takes the fused ops where they run for the device and precision, and warns once
+    # when the extension is not built at all.
     model = load_model_files(files, config=config, device="cpu", dtype=torch.float32,
-                       attention_impl=impl)
+                             attention_impl=attention_impl or "auto")
     cfg = model.config
     frames = num_frames or cfg.video.num_frames
     if not 1 <= frames <= cfg.video.num_frames:
@@ -205,7 +203,7 @@ def load(
     dtype = PRECISIONS[precision]
     if dev.type == "cuda":
         # Host-side value checks would synchronise (and break CUDA-graph capture).
-        model.config = model.config.replace(check_finite_pixels=False)
+        model.check_finite_pixels = False
     model = model.to(device=dev, dtype=dtype).eval()
     use_graphs = (dev.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and dev.type != "cuda":
@@ -218,11 +216,3 @@ def load(
                    precision=precision, video_batch_size=vbs, text_batch_size=tbs,
                    video_backend=video_backend, decode_workers=workers,
                    cache_size=cache_size, files=files)
-
-
-def _fused_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the fused custom ops run for this device and dtype (else: reference path)."""
-    ext = _extension.loaded()
-    if ext is None or dtype not in _FUSED_DTYPES.get(device.type, ()):
-        return False
-    return device.type == "cpu" or ext.cuda_library is not None

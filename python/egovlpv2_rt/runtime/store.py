@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import LEGACY_EXECUTION_KEYS
+
 __all__ = [
     "EmbeddingSet",
     "FaissIndex",
@@ -44,7 +46,6 @@ _META_IDS = "egovlpv2.ids"
 _META_CLIPS = "egovlpv2.clips"
 _META_MODEL = "egovlpv2.model"
 SUFFIXES = (".safetensors", ".parquet")
-_RUNTIME_SWITCHES = ("attention_impl", "check_finite_pixels", "gradient_checkpointing")
 
 
 @dataclass
@@ -86,8 +87,8 @@ def model_fingerprint(config_dict: dict, weights_sha256: str, *, num_frames: int
                       precision: str) -> dict[str, Any]:
     """What identifies the embedding space: the architecture (config hash), the weights
     (checkpoint SHA-256), the projection size; frames and precision for information."""
-    # Runtime switches do not change the embedding space.
-    arch = {k: v for k, v in config_dict.items() if k not in _RUNTIME_SWITCHES}
+    # Execution settings (stored by 0.1 configs) do not change the embedding space.
+    arch = {k: v for k, v in config_dict.items() if k not in LEGACY_EXECUTION_KEYS}
     cfg = json.dumps(arch, sort_keys=True).encode()
     return {"config_sha256": hashlib.sha256(cfg).hexdigest(), "weights_sha256": weights_sha256,
             "projection_dim": int(config_dict.get("projection_dim", 0)),

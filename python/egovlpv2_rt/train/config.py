@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, preset
+from ..config import LEGACY_EXECUTION_KEYS, ModelConfig, preset
 from .losses import LossWeights
 
 __all__ = [
@@ -57,6 +57,10 @@ class ModelSection:
     config: dict[str, Any] | None = None
 
     def build(self) -> ModelConfig:
+        for key in LEGACY_EXECUTION_KEYS:
+            if key in self.overrides or key in (self.config or {}):
+                raise ValueError(f"{key} is how the model runs, not what it is: set it at the "
+                                 f"top level of the experiment (`{key}: ...`), not under model")
         if self.config is not None:
             return ModelConfig.from_dict(self.config)
         base = preset(self.preset).to_dict()
@@ -179,7 +183,8 @@ class TrainConfig:
     signal propagation with ``sqrt(768 / width)``. ``gate_init`` is the starting value of the
     cross-attention gates ``alpha_i2t`` / ``alpha_t2i`` (0 in the original, whose towers are
     pre-trained); from scratch, a zero gate and a random cross-attention form a saddle that VTM
-    takes hundreds of steps to leave.
+    takes hundreds of steps to leave. ``attention_impl`` (``auto`` | ``fused`` | ``reference``)
+    and ``gradient_checkpointing`` say how the model runs; they are not saved with it.
     """
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -195,6 +200,7 @@ class TrainConfig:
     log_every: int = 10
     amp: str = "auto"
     deterministic: bool = False
+    attention_impl: str = "auto"
     gradient_checkpointing: bool = False
     progress: bool = True
     num_threads: int = 0
@@ -211,6 +217,8 @@ class TrainConfig:
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         need(self.amp in ("auto", "bf16", "off"), "amp", "must be 'auto', 'bf16' or 'off'")
+        need(self.attention_impl in ("auto", "fused", "reference"), "attention_impl",
+             "must be 'auto', 'fused' or 'reference'")
         need(self.precision in ("float32", "float64"), "precision",
              "must be 'float32' or 'float64' (parameters and activations)")
         need(self.data.sampling in ("uniform", "rand"), "data.sampling",

@@ -89,9 +89,6 @@ def synth_split(root: Path, seed: int, cfg: SynthConfig) -> None:
 def default_model_overrides(vocab_size: int, width: int, heads: int) -> dict:
     """The default model: EgoVLPv2's topology (12 + 12 layers, top 6 fused) at ``width``."""
     return {
-        # The fused C++ attention ops: 1.44x faster training steps than the reference path
-        # (bench/bench_train_step.py, bench/RESULTS.md).
-        "attention_impl": "fused",
         "video": {"img_size": IMAGE_SIZE, "patch_size": 16, "embed_dim": width, "depth": 12,
                   "num_heads": heads, "num_frames": 4},
         "text": {"vocab_size": vocab_size, "hidden_size": width, "num_hidden_layers": 12,
@@ -123,6 +120,10 @@ def default_train_config(data_root: Path, tokenizer: Path, out_dir: Path, vocab_
         "loss": {"preset": "original", "vtm_start_step": vtm_start_step,
                  "mlm_stop_step": mlm_stop_step},
         "out_dir": str(out_dir),
+        # The fused C++ attention ops: 1.44x faster training steps than the reference path
+        # (bench/bench_train_step.py, bench/RESULTS.md); an error, not a silent fallback, when
+        # the extension is not built.
+        "attention_impl": "fused",
         "seed": seed,
         "global_batch_size": batch,
         "max_steps": steps,

@@ -89,8 +89,7 @@ def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     if cfg.data.max_text_length > mc.text.max_text_length:
         raise ValueError(f"data.max_text_length {cfg.data.max_text_length} exceeds the "
                          f"model's {mc.text.max_text_length}")
-    return mc.replace(gradient_checkpointing=cfg.gradient_checkpointing,
-                      check_finite_pixels=False)
+    return mc
 
 
 class _Data:
@@ -200,7 +199,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     data = _Data(cfg, info)
     mc = _model_config(cfg, data.tokenizer.vocab_size)
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
-    model = EgoVLPv2(mc)
+    # Pixels come from the package's own decoder: the finite check would only add a host sync.
+    model = EgoVLPv2(mc, attention_impl=cfg.attention_impl,
+                     gradient_checkpointing=cfg.gradient_checkpointing, check_finite_pixels=False)
     if cfg.init_scale != 1.0:
         scale_initialisation(model, cfg.init_scale)
     if cfg.gate_init != 0.0:
