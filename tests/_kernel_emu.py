@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,6 +99,53 @@ def build() -> Path:
 
 
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+_MAX_PLAN_STEPS = 8
+
+
+class _PlanRequest(ctypes.Structure):
+    """PlanRequest of csrc/kernels/emu/emu_capi.cpp."""
+
+    _fields_ = [
+        ("workspace_bytes", ctypes.c_int64),
+        ("has_mma", ctypes.c_int32),
+        ("num_steps", ctypes.c_int32),
+        ("steps", (ctypes.c_int64 * 6) * _MAX_PLAN_STEPS),
+        ("text", ctypes.c_char * 512),
+    ]
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One step of a kernel plan (PlanStep of csrc/kernels/attention_plan.h)."""
+
+    kernel: str  # "rows", "tensor_cores", "columns", ... (kernel_name)
+    rows: tuple[int, int] | None  # [begin, end) of a "rows" step
+    split: int  # warps per row of a "rows" step
+    vec: bool  # lane-chunk loads ("rows", "columns")
+    chunks: int  # 16-byte chunks per head ("delta_rows")
+
+
+# Kernel launches per step kind: the CLS partial kernels are followed by their combine.
+_LAUNCHES = {"none": 0, "fused": 0, "vec_columns_cls": 2, "cls_partials": 2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an entry point launches for given inputs: its steps by name, in launch order."""
+
+    valid: bool
+    steps: dict[str, PlanStep]
+    text: str  # describe()
+
+    @property
+    def kernels(self) -> dict[str, str]:
+        return {name: s.kernel for name, s in self.steps.items()}
+
+    def launches(self) -> int:
+        return sum(_LAUNCHES.get(s.kernel, 1) for s in self.steps.values())
+
+    def tensor_core_launches(self) -> int:
+        return sum(s.kernel == "tensor_cores" for s in self.steps.values())
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
@@ -105,31 +153,43 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
 
 
 class Emulator:
-    """ctypes face of the emulator library; every call raises on a kernel or launch error."""
+    """ctypes face of the emulator library; every call raises on a kernel or launch error.
+
+    The plan_* methods take the arguments of the op they plan, plus ``workspace`` (bytes of
+    scratch the divided ops get; -1: what they ask for, as a run gets) and ``has_mma``.
+    """
 
     def __init__(self, path: Path) -> None:
         lib = ctypes.CDLL(str(path))
         lib.ego_emu_error.restype = ctypes.c_char_p
+        lib.ego_emu_kernel_name.restype = ctypes.c_char_p
+        lib.ego_emu_kernel_name.argtypes = [_I]
         lib.ego_emu_set_seed.argtypes = [ctypes.c_uint64]
         lib.ego_emu_set_async_mode.argtypes = [_I]
         lib.ego_emu_divided_forward.argtypes = [_I, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I,
-                                                _F, _P, _P]
+                                                _F, _P, _P, _P]
         lib.ego_emu_divided_backward.argtypes = [_I, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I,
-                                                 _I, _I, _I, _F, _P, _P]
+                                                 _I, _I, _I, _F, _P, _P, _P]
         lib.ego_emu_cross_forward.argtypes = [_I, _P, _I64, _I64, _P, _I64, _I64, _P, _I64,
-                                              _I64, _P, _I64, _I64, _I64, _I64, _I, _I, _F, _P, _P]
+                                              _I64, _P, _I64, _I64, _I64, _I64, _I, _I, _F, _P, _P,
+                                              _P]
         lib.ego_emu_cross_backward.argtypes = [_I, _P, _P, _I64, _I64, _P, _I64, _I64, _P, _I64,
                                                _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I, _I,
-                                               _F, _P, _P, _P, _P]
+                                               _F, _P, _P, _P, _P, _P]
         lib.ego_emu_gate_residual.argtypes = [_I, _P, _P, _P, _I, _P, _I64]
         lib.ego_emu_launches_with_block.argtypes = [_I]
         self.lib = lib
 
     def tensor_core_launches(self) -> int:
-        """Launches of the tensor-core kernels (128-thread blocks) since the last call."""
-        n = self.lib.ego_emu_launches_with_block(128)
+        """Launches of the tensor-core kernels (128-thread blocks) since the last reset."""
+        return self.lib.ego_emu_launches_with_block(128)
+
+    def launches(self) -> int:
+        """Kernel launches since the last reset."""
+        return self.lib.ego_emu_launch_count()
+
+    def reset_launches(self) -> None:
         self.lib.ego_emu_reset_launches()
-        return n
 
     def schedule(self, seed: int, async_mode: int) -> None:
         """seed 0: lock-step; odd: warp-greedy; even: shuffled. async_mode: see cuda_emu.h."""
@@ -141,67 +201,120 @@ class Emulator:
         if rc != 0 or msg:
             raise RuntimeError(f"{what}: cudaError {rc} {msg}")
 
-    def divided_forward(self, qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _plan(self, fn, args, workspace: int, has_mma: bool) -> Plan:
+        req = _PlanRequest(workspace_bytes=workspace, has_mma=int(has_mma))
+        self._check(fn(*args, ctypes.byref(req)), fn.__name__)
+        text = req.text.decode()
+        if req.num_steps < 0:
+            return Plan(False, {}, text)
+        names = [part.split(":")[0] for part in text.split("; ")]
+        steps = {}
+        for name, (kernel, begin, count, split, vec, chunks) in zip(
+                names, req.steps[:req.num_steps], strict=True):
+            kind = self.lib.ego_emu_kernel_name(kernel).decode()
+            steps[name] = PlanStep(kind, (begin, begin + count) if kind == "rows" else None,
+                                   split, bool(vec), chunks)
+        return Plan(True, steps, text)
+
+    # ---- divided space-time attention
+    def _divided_forward_args(self, qkv, heads, frames, temporal, scale):
         b, t, c = qkv.shape
         d = c // 3
         assert qkv.stride(2) == 1
         out = torch.full((b, t, d), float("nan"), dtype=qkv.dtype)
         lse = torch.full((b, heads, t), float("nan"), dtype=torch.float32)
-        rc = self.lib.ego_emu_divided_forward(
-            DTYPE_CODE[qkv.dtype], _ptr(qkv), qkv.stride(0), qkv.stride(1), b, t, heads,
-            d // heads, frames, int(temporal), scale, _ptr(out), _ptr(lse))
-        self._check(rc, "divided_forward")
-        return out, lse
+        args = (DTYPE_CODE[qkv.dtype], _ptr(qkv), qkv.stride(0), qkv.stride(1), b, t, heads,
+                d // heads, frames, int(temporal), scale, _ptr(out), _ptr(lse))
+        return args, (out, lse)
 
-    def divided_backward(self, grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
-                         lse: torch.Tensor, heads: int, frames: int, temporal: bool,
-                         scale: float) -> torch.Tensor:
+    def divided_forward(self, qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        args, result = self._divided_forward_args(qkv, heads, frames, temporal, scale)
+        self._check(self.lib.ego_emu_divided_forward(*args, None), "divided_forward")
+        return result
+
+    def plan_divided_forward(self, qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
+                             workspace: int = -1, has_mma: bool = True) -> Plan:
+        args, _ = self._divided_forward_args(qkv, heads, frames, temporal, 1.0)
+        return self._plan(self.lib.ego_emu_divided_forward, args, workspace, has_mma)
+
+    def _divided_backward_args(self, grad_out, qkv, out, lse, heads, frames, temporal, scale):
         b, t, c = qkv.shape
         d = c // 3
         grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
         delta = torch.full((b, heads, t), float("nan"), dtype=torch.float32)
         grad = torch.full((b, t, c), float("nan"), dtype=qkv.dtype)
-        rc = self.lib.ego_emu_divided_backward(
-            DTYPE_CODE[qkv.dtype], _ptr(grad_out), _ptr(qkv), qkv.stride(0), qkv.stride(1),
-            _ptr(out), _ptr(lse), b, t, heads, d // heads, frames, int(temporal), scale,
-            _ptr(delta), _ptr(grad))
-        self._check(rc, "divided_backward")
+        args = (DTYPE_CODE[qkv.dtype], _ptr(grad_out), _ptr(qkv), qkv.stride(0), qkv.stride(1),
+                _ptr(out), _ptr(lse), b, t, heads, d // heads, frames, int(temporal), scale,
+                _ptr(delta), _ptr(grad))
+        return args, grad, (grad_out, out, lse, delta)
+
+    def divided_backward(self, grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, heads: int, frames: int, temporal: bool,
+                         scale: float) -> torch.Tensor:
+        args, grad, _keep = self._divided_backward_args(grad_out, qkv, out, lse, heads, frames,
+                                                        temporal, scale)
+        self._check(self.lib.ego_emu_divided_backward(*args, None), "divided_backward")
         return grad
 
-    def cross_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      mask: torch.Tensor | None, heads: int,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan_divided_backward(self, grad_out: torch.Tensor, qkv: torch.Tensor,
+                              out: torch.Tensor, lse: torch.Tensor, heads: int, frames: int,
+                              temporal: bool, workspace: int = -1, has_mma: bool = True) -> Plan:
+        args, _, _keep = self._divided_backward_args(grad_out, qkv, out, lse, heads, frames,
+                                                     temporal, 1.0)
+        return self._plan(self.lib.ego_emu_divided_backward, args, workspace, has_mma)
+
+    # ---- gated cross-attention core
+    def _cross_forward_args(self, q, k, v, mask, heads, scale):
         b, lq, d = q.shape
         lk = k.shape[1]
         attn = torch.full((b, lq, d), float("nan"), dtype=q.dtype)
         lse = torch.full((b, heads, lq), float("nan"), dtype=torch.float32)
-        rc = self.lib.ego_emu_cross_forward(
-            DTYPE_CODE[q.dtype], _ptr(q), q.stride(0), q.stride(1), _ptr(k), k.stride(0),
-            k.stride(1), _ptr(v), v.stride(0), v.stride(1), _ptr(mask),
-            0 if mask is None else mask.stride(0), b, lq, lk, heads, d // heads, scale,
-            _ptr(attn), _ptr(lse))
-        self._check(rc, "cross_forward")
-        return attn, lse
+        args = (DTYPE_CODE[q.dtype], _ptr(q), q.stride(0), q.stride(1), _ptr(k), k.stride(0),
+                k.stride(1), _ptr(v), v.stride(0), v.stride(1), _ptr(mask),
+                0 if mask is None else mask.stride(0), b, lq, lk, heads, d // heads, scale,
+                _ptr(attn), _ptr(lse))
+        return args, (attn, lse)
+
+    def cross_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: torch.Tensor | None, heads: int,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        args, result = self._cross_forward_args(q, k, v, mask, heads, scale)
+        self._check(self.lib.ego_emu_cross_forward(*args, None), "cross_forward")
+        return result
+
+    def plan_cross_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None, heads: int, has_mma: bool = True) -> Plan:
+        args, _ = self._cross_forward_args(q, k, v, mask, heads, 1.0)
+        return self._plan(self.lib.ego_emu_cross_forward, args, 0, has_mma)
+
+    def _cross_backward_args(self, grad_attn, q, k, v, mask, attn, lse, heads, scale):
+        b, lq, d = q.shape
+        lk = k.shape[1]
+        grad_attn, attn, lse = grad_attn.contiguous(), attn.contiguous(), lse.contiguous()
+        delta = torch.full((b, heads, lq), float("nan"), dtype=torch.float32)
+        grads = tuple(torch.full((b, n, d), float("nan"), dtype=q.dtype) for n in (lq, lk, lk))
+        args = (DTYPE_CODE[q.dtype], _ptr(grad_attn), _ptr(q), q.stride(0), q.stride(1), _ptr(k),
+                k.stride(0), k.stride(1), _ptr(v), v.stride(0), v.stride(1), _ptr(mask),
+                0 if mask is None else mask.stride(0), _ptr(attn), _ptr(lse), b, lq, lk, heads,
+                d // heads, scale, _ptr(delta), *map(_ptr, grads))
+        return args, grads, (grad_attn, attn, lse, delta)
 
     def cross_backward(self, grad_attn: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                        v: torch.Tensor, mask: torch.Tensor | None, attn: torch.Tensor,
                        lse: torch.Tensor, heads: int,
                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, lq, d = q.shape
-        lk = k.shape[1]
-        grad_attn, attn, lse = grad_attn.contiguous(), attn.contiguous(), lse.contiguous()
-        delta = torch.full((b, heads, lq), float("nan"), dtype=torch.float32)
-        gq = torch.full((b, lq, d), float("nan"), dtype=q.dtype)
-        gk = torch.full((b, lk, d), float("nan"), dtype=q.dtype)
-        gv = torch.full((b, lk, d), float("nan"), dtype=q.dtype)
-        rc = self.lib.ego_emu_cross_backward(
-            DTYPE_CODE[q.dtype], _ptr(grad_attn), _ptr(q), q.stride(0), q.stride(1), _ptr(k),
-            k.stride(0), k.stride(1), _ptr(v), v.stride(0), v.stride(1), _ptr(mask),
-            0 if mask is None else mask.stride(0), _ptr(attn), _ptr(lse), b, lq, lk, heads,
-            d // heads, scale, _ptr(delta), _ptr(gq), _ptr(gk), _ptr(gv))
-        self._check(rc, "cross_backward")
-        return gq, gk, gv
+        args, grads, _keep = self._cross_backward_args(grad_attn, q, k, v, mask, attn, lse,
+                                                       heads, scale)
+        self._check(self.lib.ego_emu_cross_backward(*args, None), "cross_backward")
+        return grads
+
+    def plan_cross_backward(self, grad_attn: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                            v: torch.Tensor, mask: torch.Tensor | None, attn: torch.Tensor,
+                            lse: torch.Tensor, heads: int, has_mma: bool = True) -> Plan:
+        args, _, _keep = self._cross_backward_args(grad_attn, q, k, v, mask, attn, lse, heads,
+                                                   1.0)
+        return self._plan(self.lib.ego_emu_cross_backward, args, 0, has_mma)
 
     def gate_residual(self, residual: torch.Tensor, lin: torch.Tensor,
                       gate: torch.Tensor) -> torch.Tensor:

@@ -261,6 +261,57 @@ def test_gated_cross_attention_autograd(dtype, masked, gen):
         _check(grads[i], truth_grads[i], own_grads[i], names[i], gen)
 
 
+# ---- torch.library.opcheck ---------------------------------------------------------------------
+OPCHECK_CASES = ["st", "st_space", "st_nograd", "st_backward", "cross", "cross_nomask",
+                 "cross_backward"]
+
+
+def _opcheck_cases(dtype, g: Rng) -> dict:
+    """{case: (op, args)} for every custom op on CUDA tensors, as tests/test_ops_cpu.py has them
+    on CPU. qkv is a column slice of a wider projection (rows stay 16-byte aligned, so the
+    tensor-core and CLS-partial paths run for 16-bit dtypes); k and v are the halves of one."""
+    ops_ = torch.ops.egovlpv2
+    h, dh, f, n = 2, 32, 3, 4
+    d = h * dh
+    qkv = _randn((2, 1 + f * n, 3 * d + 8), dtype, g)[..., : 3 * d]
+    st_args = (h, f, True, 0.5)
+    out, lse = ops_.divided_space_time_attention(qkv, *st_args)
+    q = _randn((2, 5, d), dtype, g)
+    kv = _randn((2, 4, 2 * d), dtype, g)
+    k, v = kv[..., :d], kv[..., d:]
+    key_mask = _mask(2, 4, dtype, g)
+    weight = _randn((6, d), dtype, g, scale=d**-0.5)
+    bias, gate, residual = _randn((6,), dtype, g), _randn((1,), dtype, g), _randn((2, 5, 6),
+                                                                                   dtype, g)
+    _, attn, cross_lse = ops_.gated_cross_attention(q, k, v, key_mask, weight, bias, gate,
+                                                    residual, h, 0.6)
+    st, st_bwd = ops_.divided_space_time_attention, ops_.divided_space_time_attention_backward
+    cross, cross_bwd = ops_.gated_cross_attention, ops_.gated_cross_attention_backward
+
+    def leaf(t):
+        return t.detach().clone().requires_grad_()
+
+    return {
+        "st": (st.default, (qkv.detach().requires_grad_(), *st_args)),
+        "st_space": (st.default, (qkv.detach().requires_grad_(), h, f, False, 0.5)),
+        "st_nograd": (st.default, (qkv, *st_args)),
+        "st_backward": (st_bwd.default, (_randn(out.shape, dtype, g), qkv, out, lse, *st_args)),
+        "cross": (cross.default, (leaf(q), k, v, key_mask, leaf(weight), bias, leaf(gate),
+                                  residual, h, 0.6)),
+        "cross_nomask": (cross.default, (q, k, v, None, weight, None, gate, residual, h, 0.6)),
+        "cross_backward": (cross_bwd.default, (_randn(attn.shape, dtype, g), q, k, v, key_mask,
+                                               attn, cross_lse, h, 0.6)),
+    }
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids.get)
+def test_opcheck(case, dtype, gen):
+    op, args = _opcheck_cases(dtype, gen)[case]
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), (result, f"seed {gen.seed}")
+
+
 # ---- torch.compile and CUDA graphs --------------------------------------------------------------
 def _block(qkv, text, text_mask, w, bias, gate):
     """A video block's attention part: time, then space, then gated i2t cross-attention."""

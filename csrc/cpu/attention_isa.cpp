@@ -1,6 +1,9 @@
 // One instruction-set variant of the CPU kernels. Compiled once per variant, each time with
-// its own target flags and -DEGOVLPV2_CPU_ISA=<namespace> (see cmake/EgoVLPv2CpuKernels.cmake).
-#include "attention_kernels.h"
+// its own target flags and -DEGOVLPV2_CPU_ISA=<namespace> (see cmake/EgoVLPv2CpuKernels.cmake);
+// the kernels are the headers of isa/ (base.h says why they live in that namespace).
+#include "isa/cross.h"
+#include "isa/gate_residual.h"
+#include "isa/space_time.h"
 
 namespace egovlpv2::cpu::EGOVLPV2_CPU_ISA {
 

@@ -142,7 +142,7 @@ __device__ __forceinline__ void partial_update(float& m, float& l, float (&acc)[
 }
 
 // Temporal forward: outputs and lse of every patch token, plus the CLS partials.
-// grid (chunks, batch), block plan.threads; slot = c * H + h, column n = chunk*C*I + it*C + c.
+// grid (chunks, batch), block ClsGrid::threads; slot = c * H + h, column n = chunk*C*I + it*C + c.
 template <class T, int DH, int FMAX>
 __global__ void __launch_bounds__(256) time_vec_forward_kernel(const AttnArgs a, float* ws,
                                                                 int cols, int iters,
@@ -501,12 +501,12 @@ __global__ void __launch_bounds__(kSimtThreads) cls_backward_combine_kernel(cons
 }
 
 template <class T, int DH>
-cudaError_t launch_cls_backward_dh(const AttnArgs& a, float* ws, const ClsPlan& p,
+cudaError_t launch_cls_backward_dh(const AttnArgs& a, const ClsGrid& g, float* ws,
                                    cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.chunks), static_cast<unsigned>(a.batch));
-  const size_t smem = size_t(p.threads) * 24 * sizeof(float);
+  const dim3 grid(static_cast<unsigned>(g.chunks), static_cast<unsigned>(a.batch));
+  const size_t smem = size_t(g.threads) * 24 * sizeof(float);
   auto fn = &cls_backward_partial_kernel<T, DH, 2>;
-  EGO_LAUNCH(fn, grid, dim3(p.threads), smem, stream, a, ws, p.cols, p.iters, p.chunks);
+  EGO_LAUNCH(fn, grid, dim3(g.threads), smem, stream, a, ws, g.cols, g.iters, g.chunks);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const int64_t ctas = a.batch * a.heads;
@@ -514,55 +514,54 @@ cudaError_t launch_cls_backward_dh(const AttnArgs& a, float* ws, const ClsPlan& 
   const size_t smem2 = size_t(kSimtWarps) * 3 * DH * sizeof(float);
   auto fn2 = &cls_backward_combine_kernel<T, DH>;
   EGO_LAUNCH(fn2, dim3(static_cast<unsigned>(ctas)), dim3(kSimtThreads), smem2, stream, a,
-             static_cast<const float*>(ws), p.chunks);
+             static_cast<const float*>(ws), g.chunks);
   return cudaGetLastError();
 }
 
 template <class T>
-cudaError_t launch_cls_backward(const AttnArgs& a, float* ws, cudaStream_t stream) {
-  const ClsPlan p = cls_plan(a.heads, a.head_dim, a.tokens, 2, kClsBackwardSteps);
-  if (!p.ok || a.batch > 65535) return cudaErrorInvalidValue;
-  if (a.head_dim == 32) return launch_cls_backward_dh<T, 32>(a, ws, p, stream);
-  if (a.head_dim == 64) return launch_cls_backward_dh<T, 64>(a, ws, p, stream);
-  return launch_cls_backward_dh<T, 128>(a, ws, p, stream);
+cudaError_t launch_cls_backward(const AttnArgs& a, const ClsGrid& g, float* ws,
+                                cudaStream_t stream) {
+  if (!g.ok || a.batch > 65535) return cudaErrorInvalidValue;
+  if (a.head_dim == 32) return launch_cls_backward_dh<T, 32>(a, g, ws, stream);
+  if (a.head_dim == 64) return launch_cls_backward_dh<T, 64>(a, g, ws, stream);
+  return launch_cls_backward_dh<T, 128>(a, g, ws, stream);
 }
 
 template <class T>
-cudaError_t launch_cls_vec(bool fused_time, const AttnArgs& a, float* ws, cudaStream_t stream) {
-  const ClsPlan p = fused_time ? cls_plan(a.heads, a.head_dim, a.patches, 1)
-                               : cls_plan(a.heads, a.head_dim, a.tokens - 1, 4);
-  if (!p.ok || a.batch > 65535 ||
+cudaError_t launch_cls_vec(bool fused_time, const AttnArgs& a, const ClsGrid& g, float* ws,
+                           cudaStream_t stream) {
+  if (!g.ok || a.batch > 65535 ||
       (fused_time && (!a.temporal || !time_vec_supported(a.frames, a.head_dim)))) {
     return cudaErrorInvalidValue;
   }
-  const dim3 grid(static_cast<unsigned>(p.chunks), static_cast<unsigned>(a.batch));
-  const dim3 block(p.threads);
-  const size_t smem = cls_smem_bytes(p);
+  const dim3 grid(static_cast<unsigned>(g.chunks), static_cast<unsigned>(a.batch));
+  const dim3 block(g.threads);
+  const size_t smem = cls_smem_bytes(g);
   if (fused_time) {
     if (a.head_dim == 32) {
       auto fn = &time_vec_forward_kernel<T, 32, 4>;
-      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, p.cols, p.iters, p.chunks);
+      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, g.cols, g.iters, g.chunks);
     } else {
       auto fn = &time_vec_forward_kernel<T, 64, 4>;
-      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, p.cols, p.iters, p.chunks);
+      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, g.cols, g.iters, g.chunks);
     }
   } else {
     if (a.head_dim == 32) {
       auto fn = &cls_partial_kernel<T, 32, 4>;
-      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, p.cols, p.iters, p.chunks);
+      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, g.cols, g.iters, g.chunks);
     } else if (a.head_dim == 64) {
       auto fn = &cls_partial_kernel<T, 64, 4>;
-      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, p.cols, p.iters, p.chunks);
+      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, g.cols, g.iters, g.chunks);
     } else {
       auto fn = &cls_partial_kernel<T, 128, 4>;
-      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, p.cols, p.iters, p.chunks);
+      EGO_LAUNCH(fn, grid, block, smem, stream, a, ws, g.cols, g.iters, g.chunks);
     }
   }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  if (a.head_dim == 32) return launch_cls_combine_dh<T, 32>(a, ws, p.chunks, stream);
-  if (a.head_dim == 64) return launch_cls_combine_dh<T, 64>(a, ws, p.chunks, stream);
-  return launch_cls_combine_dh<T, 128>(a, ws, p.chunks, stream);
+  if (a.head_dim == 32) return launch_cls_combine_dh<T, 32>(a, ws, g.chunks, stream);
+  if (a.head_dim == 64) return launch_cls_combine_dh<T, 64>(a, ws, g.chunks, stream);
+  return launch_cls_combine_dh<T, 128>(a, ws, g.chunks, stream);
 }
 
 }  // namespace detail

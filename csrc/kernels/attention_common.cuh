@@ -1,5 +1,5 @@
-// Shared pieces of the attention kernels: the internal argument block, the key-set ("span")
-// arithmetic of divided space-time attention, dtype conversions and warp primitives.
+// Shared pieces of the attention kernels: the key-set ("span") arithmetic of divided space-time
+// attention, dtype conversions and warp primitives (the argument block: attention_args.h).
 //
 // The same sources compile three ways: with nvcc for the GPU, with nvcc's host pass, and with a
 // plain host C++ compiler and EGO_EMULATE defined (csrc/kernels/emu/), which runs every CUDA
@@ -18,7 +18,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
-#include "egovlpv2_kernels.h"
+#include "attention_args.h"
 
 #if defined(EGO_EMULATE)
 #include "emu/cuda_emu.h"
@@ -39,51 +39,6 @@ namespace detail {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-enum Mode : int { kDivided = 0, kCross = 1 };
-
-// One argument block for every attention kernel. Strides are in elements; rows of every tensor
-// are contiguous. "Rows" are the side a kernel iterates over in its grid (queries for the forward
-// and dQ passes, keys for the dK/dV pass); "partners" are the other side.
-struct AttnArgs {
-  const void* q = nullptr;
-  int64_t q_sb = 0, q_st = 0;
-  const void* k = nullptr;
-  int64_t k_sb = 0, k_st = 0;
-  const void* v = nullptr;
-  int64_t v_sb = 0, v_st = 0;
-  const void* dout = nullptr;  // gradient of the attention output (backward)
-  int64_t do_sb = 0, do_st = 0;
-  const void* fwd_out = nullptr;  // forward output (backward: delta = rowsum(dout * out))
-  int64_t fo_sb = 0, fo_st = 0;
-  const void* mask = nullptr;  // additive key mask [batch, len_k] (cross only)
-  int64_t mask_sb = 0;
-  void* o = nullptr;  // forward output, or dQ in the dQ pass
-  int64_t o_sb = 0, o_st = 0;
-  void* dk = nullptr;
-  int64_t dk_sb = 0, dk_st = 0;
-  void* dv = nullptr;
-  int64_t dv_sb = 0, dv_st = 0;
-  float* lse = nullptr;    // [batch, heads, q_rows]
-  float* delta = nullptr;  // [batch, heads, q_rows]
-  int64_t batch = 0;
-  int heads = 0;
-  int head_dim = 0;
-  float scale = 1.f;
-  int mode = kDivided;
-  int64_t q_rows = 0;  // rows of the lse/delta buffers: tokens (divided) or len_q (cross)
-  // divided
-  int64_t tokens = 0, patches = 0;
-  int frames = 0;
-  bool temporal = false;
-  // cross
-  int64_t len_q = 0, len_k = 0;
-  // per-launch selection for the one-row-per-warp kernels
-  int64_t row_begin = 0, row_count = 0;
-  int split = 1;        // warps cooperating on one row (1, 2, 4 or 8)
-  bool vec_ok = false;  // rows may be read with vector loads of the lane's chunk
-  bool grad_rows16 = false;  // dout and fwd_out rows are 16-byte aligned (delta's row path)
-};
 
 // The partners of one row: `prefix` copies of token 0 first (the CLS token of divided attention),
 // then `count` tokens start, start + step, ...

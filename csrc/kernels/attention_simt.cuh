@@ -468,7 +468,7 @@ __global__ void __launch_bounds__(kSimtThreads) delta_kernel(const AttnArgs a) {
 // it. One warp per row and head moved 128 bytes per tensor per warp and ran at a third of the
 // copy bandwidth on an H100 (bench/RESULTS.md, i2t profile); this reads whole rows.
 // Needs: chunks per head C = head_dim / (16 / sizeof(T)) a power of two <= 32, and 16-byte
-// aligned rows of dout and fwd_out (AttnArgs::grad_rows16).
+// aligned rows of dout and fwd_out (the planner's kDeltaRows step).
 template <class T>
 __global__ void __launch_bounds__(kSimtThreads) delta_rows_kernel(const AttnArgs a, int chunks) {
   constexpr int V = 16 / sizeof(T);
@@ -500,15 +500,6 @@ __global__ void __launch_bounds__(kSimtThreads) delta_rows_kernel(const AttnArgs
       a.delta[(b * a.heads + c / chunks) * a.q_rows + row] = s;
     }
   }
-}
-
-// Chunks per head for delta_rows_kernel, or 0 when it cannot run on these tensors.
-template <class T>
-int delta_row_chunks(const AttnArgs& a) {
-  constexpr int V = 16 / sizeof(T);
-  if (!a.grad_rows16 || a.head_dim % V != 0) return 0;
-  const int c = a.head_dim / V;
-  return c <= 32 && (c & (c - 1)) == 0 ? c : 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,15 +538,14 @@ cudaError_t launch_simt(int kind, const AttnArgs& a, cudaStream_t stream) {
 }
 
 template <class T>
-cudaError_t launch_delta(const AttnArgs& a, cudaStream_t stream) {
-  const int chunks = delta_row_chunks<T>(a);
-  if (chunks > 0) {
+cudaError_t launch_delta(const AttnArgs& a, int row_chunks, cudaStream_t stream) {
+  if (row_chunks > 0) {
     const int64_t rows = a.batch * a.q_rows;
     if (rows == 0) return cudaSuccess;
     const int64_t ctas = ceil_div(rows, kSimtWarps);
     if (ctas > INT_MAX) return cudaErrorInvalidValue;
     auto fn = &delta_rows_kernel<T>;
-    EGO_LAUNCH(fn, dim3(unsigned(ctas)), dim3(kSimtThreads), 0, stream, a, chunks);
+    EGO_LAUNCH(fn, dim3(unsigned(ctas)), dim3(kSimtThreads), 0, stream, a, row_chunks);
     return cudaGetLastError();
   }
   const int64_t tasks = a.batch * a.q_rows * a.heads;

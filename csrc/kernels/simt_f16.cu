@@ -8,14 +8,14 @@ namespace kernels {
 namespace detail {
 
 template cudaError_t launch_simt<__half>(int kind, const AttnArgs& a, cudaStream_t stream);
-template cudaError_t launch_delta<__half>(const AttnArgs& a, cudaStream_t stream);
+template cudaError_t launch_delta<__half>(const AttnArgs& a, int row_chunks, cudaStream_t stream);
 template cudaError_t launch_time_columns<__half>(bool backward, const AttnArgs& a,
-                                                cudaStream_t stream);
-template cudaError_t launch_cls_vec<__half>(bool fused_time, const AttnArgs& a,
-                                            float* ws, cudaStream_t stream);
-
-template cudaError_t launch_cls_backward<__half>(const AttnArgs& a, float* ws,
                                                  cudaStream_t stream);
+template cudaError_t launch_cls_vec<__half>(bool fused_time, const AttnArgs& a, const ClsGrid& g,
+                                            float* ws, cudaStream_t stream);
+template cudaError_t launch_cls_backward<__half>(const AttnArgs& a, const ClsGrid& g, float* ws,
+                                                 cudaStream_t stream);
+
 }  // namespace detail
 }  // namespace kernels
 }  // namespace egovlpv2

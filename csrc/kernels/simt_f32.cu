@@ -7,7 +7,7 @@ namespace kernels {
 namespace detail {
 
 template cudaError_t launch_simt<float>(int kind, const AttnArgs& a, cudaStream_t stream);
-template cudaError_t launch_delta<float>(const AttnArgs& a, cudaStream_t stream);
+template cudaError_t launch_delta<float>(const AttnArgs& a, int row_chunks, cudaStream_t stream);
 template cudaError_t launch_time_columns<float>(bool backward, const AttnArgs& a,
                                                 cudaStream_t stream);
 

@@ -1,18 +1,17 @@
-// CPU kernels of the egovlpv2 ops on the LibTorch stable ABI: validate, allocate, fill the
-// framework-free params (csrc/cpu/attention.h) and run them on torch's thread pool.
+// CPU kernels of the egovlpv2 ops on the LibTorch stable ABI: validate (op_checks.h), allocate,
+// fill the framework-free params (csrc/cpu/attention.h) and run them on torch's thread pool.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <array>
+#include <cstdint>
 #include <optional>
-#include <sstream>
-#include <string>
 #include <tuple>
 
 #include "../cpu/attention.h"
-#include "op_messages.h"
+#include "op_checks.h"
 
 namespace {
 
@@ -20,7 +19,9 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 namespace kcpu = egovlpv2::cpu;
 
-using namespace egovlpv2::op_messages;  // op names, shape_of, dtype_name
+namespace checks = egovlpv2::op_checks;
+using checks::CrossShape;
+using checks::SpaceTimeShape;
 
 // ----- the host side of the framework-free kernels -------------------------------------------
 
@@ -39,67 +40,26 @@ void check_status(kcpu::Status status, const char* op) {
   STD_TORCH_CHECK(status == kcpu::Status::kOk, op, ": out of memory for the kernel workspace");
 }
 
-// ----- validation ----------------------------------------------------------------------------
-
-// `t` is a CPU float32/float64 tensor of `dims` dimensions.
-void check_input(const Tensor& t, const char* op, const char* name, int64_t dims,
-                 const char* expected_shape) {
-  STD_TORCH_CHECK(t.is_cpu(), op, ": ", name, " must be a CPU tensor for the CPU kernel");
-  STD_TORCH_CHECK(t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double,
-                  op, ": ", name, " must be float32 or float64 on CPU, got ",
-                  dtype_name(t.scalar_type()));
-  STD_TORCH_CHECK(t.dim() == dims, op, ": ", name, " must have shape ", expected_shape, " (",
-                  dims, " dims), got ", shape_of(t));
+ScalarType lse_dtype(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-void check_same_dtype(const Tensor& t, const Tensor& ref, const char* op, const char* name,
-                      const char* ref_name) {
-  STD_TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ",
-                  ref_name, " (", dtype_name(ref.scalar_type()), "), got ",
-                  dtype_name(t.scalar_type()));
-}
-
-void check_shape(const Tensor& t, std::initializer_list<int64_t> expected, const char* op,
-                 const char* name, const char* meaning) {
-  bool ok = t.dim() == static_cast<int64_t>(expected.size());
-  int64_t d = 0;
-  for (int64_t e : expected) ok = ok && t.size(d++) == e;
-  if (ok) return;
-  std::ostringstream want;
-  want << "[";
-  d = 0;
-  for (int64_t e : expected) want << (d++ ? ", " : "") << e;
-  want << "]";
-  STD_TORCH_CHECK(false, op, ": ", name, " must have shape ", meaning, " = ", want.str(),
-                  ", got ", shape_of(t));
-}
+// What the CPU kernels accept (checks in op_checks.h): float32 and float64, any head dim.
+const checks::Backend kCpu{
+    "CPU",
+    [](const Tensor& t) { return t.is_cpu(); },
+    [](ScalarType t) { return t == ScalarType::Float || t == ScalarType::Double; },
+    "float32 or float64",
+    lse_dtype,
+    /*gate_may_be_float32=*/false,
+    /*several_devices=*/false,
+    /*max_count=*/INT64_MAX,
+    /*max_head_dim=*/0,
+};
 
 Tensor new_empty(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& like) {
   return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(sizes), dtype,
                               std::nullopt, like.device());
-}
-
-struct SpaceTimeShape {
-  int64_t batch, tokens, dim, heads, head_dim, frames;
-};
-
-SpaceTimeShape space_time_shape(const Tensor& qkv, int64_t num_heads, int64_t num_frames,
-                                const char* op) {
-  check_input(qkv, op, "qkv", 3, "[B, T, 3*D]");
-  STD_TORCH_CHECK(num_heads > 0, op, ": num_heads must be positive, got ", num_heads);
-  STD_TORCH_CHECK(num_frames > 0, op, ": num_frames must be positive, got ", num_frames);
-  const int64_t c = qkv.size(2);
-  STD_TORCH_CHECK(c > 0 && c % (3 * num_heads) == 0, op, ": qkv's last dim (", c,
-                  ") must be 3 * num_heads * head_dim with num_heads = ", num_heads);
-  const int64_t t = qkv.size(1);
-  STD_TORCH_CHECK(t > 1 && (t - 1) % num_frames == 0, op, ": qkv has ", t,
-                  " tokens; expected 1 + num_frames * N with num_frames = ", num_frames,
-                  " and N >= 1");
-  return SpaceTimeShape{qkv.size(0), t, c / 3, num_heads, c / (3 * num_heads), num_frames};
-}
-
-ScalarType lse_dtype(ScalarType t) {
-  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
 // ----- divided space-time attention ------------------------------------------------------------
@@ -120,12 +80,12 @@ void run_space_time_forward(const Tensor& qkv, const SpaceTimeShape& s, bool tem
   p.lse = lse.mutable_data_ptr<T>();
   p.parallel_for = torch_parallel_for;
   p.num_threads = torch::stable::get_num_threads();
-  check_status(kcpu::space_time_attention_forward(p), kSpaceTime);
+  check_status(kcpu::space_time_attention_forward(p), checks::kSpaceTime);
 }
 
 std::tuple<Tensor, Tensor> space_time_forward(const Tensor& qkv, int64_t num_heads,
                                               int64_t num_frames, bool temporal, double scale) {
-  const SpaceTimeShape s = space_time_shape(qkv, num_heads, num_frames, kSpaceTime);
+  const SpaceTimeShape s = checks::space_time(kCpu, qkv, num_heads, num_frames);
   const ScalarType dtype = qkv.scalar_type();
   Tensor out = new_empty({s.batch, s.tokens, s.dim}, dtype, qkv);
   Tensor lse = new_empty({s.batch, s.heads, s.tokens}, lse_dtype(dtype), qkv);
@@ -157,25 +117,14 @@ void run_space_time_backward(const Tensor& grad_out, const Tensor& qkv, const Te
   p.grad_qkv = grad_qkv.mutable_data_ptr<T>();
   p.parallel_for = torch_parallel_for;
   p.num_threads = torch::stable::get_num_threads();
-  check_status(kcpu::space_time_attention_backward(p), kSpaceTimeBackward);
+  check_status(kcpu::space_time_attention_backward(p), checks::kSpaceTimeBackward);
 }
 
 Tensor space_time_backward(const Tensor& grad_out, const Tensor& qkv, const Tensor& out,
                            const Tensor& softmax_lse, int64_t num_heads, int64_t num_frames,
                            bool temporal, double scale) {
-  const char* op = kSpaceTimeBackward;
-  const SpaceTimeShape s = space_time_shape(qkv, num_heads, num_frames, op);
-  check_input(grad_out, op, "grad_out", 3, "[B, T, D]");
-  check_input(out, op, "out", 3, "[B, T, D]");
-  check_input(softmax_lse, op, "softmax_lse", 3, "[B, num_heads, T]");
-  check_same_dtype(grad_out, qkv, op, "grad_out", "qkv");
-  check_same_dtype(out, qkv, op, "out", "qkv");
-  STD_TORCH_CHECK(softmax_lse.scalar_type() == lse_dtype(qkv.scalar_type()), op,
-                  ": softmax_lse must be ", dtype_name(lse_dtype(qkv.scalar_type())), ", got ",
-                  dtype_name(softmax_lse.scalar_type()));
-  check_shape(grad_out, {s.batch, s.tokens, s.dim}, op, "grad_out", "[B, T, D]");
-  check_shape(out, {s.batch, s.tokens, s.dim}, op, "out", "[B, T, D]");
-  check_shape(softmax_lse, {s.batch, s.heads, s.tokens}, op, "softmax_lse", "[B, num_heads, T]");
+  const SpaceTimeShape s =
+      checks::space_time_backward(kCpu, grad_out, qkv, out, softmax_lse, num_heads, num_frames);
   const Tensor lse = torch::stable::contiguous(softmax_lse);
   Tensor grad_qkv = new_empty({s.batch, s.tokens, 3 * s.dim}, qkv.scalar_type(), qkv);
   if (s.batch > 0) {
@@ -188,34 +137,6 @@ Tensor space_time_backward(const Tensor& grad_out, const Tensor& qkv, const Tens
 }
 
 // ----- gated cross-attention -------------------------------------------------------------------
-
-struct CrossShape {
-  int64_t batch, q_len, k_len, dim, heads, head_dim;
-};
-
-CrossShape cross_shape(const Tensor& q, const Tensor& k, const Tensor& v,
-                       const std::optional<Tensor>& key_mask, int64_t num_heads,
-                       const char* op) {
-  check_input(q, op, "q", 3, "[B, Lq, D]");
-  check_input(k, op, "k", 3, "[B, Lk, D]");
-  check_input(v, op, "v", 3, "[B, Lk, D]");
-  check_same_dtype(k, q, op, "k", "q");
-  check_same_dtype(v, q, op, "v", "q");
-  STD_TORCH_CHECK(num_heads > 0, op, ": num_heads must be positive, got ", num_heads);
-  const int64_t b = q.size(0), lq = q.size(1), d = q.size(2), lk = k.size(1);
-  STD_TORCH_CHECK(d > 0 && d % num_heads == 0, op, ": q's last dim (", d,
-                  ") must be num_heads * head_dim with num_heads = ", num_heads);
-  STD_TORCH_CHECK(lk > 0, op, ": k must have at least one key, got ", shape_of(k));
-  check_shape(k, {b, lk, d}, op, "k", "[B, Lk, D]");
-  check_shape(v, {b, lk, d}, op, "v", "[B, Lk, D]");
-  if (key_mask.has_value()) {
-    const Tensor& m = *key_mask;
-    check_input(m, op, "key_mask", 2, "[B, Lk]");
-    check_same_dtype(m, q, op, "key_mask", "q");
-    check_shape(m, {b, lk}, op, "key_mask", "[B, Lk]");
-  }
-  return CrossShape{b, lq, lk, d, num_heads, d / num_heads};
-}
 
 template <typename T>
 void fill_mask(const std::optional<Tensor>& key_mask, const T** mask, int64_t* sb, int64_t* sl) {
@@ -243,7 +164,7 @@ void run_cross_forward(const Tensor& q, const Tensor& k, const Tensor& v,
   p.attn = attn.mutable_data_ptr<T>();
   p.lse = lse.mutable_data_ptr<T>();
   p.parallel_for = torch_parallel_for;
-  check_status(kcpu::cross_attention_forward(p), kCross);
+  check_status(kcpu::cross_attention_forward(p), checks::kCross);
 }
 
 template <typename T>
@@ -278,24 +199,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q, const Tensor& 
                                                  const std::optional<Tensor>& proj_bias,
                                                  const Tensor& gate, const Tensor& residual,
                                                  int64_t num_heads, double scale) {
-  const char* op = kCross;
-  const CrossShape s = cross_shape(q, k, v, key_mask, num_heads, op);
-  check_input(proj_weight, op, "proj_weight", 2, "[Dout, D]");
-  check_same_dtype(proj_weight, q, op, "proj_weight", "q");
-  const int64_t out_dim = proj_weight.size(0);
-  check_shape(proj_weight, {out_dim, s.dim}, op, "proj_weight", "[Dout, D]");
-  if (proj_bias.has_value()) {
-    check_input(*proj_bias, op, "proj_bias", 1, "[Dout]");
-    check_same_dtype(*proj_bias, q, op, "proj_bias", "q");
-    check_shape(*proj_bias, {out_dim}, op, "proj_bias", "[Dout]");
-  }
-  STD_TORCH_CHECK(gate.is_cpu(), op, ": gate must be a CPU tensor for the CPU kernel");
-  check_same_dtype(gate, q, op, "gate", "q");
-  STD_TORCH_CHECK(gate.numel() == 1, op, ": gate must hold one element, got shape ",
-                  shape_of(gate));
-  check_input(residual, op, "residual", 3, "[B, Lq, Dout]");
-  check_same_dtype(residual, q, op, "residual", "q");
-  check_shape(residual, {s.batch, s.q_len, out_dim}, op, "residual", "[B, Lq, Dout]");
+  const CrossShape s = checks::cross(kCpu, q, k, v, key_mask, num_heads, checks::kCross);
+  const int64_t out_dim = checks::gated_cross(kCpu, s, q, proj_weight, proj_bias, gate, residual);
 
   const ScalarType dtype = q.scalar_type();
   Tensor attn = new_empty({s.batch, s.q_len, s.dim}, dtype, q);
@@ -337,7 +242,7 @@ void run_cross_backward(const Tensor& grad_attn, const Tensor& q, const Tensor& 
   p.grad_k = grad_k.mutable_data_ptr<T>();
   p.grad_v = grad_v.mutable_data_ptr<T>();
   p.parallel_for = torch_parallel_for;
-  check_status(kcpu::cross_attention_backward(p), kCrossBackward);
+  check_status(kcpu::cross_attention_backward(p), checks::kCrossBackward);
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_backward(const Tensor& grad_attn, const Tensor& q,
@@ -346,19 +251,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_backward(const Tensor& grad_attn, const
                                                   const Tensor& attn,
                                                   const Tensor& softmax_lse, int64_t num_heads,
                                                   double scale) {
-  const char* op = kCrossBackward;
-  const CrossShape s = cross_shape(q, k, v, key_mask, num_heads, op);
-  check_input(grad_attn, op, "grad_attn", 3, "[B, Lq, D]");
-  check_input(attn, op, "attn", 3, "[B, Lq, D]");
-  check_input(softmax_lse, op, "softmax_lse", 3, "[B, num_heads, Lq]");
-  check_same_dtype(grad_attn, q, op, "grad_attn", "q");
-  check_same_dtype(attn, q, op, "attn", "q");
-  STD_TORCH_CHECK(softmax_lse.scalar_type() == lse_dtype(q.scalar_type()), op,
-                  ": softmax_lse must be ", dtype_name(lse_dtype(q.scalar_type())), ", got ",
-                  dtype_name(softmax_lse.scalar_type()));
-  check_shape(grad_attn, {s.batch, s.q_len, s.dim}, op, "grad_attn", "[B, Lq, D]");
-  check_shape(attn, {s.batch, s.q_len, s.dim}, op, "attn", "[B, Lq, D]");
-  check_shape(softmax_lse, {s.batch, s.heads, s.q_len}, op, "softmax_lse", "[B, num_heads, Lq]");
+  const CrossShape s = checks::cross_backward(kCpu, grad_attn, q, k, v, key_mask, attn,
+                                              softmax_lse, num_heads);
   const Tensor lse = torch::stable::contiguous(softmax_lse);
   const ScalarType dtype = q.scalar_type();
   Tensor grad_q = new_empty({s.batch, s.q_len, s.dim}, dtype, q);

@@ -1,8 +1,8 @@
 // CUDA kernels of the egovlpv2 ops on the LibTorch stable ABI (schemas in schema.cpp, contract
-// in docs/OPS.md): validate, allocate through torch's caching allocator, fill the framework-free
-// params of csrc/kernels/egovlpv2_kernels.h and enqueue on torch's current stream. Nothing here
-// synchronises with the host, so the ops can be captured in CUDA graphs and traced by
-// torch.compile (their fake kernels live in Python).
+// in docs/OPS.md): validate (op_checks.h), allocate through torch's caching allocator, fill the
+// framework-free params of csrc/kernels/egovlpv2_kernels.h and enqueue on torch's current
+// stream. Nothing here synchronises with the host, so the ops can be captured in CUDA graphs and
+// traced by torch.compile (their fake kernels live in Python).
 #include <cuda_runtime_api.h>
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
@@ -15,12 +15,10 @@
 #include <array>
 #include <climits>
 #include <optional>
-#include <sstream>
-#include <string>
 #include <tuple>
 
 #include "../kernels/egovlpv2_kernels.h"
-#include "op_messages.h"
+#include "op_checks.h"
 
 namespace {
 
@@ -28,62 +26,30 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 namespace kern = egovlpv2::kernels;
 
-using namespace egovlpv2::op_messages;  // op names, shape_of, dtype_name
+namespace checks = egovlpv2::op_checks;
+using checks::CrossShape;
+using checks::SpaceTimeShape;
 
-// ----- validation ----------------------------------------------------------------------------
-
-bool supported_dtype(ScalarType t) {
-  return t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16;
-}
+// What the CUDA kernels accept (checks in op_checks.h): float32, float16, bfloat16 on one
+// device, softmax_lse in float32, head dims up to kMaxHeadDim, sizes in int fields.
+const checks::Backend kCuda{
+    "CUDA",
+    [](const Tensor& t) { return t.is_cuda(); },
+    [](ScalarType t) {
+      return t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16;
+    },
+    "float32, float16 or bfloat16",
+    [](ScalarType) { return ScalarType::Float; },
+    /*gate_may_be_float32=*/true,
+    /*several_devices=*/true,
+    /*max_count=*/INT_MAX,
+    /*max_head_dim=*/kern::kMaxHeadDim,
+};
 
 kern::DType kernel_dtype(ScalarType t) {
   if (t == ScalarType::Half) return kern::DType::kFloat16;
   if (t == ScalarType::BFloat16) return kern::DType::kBFloat16;
   return kern::DType::kFloat32;
-}
-
-// `t` is a CUDA float32/float16/bfloat16 tensor of `dims` dimensions on the device of `ref`.
-void check_input(const Tensor& t, const char* op, const char* name, int64_t dims,
-                 const char* expected_shape, const Tensor* ref = nullptr,
-                 const char* ref_name = nullptr) {
-  STD_TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor for the CUDA kernel");
-  STD_TORCH_CHECK(supported_dtype(t.scalar_type()), op, ": ", name,
-                  " must be float32, float16 or bfloat16 on CUDA, got ",
-                  dtype_name(t.scalar_type()));
-  STD_TORCH_CHECK(t.dim() == dims, op, ": ", name, " must have shape ", expected_shape, " (",
-                  dims, " dims), got ", shape_of(t));
-  if (ref != nullptr) {
-    STD_TORCH_CHECK(t.get_device_index() == ref->get_device_index(), op, ": ", name,
-                    " is on cuda:", t.get_device_index(), " but ", ref_name, " is on cuda:",
-                    ref->get_device_index());
-  }
-}
-
-void check_same_dtype(const Tensor& t, const Tensor& ref, const char* op, const char* name,
-                      const char* ref_name) {
-  STD_TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ",
-                  ref_name, " (", dtype_name(ref.scalar_type()), "), got ",
-                  dtype_name(t.scalar_type()));
-}
-
-void check_shape(const Tensor& t, std::initializer_list<int64_t> expected, const char* op,
-                 const char* name, const char* meaning) {
-  bool ok = t.dim() == static_cast<int64_t>(expected.size());
-  int64_t d = 0;
-  for (int64_t e : expected) ok = ok && t.size(d++) == e;
-  if (ok) return;
-  std::ostringstream want;
-  want << "[";
-  d = 0;
-  for (int64_t e : expected) want << (d++ ? ", " : "") << e;
-  want << "]";
-  STD_TORCH_CHECK(false, op, ": ", name, " must have shape ", meaning, " = ", want.str(),
-                  ", got ", shape_of(t));
-}
-
-void check_head_dim(int64_t head_dim, const char* op) {
-  STD_TORCH_CHECK(head_dim <= kern::kMaxHeadDim, op, ": head_dim = ", head_dim,
-                  " is larger than the CUDA kernels support (", kern::kMaxHeadDim, ")");
 }
 
 // The kernels read rows by stride but need each row's elements contiguous.
@@ -110,32 +76,10 @@ void check_launch(cudaError_t err, const char* op) {
 
 // ----- divided space-time attention ------------------------------------------------------------
 
-struct SpaceTimeShape {
-  int64_t batch, tokens, dim, heads, head_dim, frames;
-};
-
-SpaceTimeShape space_time_shape(const Tensor& qkv, int64_t num_heads, int64_t num_frames,
-                                const char* op) {
-  check_input(qkv, op, "qkv", 3, "[B, T, 3*D]");
-  STD_TORCH_CHECK(num_heads > 0 && num_heads <= INT_MAX, op,
-                  ": num_heads must be positive, got ", num_heads);
-  STD_TORCH_CHECK(num_frames > 0 && num_frames <= INT_MAX, op,
-                  ": num_frames must be positive, got ", num_frames);
-  const int64_t c = qkv.size(2);
-  STD_TORCH_CHECK(c > 0 && c % (3 * num_heads) == 0, op, ": qkv's last dim (", c,
-                  ") must be 3 * num_heads * head_dim with num_heads = ", num_heads);
-  const int64_t t = qkv.size(1);
-  STD_TORCH_CHECK(t > 1 && (t - 1) % num_frames == 0, op, ": qkv has ", t,
-                  " tokens; expected 1 + num_frames * N with num_frames = ", num_frames,
-                  " and N >= 1");
-  check_head_dim(c / (3 * num_heads), op);
-  return SpaceTimeShape{qkv.size(0), t, c / 3, num_heads, c / (3 * num_heads), num_frames};
-}
-
 std::tuple<Tensor, Tensor> space_time_forward(const Tensor& qkv_in, int64_t num_heads,
                                               int64_t num_frames, bool temporal, double scale) {
-  const char* op = kSpaceTime;
-  const SpaceTimeShape s = space_time_shape(qkv_in, num_heads, num_frames, op);
+  const char* op = checks::kSpaceTime;
+  const SpaceTimeShape s = checks::space_time(kCuda, qkv_in, num_heads, num_frames);
   torch::stable::accelerator::DeviceGuard guard(qkv_in.get_device_index());
   const Tensor qkv = rows_contiguous(qkv_in);
   const ScalarType dtype = qkv.scalar_type();
@@ -172,19 +116,9 @@ std::tuple<Tensor, Tensor> space_time_forward(const Tensor& qkv_in, int64_t num_
 Tensor space_time_backward(const Tensor& grad_out_in, const Tensor& qkv_in, const Tensor& out_in,
                            const Tensor& softmax_lse, int64_t num_heads, int64_t num_frames,
                            bool temporal, double scale) {
-  const char* op = kSpaceTimeBackward;
-  const SpaceTimeShape s = space_time_shape(qkv_in, num_heads, num_frames, op);
-  check_input(grad_out_in, op, "grad_out", 3, "[B, T, D]", &qkv_in, "qkv");
-  check_input(out_in, op, "out", 3, "[B, T, D]", &qkv_in, "qkv");
-  STD_TORCH_CHECK(softmax_lse.is_cuda() && softmax_lse.scalar_type() == ScalarType::Float, op,
-                  ": softmax_lse must be a float32 CUDA tensor, got ",
-                  dtype_name(softmax_lse.scalar_type()),
-                  softmax_lse.is_cuda() ? "" : " (not on CUDA)");
-  check_same_dtype(grad_out_in, qkv_in, op, "grad_out", "qkv");
-  check_same_dtype(out_in, qkv_in, op, "out", "qkv");
-  check_shape(grad_out_in, {s.batch, s.tokens, s.dim}, op, "grad_out", "[B, T, D]");
-  check_shape(out_in, {s.batch, s.tokens, s.dim}, op, "out", "[B, T, D]");
-  check_shape(softmax_lse, {s.batch, s.heads, s.tokens}, op, "softmax_lse", "[B, num_heads, T]");
+  const char* op = checks::kSpaceTimeBackward;
+  const SpaceTimeShape s = checks::space_time_backward(kCuda, grad_out_in, qkv_in, out_in,
+                                                       softmax_lse, num_heads, num_frames);
   torch::stable::accelerator::DeviceGuard guard(qkv_in.get_device_index());
   const Tensor qkv = rows_contiguous(qkv_in);
   const Tensor grad_out = torch::stable::contiguous(grad_out_in);
@@ -222,36 +156,6 @@ Tensor space_time_backward(const Tensor& grad_out_in, const Tensor& qkv_in, cons
 }
 
 // ----- gated cross-attention -------------------------------------------------------------------
-
-struct CrossShape {
-  int64_t batch, q_len, k_len, dim, heads, head_dim;
-};
-
-CrossShape cross_shape(const Tensor& q, const Tensor& k, const Tensor& v,
-                       const std::optional<Tensor>& key_mask, int64_t num_heads,
-                       const char* op) {
-  check_input(q, op, "q", 3, "[B, Lq, D]");
-  check_input(k, op, "k", 3, "[B, Lk, D]", &q, "q");
-  check_input(v, op, "v", 3, "[B, Lk, D]", &q, "q");
-  check_same_dtype(k, q, op, "k", "q");
-  check_same_dtype(v, q, op, "v", "q");
-  STD_TORCH_CHECK(num_heads > 0 && num_heads <= INT_MAX, op,
-                  ": num_heads must be positive, got ", num_heads);
-  const int64_t b = q.size(0), lq = q.size(1), d = q.size(2), lk = k.size(1);
-  STD_TORCH_CHECK(d > 0 && d % num_heads == 0, op, ": q's last dim (", d,
-                  ") must be num_heads * head_dim with num_heads = ", num_heads);
-  STD_TORCH_CHECK(lk > 0, op, ": k must have at least one key, got ", shape_of(k));
-  check_shape(k, {b, lk, d}, op, "k", "[B, Lk, D]");
-  check_shape(v, {b, lk, d}, op, "v", "[B, Lk, D]");
-  if (key_mask.has_value()) {
-    const Tensor& m = *key_mask;
-    check_input(m, op, "key_mask", 2, "[B, Lk]", &q, "q");
-    check_same_dtype(m, q, op, "key_mask", "q");
-    check_shape(m, {b, lk}, op, "key_mask", "[B, Lk]");
-  }
-  check_head_dim(d / num_heads, op);
-  return CrossShape{b, lq, lk, d, num_heads, d / num_heads};
-}
 
 // y = attn @ proj_weight^T + proj_bias through ATen (cuBLAS, the same GEMM as F.linear).
 Tensor linear(const Tensor& attn, const Tensor& weight, const std::optional<Tensor>& bias) {
@@ -295,28 +199,10 @@ std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q_in, const Tenso
                                                  const Tensor& gate_in,
                                                  const Tensor& residual_in, int64_t num_heads,
                                                  double scale) {
-  const char* op = kCross;
-  const CrossShape s = cross_shape(q_in, k_in, v_in, key_mask_in, num_heads, op);
-  check_input(proj_weight, op, "proj_weight", 2, "[Dout, D]", &q_in, "q");
-  check_same_dtype(proj_weight, q_in, op, "proj_weight", "q");
-  const int64_t out_dim = proj_weight.size(0);
-  check_shape(proj_weight, {out_dim, s.dim}, op, "proj_weight", "[Dout, D]");
-  if (proj_bias.has_value()) {
-    check_input(*proj_bias, op, "proj_bias", 1, "[Dout]", &q_in, "q");
-    check_same_dtype(*proj_bias, q_in, op, "proj_bias", "q");
-    check_shape(*proj_bias, {out_dim}, op, "proj_bias", "[Dout]");
-  }
-  STD_TORCH_CHECK(gate_in.is_cuda() && gate_in.get_device_index() == q_in.get_device_index(), op,
-                  ": gate must be on the device of q (cuda:", q_in.get_device_index(), ")");
-  STD_TORCH_CHECK(gate_in.scalar_type() == q_in.scalar_type() ||
-                      gate_in.scalar_type() == ScalarType::Float,
-                  op, ": gate must be ", dtype_name(q_in.scalar_type()),
-                  " (the dtype of q) or float32, got ", dtype_name(gate_in.scalar_type()));
-  STD_TORCH_CHECK(gate_in.numel() == 1, op, ": gate must hold one element, got shape ",
-                  shape_of(gate_in));
-  check_input(residual_in, op, "residual", 3, "[B, Lq, Dout]", &q_in, "q");
-  check_same_dtype(residual_in, q_in, op, "residual", "q");
-  check_shape(residual_in, {s.batch, s.q_len, out_dim}, op, "residual", "[B, Lq, Dout]");
+  const char* op = checks::kCross;
+  const CrossShape s = checks::cross(kCuda, q_in, k_in, v_in, key_mask_in, num_heads, op);
+  const int64_t out_dim =
+      checks::gated_cross(kCuda, s, q_in, proj_weight, proj_bias, gate_in, residual_in);
 
   torch::stable::accelerator::DeviceGuard guard(q_in.get_device_index());
   const ScalarType dtype = q_in.scalar_type();
@@ -360,19 +246,9 @@ std::tuple<Tensor, Tensor, Tensor> cross_backward(const Tensor& grad_attn_in, co
                                                   const Tensor& attn_in,
                                                   const Tensor& softmax_lse, int64_t num_heads,
                                                   double scale) {
-  const char* op = kCrossBackward;
-  const CrossShape s = cross_shape(q_in, k_in, v_in, key_mask_in, num_heads, op);
-  check_input(grad_attn_in, op, "grad_attn", 3, "[B, Lq, D]", &q_in, "q");
-  check_input(attn_in, op, "attn", 3, "[B, Lq, D]", &q_in, "q");
-  STD_TORCH_CHECK(softmax_lse.is_cuda() && softmax_lse.scalar_type() == ScalarType::Float, op,
-                  ": softmax_lse must be a float32 CUDA tensor, got ",
-                  dtype_name(softmax_lse.scalar_type()),
-                  softmax_lse.is_cuda() ? "" : " (not on CUDA)");
-  check_same_dtype(grad_attn_in, q_in, op, "grad_attn", "q");
-  check_same_dtype(attn_in, q_in, op, "attn", "q");
-  check_shape(grad_attn_in, {s.batch, s.q_len, s.dim}, op, "grad_attn", "[B, Lq, D]");
-  check_shape(attn_in, {s.batch, s.q_len, s.dim}, op, "attn", "[B, Lq, D]");
-  check_shape(softmax_lse, {s.batch, s.heads, s.q_len}, op, "softmax_lse", "[B, num_heads, Lq]");
+  const char* op = checks::kCrossBackward;
+  const CrossShape s = checks::cross_backward(kCuda, grad_attn_in, q_in, k_in, v_in, key_mask_in,
+                                              attn_in, softmax_lse, num_heads);
 
   torch::stable::accelerator::DeviceGuard guard(q_in.get_device_index());
   const ScalarType dtype = q_in.scalar_type();

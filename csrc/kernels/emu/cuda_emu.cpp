@@ -356,6 +356,8 @@ int launches_with_block(int threads) {
   return int(std::count(v.begin(), v.end(), threads));
 }
 
+int launch_count() { return int(S().launch_blocks.size()); }
+
 void reset_launches() { S().launch_blocks.clear(); }
 
 const char* take_error() {

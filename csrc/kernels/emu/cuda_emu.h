@@ -47,8 +47,9 @@ void cp_async_wait(int keep_pending);
 // Scheduling seed for the next launches (0 = plain round-robin), and the number of fiber
 // switches performed so far (a cost measure for the tests).
 void set_seed(uint64_t seed);
-// Launches seen since the last reset, counted by block size (threads per block).
+// Launches seen since the last reset: with a given block size (threads per block), and all.
 int launches_with_block(int threads);
+int launch_count();
 void reset_launches();
 // Last error: a non-empty string after a deadlock or a bad launch; cleared by the getter.
 const char* take_error();
