@@ -54,8 +54,10 @@ def timed(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[
 def row(label: str, ref: list[float], fused: list[float]) -> str:
     rb, fb = min(ref) * 1e3, min(fused) * 1e3
     rm, fm = statistics.median(ref) * 1e3, statistics.median(fused) * 1e3
-    return (f"| {label:<30} | {rb:9.2f} | {fb:9.2f} | {rb / fb:6.2f}x | {rm:9.2f} | {fm:9.2f} "
-            f"| {rm / fm:6.2f}x |")
+    return (
+        f"| {label:<30} | {rb:9.2f} | {fb:9.2f} | {rb / fb:6.2f}x | {rm:9.2f} | {fm:9.2f} "
+        f"| {rm / fm:6.2f}x |"
+    )
 
 
 HEADER = (
@@ -124,8 +126,10 @@ def bench_cross(args: argparse.Namespace) -> None:
     print(HEADER)
     valid = torch.arange(length)[None, :] < torch.tensor([length, length // 2])[:b, None]
     text_mask = (1.0 - valid.float()) * torch.finfo(torch.float32).min
-    for name, lq, lk, mask in (("i2t (video q, text kv)", t, length, text_mask),
-                               ("t2i (text q, video kv)", length, t, None)):
+    for name, lq, lk, mask in (
+        ("i2t (video q, text kv)", t, length, text_mask),
+        ("t2i (text q, video kv)", length, t, None),
+    ):
         q = torch.randn(b, lq, d, generator=gen)
         kv = torch.randn(b, lk, 2 * d, generator=gen)
         weight = torch.randn(d, d, generator=gen) / d**0.5
@@ -134,21 +138,53 @@ def bench_cross(args: argparse.Namespace) -> None:
         residual = torch.randn(b, lq, d, generator=gen)
         grad = torch.randn(b, lq, d, generator=gen)
 
-        def fwd(impl: str, q=q, kv=kv, mask=mask, weight=weight, bias=bias, gate=gate,
-                residual=residual) -> Callable[[], object]:
+        def fwd(
+            impl: str, q=q, kv=kv, mask=mask, weight=weight, bias=bias, gate=gate, residual=residual
+        ) -> Callable[[], object]:
             def run() -> object:
                 with torch.no_grad():
-                    return ops.gated_cross_attention(q, kv[..., :d], kv[..., d:], mask, weight,
-                                                     bias, gate, residual, h, dh**-0.5, impl=impl)
+                    return ops.gated_cross_attention(
+                        q,
+                        kv[..., :d],
+                        kv[..., d:],
+                        mask,
+                        weight,
+                        bias,
+                        gate,
+                        residual,
+                        h,
+                        dh**-0.5,
+                        impl=impl,
+                    )
 
             return run
 
-        def fwd_bwd(impl: str, q=q, kv=kv, mask=mask, weight=weight, bias=bias, gate=gate,
-                    residual=residual, grad=grad) -> Callable[[], object]:
+        def fwd_bwd(
+            impl: str,
+            q=q,
+            kv=kv,
+            mask=mask,
+            weight=weight,
+            bias=bias,
+            gate=gate,
+            residual=residual,
+            grad=grad,
+        ) -> Callable[[], object]:
             def run() -> object:
                 x, y = q.detach().requires_grad_(), kv.detach().requires_grad_()
-                out = ops.gated_cross_attention(x, y[..., :d], y[..., d:], mask, weight, bias,
-                                                gate, residual, h, dh**-0.5, impl=impl)
+                out = ops.gated_cross_attention(
+                    x,
+                    y[..., :d],
+                    y[..., d:],
+                    mask,
+                    weight,
+                    bias,
+                    gate,
+                    residual,
+                    h,
+                    dh**-0.5,
+                    impl=impl,
+                )
                 out.backward(grad)
                 return x.grad
 
@@ -164,9 +200,17 @@ def bench_cross(args: argparse.Namespace) -> None:
 # Profiles
 
 
-GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::linear",
-            "aten::matmul", "aten::convolution", "aten::_convolution",
-            "aten::mkldnn_convolution")
+GEMM_OPS = (
+    "aten::addmm",
+    "aten::mm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::linear",
+    "aten::matmul",
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::mkldnn_convolution",
+)
 
 
 def categorise(event: object) -> str:
@@ -186,13 +230,21 @@ def categorise(event: object) -> str:
         return "GEMM / conv"
     if "softmax" in name:
         return "softmax"
-    if name in ("aten::copy_", "aten::clone", "aten::cat", "aten::contiguous", "aten::_to_copy",
-                "aten::repeat", "aten::expand", "aten::index", "aten::narrow_copy"):
+    if name in (
+        "aten::copy_",
+        "aten::clone",
+        "aten::cat",
+        "aten::contiguous",
+        "aten::_to_copy",
+        "aten::repeat",
+        "aten::expand",
+        "aten::index",
+        "aten::narrow_copy",
+    ):
         return "copies (rearrange/cat/repeat)"
     if name in ("aten::native_layer_norm", "aten::layer_norm"):
         return "layer norm"
-    if name in ("aten::gelu", "aten::add", "aten::mul", "aten::add_", "aten::mul_",
-                "aten::relu"):
+    if name in ("aten::gelu", "aten::add", "aten::mul", "aten::add_", "aten::mul_", "aten::relu"):
         return "elementwise"
     return "other"
 
@@ -209,8 +261,10 @@ def profile(label: str, fn: Callable[[], object], rows: int) -> None:
         cat = categorise(event)
         by_cat[cat] = by_cat.get(cat, 0.0) + event.self_cpu_time_total
     total = sum(by_cat.values())
-    print(f"\n### Profile: {label} (self CPU time of the calling thread, "
-          f"{total / 1e3:.1f} ms total)\n")
+    print(
+        f"\n### Profile: {label} (self CPU time of the calling thread, "
+        f"{total / 1e3:.1f} ms total)\n"
+    )
     print("| category                      |     ms |     % |")
     print("|-------------------------------|--------|-------|")
     for cat, us in sorted(by_cat.items(), key=lambda kv: -kv[1]):
@@ -249,8 +303,10 @@ def bench_model(args: argparse.Namespace) -> None:
     # Dual mode only (no fusion heads); the pixel NaN check is a serving option, off here.
     model = EgoVLPv2.from_preset("base", task_names="EgoNCE", check_finite_pixels=False).eval()
     video = torch.randn(args.video_batch, args.frames, 3, 224, 224)
-    print(f"\n## encode_video, base model (random weights), video [{args.video_batch}, "
-          f"{args.frames}, 3, 224, 224] float32")
+    print(
+        f"\n## encode_video, base model (random weights), video [{args.video_batch}, "
+        f"{args.frames}, 3, 224, 224] float32"
+    )
     print("(milliseconds per call)\n")
     print(HEADER)
 
@@ -302,10 +358,14 @@ def main() -> None:
     if info["build"] == "not built":
         sys.exit(f"the extension is not built: {info['error']}")
     print("# egovlpv2-rt CPU op benchmark\n")
-    print(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU kernels: {info['cpu_isa']} (compiled: {', '.join(info['cpu_isas_compiled'])})")
-    print(f"- machine: {platform.processor() or platform.machine()}, "
-          f"{_cpu_model()}, python {platform.python_version()}")
+    print(
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU kernels: {info['cpu_isa']} (compiled: {', '.join(info['cpu_isas_compiled'])})"
+    )
+    print(
+        f"- machine: {platform.processor() or platform.machine()}, "
+        f"{_cpu_model()}, python {platform.python_version()}"
+    )
     bench_space_time(args)
     bench_cross(args)
     if args.profile:

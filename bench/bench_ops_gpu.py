@@ -74,8 +74,9 @@ def time_ms(fn: Callable[[], object], iters: int, warmup: int = 10) -> float:
 
 
 # ---- implementations of divided attention ------------------------------------------------------
-def sdpa_divided(qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
-                 scale: float) -> torch.Tensor:
+def sdpa_divided(
+    qkv: torch.Tensor, heads: int, frames: int, temporal: bool, scale: float
+) -> torch.Tensor:
     """The same math through SDPA: [B, T, 3D] -> [B, T, D]."""
     b, t, c = qkv.shape
     dh = c // 3 // heads
@@ -90,8 +91,9 @@ def sdpa_divided(qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
     qp, kp, vp = (rearrange(x[:, 1:], f"{frm} -> {to}", **dims) for x in (q, k, v))
     groups = qp.shape[0] // b
     kc, vc = (repeat(x[:, :1], "b o h d -> (b g) h o d", g=groups) for x in (k, v))
-    out = F.scaled_dot_product_attention(qp, torch.cat((kc, kp), 2), torch.cat((vc, vp), 2),
-                                         scale=scale)
+    out = F.scaled_dot_product_attention(
+        qp, torch.cat((kc, kp), 2), torch.cat((vc, vp), 2), scale=scale
+    )
     out = rearrange(out, f"{to} -> {frm}", **dims)
     out = torch.cat((cls.transpose(1, 2), out), 1)
     return out.reshape(b, t, heads * dh)
@@ -117,8 +119,13 @@ class Row:
         return None
 
 
-def fwd_and_fwdbwd(impls: dict[str, Callable], inputs: list[torch.Tensor], grad_index: list[int],
-                   grad_out: torch.Tensor, iters: int) -> tuple[dict, dict]:
+def fwd_and_fwdbwd(
+    impls: dict[str, Callable],
+    inputs: list[torch.Tensor],
+    grad_index: list[int],
+    grad_out: torch.Tensor,
+    iters: int,
+) -> tuple[dict, dict]:
     fwd, fb = {}, {}
     for name, fn in impls.items():
         with torch.no_grad():
@@ -146,9 +153,11 @@ def bench_divided(rows: list[Row], iters: int) -> None:
         print(f"[{label} attention]", flush=True)
         impls = {
             "fused": lambda x, t=temporal: ops.divided_space_time_attention(
-                x, HEADS, FRAMES, t, SCALE, impl="fused"),
+                x, HEADS, FRAMES, t, SCALE, impl="fused"
+            ),
             "ref": lambda x, t=temporal: ops.divided_space_time_attention(
-                x, HEADS, FRAMES, t, SCALE, impl="reference"),
+                x, HEADS, FRAMES, t, SCALE, impl="reference"
+            ),
             "sdpa": lambda x, t=temporal: sdpa_divided(x, HEADS, FRAMES, t, SCALE),
         }
         fwd, fb = fwd_and_fwdbwd(impls, [qkv], [0], grad, iters)
@@ -190,14 +199,17 @@ def profile_kernels(label: str, fn: Callable[[], object], calls: int = 20) -> li
         if us is None:
             us = ev.self_cuda_time_total
         if us > 0:
-            rows.append({"kernel": ev.key, "us_per_call": us / calls,
-                         "launches_per_call": ev.count / calls})
+            rows.append(
+                {"kernel": ev.key, "us_per_call": us / calls, "launches_per_call": ev.count / calls}
+            )
     rows.sort(key=lambda r: -r["us_per_call"])
     total = sum(r["us_per_call"] for r in rows)
     print(f"[profile {label}] {total:.1f} us of kernels per call", flush=True)
     for r in rows[:8]:
-        print(f"  {r['us_per_call']:8.1f} us  x{r['launches_per_call']:.0f}  {r['kernel'][:90]}",
-              flush=True)
+        print(
+            f"  {r['us_per_call']:8.1f} us  x{r['launches_per_call']:.0f}  {r['kernel'][:90]}",
+            flush=True,
+        )
     return rows
 
 
@@ -213,25 +225,37 @@ def bench_cross(rows: list[Row], iters: int, profile_cross: bool = False) -> dic
     w, bias, gate = rnd(DIM, DIM, s=DIM**-0.5), rnd(DIM), rnd(1)
     profiles: dict[str, list[dict]] = {}
     keep = torch.ones(B, TEXT_LEN, device="cuda")
-    keep[:, TEXT_LEN // 2:] = 0  # half of the text padded
+    keep[:, TEXT_LEN // 2 :] = 0  # half of the text padded
     text_mask = ((1 - keep) * torch.finfo(DTYPE).min).to(DTYPE)
     cases = {
         # i2t: video queries, text keys/values with the text mask.
-        "cross i2t": (rnd(B, TOKENS, DIM), rnd(B, TEXT_LEN, DIM), rnd(B, TEXT_LEN, DIM),
-                      text_mask, rnd(B, TOKENS, DIM)),
+        "cross i2t": (
+            rnd(B, TOKENS, DIM),
+            rnd(B, TEXT_LEN, DIM),
+            rnd(B, TEXT_LEN, DIM),
+            text_mask,
+            rnd(B, TOKENS, DIM),
+        ),
         # t2i: text queries, video keys/values, no mask.
-        "cross t2i": (rnd(B, TEXT_LEN, DIM), rnd(B, TOKENS, DIM), rnd(B, TOKENS, DIM), None,
-                      rnd(B, TEXT_LEN, DIM)),
+        "cross t2i": (
+            rnd(B, TEXT_LEN, DIM),
+            rnd(B, TOKENS, DIM),
+            rnd(B, TOKENS, DIM),
+            None,
+            rnd(B, TEXT_LEN, DIM),
+        ),
     }
     for label, (q, k, v, mask, residual) in cases.items():
         print(f"[{label}]", flush=True)
 
         def make(impl, mask=mask):
             if impl == "sdpa":
-                return lambda qq, kk, vv, ww, rr: sdpa_cross(qq, kk, vv, mask, ww, bias, gate, rr,
-                                                             HEADS, SCALE)
+                return lambda qq, kk, vv, ww, rr: sdpa_cross(
+                    qq, kk, vv, mask, ww, bias, gate, rr, HEADS, SCALE
+                )
             return lambda qq, kk, vv, ww, rr: ops.gated_cross_attention(
-                qq, kk, vv, mask, ww, bias, gate, rr, HEADS, SCALE, impl=impl)
+                qq, kk, vv, mask, ww, bias, gate, rr, HEADS, SCALE, impl=impl
+            )
 
         impls = {"fused": make("fused"), "ref": make("reference"), "sdpa": make("sdpa")}
         grad = rnd(*residual.shape)
@@ -306,8 +330,9 @@ def _describe_error(exc: BaseException) -> str:
     return f"{text} at {where}" if where else text
 
 
-def _bench_compiled(row: Row, scope: str, fn: Callable[[], torch.Tensor], iters: int,
-                    limit_s: int) -> bool:
+def _bench_compiled(
+    row: Row, scope: str, fn: Callable[[], torch.Tensor], iters: int, limit_s: int
+) -> bool:
     """Compiles (first call, under its own time limit) and times `fn`; records ms["compile"] or
     the error in row.extra. Returns whether it worked."""
     previous = signal.signal(signal.SIGALRM, _on_alarm)
@@ -322,8 +347,11 @@ def _bench_compiled(row: Row, scope: str, fn: Callable[[], torch.Tensor], iters:
         with torch.no_grad():
             row.ms["compile"] = time_ms(fn, iters, warmup=3)
         row.extra["compile scope"] = scope
-        print(f"  compile ({scope}) {row.ms['compile']:.3f} ms "
-              f"({row.extra['compile s']} s to compile)", flush=True)
+        print(
+            f"  compile ({scope}) {row.ms['compile']:.3f} ms "
+            f"({row.extra['compile s']} s to compile)",
+            flush=True,
+        )
         return True
     except _CompileTimeout:
         row.extra[f"compile error ({scope})"] = f"torch.compile took longer than {limit_s} s"
@@ -337,8 +365,9 @@ def _bench_compiled(row: Row, scope: str, fn: Callable[[], torch.Tensor], iters:
     return False
 
 
-def bench_model(rows: list[Row], iters: int, compile_ref: bool, peak_tflops: float,
-                compile_limit_s: int) -> None:
+def bench_model(
+    rows: list[Row], iters: int, compile_ref: bool, peak_tflops: float, compile_limit_s: int
+) -> None:
     try:
         from egovlpv2_rt.config import preset
         from egovlpv2_rt.modeling import EgoVLPv2
@@ -348,8 +377,9 @@ def bench_model(rows: list[Row], iters: int, compile_ref: bool, peak_tflops: flo
     cfg = preset("base")
     model = EgoVLPv2(cfg).cuda().to(DTYPE).eval()
     g = torch.Generator(device="cuda").manual_seed(3)
-    video = torch.randn(B, FRAMES, 3, cfg.video.img_size, cfg.video.img_size, generator=g,
-                        device="cuda").to(DTYPE)
+    video = torch.randn(
+        B, FRAMES, 3, cfg.video.img_size, cfg.video.img_size, generator=g, device="cuda"
+    ).to(DTYPE)
     row = Row("video encoder fwd B32")
     model_iters = max(20, iters // 2)
 
@@ -368,15 +398,21 @@ def bench_model(rows: list[Row], iters: int, compile_ref: bool, peak_tflops: flo
         # Whole forward first; if inductor fails on it, compile each SpaceTimeBlock instead (the
         # bulk of the time), so that the table still has a compiled number, marked as such.
         whole = torch.compile(lambda x: model.forward_video(x).embeds)
-        if not _bench_compiled(row, "whole forward", lambda: whole(video), model_iters,
-                               compile_limit_s):
+        if not _bench_compiled(
+            row, "whole forward", lambda: whole(video), model_iters, compile_limit_s
+        ):
             torch._dynamo.reset()
             blocks = [m for m in model.modules() if type(m).__name__ == "SpaceTimeBlock"]
             for m in blocks:
                 m.compile()
             # Half the limit: gpu_check.sh gives the whole benchmark a fixed budget.
-            _bench_compiled(row, f"{len(blocks)} blocks", lambda: model.forward_video(video).embeds,
-                            model_iters, max(20, compile_limit_s // 2))
+            _bench_compiled(
+                row,
+                f"{len(blocks)} blocks",
+                lambda: model.forward_video(video).embeds,
+                model_iters,
+                max(20, compile_limit_s // 2),
+            )
             for m in blocks:
                 m._compiled_call_impl = None  # back to eager for anything after this
     flops = video_encoder_flops(cfg)
@@ -392,10 +428,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     parser.add_argument("--no-model", action="store_true", help="skip the video encoder")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--compile-limit", type=int, default=120,
-                        help="seconds allowed for torch.compile of the video encoder")
-    parser.add_argument("--profile-cross", action="store_true",
-                        help="kernel-level profile of the fused cross-attention")
+    parser.add_argument(
+        "--compile-limit",
+        type=int,
+        default=120,
+        help="seconds allowed for torch.compile of the video encoder",
+    )
+    parser.add_argument(
+        "--profile-cross",
+        action="store_true",
+        help="kernel-level profile of the fused cross-attention",
+    )
     args = parser.parse_args(argv)
     if args.iters < 50:
         parser.error("--iters must be >= 50 (median of at least 50 calls)")
@@ -410,15 +453,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.cuda.get_device_name()
-    print(f"bench_ops_gpu: {device}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"B={B} F={FRAMES} N={PATCHES} heads={HEADS}x{HEAD_DIM} {DTYPE}, median of "
-          f"{args.iters}", flush=True)
+    print(
+        f"bench_ops_gpu: {device}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"B={B} F={FRAMES} N={PATCHES} heads={HEADS}x{HEAD_DIM} {DTYPE}, median of "
+        f"{args.iters}",
+        flush=True,
+    )
 
     rows: list[Row] = []
     copy_gbs = bench_copy_bandwidth(args.iters)
     peak = matmul_tflops(args.iters)
-    print(f"[ceilings] copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul {peak:.0f} TFLOP/s",
-          flush=True)
+    print(
+        f"[ceilings] copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul {peak:.0f} TFLOP/s",
+        flush=True,
+    )
     bench_divided(rows, args.iters)
     profiles = bench_cross(rows, args.iters, args.profile_cross)
     if not args.no_model:
@@ -437,8 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print()
-    header = f"{'case':26s} {'fused ms':>9s} {'ref ms':>9s} {'sdpa ms':>9s} {'compile ms':>10s} " \
-             f"{'ref/fused':>9s} {'sdpa/fused':>10s} {'comp/fused':>10s}  targets"
+    header = (
+        f"{'case':26s} {'fused ms':>9s} {'ref ms':>9s} {'sdpa ms':>9s} {'compile ms':>10s} "
+        f"{'ref/fused':>9s} {'sdpa/fused':>10s} {'comp/fused':>10s}  targets"
+    )
     print(header)
     print("-" * len(header))
     results = []
@@ -446,8 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         cells = [f"{r.ms.get(k, math.nan):9.3f}" for k in ("fused", "ref", "sdpa")]
         cells.append(f"{r.ms.get('compile', math.nan):10.3f}")
-        ratios = {"ref/fused": r.ratio("ref"), "sdpa/fused": r.ratio("sdpa"),
-                  "comp/fused": r.ratio("compile")}
+        ratios = {
+            "ref/fused": r.ratio("ref"),
+            "sdpa/fused": r.ratio("sdpa"),
+            "comp/fused": r.ratio("compile"),
+        }
         notes = []
         for (name, col), minimum in TARGETS.items():
             if name == r.name and ratios.get(col) is not None:
@@ -455,8 +508,10 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{col}>={minimum}:{'ok' if ok else 'MISS'}")
                 if not ok:
                     failed.append(f"{name} {col} {ratios[col]:.2f} < {minimum}")
-        rtxt = " ".join(f"{(v if v is not None else math.nan):{w}.2f}"
-                        for v, w in zip(ratios.values(), (9, 10, 10)))
+        rtxt = " ".join(
+            f"{(v if v is not None else math.nan):{w}.2f}"
+            for v, w in zip(ratios.values(), (9, 10, 10))
+        )
         print(f"{r.name:26s} {' '.join(cells)} {rtxt}  {' '.join(notes)}")
         if r.extra:
             print(f"{'':26s} {r.extra}")
@@ -464,14 +519,24 @@ def main(argv: list[str] | None = None) -> int:
     ok_bw = time_gbs / copy_gbs >= 0.6
     if not ok_bw:
         failed.append(f"time attention bandwidth {time_gbs / copy_gbs:.2f} of copy < 0.6")
-    print(f"time attention: {time_gbs:.0f} GB/s = {time_gbs / copy_gbs:.2f} of the copy's "
-          f"{copy_gbs:.0f} GB/s (target >= 0.60: {'ok' if ok_bw else 'MISS'}); "
-          f"bf16 matmul {peak:.0f} TFLOP/s")
+    print(
+        f"time attention: {time_gbs:.0f} GB/s = {time_gbs / copy_gbs:.2f} of the copy's "
+        f"{copy_gbs:.0f} GB/s (target >= 0.60: {'ok' if ok_bw else 'MISS'}); "
+        f"bf16 matmul {peak:.0f} TFLOP/s"
+    )
     print(f"targets missed: {len(failed)}" + (" -- " + "; ".join(failed) if failed else ""))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"summary": summary, "rows": results, "targets_missed": failed,
-                       "cross_kernel_profiles": profiles}, fh, indent=2)
+            json.dump(
+                {
+                    "summary": summary,
+                    "rows": results,
+                    "targets_missed": failed,
+                    "cross_kernel_profiles": profiles,
+                },
+                fh,
+                indent=2,
+            )
     return 0
 
 

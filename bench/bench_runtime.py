@@ -45,8 +45,13 @@ def random_model(preset_name: str, out: Path) -> Path:
     from egovlpv2_rt.train.bpe import train_bpe_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    texts = [narration_words(v, c, s, r) for v in VERBS for c in COLOURS for s in SHAPES
-             for r in ("", "left", "right")]
+    texts = [
+        narration_words(v, c, s, r)
+        for v in VERBS
+        for c in COLOURS
+        for s in SHAPES
+        for r in ("", "left", "right")
+    ]
     cfg = preset(preset_name)
     vocab = min(cfg.text.vocab_size, 300)
     train_bpe_tokenizer(texts, vocab, out / "tokenizer.json")
@@ -65,16 +70,21 @@ def table(rows: list[dict], baseline: str, other: str) -> str:
         a, b = d.get(baseline), d.get(other)
         if a is None or b is None:
             continue
-        lines.append(f"{case:<10} {a['median_ms']:>22.2f} {b['median_ms']:>26.2f} "
-                     f"{a['median_ms'] / b['median_ms']:>7.2f}x")
+        lines.append(
+            f"{case:<10} {a['median_ms']:>22.2f} {b['median_ms']:>26.2f} "
+            f"{a['median_ms'] / b['median_ms']:>7.2f}x"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default",
-                   help="'default' (shipped model), 'tiny' or 'base' (random weights), or a "
-                        "checkpoint path/folder")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (shipped model), 'tiny' or 'base' (random weights), or a "
+        "checkpoint path/folder",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default=None, help="fp32 (CPU default) / fp16 / bf16")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ORT)")
@@ -99,11 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(label: str, cases, **kwargs) -> None:
         rt = load(checkpoint, device=args.device, precision=args.precision, **kwargs)
-        rt.warmup(batch_sizes=sorted({int(c.split("_b")[1]) for c in cases}),
-                  text_lengths=[args.text_length],
-                  fusion=any(c.startswith("score") for c in cases))
-        for r in benchmark(rt, cases=cases, repeats=args.repeats, warmup=args.warmup,
-                           text_length=args.text_length):
+        rt.warmup(
+            batch_sizes=sorted({int(c.split("_b")[1]) for c in cases}),
+            text_lengths=[args.text_length],
+            fusion=any(c.startswith("score") for c in cases),
+        )
+        for r in benchmark(
+            rt, cases=cases, repeats=args.repeats, warmup=args.warmup, text_length=args.text_length
+        ):
             r["label"] = label
             r["attention"] = rt.attention_impl
             r["cuda_graphs"] = rt.cuda_graphs
@@ -116,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [("torch", "onnxruntime")]
     else:
         cases = cases + ["score_b8"]
-        run("torch eager", cases, backend="torch", attention_impl="reference",
-            cuda_graphs=False)
+        run("torch eager", cases, backend="torch", attention_impl="reference", cuda_graphs=False)
         run("torch fused+graphs", cases, backend="torch", cuda_graphs=True)
         pairs = [("torch eager", "torch fused+graphs")]
         try:
@@ -134,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     device = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
-    print(f"egovlpv2-rt {egovlpv2_rt.__version__}, torch {torch.__version__}, device "
-          f"{device}, threads {args.threads}, model {args.model}, precision "
-          f"{rows[0]['precision']}, text length {args.text_length}")
-    print(f"median of {args.repeats} calls after {args.warmup} warm-up calls; ratio = "
-          "left / right (> 1: right is faster)\n")
+    print(
+        f"egovlpv2-rt {egovlpv2_rt.__version__}, torch {torch.__version__}, device "
+        f"{device}, threads {args.threads}, model {args.model}, precision "
+        f"{rows[0]['precision']}, text length {args.text_length}"
+    )
+    print(
+        f"median of {args.repeats} calls after {args.warmup} warm-up calls; ratio = "
+        "left / right (> 1: right is faster)\n"
+    )
     for a, b in pairs:
         print(table(rows, a, b) + "\n")
     return 0

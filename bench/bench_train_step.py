@@ -51,12 +51,13 @@ def step_calls(model: EgoVLPv2, batch: int, bf16: bool) -> dict[str, Callable[[]
     mask = torch.ones(batch, MAX_TEXT_LENGTH, dtype=torch.long)
 
     def ctx():
-        return (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def dual() -> None:
         with ctx():
-            loss = model.encode_video(video).float().sum() + model.encode_text(ids, mask).float().sum()
+            loss = (
+                model.encode_video(video).float().sum() + model.encode_text(ids, mask).float().sum()
+            )
         loss.backward()
 
     def mlm() -> None:
@@ -88,23 +89,30 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
     cfg = ModelSection(preset="tiny", overrides=default_model_overrides(VOCAB, 64, 4)).build()
-    paths = {"reference": ("reference", False), "fused": ("fused", False),
-             "fused+bf16": ("fused", True)}
+    paths = {
+        "reference": ("reference", False),
+        "fused": ("fused", False),
+        "fused+bf16": ("fused", True),
+    }
     models = {}
     for name, (impl, _) in paths.items():
         torch.manual_seed(0)
         models[name] = EgoVLPv2(cfg, attention_impl=impl).train()
-    calls = {name: step_calls(models[name], args.batch, bf16)
-             for name, (_, bf16) in paths.items()}
+    calls = {name: step_calls(models[name], args.batch, bf16) for name, (_, bf16) in paths.items()}
     parts = list(next(iter(calls.values())))
     flat = {(path, part): calls[path][part] for path in paths for part in parts}
     times = timed(flat, args.reps, args.warmup)
 
-    print(f"# pre-training step, default model shape, batch {args.batch} per rank, "
-          f"{args.threads} thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"cpu isa {egovlpv2_rt.build_info().get('cpu_isa')}")
-    print("| part | " + " | ".join(f"{p} best ms | {p} med ms" for p in paths)
-          + " | fused speedup (best / med) | fused+bf16 speedup (best / med) |")
+    print(
+        f"# pre-training step, default model shape, batch {args.batch} per rank, "
+        f"{args.threads} thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"cpu isa {egovlpv2_rt.build_info().get('cpu_isa')}"
+    )
+    print(
+        "| part | "
+        + " | ".join(f"{p} best ms | {p} med ms" for p in paths)
+        + " | fused speedup (best / med) | fused+bf16 speedup (best / med) |"
+    )
     print("|---" * (2 * len(paths) + 3) + "|")
     for part in parts:
         best = {p: min(times[(p, part)]) * 1e3 for p in paths}
@@ -112,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{best[p]:.1f} | {med[p]:.1f}" for p in paths)
         ratios = " | ".join(
             f"{best['reference'] / best[p]:.2f}x / {med['reference'] / med[p]:.2f}x"
-            for p in ("fused", "fused+bf16"))
+            for p in ("fused", "fused+bf16")
+        )
         print(f"| {part} | {cells} | {ratios} |")
     return 0
 

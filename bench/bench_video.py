@@ -50,8 +50,15 @@ def make_chunks(cache: Path, n_files: int) -> list[str]:
             tmp = p.with_suffix(".tmp.mp4")
             # Low-complexity content (flat code blocks) keeps encoding fast; veryfast keeps
             # B-frames and the default GOP, like the ffmpeg defaults used to cut Ego4D chunks.
-            write_video(tmp, CHUNK_SEC * FPS, WIDTH, HEIGHT, FPS, texture=False,
-                        options={"preset": "veryfast"})
+            write_video(
+                tmp,
+                CHUNK_SEC * FPS,
+                WIDTH,
+                HEIGHT,
+                FPS,
+                texture=False,
+                options={"preset": "veryfast"},
+            )
             tmp.rename(p)
             print(f"generated {p.name} in {time.perf_counter() - t0:.1f} s")
         paths.append(str(p))
@@ -90,8 +97,9 @@ class OpenCVClips(Dataset):
 
         c = self.clips[i]
         if self.threads:  # 0: OpenCV's default (FFmpeg frame threads, one per core)
-            cap = cv2.VideoCapture(str(c.path), cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_N_THREADS, self.threads])
+            cap = cv2.VideoCapture(
+                str(c.path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, self.threads]
+            )
         else:
             cap = cv2.VideoCapture(str(c.path))
         vlen = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -113,8 +121,10 @@ class OpenCVClips(Dataset):
 
 
 def _collate(batch):
-    return {"video": torch.stack([b["video"] for b in batch]),
-            "exact": sum(b["exact"] for b in batch)}
+    return {
+        "video": torch.stack([b["video"] for b in batch]),
+        "exact": sum(b["exact"] for b in batch),
+    }
 
 
 def _cpu_children() -> float:
@@ -124,8 +134,12 @@ def _cpu_children() -> float:
 
 def run_opencv(clips, workers: int, batch: int, threads: int = 0):
     """(wall seconds, worker CPU seconds, clips, frames equal to the index sought)."""
-    loader = DataLoader(OpenCVClips(clips, threads=threads), batch_size=batch,
-                        num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(
+        OpenCVClips(clips, threads=threads),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
     c0, t0 = _cpu_children(), time.perf_counter()
     n = exact = 0
     for b in loader:
@@ -138,8 +152,9 @@ def run_opencv(clips, workers: int, batch: int, threads: int = 0):
 
 def run_ours(clips, workers: int, batch: int) -> tuple[float, float, int]:
     """(wall seconds, worker CPU seconds, clips)."""
-    loader = RobustClipLoader(VideoClipDataset(clips, num_frames=4), batch_size=batch,
-                              num_workers=workers)
+    loader = RobustClipLoader(
+        VideoClipDataset(clips, num_frames=4), batch_size=batch, num_workers=workers
+    )
     c0, t0 = _cpu_children(), time.perf_counter()
     n = 0
     for b in loader:
@@ -169,9 +184,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--cache-dir", type=Path,
-                    default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                    / "egovlpv2_rt" / "bench_video")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "egovlpv2_rt"
+        / "bench_video",
+    )
     args = ap.parse_args()
 
     import cv2
@@ -179,11 +198,15 @@ def main() -> None:
     paths = make_chunks(args.cache_dir, args.files)
     info = probe(paths[0])
     clips = make_clips(paths, args.clips)
-    print(f"files: {args.files} x {info.num_frames} frames ({info.duration:.0f} s) "
-          f"{info.width}x{info.height} {info.codec}, {len(info.key_pts)} keyframes each")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}; {args.clips} clips, "
-          f"{args.workers} workers, batch {args.batch}")
+    print(
+        f"files: {args.files} x {info.num_frames} frames ({info.duration:.0f} s) "
+        f"{info.width}x{info.height} {info.codec}, {len(info.key_pts)} keyframes each"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}; {args.clips} clips, "
+        f"{args.workers} workers, batch {args.batch}"
+    )
 
     runs = {
         "OpenCV seek loop (original)": lambda: run_opencv(clips, args.workers, args.batch),
@@ -202,17 +225,25 @@ def main() -> None:
 
     t_cv, cpu_cv = best["OpenCV seek loop (original)"][:2]
     print()
-    print(f"{'reader':<30} {'clips':>6} {'wall s':>7} {'clips/s':>8} {'ratio':>6} "
-          f"{'CPU ms/clip':>12} {'CPU ratio':>10}")
+    print(
+        f"{'reader':<30} {'clips':>6} {'wall s':>7} {'clips/s':>8} {'ratio':>6} "
+        f"{'CPU ms/clip':>12} {'CPU ratio':>10}"
+    )
     for name, r in best.items():
         t, cpu, n = r[0], r[1], r[2]
-        print(f"{name:<30} {n:>6} {t:>7.2f} {n / t:>8.1f} {(n / t) / (n_cv / t_cv):>6.2f} "
-              f"{1e3 * cpu / n:>12.1f} {(cpu_cv / n_cv) / (cpu / n):>10.2f}")
+        print(
+            f"{name:<30} {n:>6} {t:>7.2f} {n / t:>8.1f} {(n / t) / (n_cv / t_cv):>6.2f} "
+            f"{1e3 * cpu / n:>12.1f} {(cpu_cv / n_cv) / (cpu / n):>10.2f}"
+        )
     print()
-    print(f"frame-exact: OpenCV {exact_cv}/{4 * n_cv} frames equal to the index it seeks; "
-          f"ours {exact_ours}/{4 * min(40, len(clips))} (first 40 clips)")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-          "(a shared machine inflates wall times; CPU ms/clip is the steadier number)")
+    print(
+        f"frame-exact: OpenCV {exact_cv}/{4 * n_cv} frames equal to the index it seeks; "
+        f"ours {exact_ours}/{4 * min(40, len(clips))} (first 40 clips)"
+    )
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(a shared machine inflates wall times; CPU ms/clip is the steadier number)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ def divided_key_mask(tokens: int, frames: int, temporal: bool) -> torch.Tensor:
     return allowed
 
 
-def divided_lse(qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
-                scale: float) -> torch.Tensor:
+def divided_lse(
+    qkv: torch.Tensor, heads: int, frames: int, temporal: bool, scale: float
+) -> torch.Tensor:
     """float64 [B, heads, T] logsumexp of each query's scaled scores over its key set."""
     b, t, c = qkv.shape
     dh = c // 3 // heads
@@ -44,8 +45,14 @@ def divided_lse(qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
     return s.masked_fill(~allowed, float("-inf")).logsumexp(-1)
 
 
-def divided_reference(qkv: torch.Tensor, heads: int, frames: int, temporal: bool, scale: float,
-                      grad_out: torch.Tensor | None = None):
+def divided_reference(
+    qkv: torch.Tensor,
+    heads: int,
+    frames: int,
+    temporal: bool,
+    scale: float,
+    grad_out: torch.Tensor | None = None,
+):
     """(out, grad_qkv or None) of ops' reference path, in qkv's dtype and device."""
     x = qkv.detach().clone().requires_grad_(grad_out is not None)
     out = ops.reference_divided_space_time_attention(x, heads, frames, temporal, scale)
@@ -63,8 +70,9 @@ def cross_core_reference(q, k, v, mask, heads: int, scale: float, grad_attn=None
     eye = torch.eye(d, dtype=q.dtype, device=q.device)
     gate = torch.ones(1, dtype=q.dtype, device=q.device)
     residual = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    attn = ops.reference_gated_cross_attention(*leaves, mask, eye, None, gate, residual, heads,
-                                               scale)
+    attn = ops.reference_gated_cross_attention(
+        *leaves, mask, eye, None, gate, residual, heads, scale
+    )
     if grad_attn is None:
         return attn.detach(), None
     attn.backward(grad_attn)
@@ -83,8 +91,9 @@ def cross_lse(q, k, mask, heads: int, scale: float) -> torch.Tensor:
     return s.logsumexp(-1)
 
 
-def padding_mask(batch: int, len_k: int, dtype: torch.dtype, device, generator=None,
-                 min_valid: int = 2) -> torch.Tensor:
+def padding_mask(
+    batch: int, len_k: int, dtype: torch.dtype, device, generator=None, min_valid: int = 2
+) -> torch.Tensor:
     """Additive [B, Lk] mask, (1 - attention_mask) * finfo.min, with heavy padding: each row
     keeps between min_valid and about a third of the keys (at least min_valid)."""
     hi = max(min_valid, len_k // 3)

@@ -72,8 +72,14 @@ def build() -> Path:
     work = Path(tempfile.mkdtemp(dir=out_dir))  # private to this process (parallel workers)
     cxx = os.environ.get("CXX", "g++")
     flags = [
-        "-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", "-DEGO_EMULATE",
-        "-Wno-unknown-pragmas", f"-I{KERNELS}", f"-I{cuda_include_dir()}",
+        "-std=c++17",
+        "-O1",
+        "-fPIC",
+        "-fvisibility=hidden",
+        "-DEGO_EMULATE",
+        "-Wno-unknown-pragmas",
+        f"-I{KERNELS}",
+        f"-I{cuda_include_dir()}",
     ]
 
     def compile_one(src: Path) -> Path:
@@ -89,7 +95,9 @@ def build() -> Path:
     tmp = work / "libego_emu.so"
     res = subprocess.run(
         [cxx, "-shared", "-Wl,--no-undefined", "-o", str(tmp), *map(str, objs)],
-        check=False, capture_output=True, text=True,
+        check=False,
+        capture_output=True,
+        text=True,
     )
     if res.returncode != 0:
         raise RuntimeError(f"emulator link failed:\n{res.stderr}")
@@ -166,16 +174,92 @@ class Emulator:
         lib.ego_emu_kernel_name.argtypes = [_I]
         lib.ego_emu_set_seed.argtypes = [ctypes.c_uint64]
         lib.ego_emu_set_async_mode.argtypes = [_I]
-        lib.ego_emu_divided_forward.argtypes = [_I, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I,
-                                                _F, _P, _P, _P]
-        lib.ego_emu_divided_backward.argtypes = [_I, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I,
-                                                 _I, _I, _I, _F, _P, _P, _P]
-        lib.ego_emu_cross_forward.argtypes = [_I, _P, _I64, _I64, _P, _I64, _I64, _P, _I64,
-                                              _I64, _P, _I64, _I64, _I64, _I64, _I, _I, _F, _P, _P,
-                                              _P]
-        lib.ego_emu_cross_backward.argtypes = [_I, _P, _P, _I64, _I64, _P, _I64, _I64, _P, _I64,
-                                               _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I, _I,
-                                               _F, _P, _P, _P, _P, _P]
+        lib.ego_emu_divided_forward.argtypes = [
+            _I,
+            _P,
+            _I64,
+            _I64,
+            _I64,
+            _I64,
+            _I,
+            _I,
+            _I,
+            _I,
+            _F,
+            _P,
+            _P,
+            _P,
+        ]
+        lib.ego_emu_divided_backward.argtypes = [
+            _I,
+            _P,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _P,
+            _I64,
+            _I64,
+            _I,
+            _I,
+            _I,
+            _I,
+            _F,
+            _P,
+            _P,
+            _P,
+        ]
+        lib.ego_emu_cross_forward.argtypes = [
+            _I,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _I64,
+            _I64,
+            _I64,
+            _I64,
+            _I,
+            _I,
+            _F,
+            _P,
+            _P,
+            _P,
+        ]
+        lib.ego_emu_cross_backward.argtypes = [
+            _I,
+            _P,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _I64,
+            _I64,
+            _P,
+            _I64,
+            _P,
+            _P,
+            _I64,
+            _I64,
+            _I64,
+            _I,
+            _I,
+            _F,
+            _P,
+            _P,
+            _P,
+            _P,
+            _P,
+        ]
         lib.ego_emu_gate_residual.argtypes = [_I, _P, _P, _P, _I, _P, _I64]
         lib.ego_emu_launches_with_block.argtypes = [_I]
         self.lib = lib
@@ -210,10 +294,12 @@ class Emulator:
         names = [part.split(":")[0] for part in text.split("; ")]
         steps = {}
         for name, (kernel, begin, count, split, vec, chunks) in zip(
-                names, req.steps[:req.num_steps], strict=True):
+            names, req.steps[: req.num_steps], strict=True
+        ):
             kind = self.lib.ego_emu_kernel_name(kernel).decode()
-            steps[name] = PlanStep(kind, (begin, begin + count) if kind == "rows" else None,
-                                   split, bool(vec), chunks)
+            steps[name] = PlanStep(
+                kind, (begin, begin + count) if kind == "rows" else None, split, bool(vec), chunks
+            )
         return Plan(True, steps, text)
 
     # ---- divided space-time attention
@@ -223,18 +309,39 @@ class Emulator:
         assert qkv.stride(2) == 1
         out = torch.full((b, t, d), float("nan"), dtype=qkv.dtype)
         lse = torch.full((b, heads, t), float("nan"), dtype=torch.float32)
-        args = (DTYPE_CODE[qkv.dtype], _ptr(qkv), qkv.stride(0), qkv.stride(1), b, t, heads,
-                d // heads, frames, int(temporal), scale, _ptr(out), _ptr(lse))
+        args = (
+            DTYPE_CODE[qkv.dtype],
+            _ptr(qkv),
+            qkv.stride(0),
+            qkv.stride(1),
+            b,
+            t,
+            heads,
+            d // heads,
+            frames,
+            int(temporal),
+            scale,
+            _ptr(out),
+            _ptr(lse),
+        )
         return args, (out, lse)
 
-    def divided_forward(self, qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def divided_forward(
+        self, qkv: torch.Tensor, heads: int, frames: int, temporal: bool, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         args, result = self._divided_forward_args(qkv, heads, frames, temporal, scale)
         self._check(self.lib.ego_emu_divided_forward(*args, None), "divided_forward")
         return result
 
-    def plan_divided_forward(self, qkv: torch.Tensor, heads: int, frames: int, temporal: bool,
-                             workspace: int = -1, has_mma: bool = True) -> Plan:
+    def plan_divided_forward(
+        self,
+        qkv: torch.Tensor,
+        heads: int,
+        frames: int,
+        temporal: bool,
+        workspace: int = -1,
+        has_mma: bool = True,
+    ) -> Plan:
         args, _ = self._divided_forward_args(qkv, heads, frames, temporal, 1.0)
         return self._plan(self.lib.ego_emu_divided_forward, args, workspace, has_mma)
 
@@ -244,24 +351,58 @@ class Emulator:
         grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
         delta = torch.full((b, heads, t), float("nan"), dtype=torch.float32)
         grad = torch.full((b, t, c), float("nan"), dtype=qkv.dtype)
-        args = (DTYPE_CODE[qkv.dtype], _ptr(grad_out), _ptr(qkv), qkv.stride(0), qkv.stride(1),
-                _ptr(out), _ptr(lse), b, t, heads, d // heads, frames, int(temporal), scale,
-                _ptr(delta), _ptr(grad))
+        args = (
+            DTYPE_CODE[qkv.dtype],
+            _ptr(grad_out),
+            _ptr(qkv),
+            qkv.stride(0),
+            qkv.stride(1),
+            _ptr(out),
+            _ptr(lse),
+            b,
+            t,
+            heads,
+            d // heads,
+            frames,
+            int(temporal),
+            scale,
+            _ptr(delta),
+            _ptr(grad),
+        )
         return args, grad, (grad_out, out, lse, delta)
 
-    def divided_backward(self, grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
-                         lse: torch.Tensor, heads: int, frames: int, temporal: bool,
-                         scale: float) -> torch.Tensor:
-        args, grad, _keep = self._divided_backward_args(grad_out, qkv, out, lse, heads, frames,
-                                                        temporal, scale)
+    def divided_backward(
+        self,
+        grad_out: torch.Tensor,
+        qkv: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        heads: int,
+        frames: int,
+        temporal: bool,
+        scale: float,
+    ) -> torch.Tensor:
+        args, grad, _keep = self._divided_backward_args(
+            grad_out, qkv, out, lse, heads, frames, temporal, scale
+        )
         self._check(self.lib.ego_emu_divided_backward(*args, None), "divided_backward")
         return grad
 
-    def plan_divided_backward(self, grad_out: torch.Tensor, qkv: torch.Tensor,
-                              out: torch.Tensor, lse: torch.Tensor, heads: int, frames: int,
-                              temporal: bool, workspace: int = -1, has_mma: bool = True) -> Plan:
-        args, _, _keep = self._divided_backward_args(grad_out, qkv, out, lse, heads, frames,
-                                                     temporal, 1.0)
+    def plan_divided_backward(
+        self,
+        grad_out: torch.Tensor,
+        qkv: torch.Tensor,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        heads: int,
+        frames: int,
+        temporal: bool,
+        workspace: int = -1,
+        has_mma: bool = True,
+    ) -> Plan:
+        args, _, _keep = self._divided_backward_args(
+            grad_out, qkv, out, lse, heads, frames, temporal, 1.0
+        )
         return self._plan(self.lib.ego_emu_divided_backward, args, workspace, has_mma)
 
     # ---- gated cross-attention core
@@ -270,21 +411,52 @@ class Emulator:
         lk = k.shape[1]
         attn = torch.full((b, lq, d), float("nan"), dtype=q.dtype)
         lse = torch.full((b, heads, lq), float("nan"), dtype=torch.float32)
-        args = (DTYPE_CODE[q.dtype], _ptr(q), q.stride(0), q.stride(1), _ptr(k), k.stride(0),
-                k.stride(1), _ptr(v), v.stride(0), v.stride(1), _ptr(mask),
-                0 if mask is None else mask.stride(0), b, lq, lk, heads, d // heads, scale,
-                _ptr(attn), _ptr(lse))
+        args = (
+            DTYPE_CODE[q.dtype],
+            _ptr(q),
+            q.stride(0),
+            q.stride(1),
+            _ptr(k),
+            k.stride(0),
+            k.stride(1),
+            _ptr(v),
+            v.stride(0),
+            v.stride(1),
+            _ptr(mask),
+            0 if mask is None else mask.stride(0),
+            b,
+            lq,
+            lk,
+            heads,
+            d // heads,
+            scale,
+            _ptr(attn),
+            _ptr(lse),
+        )
         return args, (attn, lse)
 
-    def cross_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      mask: torch.Tensor | None, heads: int,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        heads: int,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         args, result = self._cross_forward_args(q, k, v, mask, heads, scale)
         self._check(self.lib.ego_emu_cross_forward(*args, None), "cross_forward")
         return result
 
-    def plan_cross_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           mask: torch.Tensor | None, heads: int, has_mma: bool = True) -> Plan:
+    def plan_cross_forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        heads: int,
+        has_mma: bool = True,
+    ) -> Plan:
         args, _ = self._cross_forward_args(q, k, v, mask, heads, 1.0)
         return self._plan(self.lib.ego_emu_cross_forward, args, 0, has_mma)
 
@@ -294,33 +466,78 @@ class Emulator:
         grad_attn, attn, lse = grad_attn.contiguous(), attn.contiguous(), lse.contiguous()
         delta = torch.full((b, heads, lq), float("nan"), dtype=torch.float32)
         grads = tuple(torch.full((b, n, d), float("nan"), dtype=q.dtype) for n in (lq, lk, lk))
-        args = (DTYPE_CODE[q.dtype], _ptr(grad_attn), _ptr(q), q.stride(0), q.stride(1), _ptr(k),
-                k.stride(0), k.stride(1), _ptr(v), v.stride(0), v.stride(1), _ptr(mask),
-                0 if mask is None else mask.stride(0), _ptr(attn), _ptr(lse), b, lq, lk, heads,
-                d // heads, scale, _ptr(delta), *map(_ptr, grads))
+        args = (
+            DTYPE_CODE[q.dtype],
+            _ptr(grad_attn),
+            _ptr(q),
+            q.stride(0),
+            q.stride(1),
+            _ptr(k),
+            k.stride(0),
+            k.stride(1),
+            _ptr(v),
+            v.stride(0),
+            v.stride(1),
+            _ptr(mask),
+            0 if mask is None else mask.stride(0),
+            _ptr(attn),
+            _ptr(lse),
+            b,
+            lq,
+            lk,
+            heads,
+            d // heads,
+            scale,
+            _ptr(delta),
+            *map(_ptr, grads),
+        )
         return args, grads, (grad_attn, attn, lse, delta)
 
-    def cross_backward(self, grad_attn: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                       v: torch.Tensor, mask: torch.Tensor | None, attn: torch.Tensor,
-                       lse: torch.Tensor, heads: int,
-                       scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        args, grads, _keep = self._cross_backward_args(grad_attn, q, k, v, mask, attn, lse,
-                                                       heads, scale)
+    def cross_backward(
+        self,
+        grad_attn: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        attn: torch.Tensor,
+        lse: torch.Tensor,
+        heads: int,
+        scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        args, grads, _keep = self._cross_backward_args(
+            grad_attn, q, k, v, mask, attn, lse, heads, scale
+        )
         self._check(self.lib.ego_emu_cross_backward(*args, None), "cross_backward")
         return grads
 
-    def plan_cross_backward(self, grad_attn: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                            v: torch.Tensor, mask: torch.Tensor | None, attn: torch.Tensor,
-                            lse: torch.Tensor, heads: int, has_mma: bool = True) -> Plan:
-        args, _, _keep = self._cross_backward_args(grad_attn, q, k, v, mask, attn, lse, heads,
-                                                   1.0)
+    def plan_cross_backward(
+        self,
+        grad_attn: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        attn: torch.Tensor,
+        lse: torch.Tensor,
+        heads: int,
+        has_mma: bool = True,
+    ) -> Plan:
+        args, _, _keep = self._cross_backward_args(grad_attn, q, k, v, mask, attn, lse, heads, 1.0)
         return self._plan(self.lib.ego_emu_cross_backward, args, 0, has_mma)
 
-    def gate_residual(self, residual: torch.Tensor, lin: torch.Tensor,
-                      gate: torch.Tensor) -> torch.Tensor:
+    def gate_residual(
+        self, residual: torch.Tensor, lin: torch.Tensor, gate: torch.Tensor
+    ) -> torch.Tensor:
         out = torch.full_like(residual, float("nan"))
         rc = self.lib.ego_emu_gate_residual(
-            DTYPE_CODE[residual.dtype], _ptr(residual), _ptr(lin), _ptr(gate),
-            int(gate.dtype == torch.float32), _ptr(out), residual.numel())
+            DTYPE_CODE[residual.dtype],
+            _ptr(residual),
+            _ptr(lin),
+            _ptr(gate),
+            int(gate.dtype == torch.float32),
+            _ptr(out),
+            residual.numel(),
+        )
         self._check(rc, "gate_residual")
         return out

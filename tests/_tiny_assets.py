@@ -34,8 +34,13 @@ def tiny_model_dir(factory, name: str = "model", seed: int = 0) -> Path:
     from egovlpv2_rt.train.bpe import train_bpe_tokenizer
 
     d.mkdir(parents=True, exist_ok=True)
-    texts = [narration_words(v, c, s, r) for v in VERBS for c in COLOURS for s in SHAPES
-             for r in ("", "left", "right")]
+    texts = [
+        narration_words(v, c, s, r)
+        for v in VERBS
+        for c in COLOURS
+        for s in SHAPES
+        for r in ("", "left", "right")
+    ]
     train_bpe_tokenizer(texts, 300, d / "tokenizer.json")
     torch.manual_seed(seed)
     model = EgoVLPv2(tiny_config()).eval()
@@ -55,8 +60,9 @@ def tiny_export_dir(factory) -> Path:
         return d
     from egovlpv2_rt.cli.export import main
 
-    rc = main(["--mode", "all", "--checkpoint", str(tiny_model_dir(factory)), "--out", str(d),
-               "--json"])
+    rc = main(
+        ["--mode", "all", "--checkpoint", str(tiny_model_dir(factory)), "--out", str(d), "--json"]
+    )
     assert rc == 0
     return d
 
@@ -68,6 +74,5 @@ def synthetic_clips(factory) -> tuple[Path, list]:
 
     d = factory.getbasetemp() / "egovlpv2-tiny" / "synth"
     if not (d / "egoclip.csv").is_file():
-        generate_dataset(d, 7, SynthConfig(num_clips=25, clips_per_video=5, size=32,
-                                           num_mcq=4))
+        generate_dataset(d, 7, SynthConfig(num_clips=25, clips_per_video=5, size=32, num_mcq=4))
     return d, read_egoclip(d / "egoclip.csv")

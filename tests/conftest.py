@@ -58,18 +58,29 @@ def discover_golden_sets(directory: Path, extra: bool = False) -> list[GoldenSet
     """Every set whose name appears in any of its three files; incomplete ones carry a problem."""
     if not directory.is_dir():
         return [GoldenSet("missing", directory, extra, f"golden folder {directory} does not exist")]
-    names = sorted({f.name[: -len(suffix) - 1] for suffix in SET_FILES
-                    for f in directory.glob(f"*_{suffix}")})
+    names = sorted(
+        {f.name[: -len(suffix) - 1] for suffix in SET_FILES for f in directory.glob(f"*_{suffix}")}
+    )
     if not names:
-        return [GoldenSet("empty", directory, extra,
-                          f"no golden set in {directory} (expected <set>_config.json, "
-                          "<set>_weights.safetensors and <set>_io.safetensors)")]
+        return [
+            GoldenSet(
+                "empty",
+                directory,
+                extra,
+                f"no golden set in {directory} (expected <set>_config.json, "
+                "<set>_weights.safetensors and <set>_io.safetensors)",
+            )
+        ]
     sets = []
     for name in names:
-        missing = [f"{name}_{suffix}" for suffix in SET_FILES
-                   if not (directory / f"{name}_{suffix}").is_file()]
-        problem = f"golden set {name} in {directory} is missing {', '.join(missing)}" if missing \
-            else None
+        missing = [
+            f"{name}_{suffix}"
+            for suffix in SET_FILES
+            if not (directory / f"{name}_{suffix}").is_file()
+        ]
+        problem = (
+            f"golden set {name} in {directory} is missing {', '.join(missing)}" if missing else None
+        )
         sets.append(GoldenSet(name, directory, extra, problem))
     return sets
 

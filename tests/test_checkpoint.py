@@ -32,8 +32,10 @@ def tiny_weights(tiny_golden) -> dict[str, torch.Tensor]:
 
 def _random_state(model: EgoVLPv2, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone())
-            for k, v in model.state_dict().items()}
+    return {
+        k: (torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone())
+        for k, v in model.state_dict().items()
+    }
 
 
 def _assert_state_equal(model: EgoVLPv2, expected: dict[str, torch.Tensor]) -> None:
@@ -66,12 +68,17 @@ def _save_released_style(path, state: dict[str, torch.Tensor]) -> None:
     module.ConfigParser = ConfigParser
     sys.modules["parse_config"] = module
     try:
-        torch.save({
-            "arch": "FrozenInTime", "epoch": 3,
-            "state_dict": {"module." + k: v for k, v in state.items()},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 3e-5}]},
-            "monitor_best": np.float64(0.5), "config": ConfigParser(),
-        }, path)
+        torch.save(
+            {
+                "arch": "FrozenInTime",
+                "epoch": 3,
+                "state_dict": {"module." + k: v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 3e-5}]},
+                "monitor_best": np.float64(0.5),
+                "config": ConfigParser(),
+            },
+            path,
+        )
     finally:
         del sys.modules["parse_config"]
 
@@ -80,15 +87,14 @@ def test_released_pth_loads_with_weights_only(tmp_path, tiny_weights):
     path = tmp_path / "egovlpv2.pth"
     _save_released_style(path, tiny_weights)
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, weights_only=True)           # the trainer's objects are not weights
+        torch.load(path, weights_only=True)  # the trainer's objects are not weights
     model = EgoVLPv2(preset("tiny"))
     load_checkpoint(model, path)
     _assert_state_equal(model, tiny_weights)
-    assert "parse_config" not in sys.modules           # the checkpoint's class was never imported
+    assert "parse_config" not in sys.modules  # the checkpoint's class was never imported
 
 
-def test_temporal_embed_is_truncated_when_the_checkpoint_has_more_frames(tmp_path,
-                                                                         tiny_weights):
+def test_temporal_embed_is_truncated_when_the_checkpoint_has_more_frames(tmp_path, tiny_weights):
     state = dict(tiny_weights)
     eight = torch.randn(1, 8, 64)
     state["video_model.temporal_embed"] = eight
@@ -108,7 +114,7 @@ def test_temporal_embed_is_interpolated_when_the_checkpoint_has_fewer_frames():
     assert four.shape == (1, 4, 64)
     assert (four[0] - expected).abs().max().item() <= 1e-15
     three = torch.randn(1, 3, 8)
-    five = resize_temporal_embed(three, 5)   # positions 0, .5, 1, 1.5, 2
+    five = resize_temporal_embed(three, 5)  # positions 0, .5, 1, 1.5, 2
     assert torch.allclose(five[0, 1], (three[0, 0] + three[0, 1]) / 2, atol=1e-6)
     assert torch.equal(five[0, [0, 2, 4]], three[0])
 
@@ -126,9 +132,11 @@ def test_mismatching_checkpoint_lists_every_problem(tiny_weights):
     assert err.unexpected == ["video_model.head.weight"]
     assert err.mismatched == [("txt_proj.0.weight", (16, 64), (32, 64))]
     text = str(err)
-    for name in ("missing keys (1): itm_score.fc.bias",
-                 "unexpected keys (1): video_model.head.weight",
-                 "txt_proj.0.weight (checkpoint [16, 64], model [32, 64])"):
+    for name in (
+        "missing keys (1): itm_score.fc.bias",
+        "unexpected keys (1): video_model.head.weight",
+        "txt_proj.0.weight (checkpoint [16, 64], model [32, 64])",
+    ):
         assert name in text
 
 
@@ -173,8 +181,9 @@ def test_safetensors_file_is_self_describing(tmp_path, tiny_weights):
     assert ModelConfig.from_json(meta[CONFIG_METADATA_KEY]) == cfg and meta["note"] == "test"
     loaded = load_model(path, dtype=torch.float64)
     assert loaded.config == cfg and not loaded.training
-    _assert_state_equal(loaded, {k: v.double() if v.is_floating_point() else v
-                                 for k, v in tiny_weights.items()})
+    _assert_state_equal(
+        loaded, {k: v.double() if v.is_floating_point() else v for k, v in tiny_weights.items()}
+    )
 
 
 def test_pth_needs_an_explicit_config(tmp_path, tiny_weights):
@@ -197,10 +206,22 @@ def test_missing_file_is_named(tmp_path):
 def _hf_roberta(cfg: ModelConfig, **changes):
     transformers = pytest.importorskip("transformers")
     t = cfg.text
-    fields = {name: getattr(t, name) for name in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
-        "bos_token_id", "eos_token_id", "layer_norm_eps")}
+    fields = {
+        name: getattr(t, name)
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "layer_norm_eps",
+        )
+    }
     fields["attn_implementation"] = "eager"
     fields.update(changes)
     torch.manual_seed(3)
@@ -217,8 +238,11 @@ def test_text_tower_from_hf_roberta_directory(tmp_path):
     for k, v in hf.state_dict().items():
         if not k.startswith("pooler."):
             assert torch.equal(ours["text_model." + k], v), k
-    untouched = [k for k in ours if ".crossattention_t2i." in k or k.endswith("alpha_t2i")
-                 or not k.startswith("text_model.")]
+    untouched = [
+        k
+        for k in ours
+        if ".crossattention_t2i." in k or k.endswith("alpha_t2i") or not k.startswith("text_model.")
+    ]
     assert len(untouched) > 100
     assert all(torch.equal(ours[k], before[k]) for k in untouched)
     assert sorted(report.ignored) == ["pooler.dense.bias", "pooler.dense.weight"]
@@ -240,8 +264,10 @@ def test_text_tower_from_pytorch_model_bin_with_lm_prefix(tmp_path):
     state["lm_head.dense.weight"] = torch.zeros(64, 64)
     torch.save(state, tmp_path / "pytorch_model.bin")
     init_text_from_hf_roberta(model, tmp_path)
-    assert torch.equal(model.text_model.encoder.layer[11].output.dense.weight.data,
-                       hf.encoder.layer[11].output.dense.weight.data)
+    assert torch.equal(
+        model.text_model.encoder.layer[11].output.dense.weight.data,
+        hf.encoder.layer[11].output.dense.weight.data,
+    )
 
 
 def test_text_tower_config_mismatch_is_named(tmp_path):
@@ -258,26 +284,40 @@ def _timm_vit_state(cfg: ModelConfig, seed: int = 5) -> dict[str, torch.Tensor]:
     """A state dict with timm ``VisionTransformer`` names and the tiny shapes."""
     v = cfg.video
     d, hidden, n = v.embed_dim, int(v.embed_dim * v.mlp_ratio), v.patches_per_frame
-    shapes = {"cls_token": (1, 1, d), "pos_embed": (1, n + 1, d),
-              "patch_embed.proj.weight": (d, v.in_chans, v.patch_size, v.patch_size),
-              "patch_embed.proj.bias": (d,)}
+    shapes = {
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, n + 1, d),
+        "patch_embed.proj.weight": (d, v.in_chans, v.patch_size, v.patch_size),
+        "patch_embed.proj.bias": (d,),
+    }
     for i in range(v.depth):
         p = f"blocks.{i}."
-        shapes.update({p + "norm1.weight": (d,), p + "norm1.bias": (d,),
-                       p + "attn.qkv.weight": (3 * d, d), p + "attn.qkv.bias": (3 * d,),
-                       p + "attn.proj.weight": (d, d), p + "attn.proj.bias": (d,),
-                       p + "norm2.weight": (d,), p + "norm2.bias": (d,),
-                       p + "mlp.fc1.weight": (hidden, d), p + "mlp.fc1.bias": (hidden,),
-                       p + "mlp.fc2.weight": (d, hidden), p + "mlp.fc2.bias": (d,)})
-    shapes.update({"norm.weight": (d,), "norm.bias": (d,), "head.weight": (1000, d),
-                   "head.bias": (1000,)})
+        shapes.update(
+            {
+                p + "norm1.weight": (d,),
+                p + "norm1.bias": (d,),
+                p + "attn.qkv.weight": (3 * d, d),
+                p + "attn.qkv.bias": (3 * d,),
+                p + "attn.proj.weight": (d, d),
+                p + "attn.proj.bias": (d,),
+                p + "norm2.weight": (d,),
+                p + "norm2.bias": (d,),
+                p + "mlp.fc1.weight": (hidden, d),
+                p + "mlp.fc1.bias": (hidden,),
+                p + "mlp.fc2.weight": (d, hidden),
+                p + "mlp.fc2.bias": (d,),
+            }
+        )
+    shapes.update(
+        {"norm.weight": (d,), "norm.bias": (d,), "head.weight": (1000, d), "head.bias": (1000,)}
+    )
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
 def test_video_tower_from_timm_vit(tmp_path, tiny_weights):
     model = EgoVLPv2(preset("tiny"))
-    load_checkpoint(model, tiny_weights)        # random time attention, non-zero gates
+    load_checkpoint(model, tiny_weights)  # random time attention, non-zero gates
     vit = _timm_vit_state(model.config)
     path = tmp_path / "vit.pth"
     torch.save({"model": vit}, path)
@@ -288,8 +328,12 @@ def test_video_tower_from_timm_vit(tmp_path, tiny_weights):
             assert torch.equal(ours["video_model." + k], v), k
     assert sorted(report.ignored) == ["head.bias", "head.weight"]
     assert len(report.loaded) == 4 + 12 * 12 + 2
-    for k in ("video_model.blocks.3.norm3.weight", "video_model.temporal_embed",
-              "video_model.blocks.8.attn.qkv_i2t.weight", "video_model.blocks.8.attn.alpha_i2t"):
+    for k in (
+        "video_model.blocks.3.norm3.weight",
+        "video_model.temporal_embed",
+        "video_model.blocks.8.attn.qkv_i2t.weight",
+        "video_model.blocks.8.attn.alpha_i2t",
+    ):
         assert torch.equal(ours[k], tiny_weights[k]), k
     # time_init "zeros": the time attention adds exactly zero, so each block starts as ViT's.
     blk = model.video_model.blocks[0]

@@ -51,12 +51,15 @@ def test_egoclip_missing_column_names_file_and_column(tmp_path):
         read_egoclip(p)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("clip_start", "abc", r"row 3, field 'clip_start': 'abc' is not a valid float"),
-    ("tag_verb", "[1, x]", r"row 3, field 'tag_verb': tag 'x' is not an integer"),
-    ("tag_noun", "3", r"row 3, field 'tag_noun': expected a list"),
-    ("clip_end", "1.0", r"row 3, field 'clip_end': 1.0 is before clip_start"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("clip_start", "abc", r"row 3, field 'clip_start': 'abc' is not a valid float"),
+        ("tag_verb", "[1, x]", r"row 3, field 'tag_verb': tag 'x' is not an integer"),
+        ("tag_noun", "3", r"row 3, field 'tag_noun': expected a list"),
+        ("clip_end", "1.0", r"row 3, field 'clip_end': 1.0 is before clip_start"),
+    ],
+)
 def test_egoclip_bad_value_names_row_and_field(tmp_path, field, value, message):
     bad = ROW.split("\t")
     bad[EGOCLIP_COLUMNS.index(field)] = value
@@ -74,11 +77,20 @@ def test_parse_tag_list():
 
 
 def _mcq_entry(answer=1, types=2, n=5):
-    clip = {"video_uid": "v", "clip_start": 1.0, "clip_end": 2.0, "clip_text": "#C C x",
-            "tag_verb": "[1]", "tag_noun": "[2]"}
-    return {"answer": answer, "query": dict(clip), "types": types,
-            "choices": {str(i): dict(clip, clip_start=float(i), clip_end=i + 1.0)
-                        for i in range(n)}}
+    clip = {
+        "video_uid": "v",
+        "clip_start": 1.0,
+        "clip_end": 2.0,
+        "clip_text": "#C C x",
+        "tag_verb": "[1]",
+        "tag_noun": "[2]",
+    }
+    return {
+        "answer": answer,
+        "query": dict(clip),
+        "types": types,
+        "choices": {str(i): dict(clip, clip_start=float(i), clip_end=i + 1.0) for i in range(n)},
+    }
 
 
 def test_read_egomcq(tmp_path):
@@ -91,13 +103,16 @@ def test_read_egomcq(tmp_path):
     assert items[0].text == "#C C x"
 
 
-@pytest.mark.parametrize("entry,message", [
-    (_mcq_entry(answer=5), r"field 'answer': 5 is out of range for 5 choices"),
-    (_mcq_entry(answer=-1), r"field 'answer': -1 is out of range"),
-    (_mcq_entry(types=3), r"field 'types': 3"),
-    (_mcq_entry(n=4), r"field 'choices': 4 candidates, expected 5"),
-    ({k: v for k, v in _mcq_entry().items() if k != "query"}, r"missing field 'query'"),
-])
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        (_mcq_entry(answer=5), r"field 'answer': 5 is out of range for 5 choices"),
+        (_mcq_entry(answer=-1), r"field 'answer': -1 is out of range"),
+        (_mcq_entry(types=3), r"field 'types': 3"),
+        (_mcq_entry(n=4), r"field 'choices': 4 candidates, expected 5"),
+        ({k: v for k, v in _mcq_entry().items() if k != "query"}, r"missing field 'query'"),
+    ],
+)
 def test_egomcq_bad_entry_names_file_entry_and_field(tmp_path, entry, message):
     p = tmp_path / "egomcq.json"
     p.write_text(json.dumps({"0": entry}))
@@ -122,8 +137,12 @@ def test_egonce_masks_from_tags():
     assert mn.tolist() == [[1, 0, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1], [1, 0, 1, 1]]
     pos = egonce_positive_mask(mv, mn, 4)
     # positives: shared verb AND shared noun, plus the diagonal
-    assert pos.tolist() == [[True, False, False, False], [False, True, False, False],
-                            [False, False, True, False], [False, False, False, True]]
+    assert pos.tolist() == [
+        [True, False, False, False],
+        [False, True, False, False],
+        [False, False, True, False],
+        [False, False, False, True],
+    ]
     with pytest.raises(ValueError, match="does not fit"):
         multi_hot([(7,)], 5)
 
@@ -151,11 +170,10 @@ def test_synthetic_dataset_formats(synth):
             assert len(uids) == 5
             # distractors come from other scenes: no clip of their videos shows the object
             words = it.text.split()
-            obj = " ".join(words[words.index("the") + 1:words.index("the") + 3])
+            obj = " ".join(words[words.index("the") + 1 : words.index("the") + 3])
             for j, c in enumerate(it.choices):
                 if j != it.answer:
-                    assert all(obj not in r.clip_text for r in recs
-                               if r.video_uid == c.video_uid)
+                    assert all(obj not in r.clip_text for r in recs if r.video_uid == c.video_uid)
 
 
 def test_synthetic_is_deterministic(synth, tmp_path):
@@ -179,8 +197,9 @@ def test_synthetic_is_deterministic(synth, tmp_path):
 
 def test_clip_reader(synth):
     recs = read_egoclip(synth / "egoclip.csv")
-    reader = ClipReader(synth / "videos", num_frames=4, image_size=32, sampling="uniform",
-                        cache_size=4)
+    reader = ClipReader(
+        synth / "videos", num_frames=4, image_size=32, sampling="uniform", cache_size=4
+    )
     x = reader.read(recs[0])
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert torch.equal(reader.read(recs[0]), x)

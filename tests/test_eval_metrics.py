@@ -19,13 +19,15 @@ from egovlpv2_rt.eval.metrics import (
 
 
 def test_egomcq_accuracy_by_type():
-    scores = torch.tensor([
-        [0.1, 0.9, 0.0, 0.0, 0.0],   # pred 1, answer 1, inter: right
-        [0.5, 0.1, 0.2, 0.0, 0.0],   # pred 0, answer 2, inter: wrong
-        [0.0, 0.0, 0.0, 0.0, 1.0],   # pred 4, answer 4, intra: right
-        [0.3, 0.3, 0.1, 0.0, 0.0],   # tie 0/1 -> 0, answer 1, intra: wrong
-        [0.0, 0.2, 0.1, 0.0, 0.0],   # pred 1, answer 1, intra: right
-    ])
+    scores = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0],  # pred 1, answer 1, inter: right
+            [0.5, 0.1, 0.2, 0.0, 0.0],  # pred 0, answer 2, inter: wrong
+            [0.0, 0.0, 0.0, 0.0, 1.0],  # pred 4, answer 4, intra: right
+            [0.3, 0.3, 0.1, 0.0, 0.0],  # tie 0/1 -> 0, answer 1, intra: wrong
+            [0.0, 0.2, 0.1, 0.0, 0.0],  # pred 1, answer 1, intra: right
+        ]
+    )
     res = egomcq_accuracy(scores, torch.tensor([1, 2, 4, 1, 1]), torch.tensor([1, 1, 2, 2, 2]))
     assert res["inter"] == 50.0
     assert res["intra"] == pytest.approx(200 / 3)
@@ -43,12 +45,14 @@ def test_egomcq_accuracy_bad_input():
 
 def test_retrieval_ranks_hand_computed():
     # rows texts, columns videos; caption i matches video i.
-    sims = np.array([
-        [0.9, 0.1, 0.2, 0.0],   # t2v rank 0
-        [0.8, 0.5, 0.6, 0.0],   # rank 2 (0.8, 0.6 above 0.5)
-        [0.1, 0.1, 0.3, 0.3],   # tie with column 3 -> optimistic rank 0
-        [0.0, 0.9, 0.0, 0.4],   # rank 1
-    ])
+    sims = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.0],  # t2v rank 0
+            [0.8, 0.5, 0.6, 0.0],  # rank 2 (0.8, 0.6 above 0.5)
+            [0.1, 0.1, 0.3, 0.3],  # tie with column 3 -> optimistic rank 0
+            [0.0, 0.9, 0.0, 0.4],  # rank 1
+        ]
+    )
     assert t2v_ranks(sims).tolist() == [0, 2, 0, 1]
     # v2t: columns as queries. video 0: texts scores [0.9, 0.8, 0.1, 0.0] -> rank 0;
     # video 1: [0.1, 0.5, 0.1, 0.9] -> rank 1; video 2: [0.2, 0.6, 0.3, 0.0] -> 0.3 under 0.6 -> 1;
@@ -137,9 +141,13 @@ def tiny_model_dir(tmp_path_factory):
     train_bpe_tokenizer(texts, 300, root / "tokenizer.json")
     vocab = RobertaTokenizer.from_tokenizer_json(root / "tokenizer.json").vocab_size
     cfg = preset("tiny")
-    cfg = type(cfg).from_dict({**cfg.to_dict(),
-                               "text": {**cfg.to_dict()["text"], "vocab_size": vocab},
-                               "fusion": {**cfg.to_dict()["fusion"], "vocab_size": vocab}})
+    cfg = type(cfg).from_dict(
+        {
+            **cfg.to_dict(),
+            "text": {**cfg.to_dict()["text"], "vocab_size": vocab},
+            "fusion": {**cfg.to_dict()["fusion"], "vocab_size": vocab},
+        }
+    )
     torch.manual_seed(0)
     model = EgoVLPv2(cfg)
     with torch.no_grad():  # gates on, so that the fusion path differs from the dual one
@@ -169,10 +177,13 @@ def test_egomcq_scores_match_the_model_calls(tiny_model_dir):
     video = torch.stack([reader.read(c) for c in it.choices])
     enc = tok([it.text] * 5, max_length=16, padding="max_length")
     with torch.no_grad():
-        dual = sim_matrix(model.encode_text(enc["input_ids"][:1], enc["attention_mask"][:1]),
-                          model.encode_video(video))[0].double()
-        fusion = torch.softmax(model.vtm_logits(video, enc["input_ids"],
-                                                enc["attention_mask"]).double(), -1)[:, 1]
+        dual = sim_matrix(
+            model.encode_text(enc["input_ids"][:1], enc["attention_mask"][:1]),
+            model.encode_video(video),
+        )[0].double()
+        fusion = torch.softmax(
+            model.vtm_logits(video, enc["input_ids"], enc["attention_mask"]).double(), -1
+        )[:, 1]
     assert torch.allclose(res.scores["dual"][1], dual, rtol=0, atol=1e-6)
     assert torch.allclose(res.scores["fusion"][1], fusion, rtol=0, atol=1e-6)
     assert torch.equal(res.scores["ensemble"], res.scores["dual"] + res.scores["fusion"])
@@ -189,8 +200,18 @@ def test_eval_cli_json(tiny_model_dir, capsys):
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="cmd", required=True))
     root = tiny_model_dir
-    args = parser.parse_args(["eval", "--task", "egomcq", "--data", str(root / "data"),
-                              "--checkpoint", str(root / "model.safetensors"), "--json"])
+    args = parser.parse_args(
+        [
+            "eval",
+            "--task",
+            "egomcq",
+            "--data",
+            str(root / "data"),
+            "--checkpoint",
+            str(root / "model.safetensors"),
+            "--json",
+        ]
+    )
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     acc = out["accuracy"]
@@ -199,16 +220,21 @@ def test_eval_cli_json(tiny_model_dir, capsys):
     from egovlpv2_rt.eval.egomcq import evaluate_egomcq
     from egovlpv2_rt.tokenizer import RobertaTokenizer
 
-    direct = evaluate_egomcq(load_model(root / "model.safetensors"), root / "data" / "egomcq.json",
-                             root / "data" / "videos",
-                             RobertaTokenizer.from_tokenizer_json(root / "tokenizer.json"))
+    direct = evaluate_egomcq(
+        load_model(root / "model.safetensors"),
+        root / "data" / "egomcq.json",
+        root / "data" / "videos",
+        RobertaTokenizer.from_tokenizer_json(root / "tokenizer.json"),
+    )
     for mode, a in acc.items():
         assert a["inter_count"] == 3 and a["intra_count"] == 3
         assert a == direct.accuracy[mode]
     from egovlpv2_rt import cli
 
-    assert cli.main(["eval", "--data", str(root), "--checkpoint",
-                     str(root / "missing.safetensors")]) == 1
+    assert (
+        cli.main(["eval", "--data", str(root), "--checkpoint", str(root / "missing.safetensors")])
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("egovlpv2: error: --checkpoint: no such file") and err.count("\n") == 1
     assert "missing.safetensors" in err

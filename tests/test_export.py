@@ -62,7 +62,8 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 PARITY_CASES = [("video_encoder", b, 0) for b in (1, 3)] + [
-    (name, b, length) for name in ("text_encoder", "vtm") for b in (1, 3) for length in (5, 17)]
+    (name, b, length) for name in ("text_encoder", "vtm") for b in (1, 3) for length in (5, 17)
+]
 
 
 @pytest.mark.parametrize("name, batch, length", PARITY_CASES)
@@ -71,8 +72,14 @@ def test_onnx_matches_pytorch(export_dir, model, name, batch, length):
     of the PyTorch model (reference attention path, float32)."""
     length = length or 5  # the video encoder has no text input
     sess = _session(export_dir / f"{name}.onnx")
-    ex = example_inputs(model, name, num_frames=4, batch=max(2, batch), text_length=length,
-                        seed=batch * 100 + length)
+    ex = example_inputs(
+        model,
+        name,
+        num_frames=4,
+        batch=max(2, batch),
+        text_length=length,
+        seed=batch * 100 + length,
+    )
     ex = tuple(t[:batch] for t in ex)
     with torch.no_grad():
         ref = build_graph(model, name)(*ex).numpy()
@@ -101,8 +108,9 @@ def test_only_standard_onnx_domains(export_dir, name):
 def test_nonstandard_node_is_detected(export_dir):
     proto = onnx.load(str(export_dir / "text_encoder.onnx"))
     bad = copy.deepcopy(proto)
-    bad.graph.node.append(helper.make_node("MyAttention", ["x"], ["y"], domain="com.example",
-                                           name="custom"))
+    bad.graph.node.append(
+        helper.make_node("MyAttention", ["x"], ["y"], domain="com.example", name="custom")
+    )
     assert passes.nonstandard_nodes(bad) == ["com.example::MyAttention (custom)"]
     bad.functions.append(helper.make_function("local", "Fn", ["a"], ["b"], [], []))
     assert "function local::Fn" in passes.nonstandard_nodes(bad)
@@ -116,15 +124,18 @@ def test_attention_subgraphs_are_tensorrt_fusable(export_dir, model, name):
     matches = passes.attention_patterns(proto)
     assert len(matches) == expected_attention_count(model, name)
     assert [m.problems for m in matches if m.problems] == []
-    scale = 16 ** -0.5  # head dim 64 / 4 heads in both towers
+    scale = 16**-0.5  # head dim 64 / 4 heads in both towers
     for m in matches:
         assert m.ranks == {"q": 4, "k_t": 4, "v": 4}
         assert m.scale == pytest.approx(scale, rel=1e-6)
     masked = sum(m.mask_add is not None for m in matches)
     # Text self-attention and i2t read the text mask; video attention and t2i do not.
     cfg = model.config
-    want = {"video_encoder": 0, "text_encoder": cfg.text.num_hidden_layers,
-            "vtm": cfg.text.num_hidden_layers + cfg.fusion.num_fuse_block}[name]
+    want = {
+        "video_encoder": 0,
+        "text_encoder": cfg.text.num_hidden_layers,
+        "vtm": cfg.text.num_hidden_layers + cfg.fusion.num_fuse_block,
+    }[name]
     assert masked == want
 
 
@@ -132,18 +143,26 @@ def _tiny_attention_graph(post_scale: str | None) -> onnx.ModelProto:
     """q, k, v [1, 2, 3, 4] -> softmax(q k^T * s + mask) v with the scale after the MatMul
     (Div or Mul) as the RoBERTa code writes it, or before it on q (None)."""
     nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2])]
-    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "c"),
-             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "c"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
     if post_scale is None:
-        nodes += [helper.make_node("Mul", ["q", "half"], ["qs"]),
-                  helper.make_node("MatMul", ["qs", "kt"], ["scaled"])]
+        nodes += [
+            helper.make_node("Mul", ["q", "half"], ["qs"]),
+            helper.make_node("MatMul", ["qs", "kt"], ["scaled"]),
+        ]
     else:
         const = "c" if post_scale == "Div" else "half"
-        nodes += [helper.make_node("MatMul", ["q", "kt"], ["scores"]),
-                  helper.make_node(post_scale, ["scores", const], ["scaled"])]
-    nodes += [helper.make_node("Add", ["scaled", "mask"], ["masked"]),
-              helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
-              helper.make_node("MatMul", ["p", "v"], ["out"])]
+        nodes += [
+            helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+            helper.make_node(post_scale, ["scores", const], ["scaled"]),
+        ]
+    nodes += [
+        helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["out"]),
+    ]
     t = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 3, 4]) for n in "qkv"]
     mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 1, 3])
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 3, 4])
@@ -203,11 +222,12 @@ def test_metadata_and_sidecar(export_dir, model):
         from egovlpv2_rt.export.metadata import file_sha256
 
         assert side.sha256 == file_sha256(export_dir / f"{name}.onnx")
-        assert side.source_sha256 == file_sha256(export_dir.parent / "model" /
-                                                 "model.safetensors")
+        assert side.source_sha256 == file_sha256(export_dir.parent / "model" / "model.safetensors")
         # Dynamic dims carry their names; frames and image size are fixed.
-        dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-                for i in proto.graph.input}
+        dims = {
+            i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in proto.graph.input
+        }
         if "video" in dims:
             assert dims["video"] == ["batch", 4, 3, 32, 32]
         if "input_ids" in dims:
@@ -230,16 +250,16 @@ def test_fp16_cast_runs_and_stays_close(export_dir, model):
     assert TensorProto.FLOAT16 in kinds
     # LayerNorm weights stay float32 (read only by float32 LayerNorms).
     ln = {n.input[1] for n in proto.graph.node if n.op_type == "LayerNormalization"}
-    assert all(t.data_type == TensorProto.FLOAT for t in proto.graph.initializer
-               if t.name in ln)
+    assert all(t.data_type == TensorProto.FLOAT for t in proto.graph.initializer if t.name in ln)
     for t in proto.graph.initializer:  # the additive mask constant was clamped, not inf
         if t.data_type == TensorProto.FLOAT16:
             assert np.isfinite(numpy_helper.to_array(t)).all()
     ids, mask = example_inputs(model, "text_encoder", num_frames=4, batch=3, text_length=12)
     with torch.no_grad():
         ref = model.encode_text(ids, mask).numpy()
-    got = _session_from_proto(proto).run(None, {"input_ids": ids.numpy(),
-                                                "attention_mask": mask.numpy()})[0]
+    got = _session_from_proto(proto).run(
+        None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    )[0]
     assert got.dtype == np.float32
     assert _rel(got, ref) <= 5e-3
 
@@ -251,10 +271,17 @@ def test_bf16_cast_structure(export_dir, model):
     passes.check_attention_patterns(proto, expected=4 * model.config.video.depth)
     # LayerNorm and (below opset 22, where Conv has no bfloat16) the patch-embedding Conv
     # keep float32 weights.
-    ln = {i for n in proto.graph.node if n.op_type in ("LayerNormalization", "Conv")
-          for i in n.input[1:]}
-    weights = [t for t in proto.graph.initializer if t.dims and np.prod(t.dims) > 1
-               and t.data_type != TensorProto.INT64]
+    ln = {
+        i
+        for n in proto.graph.node
+        if n.op_type in ("LayerNormalization", "Conv")
+        for i in n.input[1:]
+    }
+    weights = [
+        t
+        for t in proto.graph.initializer
+        if t.dims and np.prod(t.dims) > 1 and t.data_type != TensorProto.INT64
+    ]
     assert weights
     for t in weights:
         assert t.data_type == (TensorProto.FLOAT if t.name in ln else TensorProto.BFLOAT16)
@@ -335,9 +362,14 @@ def test_engine_profiles_and_sidecar(export_dir):
     with pytest.raises(ValueError, match="exceeds the model's limit 20"):
         profile_shapes("text_encoder", prof, num_frames=4, img_size=32, max_text_length=20)
     onnx_side = read_sidecar(export_dir / "vtm.json")
-    side = engine_sidecar(onnx_side, "vtm.engine", [prof, EngineProfile((33, 48, 64),
-                                                                        (4, 8, 16))],
-                          tensorrt_version="10.9.0", device="H100", build_seconds=1.0)
+    side = engine_sidecar(
+        onnx_side,
+        "vtm.engine",
+        [prof, EngineProfile((33, 48, 64), (4, 8, 16))],
+        tensorrt_version="10.9.0",
+        device="H100",
+        build_seconds=1.0,
+    )
     assert side.format == "tensorrt" and side.file == "vtm.engine"
     assert side.precision == "fp32" and side.config == onnx_side.config
     assert side.extra["profile_shapes"][1]["video"][2] == [64, 4, 3, 32, 32]
@@ -373,19 +405,33 @@ def _run_export_cli(args, capsys) -> tuple[int, str, str]:
 
 
 def test_cli_tensorrt_without_tensorrt_is_one_line(no_tensorrt, model_dir, tmp_path, capsys):
-    rc, _, err = _run_export_cli(["--mode", "dual", "--format", "tensorrt", "--checkpoint",
-                                    str(model_dir), "--out", str(tmp_path / "e")], capsys)
+    rc, _, err = _run_export_cli(
+        [
+            "--mode",
+            "dual",
+            "--format",
+            "tensorrt",
+            "--checkpoint",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        capsys,
+    )
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith("egovlpv2-export: error: TensorRT is not")
     assert "pip install" in err and "Traceback" not in err
     assert not (tmp_path / "e").exists()  # failed before exporting anything
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--frames", "9"], "--frames 9 is outside [1, 4]"),
-    (["--mode", "dual", "--with-mlm"], "--with-mlm needs"),
-    (["--checkpoint", "/nonexistent/model.safetensors"], "checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "9"], "--frames 9 is outside [1, 4]"),
+        (["--mode", "dual", "--with-mlm"], "--with-mlm needs"),
+        (["--checkpoint", "/nonexistent/model.safetensors"], "checkpoint not found"),
+    ],
+)
 def test_cli_bad_input_is_one_line(args, message, model_dir, tmp_path, capsys):
     full = ["--out", str(tmp_path / "e")] + args
     if "--checkpoint" not in args:
@@ -398,8 +444,7 @@ def test_cli_bad_input_is_one_line(args, message, model_dir, tmp_path, capsys):
 def test_cli_wrong_checkpoint_file(tmp_path, capsys):
     junk = tmp_path / "model.safetensors"
     junk.write_bytes(b"this is not a checkpoint")
-    rc, _, err = _run_export_cli(["--checkpoint", str(junk), "--out", str(tmp_path / "e")],
-                                   capsys)
+    rc, _, err = _run_export_cli(["--checkpoint", str(junk), "--out", str(tmp_path / "e")], capsys)
     assert rc == 1 and err.count("\n") == 1
     assert "not a readable EgoVLPv2 checkpoint" in err
 
@@ -510,8 +555,9 @@ def test_build_engine_call_sequence(export_dir, tmp_path, monkeypatch):
     cache = tmp_path / "trt.cache"
     cache.write_bytes(b"old")
     profiles = [EngineProfile((1, 2, 4), (4, 8, 16)), EngineProfile((5, 8, 16), (4, 16, 32))]
-    engine = build_engine(tmp_path / "vtm.onnx", profiles=profiles, timing_cache=cache,
-                          workspace_gib=1)
+    engine = build_engine(
+        tmp_path / "vtm.onnx", profiles=profiles, timing_cache=cache, workspace_gib=1
+    )
     assert engine == tmp_path / "vtm.engine" and engine.read_bytes() == b"ENGINE"
     assert cache.read_bytes() == b"old+timed"
     assert ("network", 1 << 5) in fake.calls  # strongly typed

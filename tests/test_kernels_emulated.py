@@ -77,8 +77,19 @@ def _check_launches(emu, *plans) -> None:
     assert emu.tensor_core_launches() == sum(p.tensor_core_launches() for p in plans), texts
 
 
-def _run_divided(emu, dtype, batch, frames, patches, heads, head_dim, temporal, seed,
-                 layout=None, tensor_cores=None):
+def _run_divided(
+    emu,
+    dtype,
+    batch,
+    frames,
+    patches,
+    heads,
+    head_dim,
+    temporal,
+    seed,
+    layout=None,
+    tensor_cores=None,
+):
     """tensor_cores: whether the tensor-core kernels must (True) or must not (False) run."""
     g = _gen(seed)
     emu.reset_launches()
@@ -91,23 +102,34 @@ def _run_divided(emu, dtype, batch, frames, patches, heads, head_dim, temporal, 
     grad_out = _randn((batch, tokens, d), dtype, g)
     out, lse = emu.divided_forward(qkv, heads, frames, temporal, scale)
     grad = emu.divided_backward(grad_out, qkv, out, lse, heads, frames, temporal, scale)
-    _check_launches(emu, emu.plan_divided_forward(qkv, heads, frames, temporal),
-                    emu.plan_divided_backward(grad_out, qkv, out, lse, heads, frames, temporal))
+    _check_launches(
+        emu,
+        emu.plan_divided_forward(qkv, heads, frames, temporal),
+        emu.plan_divided_backward(grad_out, qkv, out, lse, heads, frames, temporal),
+    )
     if tensor_cores is not None:
         assert (emu.tensor_core_launches() > 0) == tensor_cores, "unexpected kernel path"
 
-    truth, truth_grad = divided_reference(qkv.double(), heads, frames, temporal, scale,
-                                          grad_out.double())
+    truth, truth_grad = divided_reference(
+        qkv.double(), heads, frames, temporal, scale, grad_out.double()
+    )
     own = own_grad = None
     if dtype != torch.float32:
         own, own_grad = divided_reference(qkv, heads, frames, temporal, scale, grad_out)
     _check(out, truth, own, "forward")
     lse_err = (lse.double() - divided_lse(qkv, heads, frames, temporal, scale)).abs().max()
     assert lse_err <= LSE_TOL, f"softmax_lse err {lse_err:.3e}"
-    for name, sl in (("grad q", slice(0, d)), ("grad k", slice(d, 2 * d)),
-                     ("grad v", slice(2 * d, 3 * d))):
-        _check(grad[..., sl], truth_grad[..., sl], None if own_grad is None else own_grad[..., sl],
-               name)
+    for name, sl in (
+        ("grad q", slice(0, d)),
+        ("grad k", slice(d, 2 * d)),
+        ("grad v", slice(2 * d, 3 * d)),
+    ):
+        _check(
+            grad[..., sl],
+            truth_grad[..., sl],
+            None if own_grad is None else own_grad[..., sl],
+            name,
+        )
 
 
 # ---- divided space-time attention --------------------------------------------------------------
@@ -116,8 +138,18 @@ def test_spatial_tensor_cores_schedules(emu, schedule):
     # bf16, head dim 64: tensor-core kernels; N = 70 gives 3 partner blocks and 2 row tiles per
     # frame, so both pipeline buffers are refilled.
     emu.schedule(*schedule)
-    _run_divided(emu, torch.bfloat16, batch=1, frames=2, patches=70, heads=1, head_dim=64,
-                 temporal=False, seed=10 + schedule[0], tensor_cores=True)
+    _run_divided(
+        emu,
+        torch.bfloat16,
+        batch=1,
+        frames=2,
+        patches=70,
+        heads=1,
+        head_dim=64,
+        temporal=False,
+        seed=10 + schedule[0],
+        tensor_cores=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -131,8 +163,18 @@ def test_spatial_tensor_cores_schedules(emu, schedule):
 )
 def test_spatial(emu, dtype, batch, frames, patches, heads, head_dim, tensor_cores):
     emu.schedule(1, 2)
-    _run_divided(emu, dtype, batch, frames, patches, heads, head_dim, False, seed=patches,
-                 tensor_cores=tensor_cores)
+    _run_divided(
+        emu,
+        dtype,
+        batch,
+        frames,
+        patches,
+        heads,
+        head_dim,
+        False,
+        seed=patches,
+        tensor_cores=tensor_cores,
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,8 +190,18 @@ def test_spatial(emu, dtype, batch, frames, patches, heads, head_dim, tensor_cor
 )
 def test_temporal(emu, dtype, frames, head_dim):
     emu.schedule(3, 2)
-    _run_divided(emu, dtype, batch=3, frames=frames, patches=5, heads=2, head_dim=head_dim,
-                 temporal=True, seed=frames, tensor_cores=False)
+    _run_divided(
+        emu,
+        dtype,
+        batch=3,
+        frames=frames,
+        patches=5,
+        heads=2,
+        head_dim=head_dim,
+        temporal=True,
+        seed=frames,
+        tensor_cores=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,8 +220,18 @@ def test_temporal(emu, dtype, frames, head_dim):
 def test_cls_split_softmax(emu, dtype, batch, frames, patches, heads, head_dim, temporal):
     # The CLS query's softmax from per-CTA partials in the workspace, merged by a combine kernel.
     emu.schedule(2, 1)
-    _run_divided(emu, dtype, batch, frames, patches, heads, head_dim, temporal, seed=patches,
-                 tensor_cores=not temporal)
+    _run_divided(
+        emu,
+        dtype,
+        batch,
+        frames,
+        patches,
+        heads,
+        head_dim,
+        temporal,
+        seed=patches,
+        tensor_cores=not temporal,
+    )
 
 
 @pytest.mark.parametrize("temporal", [False, True])
@@ -183,14 +245,35 @@ def test_cls_split_softmax(emu, dtype, batch, frames, patches, heads, head_dim, 
 )
 def test_strided_qkv(emu, dtype, layout, tensor_cores, temporal):
     emu.schedule(5, 1)
-    _run_divided(emu, dtype, batch=2, frames=2, patches=6, heads=2, head_dim=32,
-                 temporal=temporal, seed=3, layout=layout,
-                 tensor_cores=tensor_cores and not temporal)
+    _run_divided(
+        emu,
+        dtype,
+        batch=2,
+        frames=2,
+        patches=6,
+        heads=2,
+        head_dim=32,
+        temporal=temporal,
+        seed=3,
+        layout=layout,
+        tensor_cores=tensor_cores and not temporal,
+    )
 
 
 # ---- gated cross-attention core ------------------------------------------------------------------
-def _run_cross(emu, dtype, batch, len_q, len_k, heads, head_dim, masked, seed, packed_kv=False,
-               tensor_cores=None):
+def _run_cross(
+    emu,
+    dtype,
+    batch,
+    len_q,
+    len_k,
+    heads,
+    head_dim,
+    masked,
+    seed,
+    packed_kv=False,
+    tensor_cores=None,
+):
     g = _gen(seed)
     emu.reset_launches()
     d = heads * head_dim
@@ -205,22 +288,27 @@ def _run_cross(emu, dtype, batch, len_q, len_k, heads, head_dim, masked, seed, p
     grad_attn = _randn((batch, len_q, d), dtype, g)
     attn, lse = emu.cross_forward(q, k, v, mask, heads, scale)
     gq, gk, gv = emu.cross_backward(grad_attn, q, k, v, mask, attn, lse, heads, scale)
-    _check_launches(emu, emu.plan_cross_forward(q, k, v, mask, heads),
-                    emu.plan_cross_backward(grad_attn, q, k, v, mask, attn, lse, heads))
+    _check_launches(
+        emu,
+        emu.plan_cross_forward(q, k, v, mask, heads),
+        emu.plan_cross_backward(grad_attn, q, k, v, mask, attn, lse, heads),
+    )
     if tensor_cores is not None:
         assert (emu.tensor_core_launches() > 0) == tensor_cores, "unexpected kernel path"
 
     m64 = None if mask is None else mask.double()
-    truth, truth_grads = cross_core_reference(q.double(), k.double(), v.double(), m64, heads,
-                                              scale, grad_attn.double())
+    truth, truth_grads = cross_core_reference(
+        q.double(), k.double(), v.double(), m64, heads, scale, grad_attn.double()
+    )
     own, own_grads = None, (None, None, None)
     if dtype != torch.float32:
         own, own_grads = cross_core_reference(q, k, v, mask, heads, scale, grad_attn)
     _check(attn, truth, own, "attn")
     lse_err = (lse.double() - cross_lse(q, k, mask, heads, scale)).abs().max()
     assert lse_err <= LSE_TOL, f"softmax_lse err {lse_err:.3e}"
-    for name, ours, tr, ow in zip(("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads,
-                                  own_grads):
+    for name, ours, tr, ow in zip(
+        ("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads, own_grads
+    ):
         _check(ours, tr, ow, name)
 
 
@@ -228,8 +316,18 @@ def _run_cross(emu, dtype, batch, len_q, len_k, heads, head_dim, masked, seed, p
 def test_cross_tensor_cores_schedules(emu, schedule):
     # 3 blocks of keys (forward, dQ) and of queries (dK/dV), 2 row tiles each way.
     emu.schedule(*schedule)
-    _run_cross(emu, torch.bfloat16, batch=3, len_q=70, len_k=67, heads=2, head_dim=32,
-               masked=True, seed=20 + schedule[0], tensor_cores=True)
+    _run_cross(
+        emu,
+        torch.bfloat16,
+        batch=3,
+        len_q=70,
+        len_k=67,
+        heads=2,
+        head_dim=32,
+        masked=True,
+        seed=20 + schedule[0],
+        tensor_cores=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -241,11 +339,21 @@ def test_cross_tensor_cores_schedules(emu, schedule):
         (torch.bfloat16, 2, 7, 33, 2, 40, True, False, False),  # head dim 40: one row per warp
     ],
 )
-def test_cross(emu, dtype, batch, len_q, len_k, heads, head_dim, masked, packed_kv,
-               tensor_cores):
+def test_cross(emu, dtype, batch, len_q, len_k, heads, head_dim, masked, packed_kv, tensor_cores):
     emu.schedule(1, 2)
-    _run_cross(emu, dtype, batch, len_q, len_k, heads, head_dim, masked, seed=len_k,
-               packed_kv=packed_kv, tensor_cores=tensor_cores)
+    _run_cross(
+        emu,
+        dtype,
+        batch,
+        len_q,
+        len_k,
+        heads,
+        head_dim,
+        masked,
+        seed=len_k,
+        packed_kv=packed_kv,
+        tensor_cores=tensor_cores,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -259,9 +367,14 @@ def test_cross_backward_without_queries(emu, dtype):
     assert torch.equal(gk, torch.zeros_like(gk)) and torch.equal(gv, torch.zeros_like(gv))
 
 
-@pytest.mark.parametrize("dtype,gate_dtype", [(torch.float32, torch.float32),
-                                              (torch.bfloat16, torch.float32),
-                                              (torch.float16, torch.float16)])
+@pytest.mark.parametrize(
+    "dtype,gate_dtype",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float16),
+    ],
+)
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "offset1"])
 def test_gate_residual(emu, dtype, gate_dtype, offset):
     # 693 values: 16-byte chunks and a tail; offset 1 leaves the inputs 2- or 4-byte aligned
@@ -286,8 +399,19 @@ TC, ROWS, COLS, FUSED, CLS = "tensor_cores", "rows", "columns", "fused", "cls_pa
 VEC_CLS, DELTA16, DELTA = "vec_columns_cls", "delta_rows", "delta_heads"
 
 
-def _divided_plans(emu, dtype, frames, patches, heads, head_dim, temporal, layout=None,
-                   workspace=-1, has_mma=True, batch=2):
+def _divided_plans(
+    emu,
+    dtype,
+    frames,
+    patches,
+    heads,
+    head_dim,
+    temporal,
+    layout=None,
+    workspace=-1,
+    has_mma=True,
+    batch=2,
+):
     tokens = 1 + frames * patches
     d = heads * head_dim
     qkv = torch.empty((batch, tokens, 3 * d), dtype=dtype)
@@ -295,9 +419,10 @@ def _divided_plans(emu, dtype, frames, patches, heads, head_dim, temporal, layou
         qkv = _nan_padded(qkv, *layout)
     out = torch.empty((batch, tokens, d), dtype=dtype)
     lse = torch.empty((batch, heads, tokens))
-    return (emu.plan_divided_forward(qkv, heads, frames, temporal, workspace, has_mma),
-            emu.plan_divided_backward(out, qkv, out, lse, heads, frames, temporal, workspace,
-                                      has_mma))
+    return (
+        emu.plan_divided_forward(qkv, heads, frames, temporal, workspace, has_mma),
+        emu.plan_divided_backward(out, qkv, out, lse, heads, frames, temporal, workspace, has_mma),
+    )
 
 
 BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
@@ -307,63 +432,285 @@ BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
     "dtype,frames,patches,head_dim,temporal,layout,workspace,has_mma,forward,backward",
     [
         # space, 16-bit, head dim 32/64: tensor cores for every pass; the CLS row from partials
-        pytest.param(BF16, 4, 49, 64, False, None, -1, True, (TC, CLS),
-                     (DELTA16, TC, FUSED, TC, CLS), id="space-bf16-d64"),
-        pytest.param(F16, 2, 16, 32, False, None, -1, True, (TC, CLS),
-                     (DELTA16, TC, FUSED, TC, CLS), id="space-f16-d32"),
+        pytest.param(
+            BF16,
+            4,
+            49,
+            64,
+            False,
+            None,
+            -1,
+            True,
+            (TC, CLS),
+            (DELTA16, TC, FUSED, TC, CLS),
+            id="space-bf16-d64",
+        ),
+        pytest.param(
+            F16,
+            2,
+            16,
+            32,
+            False,
+            None,
+            -1,
+            True,
+            (TC, CLS),
+            (DELTA16, TC, FUSED, TC, CLS),
+            id="space-f16-d32",
+        ),
         # head dim 128: no tensor-core dK/dV kernel
-        pytest.param(BF16, 2, 16, 128, False, None, -1, True, (TC, CLS),
-                     (DELTA16, TC, FUSED, ROWS, CLS), id="space-bf16-d128"),
+        pytest.param(
+            BF16,
+            2,
+            16,
+            128,
+            False,
+            None,
+            -1,
+            True,
+            (TC, CLS),
+            (DELTA16, TC, FUSED, ROWS, CLS),
+            id="space-bf16-d128",
+        ),
         # no workspace: the CLS query and key as one row split over a CTA's warps
-        pytest.param(BF16, 4, 49, 64, False, None, 0, True, (TC, ROWS),
-                     (DELTA16, TC, ROWS, TC, ROWS), id="space-bf16-no-workspace"),
-        pytest.param(BF16, 4, 49, 64, False, None, 4, True, (TC, ROWS),
-                     (DELTA16, TC, ROWS, TC, ROWS), id="space-bf16-small-workspace"),
+        pytest.param(
+            BF16,
+            4,
+            49,
+            64,
+            False,
+            None,
+            0,
+            True,
+            (TC, ROWS),
+            (DELTA16, TC, ROWS, TC, ROWS),
+            id="space-bf16-no-workspace",
+        ),
+        pytest.param(
+            BF16,
+            4,
+            49,
+            64,
+            False,
+            None,
+            4,
+            True,
+            (TC, ROWS),
+            (DELTA16, TC, ROWS, TC, ROWS),
+            id="space-bf16-small-workspace",
+        ),
         # a device without mma.sync: rows; the CLS partials need no tensor cores
-        pytest.param(BF16, 4, 49, 64, False, None, -1, False, (ROWS, CLS),
-                     (DELTA16, ROWS, FUSED, ROWS, CLS), id="space-bf16-no-mma"),
+        pytest.param(
+            BF16,
+            4,
+            49,
+            64,
+            False,
+            None,
+            -1,
+            False,
+            (ROWS, CLS),
+            (DELTA16, ROWS, FUSED, ROWS, CLS),
+            id="space-bf16-no-mma",
+        ),
         # [T, B, C] storage with 16-byte rows: still tensor cores
-        pytest.param(BF16, 2, 6, 32, False, (8, True), -1, True, (TC, CLS),
-                     (DELTA16, TC, FUSED, TC, CLS), id="space-bf16-transposed"),
+        pytest.param(
+            BF16,
+            2,
+            6,
+            32,
+            False,
+            (8, True),
+            -1,
+            True,
+            (TC, CLS),
+            (DELTA16, TC, FUSED, TC, CLS),
+            id="space-bf16-transposed",
+        ),
         # unaligned view (odd row pitch): rows, no CLS partials; delta stays on its own rows
-        pytest.param(BF16, 2, 6, 64, False, (1, False), -1, True, (ROWS, ROWS),
-                     (DELTA16, ROWS, ROWS, ROWS, ROWS), id="space-bf16-unaligned"),
+        pytest.param(
+            BF16,
+            2,
+            6,
+            64,
+            False,
+            (1, False),
+            -1,
+            True,
+            (ROWS, ROWS),
+            (DELTA16, ROWS, ROWS, ROWS, ROWS),
+            id="space-bf16-unaligned",
+        ),
         # 4-byte rows (row pitch 2 mod 8): rows, in lane chunks (test_divided_plan_rows)
-        pytest.param(BF16, 2, 6, 64, False, (2, False), -1, True, (ROWS, ROWS),
-                     (DELTA16, ROWS, ROWS, ROWS, ROWS), id="space-bf16-4-byte-rows"),
+        pytest.param(
+            BF16,
+            2,
+            6,
+            64,
+            False,
+            (2, False),
+            -1,
+            True,
+            (ROWS, ROWS),
+            (DELTA16, ROWS, ROWS, ROWS, ROWS),
+            id="space-bf16-4-byte-rows",
+        ),
         # float32 and head dims off the tensor-core list: rows
-        pytest.param(F32, 4, 49, 64, False, None, -1, True, (ROWS, ROWS),
-                     (DELTA16, ROWS, ROWS, ROWS, ROWS), id="space-f32"),
-        pytest.param(BF16, 1, 40, 96, False, None, -1, True, (ROWS, ROWS),
-                     (DELTA, ROWS, ROWS, ROWS, ROWS), id="space-bf16-d96"),
+        pytest.param(
+            F32,
+            4,
+            49,
+            64,
+            False,
+            None,
+            -1,
+            True,
+            (ROWS, ROWS),
+            (DELTA16, ROWS, ROWS, ROWS, ROWS),
+            id="space-f32",
+        ),
+        pytest.param(
+            BF16,
+            1,
+            40,
+            96,
+            False,
+            None,
+            -1,
+            True,
+            (ROWS, ROWS),
+            (DELTA, ROWS, ROWS, ROWS, ROWS),
+            id="space-bf16-d96",
+        ),
         # time, 16-bit, F <= 4, head dim 32/64, workspace: vector columns with the CLS partials;
         # backward columns (dK, dV fused into the dQ pass)
-        pytest.param(BF16, 4, 49, 64, True, None, -1, True, (VEC_CLS, FUSED),
-                     (DELTA16, COLS, FUSED, FUSED, CLS), id="time-bf16-F4"),
-        pytest.param(F16, 1, 9, 32, True, None, -1, False, (VEC_CLS, FUSED),
-                     (DELTA16, COLS, FUSED, FUSED, CLS), id="time-f16-F1-no-mma"),
-        pytest.param(BF16, 4, 49, 64, True, None, 0, True, (COLS, ROWS),
-                     (DELTA16, COLS, ROWS, FUSED, ROWS), id="time-bf16-F4-no-workspace"),
+        pytest.param(
+            BF16,
+            4,
+            49,
+            64,
+            True,
+            None,
+            -1,
+            True,
+            (VEC_CLS, FUSED),
+            (DELTA16, COLS, FUSED, FUSED, CLS),
+            id="time-bf16-F4",
+        ),
+        pytest.param(
+            F16,
+            1,
+            9,
+            32,
+            True,
+            None,
+            -1,
+            False,
+            (VEC_CLS, FUSED),
+            (DELTA16, COLS, FUSED, FUSED, CLS),
+            id="time-f16-F1-no-mma",
+        ),
+        pytest.param(
+            BF16,
+            4,
+            49,
+            64,
+            True,
+            None,
+            0,
+            True,
+            (COLS, ROWS),
+            (DELTA16, COLS, ROWS, FUSED, ROWS),
+            id="time-bf16-F4-no-workspace",
+        ),
         # F <= 8: columns; the CLS row from partials of its own kernel
-        pytest.param(BF16, 8, 9, 64, True, None, -1, True, (COLS, CLS),
-                     (DELTA16, COLS, FUSED, FUSED, CLS), id="time-bf16-F8"),
-        pytest.param(F32, 4, 9, 64, True, None, -1, True, (COLS, ROWS),
-                     (DELTA16, COLS, ROWS, FUSED, ROWS), id="time-f32-F4"),
+        pytest.param(
+            BF16,
+            8,
+            9,
+            64,
+            True,
+            None,
+            -1,
+            True,
+            (COLS, CLS),
+            (DELTA16, COLS, FUSED, FUSED, CLS),
+            id="time-bf16-F8",
+        ),
+        pytest.param(
+            F32,
+            4,
+            9,
+            64,
+            True,
+            None,
+            -1,
+            True,
+            (COLS, ROWS),
+            (DELTA16, COLS, ROWS, FUSED, ROWS),
+            id="time-f32-F4",
+        ),
         # F > 8 or head dim > 64: rows
-        pytest.param(BF16, 16, 9, 64, True, None, -1, True, (ROWS, CLS),
-                     (DELTA16, ROWS, FUSED, ROWS, CLS), id="time-bf16-F16"),
-        pytest.param(BF16, 4, 9, 128, True, None, -1, True, (ROWS, CLS),
-                     (DELTA16, ROWS, FUSED, ROWS, CLS), id="time-bf16-d128"),
-        pytest.param(F32, 4, 9, 96, True, None, -1, True, (ROWS, ROWS),
-                     (DELTA, ROWS, ROWS, ROWS, ROWS), id="time-f32-d96"),
-        pytest.param(BF16, 4, 9, 64, True, (1, False), -1, True, (COLS, ROWS),
-                     (DELTA16, COLS, ROWS, FUSED, ROWS), id="time-bf16-unaligned"),
+        pytest.param(
+            BF16,
+            16,
+            9,
+            64,
+            True,
+            None,
+            -1,
+            True,
+            (ROWS, CLS),
+            (DELTA16, ROWS, FUSED, ROWS, CLS),
+            id="time-bf16-F16",
+        ),
+        pytest.param(
+            BF16,
+            4,
+            9,
+            128,
+            True,
+            None,
+            -1,
+            True,
+            (ROWS, CLS),
+            (DELTA16, ROWS, FUSED, ROWS, CLS),
+            id="time-bf16-d128",
+        ),
+        pytest.param(
+            F32,
+            4,
+            9,
+            96,
+            True,
+            None,
+            -1,
+            True,
+            (ROWS, ROWS),
+            (DELTA, ROWS, ROWS, ROWS, ROWS),
+            id="time-f32-d96",
+        ),
+        pytest.param(
+            BF16,
+            4,
+            9,
+            64,
+            True,
+            (1, False),
+            -1,
+            True,
+            (COLS, ROWS),
+            (DELTA16, COLS, ROWS, FUSED, ROWS),
+            id="time-bf16-unaligned",
+        ),
     ],
 )
-def test_divided_plan(emu, dtype, frames, patches, head_dim, temporal, layout, workspace,
-                      has_mma, forward, backward):
-    fwd, bwd = _divided_plans(emu, dtype, frames, patches, 2, head_dim, temporal, layout,
-                              workspace, has_mma)
+def test_divided_plan(
+    emu, dtype, frames, patches, head_dim, temporal, layout, workspace, has_mma, forward, backward
+):
+    fwd, bwd = _divided_plans(
+        emu, dtype, frames, patches, 2, head_dim, temporal, layout, workspace, has_mma
+    )
     assert tuple(fwd.kernels.values()) == forward, fwd.text
     assert tuple(bwd.kernels.values()) == backward, bwd.text
     assert list(fwd.steps) == ["patches", "cls"]
@@ -389,11 +736,13 @@ def test_divided_plan(emu, dtype, frames, patches, head_dim, temporal, layout, w
         (BF16, 2, 70, 32, False, (1, False), True, 2, 4),
     ],
 )
-def test_divided_plan_rows(emu, dtype, frames, patches, head_dim, temporal, layout, vec, split,
-                           cls_split):
+def test_divided_plan_rows(
+    emu, dtype, frames, patches, head_dim, temporal, layout, vec, split, cls_split
+):
     tokens = 1 + frames * patches
-    fwd, bwd = _divided_plans(emu, dtype, frames, patches, 2, head_dim, temporal, layout,
-                              workspace=0, has_mma=False)
+    fwd, bwd = _divided_plans(
+        emu, dtype, frames, patches, 2, head_dim, temporal, layout, workspace=0, has_mma=False
+    )
     for step in (fwd.steps["patches"], bwd.steps["dq_patches"], bwd.steps["dkv_patches"]):
         assert (step.kernel, step.rows, step.split, step.vec) == (ROWS, (1, tokens), split, vec)
     for step in (fwd.steps["cls"], bwd.steps["dq_cls"], bwd.steps["dkv_cls"]):
@@ -416,22 +765,27 @@ def test_delta_plan(emu, dtype, head_dim, layout, kernel, chunks):
     assert (bwd.steps["delta"].kernel, bwd.steps["delta"].chunks) == (kernel, chunks), bwd.text
 
 
-def _cross_plans(emu, dtype, len_q, len_k, head_dim, packed_pad=None, has_mma=True, heads=2,
-                 batch=2):
+def _cross_plans(
+    emu, dtype, len_q, len_k, head_dim, packed_pad=None, has_mma=True, heads=2, batch=2
+):
     """packed_pad: k and v as the halves of one [B, Lk, 2D + pad] projection."""
     d = heads * head_dim
     q = torch.empty((batch, len_q, d), dtype=dtype)
     if packed_pad is None:
-        k, v = torch.empty((batch, len_k, d), dtype=dtype), torch.empty((batch, len_k, d),
-                                                                          dtype=dtype)
+        k, v = (
+            torch.empty((batch, len_k, d), dtype=dtype),
+            torch.empty((batch, len_k, d), dtype=dtype),
+        )
     else:
         kv = torch.empty((batch, len_k, 2 * d + packed_pad), dtype=dtype)
-        k, v = kv[..., :d], kv[..., d:2 * d]
+        k, v = kv[..., :d], kv[..., d : 2 * d]
     mask = torch.zeros((batch, len_k), dtype=dtype)
     attn = torch.empty((batch, len_q, d), dtype=dtype)
     lse = torch.empty((batch, heads, len_q))
-    return (emu.plan_cross_forward(q, k, v, mask, heads, has_mma),
-            emu.plan_cross_backward(attn, q, k, v, mask, attn, lse, heads, has_mma))
+    return (
+        emu.plan_cross_forward(q, k, v, mask, heads, has_mma),
+        emu.plan_cross_backward(attn, q, k, v, mask, attn, lse, heads, has_mma),
+    )
 
 
 @pytest.mark.parametrize(
@@ -449,8 +803,7 @@ def _cross_plans(emu, dtype, len_q, len_k, head_dim, packed_pad=None, has_mma=Tr
         pytest.param(BF16, 20, 9, 64, 1, True, ROWS, (DELTA16, ROWS, ROWS), id="bf16-unaligned"),
     ],
 )
-def test_cross_plan(emu, dtype, len_q, len_k, head_dim, packed_pad, has_mma, forward,
-                    backward):
+def test_cross_plan(emu, dtype, len_q, len_k, head_dim, packed_pad, has_mma, forward, backward):
     fwd, bwd = _cross_plans(emu, dtype, len_q, len_k, head_dim, packed_pad, has_mma)
     assert fwd.kernels == {"forward": forward}, fwd.text
     assert tuple(bwd.kernels.values()) == backward, bwd.text
@@ -481,8 +834,10 @@ def test_plans_of_empty_and_invalid_calls(emu):
     dkv = bwd.steps["dkv"]
     assert (dkv.rows, dkv.split, dkv.vec) == ((0, 5), 1, False)
     # No batch: nothing at all.
-    for plan in (*_divided_plans(emu, BF16, 2, 6, 2, 64, False, batch=0),
-                 *_cross_plans(emu, BF16, 4, 5, 64, batch=0)):
+    for plan in (
+        *_divided_plans(emu, BF16, 2, 6, 2, 64, False, batch=0),
+        *_cross_plans(emu, BF16, 4, 5, 64, batch=0),
+    ):
         assert plan.valid and set(plan.kernels.values()) == {"none"}, plan.text
     # T - 1 not a multiple of the frames: the entry point would return cudaErrorInvalidValue.
     qkv = torch.empty((2, 14, 3 * 128), dtype=BF16)

@@ -100,15 +100,22 @@ def test_every_module_has_a_floor():
 
 
 def test_imports_go_down_or_sideways():
-    upward = sorted(f"{src} (floor {floor(src)}) imports {dst} (floor {floor(dst)})"
-                    for src, dsts in GRAPH.items() for dst in dsts
-                    if floor(dst) > floor(src))  # type: ignore[operator]
+    upward = sorted(
+        f"{src} (floor {floor(src)}) imports {dst} (floor {floor(dst)})"
+        for src, dsts in GRAPH.items()
+        for dst in dsts
+        if floor(dst) > floor(src)
+    )  # type: ignore[operator]
     assert upward == []
 
 
 def test_foundation_never_imports_the_upper_floors():
-    bad = sorted(f"{src} -> {dst}" for src, dsts in GRAPH.items() for dst in dsts
-                 if src.startswith(FOUNDATION) and dst.startswith(UPPER))
+    bad = sorted(
+        f"{src} -> {dst}"
+        for src, dsts in GRAPH.items()
+        for dst in dsts
+        if src.startswith(FOUNDATION) and dst.startswith(UPPER)
+    )
     assert bad == []
 
 
@@ -155,11 +162,14 @@ def test_no_import_cycle():
     assert _cycles(GRAPH) == []
 
 
-@pytest.mark.parametrize("graph,expected", [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
-    ({"a": {"b"}, "b": set(), "c": {"b"}}, []),
-    ({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}}, [["a", "b"], ["c", "d"]]),
-])
+@pytest.mark.parametrize(
+    "graph,expected",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+        ({"a": {"b"}, "b": set(), "c": {"b"}}, []),
+        ({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}}, [["a", "b"], ["c", "d"]]),
+    ],
+)
 def test_the_cycle_finder_finds_cycles(graph, expected):
     assert sorted(_cycles(graph)) == expected
 

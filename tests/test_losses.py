@@ -32,8 +32,12 @@ def golden_io(golden) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("dtype,tol", [("f64", 1e-10), ("f32", 1e-5)])
 def test_egonce_matches_golden(golden, golden_io, dtype, tol):
     hparams = json.loads(golden.config.read_text())["hparams"]
-    loss, pos = egonce_loss(golden_io[f"sim_{dtype}"], golden_io["egonce_mask_v"],
-                            golden_io["egonce_mask_n"], temperature=hparams["loss"]["temperature"])
+    loss, pos = egonce_loss(
+        golden_io[f"sim_{dtype}"],
+        golden_io["egonce_mask_v"],
+        golden_io["egonce_mask_n"],
+        temperature=hparams["loss"]["temperature"],
+    )
     assert _err(loss, golden_io[f"egonce_loss_{dtype}"]) <= tol
     assert torch.equal(pos, golden_io["egonce_mask_bool"])
 
@@ -42,8 +46,9 @@ def test_egonce_without_masks_is_symmetric_infonce():
     g = torch.Generator().manual_seed(0)
     sim = torch.rand(6, 6, generator=g, dtype=torch.float64) * 2 - 1
     loss, pos = egonce_loss(sim, temperature=0.1)
-    ref = (torch.nn.functional.cross_entropy(sim / 0.1, torch.arange(6))
-           + torch.nn.functional.cross_entropy(sim.t() / 0.1, torch.arange(6)))
+    ref = torch.nn.functional.cross_entropy(
+        sim / 0.1, torch.arange(6)
+    ) + torch.nn.functional.cross_entropy(sim.t() / 0.1, torch.arange(6))
     assert torch.equal(pos, torch.eye(6, dtype=torch.bool))
     assert abs(loss.item() - ref.item()) <= 1e-12
 
@@ -72,8 +77,9 @@ def test_mlm_masking_statistics():
     ids, mask = _mlm_batch()
     special = (0, 1, 2, 3, 4)
     gen = torch.Generator().manual_seed(7)
-    masked, labels = mlm_mask_tokens(ids, mask, mask_token_id=4, vocab_size=100,
-                                     special_token_ids=special, generator=gen)
+    masked, labels = mlm_mask_tokens(
+        ids, mask, mask_token_id=4, vocab_size=100, special_token_ids=special, generator=gen
+    )
     eligible = (mask == 1) & ~torch.isin(ids, torch.tensor(special))
     selected = labels != -100
     # Never a special or pad token; labels hold the original ids.

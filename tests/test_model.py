@@ -20,13 +20,18 @@ def _manifest(path) -> dict:
     return json.loads(path.read_text())
 
 
-def _tiny_inputs(cfg: ModelConfig, batch: int = 2, length: int = 7, frames: int | None = None,
-                 dtype=torch.float64, seed: int = 0):
+def _tiny_inputs(
+    cfg: ModelConfig,
+    batch: int = 2,
+    length: int = 7,
+    frames: int | None = None,
+    dtype=torch.float64,
+    seed: int = 0,
+):
     g = torch.Generator().manual_seed(seed)
     v, t = cfg.video, cfg.text
     frames = frames or v.num_frames
-    video = torch.randn(batch, frames, v.in_chans, v.img_size, v.img_size, generator=g,
-                        dtype=dtype)
+    video = torch.randn(batch, frames, v.in_chans, v.img_size, v.img_size, generator=g, dtype=dtype)
     ids = torch.randint(5, t.vocab_size, (batch, length), generator=g)
     ids[:, 0] = t.bos_token_id
     mask = torch.ones(batch, length, dtype=torch.int64)
@@ -51,8 +56,10 @@ def test_base_preset_state_dict_equals_manifest(golden_manifest):
     manifest = _manifest(golden_manifest)
     with torch.device("meta"):
         model = EgoVLPv2(preset("base"))
-    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in model.state_dict().items()]
+    ours = [
+        (k, list(v.shape), str(v.dtype).removeprefix("torch."))
+        for k, v in model.state_dict().items()
+    ]
     assert len(ours) == manifest["num_state_dict_entries"] == 558
     assert ours == [tuple(entry) for entry in manifest["state_dict"]]
     n_params = sum(p.numel() for p in model.parameters())
@@ -71,7 +78,8 @@ def test_tiny_state_dict_matches_golden_weights(tiny_golden):
     ours = EgoVLPv2(preset("tiny")).state_dict()
     assert sorted(ours) == sorted(golden)
     assert {k: tuple(v.shape) for k, v in ours.items()} == {
-        k: tuple(v.shape) for k, v in golden.items()}
+        k: tuple(v.shape) for k, v in golden.items()
+    }
     assert ours["text_model.embeddings.position_ids"].dtype == torch.int64
 
 
@@ -143,12 +151,19 @@ def test_text_tower_equals_transformers_roberta(tiny_golden, attn_implementation
     model = _tiny_model(tiny_golden)
     t = model.config.text
     hf_cfg = transformers.RobertaConfig(
-        vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-        intermediate_size=t.intermediate_size, hidden_act=t.hidden_act,
-        max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
-        pad_token_id=t.pad_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
-        layer_norm_eps=t.layer_norm_eps, attn_implementation=attn_implementation,
+        vocab_size=t.vocab_size,
+        hidden_size=t.hidden_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        intermediate_size=t.intermediate_size,
+        hidden_act=t.hidden_act,
+        max_position_embeddings=t.max_position_embeddings,
+        type_vocab_size=t.type_vocab_size,
+        pad_token_id=t.pad_token_id,
+        bos_token_id=t.bos_token_id,
+        eos_token_id=t.eos_token_id,
+        layer_norm_eps=t.layer_norm_eps,
+        attn_implementation=attn_implementation,
     )
     hf = transformers.RobertaModel(hf_cfg, add_pooling_layer=False).double().eval()
     ours_sd = model.state_dict()
@@ -160,8 +175,10 @@ def test_text_tower_equals_transformers_roberta(tiny_golden, attn_implementation
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         ours = model.forward_text(ids, mask, return_traces=True)
+
     def err(a, b):
         return ((a - b).abs().max() / b.abs().max()).item()
+
     assert err(ours.last_hidden_state, ref.last_hidden_state) <= 1e-10
     assert err(ours.traces["tembed"], ref.hidden_states[0]) <= 1e-10
     for i in range(t.num_hidden_layers):
@@ -179,8 +196,10 @@ def test_mlm_logits_do_not_need_the_last_video_block(tiny_golden):
         traced = model.forward_fusion(video, ids, mask, task="mlm", return_traces=True)
     assert torch.equal(fast, traced.logits)
     assert sorted(traced.traces) == sorted(
-        ["vtokens_in", "tembed"] + [f"vblock{i:02d}" for i in range(12)]
-        + [f"tlayer{i:02d}" for i in range(12)])
+        ["vtokens_in", "tembed"]
+        + [f"vblock{i:02d}" for i in range(12)]
+        + [f"tlayer{i:02d}" for i in range(12)]
+    )
 
 
 def test_fusion_gates_change_the_towers(tiny_golden):
@@ -212,16 +231,18 @@ def test_fewer_frames_use_the_first_temporal_embeddings(tiny_golden):
 def test_sim_matrix_is_cosine_with_eps():
     a = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
     b = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
-    expected = torch.tensor([[0.6, 0.8, 7 / (5 * math.sqrt(2))], [0.0, 0.0, 0.0]],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[0.6, 0.8, 7 / (5 * math.sqrt(2))], [0.0, 0.0, 0.0]], dtype=torch.float64
+    )
     assert torch.allclose(sim_matrix(a, b), expected, rtol=0, atol=1e-15)
     assert torch.equal(EgoVLPv2.sim_matrix(a, b), sim_matrix(a, b))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_golden):
     def grads(checkpointing: bool):
-        text = dataclasses.replace(preset("tiny").text, hidden_dropout_prob=0.0,
-                                   attention_probs_dropout_prob=0.0)
+        text = dataclasses.replace(
+            preset("tiny").text, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+        )
         model = EgoVLPv2(preset("tiny", text=text), gradient_checkpointing=checkpointing)
         load_checkpoint(model, tiny_golden.weights)
         model = model.double().train()
@@ -235,10 +256,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_golden):
 
     plain, plain_calls = grads(False)
     ckpt, ckpt_calls = grads(True)
-    assert plain_calls == 1 and ckpt_calls == 2      # the block is recomputed in backward
+    assert plain_calls == 1 and ckpt_calls == 2  # the block is recomputed in backward
     assert plain.keys() == ckpt.keys() and len(plain) > 500
-    worst = max(((plain[k] - ckpt[k]).abs().max() / plain[k].abs().max().clamp_min(1e-300))
-                .item() for k in plain)
+    worst = max(
+        ((plain[k] - ckpt[k]).abs().max() / plain[k].abs().max().clamp_min(1e-300)).item()
+        for k in plain
+    )
     assert worst <= 1e-12
 
 
@@ -263,8 +286,9 @@ def test_dropout_path_of_cross_attention_equals_the_op_without_dropout():
     residual = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
     key_mask = torch.zeros(2, 7, dtype=torch.float64)
     key_mask[1, 5:] = torch.finfo(torch.float64).min
-    ref = ops.gated_cross_attention(q, k, v, key_mask, proj.weight, proj.bias, gate, residual,
-                                    4, 0.5, impl="reference")
+    ref = ops.gated_cross_attention(
+        q, k, v, key_mask, proj.weight, proj.bias, gate, residual, 4, 0.5, impl="reference"
+    )
     with torch.no_grad():
         ours = _with_dropout(q, k, v, key_mask, proj, gate, residual, 4, 0.5, 0.0, 0.0)
     assert ((ours - ref).abs().max() / ref.abs().max()).item() <= 1e-14
@@ -284,16 +308,25 @@ def test_execution_settings_are_not_part_of_the_config():
     reading, never written, and the model takes them as arguments instead."""
     cfg = preset("tiny")
     assert not {"attention_impl", "check_finite_pixels", "gradient_checkpointing"} & set(
-        cfg.to_dict())
-    legacy = {**cfg.to_dict(), "attention_impl": "fused", "check_finite_pixels": False,
-              "gradient_checkpointing": True}
+        cfg.to_dict()
+    )
+    legacy = {
+        **cfg.to_dict(),
+        "attention_impl": "fused",
+        "check_finite_pixels": False,
+        "gradient_checkpointing": True,
+    }
     assert ModelConfig.from_dict(legacy) == cfg
     with pytest.raises(TypeError):
         preset("tiny", attention_impl="fused")
-    model = EgoVLPv2(cfg, attention_impl="reference", gradient_checkpointing=True,
-                     check_finite_pixels=False)
+    model = EgoVLPv2(
+        cfg, attention_impl="reference", gradient_checkpointing=True, check_finite_pixels=False
+    )
     assert (model.attention_impl, model.gradient_checkpointing, model.check_finite_pixels) == (
-        "reference", True, False)
+        "reference",
+        True,
+        False,
+    )
     assert {m.impl for m in model.modules() if hasattr(m, "impl")} == {"reference"}
     assert EgoVLPv2(cfg).attention_impl == "auto"
 
@@ -303,8 +336,11 @@ def test_auto_attention_takes_the_fused_ops_where_they_run(monkeypatch):
     built, and the reference path for a dtype the kernels lack (bfloat16 on the CPU)."""
     calls = []
     real = ops.reference_divided_space_time_attention
-    monkeypatch.setattr(ops, "reference_divided_space_time_attention",
-                        lambda *a: calls.append("reference") or real(*a))
+    monkeypatch.setattr(
+        ops,
+        "reference_divided_space_time_attention",
+        lambda *a: calls.append("reference") or real(*a),
+    )
     qkv = torch.randn(2, 1 + 4 * 4, 3 * 16, dtype=torch.float64)
     auto = ops.divided_space_time_attention(qkv, 2, 4, False, 0.25, impl="auto")
     fused = ops.divided_space_time_attention(qkv, 2, 4, False, 0.25, impl="fused")
@@ -332,14 +368,20 @@ def _good(cfg):
         (lambda v: v[0], ValueError, r"video: expected rank 5 \[B, F<=4, 3, 32, 32\]"),
         (lambda v: v.repeat(1, 2, 1, 1, 1), ValueError, r"video: frame count F=8 .*\[1, 4\]"),
         (lambda v: v[..., :24, :24], ValueError, r"video: image size 24x24 is not divisible"),
-        (lambda v: v.repeat(1, 1, 1, 2, 2)[..., :48, :48], ValueError,
-         r"video: image size 48x48 does not match the configured img_size 32x32"),
+        (
+            lambda v: v.repeat(1, 1, 1, 2, 2)[..., :48, :48],
+            ValueError,
+            r"video: image size 48x48 does not match the configured img_size 32x32",
+        ),
         (lambda v: v[:, :, :1], ValueError, r"video: expected 3 channels"),
         (lambda v: v.to(torch.int64), TypeError, r"video: expected a floating point tensor"),
         (lambda v: v.double(), TypeError, r"video: expected dtype torch.float32"),
         (lambda v: v.numpy(), TypeError, r"video: expected a torch.Tensor"),
-        (lambda v: v.index_fill(4, torch.tensor([3]), float("nan")), ValueError,
-         r"video: contains NaN"),
+        (
+            lambda v: v.index_fill(4, torch.tensor([3]), float("nan")),
+            ValueError,
+            r"video: contains NaN",
+        ),
     ],
 )
 def test_bad_video_is_rejected(tiny32, make, error, message):
@@ -380,14 +422,26 @@ def test_skip_value_checks_skips_only_the_value_checks(tiny32):
     [
         (lambda i, m: (i[0], m), ValueError, r"input_ids: expected rank 2 \[B, L<=38\]"),
         (lambda i, m: (i.float(), m), TypeError, r"input_ids: expected an integer tensor"),
-        (lambda i, m: (i.index_fill(1, torch.tensor([2]), 1000), m), ValueError,
-         r"input_ids: token id 1000 is out of the vocabulary \[0, 1000\)"),
-        (lambda i, m: (i.index_fill(1, torch.tensor([2]), -3), m), ValueError,
-         r"input_ids: token id -3 is out of the vocabulary"),
-        (lambda i, m: (i.repeat(1, 6), m.repeat(1, 6)), ValueError,
-         r"input_ids: sequence length 42 exceeds the maximum 38"),
-        (lambda i, m: (i, m[:, :-1]), ValueError,
-         r"attention_mask: expected shape \[2, 7\] 0/1 mask .*got \(2, 6\)"),
+        (
+            lambda i, m: (i.index_fill(1, torch.tensor([2]), 1000), m),
+            ValueError,
+            r"input_ids: token id 1000 is out of the vocabulary \[0, 1000\)",
+        ),
+        (
+            lambda i, m: (i.index_fill(1, torch.tensor([2]), -3), m),
+            ValueError,
+            r"input_ids: token id -3 is out of the vocabulary",
+        ),
+        (
+            lambda i, m: (i.repeat(1, 6), m.repeat(1, 6)),
+            ValueError,
+            r"input_ids: sequence length 42 exceeds the maximum 38",
+        ),
+        (
+            lambda i, m: (i, m[:, :-1]),
+            ValueError,
+            r"attention_mask: expected shape \[2, 7\] 0/1 mask .*got \(2, 6\)",
+        ),
         (lambda i, m: (i, m.tolist()), TypeError, r"attention_mask: expected a torch.Tensor"),
     ],
 )

@@ -74,15 +74,24 @@ def space_time_case(shape, dtype, temporal, layout):
     """Outputs and qkv gradients of reference / fused in dtype and of the float64 reference."""
     batch, frames, patches, heads, head_dim = shape
     dense = make_qkv(batch, frames, patches, heads, head_dim, dtype, "contiguous")
-    grad = torch.randn(batch, 1 + frames * patches, heads * head_dim, dtype=torch.float64,
-                       generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad = torch.randn(
+        batch,
+        1 + frames * patches,
+        heads * head_dim,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(1),
+    ).to(dtype)
     results = {}
-    for name, impl, cast in (("reference", "reference", dtype), ("fused", "fused", dtype),
-                             ("truth", "reference", torch.float64)):
+    for name, impl, cast in (
+        ("reference", "reference", dtype),
+        ("fused", "fused", dtype),
+        ("truth", "reference", torch.float64),
+    ):
         leaf = dense.to(cast).requires_grad_()
         qkv = strided(leaf, layout)
-        out = ops.divided_space_time_attention(qkv, heads, frames, temporal, head_dim**-0.5,
-                                               impl=impl)
+        out = ops.divided_space_time_attention(
+            qkv, heads, frames, temporal, head_dim**-0.5, impl=impl
+        )
         (grad_leaf,) = torch.autograd.grad(out, leaf, grad.to(cast))
         results[name] = (out, grad_leaf)
     return results
@@ -127,13 +136,17 @@ def test_space_time_softmax_lse():
             # Patch (f=1, n=2): CLS key + its frame (space) or its position (time).
             f, n, patches = 1, 2, 6
             token = 1 + f * patches + n
-            keys = [0] + ([1 + n + i * patches for i in range(frames)] if temporal
-                          else [1 + f * patches + i for i in range(patches)])
+            keys = [0] + (
+                [1 + n + i * patches for i in range(frames)]
+                if temporal
+                else [1 + f * patches + i for i in range(patches)]
+            )
             expect = torch.logsumexp(scores[:, token, keys], dim=-1)
             assert rel_err(lse[:, h, token], expect) <= 1e-12
     assert lse.dtype == torch.float64
-    _, lse32 = torch.ops.egovlpv2.divided_space_time_attention(qkv.float(), heads, frames,
-                                                               False, scale)
+    _, lse32 = torch.ops.egovlpv2.divided_space_time_attention(
+        qkv.float(), heads, frames, False, scale
+    )
     assert lse32.dtype == torch.float32
 
 
@@ -176,34 +189,61 @@ def cross_case(shape, dtype, mask, bias):
     tensors = make_cross(batch, q_len, k_len, heads, head_dim, out_dim, dtype, mask, bias)
     q, kv, key_mask, weight, proj_bias, gate, residual = tensors
     dim = heads * head_dim
-    grad = torch.randn(batch, q_len, out_dim, dtype=torch.float64,
-                       generator=torch.Generator().manual_seed(3)).to(dtype)
+    grad = torch.randn(
+        batch, q_len, out_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    ).to(dtype)
     results = {}
-    for name, impl, cast in (("reference", "reference", dtype), ("fused", "fused", dtype),
-                             ("truth", "reference", torch.float64)):
-        leaves = [t.detach().to(cast).requires_grad_() if t is not None else None
-                  for t in (q, kv, weight, proj_bias, gate, residual)]
+    for name, impl, cast in (
+        ("reference", "reference", dtype),
+        ("fused", "fused", dtype),
+        ("truth", "reference", torch.float64),
+    ):
+        leaves = [
+            t.detach().to(cast).requires_grad_() if t is not None else None
+            for t in (q, kv, weight, proj_bias, gate, residual)
+        ]
         lq, lkv, lw, lb, lg, lr = leaves
         mask_c = key_mask.to(cast) if key_mask is not None else None
         if mask_c is not None and cast != dtype:  # the same mask semantics: finfo.min of cast
             mask_c = (key_mask < 0).to(cast) * torch.finfo(cast).min
-        out = ops.gated_cross_attention(lq, lkv[..., :dim], lkv[..., dim:], mask_c, lw, lb, lg,
-                                        lr, heads, head_dim**-0.5, impl=impl)
+        out = ops.gated_cross_attention(
+            lq,
+            lkv[..., :dim],
+            lkv[..., dim:],
+            mask_c,
+            lw,
+            lb,
+            lg,
+            lr,
+            heads,
+            head_dim**-0.5,
+            impl=impl,
+        )
         wrt = [t for t in leaves if t is not None]
         results[name] = (out, *torch.autograd.grad(out, wrt, grad.to(cast)))
     return results
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("mask,bias", [(None, True), ("padding", True), ("padding", False)],
-                         ids=["nomask", "padding", "padding-nobias"])
+@pytest.mark.parametrize(
+    "mask,bias",
+    [(None, True), ("padding", True), ("padding", False)],
+    ids=["nomask", "padding", "padding-nobias"],
+)
 @pytest.mark.parametrize("shape", CROSS_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_cross_attention_matches_reference(shape, mask, bias, dtype):
     res = cross_case(shape, dtype, mask, bias)
     out = res["fused"][0]
     assert out.shape == res["reference"][0].shape and out.dtype == dtype
-    names = ["out", "grad_q", "grad_kv", "grad_proj_weight", "grad_proj_bias", "grad_gate",
-             "grad_residual"]
+    names = [
+        "out",
+        "grad_q",
+        "grad_kv",
+        "grad_proj_weight",
+        "grad_proj_bias",
+        "grad_gate",
+        "grad_residual",
+    ]
     if not bias:
         names.remove("grad_proj_bias")
     assert len(names) == len(res["fused"])
@@ -215,15 +255,18 @@ def test_fused_ops_under_cpu_bfloat16_autocast_run_in_float32():
     # The C++ kernels have no bfloat16 path: under CPU autocast the ops run in float32 (inputs
     # cast up), with autocast off inside the kernel, whose own ATen calls would otherwise
     # return bfloat16 under it. Same inputs in float32 outside autocast give the same numbers.
-    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 6, 2, 4, 8, torch.float32,
-                                                               "padding", True)
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(
+        2, 5, 6, 2, 4, 8, torch.float32, "padding", True
+    )
     qkv = make_qkv(2, 2, 3, 2, 4, torch.float32, "contiguous")
-    ref_c = ops.gated_cross_attention(q, kv[..., :8], kv[..., 8:], key_mask, weight, bias, gate,
-                                      residual, 2, 0.5)
+    ref_c = ops.gated_cross_attention(
+        q, kv[..., :8], kv[..., 8:], key_mask, weight, bias, gate, residual, 2, 0.5
+    )
     leaf = qkv.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out_c = ops.gated_cross_attention(q, kv[..., :8], kv[..., 8:], key_mask, weight, bias,
-                                          gate, residual, 2, 0.5)
+        out_c = ops.gated_cross_attention(
+            q, kv[..., :8], kv[..., 8:], key_mask, weight, bias, gate, residual, 2, 0.5
+        )
         out_s = ops.divided_space_time_attention(leaf, 2, 2, True, 0.5)
     assert out_c.dtype == out_s.dtype == torch.float32
     assert torch.equal(out_c, ref_c)
@@ -235,11 +278,13 @@ def test_fused_ops_under_cpu_bfloat16_autocast_run_in_float32():
 
 
 def test_cross_attention_returns_attn_and_lse():
-    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 6, 2, 4, 8, torch.float64,
-                                                               "padding", True)
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(
+        2, 5, 6, 2, 4, 8, torch.float64, "padding", True
+    )
     k, v = kv[..., :8], kv[..., 8:]
-    out, attn, lse = torch.ops.egovlpv2.gated_cross_attention(q, k, v, key_mask, weight, bias,
-                                                               gate, residual, 2, 0.5)
+    out, attn, lse = torch.ops.egovlpv2.gated_cross_attention(
+        q, k, v, key_mask, weight, bias, gate, residual, 2, 0.5
+    )
     qh, kh, vh = (t.reshape(2, -1, 2, 4).transpose(1, 2) for t in (q, k, v))
     scores = (qh * 0.5) @ kh.transpose(-1, -2) + key_mask[:, None, None, :]
     expect_attn = (scores.softmax(-1) @ vh).transpose(1, 2).reshape(2, 5, 8)
@@ -251,16 +296,26 @@ def test_cross_attention_returns_attn_and_lse():
 def test_cross_attention_fully_masked_row_matches_reference():
     # Every key masked: the reference softmax is uniform; so must be the fused forward and
     # backward (the backward renormalises P recomputed from an lse that absorbed the mask).
-    q, kv, _, weight, bias, gate, residual = make_cross(2, 4, 5, 1, 8, 8, torch.float64, None,
-                                                        True)
+    q, kv, _, weight, bias, gate, residual = make_cross(2, 4, 5, 1, 8, 8, torch.float64, None, True)
     key_mask = torch.full((2, 5), torch.finfo(torch.float64).min, dtype=torch.float64)
     key_mask[1, :2] = 0.0
     grads = {}
     for impl in ("reference", "fused"):
         lq = q.clone().requires_grad_()
         lkv = kv.clone().requires_grad_()
-        out = ops.gated_cross_attention(lq, lkv[..., :8], lkv[..., 8:], key_mask, weight, bias,
-                                        gate, residual, 1, 8**-0.5, impl=impl)
+        out = ops.gated_cross_attention(
+            lq,
+            lkv[..., :8],
+            lkv[..., 8:],
+            key_mask,
+            weight,
+            bias,
+            gate,
+            residual,
+            1,
+            8**-0.5,
+            impl=impl,
+        )
         grads[impl] = (out, *torch.autograd.grad(out.sum(), (lq, lkv)))
     for fused, ref in zip(grads["fused"], grads["reference"], strict=True):
         assert rel_err(fused, ref) <= 1e-12
@@ -278,14 +333,27 @@ def test_space_time_gradcheck(temporal):
 
 @pytest.mark.parametrize("mask", [None, "padding"])
 def test_cross_attention_gradcheck(mask):
-    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 4, 2, 3, 5, torch.float64,
-                                                               mask, True)
-    inputs = tuple(t.detach().clone().requires_grad_() for t in (q, kv, weight, bias, gate,
-                                                                 residual))
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(
+        2, 5, 4, 2, 3, 5, torch.float64, mask, True
+    )
+    inputs = tuple(
+        t.detach().clone().requires_grad_() for t in (q, kv, weight, bias, gate, residual)
+    )
 
     def fn(q, kv, weight, bias, gate, residual):
-        return ops.gated_cross_attention(q, kv[..., :6], kv[..., 6:], key_mask, weight, bias,
-                                         gate, residual, 2, 0.6, impl="fused")
+        return ops.gated_cross_attention(
+            q,
+            kv[..., :6],
+            kv[..., 6:],
+            key_mask,
+            weight,
+            bias,
+            gate,
+            residual,
+            2,
+            0.6,
+            impl="fused",
+        )
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
 
@@ -295,30 +363,59 @@ def opcheck_cases():
     st_args = (2, 3, True, 0.5)
     out, lse = torch.ops.egovlpv2.divided_space_time_attention(qkv, *st_args)
     grad_out = torch.randn_like(out)
-    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 4, 2, 3, 5, torch.float32,
-                                                               "padding", True)
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(
+        2, 5, 4, 2, 3, 5, torch.float32, "padding", True
+    )
     k, v = kv[..., :6], kv[..., 6:]
     _, attn, cross_lse = torch.ops.egovlpv2.gated_cross_attention(
         q, k, v, key_mask, weight, bias, gate, residual, 2, 0.6
     )
     return [
-        ("st", torch.ops.egovlpv2.divided_space_time_attention.default,
-         (qkv.detach().requires_grad_(), *st_args)),
+        (
+            "st",
+            torch.ops.egovlpv2.divided_space_time_attention.default,
+            (qkv.detach().requires_grad_(), *st_args),
+        ),
         ("st_nograd", torch.ops.egovlpv2.divided_space_time_attention.default, (qkv, *st_args)),
-        ("st_backward", torch.ops.egovlpv2.divided_space_time_attention_backward.default,
-         (grad_out, qkv, out, lse, *st_args)),
-        ("cross", torch.ops.egovlpv2.gated_cross_attention.default,
-         (q.requires_grad_(), k, v, key_mask, weight.requires_grad_(), bias, gate.requires_grad_(),
-          residual, 2, 0.6)),
-        ("cross_nomask", torch.ops.egovlpv2.gated_cross_attention.default,
-         (q.detach(), k, v, None, weight.detach(), None, gate.detach(), residual, 2, 0.6)),
-        ("cross_backward", torch.ops.egovlpv2.gated_cross_attention_backward.default,
-         (torch.randn_like(attn), q.detach(), k, v, key_mask, attn, cross_lse, 2, 0.6)),
+        (
+            "st_backward",
+            torch.ops.egovlpv2.divided_space_time_attention_backward.default,
+            (grad_out, qkv, out, lse, *st_args),
+        ),
+        (
+            "cross",
+            torch.ops.egovlpv2.gated_cross_attention.default,
+            (
+                q.requires_grad_(),
+                k,
+                v,
+                key_mask,
+                weight.requires_grad_(),
+                bias,
+                gate.requires_grad_(),
+                residual,
+                2,
+                0.6,
+            ),
+        ),
+        (
+            "cross_nomask",
+            torch.ops.egovlpv2.gated_cross_attention.default,
+            (q.detach(), k, v, None, weight.detach(), None, gate.detach(), residual, 2, 0.6),
+        ),
+        (
+            "cross_backward",
+            torch.ops.egovlpv2.gated_cross_attention_backward.default,
+            (torch.randn_like(attn), q.detach(), k, v, key_mask, attn, cross_lse, 2, 0.6),
+        ),
     ]
 
 
-@pytest.mark.parametrize("case", range(6), ids=["st", "st_nograd", "st_backward", "cross",
-                                                "cross_nomask", "cross_backward"])
+@pytest.mark.parametrize(
+    "case",
+    range(6),
+    ids=["st", "st_nograd", "st_backward", "cross", "cross_nomask", "cross_backward"],
+)
 def test_opcheck(case):
     _, op, args = opcheck_cases()[case]
     result = torch.library.opcheck(op, args)
@@ -331,13 +428,15 @@ def test_torch_compile_fullgraph():
     def block(qkv, q, k, v, key_mask, weight, bias, gate, residual):
         t = ops.divided_space_time_attention(qkv, 2, 3, True, 0.5, impl="fused")
         s = ops.divided_space_time_attention(qkv, 2, 3, False, 0.5, impl="fused")
-        c = ops.gated_cross_attention(q, k, v, key_mask, weight, bias, gate, residual, 2, 0.6,
-                                      impl="fused")
+        c = ops.gated_cross_attention(
+            q, k, v, key_mask, weight, bias, gate, residual, 2, 0.6, impl="fused"
+        )
         return t + s, c
 
     qkv = make_qkv(2, 3, 4, 2, 4, torch.float32, "sliced")
-    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 4, 2, 3, 5, torch.float32,
-                                                               "padding", True)
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(
+        2, 5, 4, 2, 3, 5, torch.float32, "padding", True
+    )
     args = (qkv, q, kv[..., :6], kv[..., 6:], key_mask, weight, bias, gate, residual)
     eager = block(*args)
     compiled = torch.compile(block, fullgraph=True, backend="inductor")(*args)
@@ -349,8 +448,7 @@ def test_torch_compile_fullgraph():
         lambda x: ops.divided_space_time_attention(x, 2, 3, False, 0.5).sum(), fullgraph=True
     )
     (g_compiled,) = torch.autograd.grad(compiled_grad(x), x)
-    (g_eager,) = torch.autograd.grad(ops.divided_space_time_attention(x, 2, 3, False, 0.5).sum(),
-                                     x)
+    (g_eager,) = torch.autograd.grad(ops.divided_space_time_attention(x, 2, 3, False, 0.5).sum(), x)
     assert rel_err(g_compiled, g_eager) <= 1e-6
 
 
@@ -387,8 +485,12 @@ BAD_CROSS = [
     ("k", lambda a: a["k"][:1], ValueError, "k must have shape \\[B, Lk, D\\]"),
     ("v", lambda a: a["v"][:, :2], ValueError, "v must have the shape of k"),
     ("k", lambda a: a["k"].double(), TypeError, "k must have the dtype of q"),
-    ("key_mask", lambda a: a["key_mask"][:, None, None, :], ValueError,
-     "key_mask must have shape \\[B, Lk\\]"),
+    (
+        "key_mask",
+        lambda a: a["key_mask"][:, None, None, :],
+        ValueError,
+        "key_mask must have shape \\[B, Lk\\]",
+    ),
     ("key_mask", lambda a: a["key_mask"][:, :3], ValueError, "key_mask must have shape"),
     ("proj_weight", lambda a: a["proj_weight"][:, :4], ValueError, "proj_weight must have shape"),
     ("proj_bias", lambda a: a["proj_bias"][:2], ValueError, "proj_bias must have shape"),
@@ -402,11 +504,21 @@ BAD_CROSS = [
 @pytest.mark.parametrize("case", range(len(BAD_CROSS)), ids=[c[0] for c in BAD_CROSS])
 def test_cross_attention_bad_input(case):
     name, make_bad, error, message = BAD_CROSS[case]
-    q, kv, key_mask, weight, bias, gate, residual = make_cross(2, 5, 4, 2, 3, 5, torch.float32,
-                                                               "padding", True)
-    args = {"q": q, "k": kv[..., :6], "v": kv[..., 6:], "key_mask": key_mask,
-            "proj_weight": weight, "proj_bias": bias, "gate": gate, "residual": residual,
-            "num_heads": 2, "scale": 0.6}
+    q, kv, key_mask, weight, bias, gate, residual = make_cross(
+        2, 5, 4, 2, 3, 5, torch.float32, "padding", True
+    )
+    args = {
+        "q": q,
+        "k": kv[..., :6],
+        "v": kv[..., 6:],
+        "key_mask": key_mask,
+        "proj_weight": weight,
+        "proj_bias": bias,
+        "gate": gate,
+        "residual": residual,
+        "num_heads": 2,
+        "scale": 0.6,
+    }
     args[name] = make_bad(args)
     with pytest.raises(error, match=message):
         ops.gated_cross_attention(**args, impl="fused")
@@ -418,11 +530,13 @@ def test_raw_op_bad_input_names_the_argument():
         torch.ops.egovlpv2.divided_space_time_attention(qkv, 2, 5, False, 0.5)
     out, lse = torch.ops.egovlpv2.divided_space_time_attention(qkv, 2, 3, False, 0.5)
     with pytest.raises(RuntimeError, match="softmax_lse must have shape \\[B, num_heads, T\\]"):
-        torch.ops.egovlpv2.divided_space_time_attention_backward(out, qkv, out, lse[:, :1], 2,
-                                                                 3, False, 0.5)
+        torch.ops.egovlpv2.divided_space_time_attention_backward(
+            out, qkv, out, lse[:, :1], 2, 3, False, 0.5
+        )
     with pytest.raises(RuntimeError, match="softmax_lse must be float32"):
-        torch.ops.egovlpv2.divided_space_time_attention_backward(out, qkv, out, lse.double(), 2,
-                                                                 3, False, 0.5)
+        torch.ops.egovlpv2.divided_space_time_attention_backward(
+            out, qkv, out, lse.double(), 2, 3, False, 0.5
+        )
 
 
 def test_build_info_says_cpu_build():
@@ -461,8 +575,14 @@ def test_every_compiled_cpu_variant(isa):
     if isa not in compiled:
         pytest.skip(f"{isa} kernels not compiled in this build ({compiled})")
     env = dict(os.environ, EGOVLPV2_CPU_ISA=isa, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True,
-                            text=True, timeout=300, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _ISA_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     active, worst = result.stdout.split()
     # The requested variant runs where the CPU has it, otherwise the best one below it.
     rank = {"baseline": 0, "avx2": 1, "avx512": 2}

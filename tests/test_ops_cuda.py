@@ -129,12 +129,14 @@ def _divided_case(dtype, batch, frames, patches, heads, head_dim, temporal, g, q
     out, lse = torch.ops.egovlpv2.divided_space_time_attention(qkv, heads, frames, temporal, scale)
     _poison(((batch, tokens, 3 * d), dtype), ((batch, heads, tokens), torch.float32))
     grad = torch.ops.egovlpv2.divided_space_time_attention_backward(
-        grad_out, qkv, out, lse, heads, frames, temporal, scale)
+        grad_out, qkv, out, lse, heads, frames, temporal, scale
+    )
     assert out.shape == (batch, tokens, d) and out.dtype == dtype and out.is_contiguous()
     assert grad.shape == (batch, tokens, 3 * d) and grad.dtype == dtype
 
-    truth, truth_grad = divided_reference(qkv.double(), heads, frames, temporal, scale,
-                                          grad_out.double())
+    truth, truth_grad = divided_reference(
+        qkv.double(), heads, frames, temporal, scale, grad_out.double()
+    )
     own = own_grad = None
     if dtype in LOW:
         own, own_grad = divided_reference(qkv, heads, frames, temporal, scale, grad_out)
@@ -142,8 +144,13 @@ def _divided_case(dtype, batch, frames, patches, heads, head_dim, temporal, g, q
     _check_lse(lse, divided_lse(qkv, heads, frames, temporal, scale), "out", g)
     for i, name in enumerate(("grad q", "grad k", "grad v")):
         sl = slice(i * d, (i + 1) * d)
-        _check(grad[..., sl], truth_grad[..., sl], None if own_grad is None else own_grad[..., sl],
-               name, g)
+        _check(
+            grad[..., sl],
+            truth_grad[..., sl],
+            None if own_grad is None else own_grad[..., sl],
+            name,
+            g,
+        )
 
 
 @pytest.mark.parametrize("temporal", [False, True], ids=["space", "time"])
@@ -201,21 +208,25 @@ def test_cross_core_matches_float64(dtype, batch, len_q, len_k, heads, head_dim,
     gate = _randn((1,), dtype, gen)
     residual = _randn((batch, len_q, d), dtype, gen)
     _poison(((batch, len_q, d), dtype), ((batch, heads, len_q), torch.float32))
-    out, attn, lse = torch.ops.egovlpv2.gated_cross_attention(q, k, v, mask, w, None, gate,
-                                                              residual, heads, scale)
+    out, attn, lse = torch.ops.egovlpv2.gated_cross_attention(
+        q, k, v, mask, w, None, gate, residual, heads, scale
+    )
     _poison(((batch, len_q, d), dtype), ((batch, len_k, d), dtype))
-    gq, gk, gv = torch.ops.egovlpv2.gated_cross_attention_backward(grad_attn, q, k, v, mask, attn,
-                                                                   lse, heads, scale)
+    gq, gk, gv = torch.ops.egovlpv2.gated_cross_attention_backward(
+        grad_attn, q, k, v, mask, attn, lse, heads, scale
+    )
     m64 = None if mask is None else mask.double()
-    truth, truth_grads = cross_core_reference(q.double(), k.double(), v.double(), m64, heads,
-                                              scale, grad_attn.double())
+    truth, truth_grads = cross_core_reference(
+        q.double(), k.double(), v.double(), m64, heads, scale, grad_attn.double()
+    )
     own, own_grads = None, (None, None, None)
     if dtype in LOW:
         own, own_grads = cross_core_reference(q, k, v, mask, heads, scale, grad_attn)
     _check(attn, truth, own, "attn", gen)
     _check_lse(lse, cross_lse(q, k, mask, heads, scale), "attn", gen)
-    for name, ours, tr, ow in zip(("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads,
-                                  own_grads):
+    for name, ours, tr, ow in zip(
+        ("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads, own_grads
+    ):
         _check(ours, tr, ow, name, gen)
     # The epilogue: out = residual + gate * (attn @ w^T), on the kernel's own attn.
     epi = residual.double() + gate.double() * (attn.double() @ w.double().t())
@@ -252,8 +263,15 @@ def test_gated_cross_attention_autograd(dtype, masked, gen):
     truth, truth_grads = run("reference", [t.double() for t in inputs])
     own, own_grads = run("reference", inputs) if dtype in LOW else (None, [None] * 7)
     _check(out, truth, own, "out", gen)
-    names = ("grad q", "grad k", "grad v", "grad proj_weight", "grad proj_bias", "grad gate",
-             "grad residual")
+    names = (
+        "grad q",
+        "grad k",
+        "grad v",
+        "grad proj_weight",
+        "grad proj_bias",
+        "grad gate",
+        "grad residual",
+    )
     # Low precision: the attention core's gradients; the reductions of ops.py (weight, bias,
     # gate) are compared in float32, where their rounding is not a coin toss against PyTorch's.
     checked = range(7) if dtype == torch.float32 else (0, 1, 2, 6)
@@ -262,8 +280,15 @@ def test_gated_cross_attention_autograd(dtype, masked, gen):
 
 
 # ---- torch.library.opcheck ---------------------------------------------------------------------
-OPCHECK_CASES = ["st", "st_space", "st_nograd", "st_backward", "cross", "cross_nomask",
-                 "cross_backward"]
+OPCHECK_CASES = [
+    "st",
+    "st_space",
+    "st_nograd",
+    "st_backward",
+    "cross",
+    "cross_nomask",
+    "cross_backward",
+]
 
 
 def _opcheck_cases(dtype, g: Rng) -> dict:
@@ -281,10 +306,14 @@ def _opcheck_cases(dtype, g: Rng) -> dict:
     k, v = kv[..., :d], kv[..., d:]
     key_mask = _mask(2, 4, dtype, g)
     weight = _randn((6, d), dtype, g, scale=d**-0.5)
-    bias, gate, residual = _randn((6,), dtype, g), _randn((1,), dtype, g), _randn((2, 5, 6),
-                                                                                   dtype, g)
-    _, attn, cross_lse = ops_.gated_cross_attention(q, k, v, key_mask, weight, bias, gate,
-                                                    residual, h, 0.6)
+    bias, gate, residual = (
+        _randn((6,), dtype, g),
+        _randn((1,), dtype, g),
+        _randn((2, 5, 6), dtype, g),
+    )
+    _, attn, cross_lse = ops_.gated_cross_attention(
+        q, k, v, key_mask, weight, bias, gate, residual, h, 0.6
+    )
     st, st_bwd = ops_.divided_space_time_attention, ops_.divided_space_time_attention_backward
     cross, cross_bwd = ops_.gated_cross_attention, ops_.gated_cross_attention_backward
 
@@ -296,11 +325,15 @@ def _opcheck_cases(dtype, g: Rng) -> dict:
         "st_space": (st.default, (qkv.detach().requires_grad_(), h, f, False, 0.5)),
         "st_nograd": (st.default, (qkv, *st_args)),
         "st_backward": (st_bwd.default, (_randn(out.shape, dtype, g), qkv, out, lse, *st_args)),
-        "cross": (cross.default, (leaf(q), k, v, key_mask, leaf(weight), bias, leaf(gate),
-                                  residual, h, 0.6)),
+        "cross": (
+            cross.default,
+            (leaf(q), k, v, key_mask, leaf(weight), bias, leaf(gate), residual, h, 0.6),
+        ),
         "cross_nomask": (cross.default, (q, k, v, None, weight, None, gate, residual, h, 0.6)),
-        "cross_backward": (cross_bwd.default, (_randn(attn.shape, dtype, g), q, k, v, key_mask,
-                                               attn, cross_lse, h, 0.6)),
+        "cross_backward": (
+            cross_bwd.default,
+            (_randn(attn.shape, dtype, g), q, k, v, key_mask, attn, cross_lse, h, 0.6),
+        ),
     }
 
 
@@ -319,8 +352,9 @@ def _block(qkv, text, text_mask, w, bias, gate):
     x = ops.divided_space_time_attention(qkv, h, f, True, scale)
     y = ops.divided_space_time_attention(qkv * 0.5 + x.repeat(1, 1, 3) * 0.1, h, f, False, scale)
     d = y.shape[-1]
-    return ops.gated_cross_attention(y, text[..., :d], text[..., d:], text_mask, w, bias, gate,
-                                     y, h, scale)
+    return ops.gated_cross_attention(
+        y, text[..., :d], text[..., d:], text_mask, w, bias, gate, y, h, scale
+    )
 
 
 def _block_inputs(dtype, g):
@@ -364,12 +398,15 @@ def test_cuda_graph_capture(dtype, gen):
 
     def step():
         out, lse = torch.ops.egovlpv2.divided_space_time_attention(qkv, h, f, False, scale)
-        g = torch.ops.egovlpv2.divided_space_time_attention_backward(grad_out, qkv, out, lse, h, f,
-                                                                     False, scale)
+        g = torch.ops.egovlpv2.divided_space_time_attention_backward(
+            grad_out, qkv, out, lse, h, f, False, scale
+        )
         c, attn, clse = torch.ops.egovlpv2.gated_cross_attention(
-            out, text[..., :d], text[..., d:], mask, w, bias, gate, out, h, scale)
+            out, text[..., :d], text[..., d:], mask, w, bias, gate, out, h, scale
+        )
         gq, gk, gv = torch.ops.egovlpv2.gated_cross_attention_backward(
-            c, out, text[..., :d], text[..., d:], mask, attn, clse, h, scale)
+            c, out, text[..., :d], text[..., d:], mask, attn, clse, h, scale
+        )
         return out, g, c, gq, gk, gv
 
     side = torch.cuda.Stream()
@@ -420,11 +457,13 @@ def test_model_fused_matches_reference(config_name, dtype, gen):
     model = model_cls(cfg).cuda().double().eval()
     with torch.no_grad():  # random weights everywhere, gates included (they start at zero)
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen.cuda, device="cuda",
-                                dtype=torch.float64) * 0.05)
+            p.copy_(
+                torch.randn(p.shape, generator=gen.cuda, device="cuda", dtype=torch.float64) * 0.05
+            )
     b, frames, side = 3, cfg.video.num_frames, cfg.video.img_size
-    video = torch.randn((b, frames, 3, side, side), generator=gen.cuda, device="cuda",
-                        dtype=torch.float64)
+    video = torch.randn(
+        (b, frames, 3, side, side), generator=gen.cuda, device="cuda", dtype=torch.float64
+    )
     length = 12
     ids = torch.randint(3, cfg.text.vocab_size, (b, length), generator=gen.cuda, device="cuda")
     att = torch.ones(b, length, dtype=torch.long, device="cuda")

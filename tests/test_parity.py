@@ -28,8 +28,16 @@ PHASE_OUTPUTS = {
     "itm": ("itm_logits", "itm_fused_video_cls", "itm_fused_text_cls"),
     "mlm": ("mlm_logits", "mlm_fused_text"),
 }
-INPUTS = {"video_f64", "video_f32", "input_ids", "attention_mask", "text_mlm_ids",
-          "egonce_mask_v", "egonce_mask_n", "egonce_mask_bool"}
+INPUTS = {
+    "video_f64",
+    "video_f32",
+    "input_ids",
+    "attention_mask",
+    "text_mlm_ids",
+    "egonce_mask_v",
+    "egonce_mask_n",
+    "egonce_mask_bool",
+}
 # EgoNCE is a training loss; its parity test belongs to the training code.
 DEFERRED = {"egonce_loss_f64", "egonce_loss_f32"}
 
@@ -67,17 +75,28 @@ def _run(golden, io, impl: str, suffix: str) -> dict[str, torch.Tensor]:
     for phase, result in (("video", v), ("text", t), ("itm", itm), ("mlm", mlm)):
         for name, tensor in result.traces.items():
             out[f"trace_{phase}_{name}"] = tensor
-    out.update(video_embeds=v.embeds, video_feat=v.features, text_embeds=t.embeds,
-               text_feat=t.features, itm_logits=itm.logits, itm_fused_video_cls=itm.video_cls,
-               itm_fused_text_cls=itm.text_states[:, 0], mlm_logits=mlm.logits,
-               mlm_fused_text=mlm.text_states, sim=sim_matrix(t.embeds, v.embeds))
+    out.update(
+        video_embeds=v.embeds,
+        video_feat=v.features,
+        text_embeds=t.embeds,
+        text_feat=t.features,
+        itm_logits=itm.logits,
+        itm_fused_video_cls=itm.video_cls,
+        itm_fused_text_cls=itm.text_states[:, 0],
+        mlm_logits=mlm.logits,
+        mlm_fused_text=mlm.text_states,
+        sim=sim_matrix(t.embeds, v.embeds),
+    )
     _CACHE[key] = out
     return out
 
 
 def _phase_names(io, phase: str, suffix: str) -> list[str]:
-    traces = sorted(k[: -len(suffix) - 1] for k in io
-                    if k.startswith(f"trace_{phase}_") and k.endswith(f"_{suffix}"))
+    traces = sorted(
+        k[: -len(suffix) - 1]
+        for k in io
+        if k.startswith(f"trace_{phase}_") and k.endswith(f"_{suffix}")
+    )
     return list(PHASE_OUTPUTS[phase]) + traces
 
 
@@ -94,8 +113,10 @@ def test_phase_matches_golden(golden, golden_io, phase, suffix, impl):
     errs = {n: _err(ours[n], golden_io[f"{n}_{suffix}"]) for n in names}
     bad = {n: e for n, e in errs.items() if not e <= tol}
     worst = max(errs, key=errs.get)
-    assert not bad, (f"{golden.name}/{phase}/{suffix}/{impl}: err > {tol:g} for {bad}; "
-                     f"first diverging trace tells the layer")
+    assert not bad, (
+        f"{golden.name}/{phase}/{suffix}/{impl}: err > {tol:g} for {bad}; "
+        f"first diverging trace tells the layer"
+    )
     assert errs[worst] <= tol
 
 
@@ -122,13 +143,16 @@ def test_extra_golden_sets_are_added_and_incomplete_ones_fail(tmp_path, monkeypa
     monkeypatch.setenv(GOLDEN_ENV, str(tmp_path))
     sets = golden_sets_to_test()
     assert [(s.label, s.extra) for s in sets] == [
-        ("tiny", False), (f"{tmp_path.name}/half", True), (f"{tmp_path.name}/tiny", True)]
+        ("tiny", False),
+        (f"{tmp_path.name}/half", True),
+        (f"{tmp_path.name}/tiny", True),
+    ]
     half = sets[1]
     assert half.problem is not None and "half_weights.safetensors" in half.problem
     assert "half_io.safetensors" in half.problem and sets[2].problem is None
     monkeypatch.setenv(GOLDEN_ENV, str(tmp_path / "nowhere"))
     assert "does not exist" in (golden_sets_to_test()[-1].problem or "")
-    monkeypatch.setenv(GOLDEN_ENV, str(GOLDEN_DIR))      # the repository's own folder: no twin
+    monkeypatch.setenv(GOLDEN_ENV, str(GOLDEN_DIR))  # the repository's own folder: no twin
     assert [s.label for s in golden_sets_to_test()] == ["tiny"]
 
 

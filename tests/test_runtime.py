@@ -40,8 +40,10 @@ def synth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def specs(synth) -> list[ClipSpec]:
     root, records = synth
-    return [ClipSpec(str(root / "videos" / f"{r.video_uid}.mp4"), r.clip_start, r.clip_end)
-            for r in records[:6]]
+    return [
+        ClipSpec(str(root / "videos" / f"{r.video_uid}.mp4"), r.clip_start, r.clip_end)
+        for r in records[:6]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,13 @@ def model(model_dir) -> EgoVLPv2:
     return load_model(model_dir / "model.safetensors", attention_impl="reference")
 
 
-CAPTIONS = ["#C C moves the red square to the left", "#C C picks up the bar",
-            "C rotates the green triangle", "#C C puts down the white circle on the table",
-            "#C C moves the blue bar to the right"]
+CAPTIONS = [
+    "#C C moves the red square to the left",
+    "#C C picks up the bar",
+    "C rotates the green triangle",
+    "#C C puts down the white circle on the table",
+    "#C C moves the blue bar to the right",
+]
 
 
 def _rel(a, b) -> float:
@@ -76,7 +82,7 @@ def test_torch_and_onnxruntime_agree(rt_torch, rt_ort, specs):
     assert rt_ort.backend == "onnxruntime" and rt_torch.backend == "torch"
     assert _rel(rt_ort.encode_video(specs), rt_torch.encode_video(specs)) <= TOL
     assert _rel(rt_ort.encode_text(CAPTIONS), rt_torch.encode_text(CAPTIONS)) <= TOL
-    pairs = specs[:len(CAPTIONS)]
+    pairs = specs[: len(CAPTIONS)]
     assert _rel(rt_ort.score(pairs, CAPTIONS), rt_torch.score(pairs, CAPTIONS)) <= TOL
 
 
@@ -95,8 +101,9 @@ def test_runtime_equals_the_model(rt_torch, model, specs):
     p = rt_torch.preprocessing
     assert (p.num_frames, p.size) == (4, 32)
     tf = EvalTransform(resize=32, crop=32, size=32)
-    pixels = torch.stack([read_clip(s.path, s.start_sec, s.end_sec, num_frames=4,
-                                    transform=tf) for s in specs])
+    pixels = torch.stack(
+        [read_clip(s.path, s.start_sec, s.end_sec, num_frames=4, transform=tf) for s in specs]
+    )
     with torch.no_grad():
         ref_v = model.encode_video(pixels).numpy()
         tok = rt_torch.tokenizer(CAPTIONS, max_length=p.max_text_length)
@@ -109,8 +116,10 @@ def test_runtime_equals_the_model(rt_torch, model, specs):
 def test_clip_forms(rt_torch, specs):
     s = specs[1]
     ref = rt_torch.encode_video([s])
-    for form in ((s.path, s.start_sec, s.end_sec), {"path": s.path, "start": s.start_sec,
-                                                     "end": s.end_sec}):
+    for form in (
+        (s.path, s.start_sec, s.end_sec),
+        {"path": s.path, "start": s.start_sec, "end": s.end_sec},
+    ):
         np.testing.assert_allclose(rt_torch.encode_video([form]), ref, rtol=0, atol=0)
     single = rt_torch.encode_video((s.path, s.start_sec, s.end_sec))  # one clip, not a list
     assert single.shape == (1, rt_torch.embedding_dim)
@@ -184,8 +193,9 @@ def test_score_all_pairs_with_top_k(rt_torch, specs):
     pairwise = rt_torch.score([specs[3], specs[1]], [texts[0], texts[1]])
     np.testing.assert_allclose(pairwise, [full[0, 3], full[1, 1]], rtol=1e-5)
     top = rt_torch.score(specs, texts, all_pairs=True, top_k=2)
-    sims = rt_torch.encode_text(texts, normalize=True) @ rt_torch.encode_video(
-        specs, normalize=True).T
+    sims = (
+        rt_torch.encode_text(texts, normalize=True) @ rt_torch.encode_video(specs, normalize=True).T
+    )
     for row in range(2):
         scored = np.flatnonzero(np.isfinite(top[row]))
         assert sorted(scored) == sorted(np.argsort(-sims[row])[:2])
@@ -198,8 +208,10 @@ def test_mcq_modes(rt_torch, specs):
     ens = rt_torch.mcq(q, specs[:5])
     dual = rt_torch.mcq(q, specs[:5], mode="dual")
     fusion = rt_torch.mcq(q, specs[:5], mode="fusion")
-    cos = rt_torch.encode_video(specs[:5], normalize=True) @ rt_torch.encode_text(
-        [q], normalize=True)[0]
+    cos = (
+        rt_torch.encode_video(specs[:5], normalize=True)
+        @ rt_torch.encode_text([q], normalize=True)[0]
+    )
     np.testing.assert_allclose(dual.scores, cos, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fusion.scores, rt_torch.score(specs[:5], [q] * 5), rtol=1e-5)
     np.testing.assert_allclose(ens.scores, dual.scores + fusion.scores, rtol=1e-5, atol=1e-6)
@@ -216,11 +228,18 @@ def test_mcq_modes(rt_torch, specs):
 
 def test_warmup_and_benchmark(rt_torch):
     times = rt_torch.warmup(batch_sizes=[1, 2], text_lengths=[8])
-    assert set(times) == {"video_b1", "video_b2", "text_b1_l8", "text_b2_l8", "vtm_b1_l8",
-                          "vtm_b2_l8"}
+    assert set(times) == {
+        "video_b1",
+        "video_b2",
+        "text_b1_l8",
+        "text_b2_l8",
+        "vtm_b1_l8",
+        "vtm_b2_l8",
+    }
     assert all(t > 0 for t in times.values())
-    rows = runtime.benchmark(rt_torch, cases=("text_b1", "video_b2", "score_b2"), repeats=2,
-                             warmup=1)
+    rows = runtime.benchmark(
+        rt_torch, cases=("text_b1", "video_b2", "score_b2"), repeats=2, warmup=1
+    )
     assert [r["case"] for r in rows] == ["text_b1", "video_b2", "score_b2"]
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] for r in rows)
     with pytest.raises(ValueError, match="benchmark case"):
@@ -289,8 +308,7 @@ def test_wrong_tokenizer_is_rejected(model_dir, tmp_path):
 
 def test_default_model_location(monkeypatch, tmp_path, model_dir):
     monkeypatch.setattr(model_files, "default_model_dir", lambda: tmp_path / "default_model")
-    with pytest.raises(DefaultModelMissingError, match="python -m egovlpv2_rt.train."
-                                                       "default_model"):
+    with pytest.raises(DefaultModelMissingError, match="python -m egovlpv2_rt.train.default_model"):
         runtime.default_model_path()
     with pytest.raises(DefaultModelMissingError):
         load(device="cpu")
@@ -321,12 +339,18 @@ def test_cuda_graphs_match_eager_and_cpu(model_dir, specs, rt_torch, precision, 
     assert graphs.cuda_graphs and not eager.cuda_graphs
     times = graphs.warmup(batch_sizes=[1, 2, 4, 8], text_lengths=[8, 16])
     assert len(times) == 4 * (1 + 2 * 2)
-    pairs = specs[:len(CAPTIONS)]
-    ref = (rt_torch.encode_video(specs), rt_torch.encode_text(CAPTIONS),
-           rt_torch.score(pairs, CAPTIONS))
+    pairs = specs[: len(CAPTIONS)]
+    ref = (
+        rt_torch.encode_video(specs),
+        rt_torch.encode_text(CAPTIONS),
+        rt_torch.score(pairs, CAPTIONS),
+    )
     for rt in (eager, graphs):
-        got = (rt.encode_video(specs), rt.encode_text(CAPTIONS, cache=False),
-               rt.score(pairs, CAPTIONS))
+        got = (
+            rt.encode_video(specs),
+            rt.encode_text(CAPTIONS, cache=False),
+            rt.score(pairs, CAPTIONS),
+        )
         for a, b in zip(got, ref):
             assert _rel(a, b) <= tol
     # Replays are repeatable and do not alias each other's outputs.
@@ -375,10 +399,17 @@ print(json.dumps({{"build": egovlpv2_rt.build_info()["build"], "impl": rt.attent
                   "text": t.tolist(), "video": v.tolist()}}))
 """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(egovlpv2_rt.__file__).resolve().parents[1]),
-                                         env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
-                          text=True, env=env, timeout=300)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(egovlpv2_rt.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["build"] == "not built" and out["impl"] == "reference"
@@ -386,6 +417,10 @@ print(json.dumps({{"build": egovlpv2_rt.build_info()["build"], "impl": rt.attent
     assert "egovlpv2_rt._C" in out["warnings"][0]
     rt = load(device="cpu")
     assert rt.attention_impl == "fused"
-    assert _rel(np.array(out["text"]), rt.encode_text(["#C C opens the fridge",
-                                                       "#C C cuts the onion"])) <= 1e-5
+    assert (
+        _rel(
+            np.array(out["text"]), rt.encode_text(["#C C opens the fridge", "#C C cuts the onion"])
+        )
+        <= 1e-5
+    )
     assert _rel(np.array(out["video"]), rt.encode_video(pixels)) <= 1e-5

@@ -39,8 +39,12 @@ def tokenizer(bpe_dir):
 
 
 def test_special_token_ids_follow_roberta(tokenizer):
-    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id,
-            tokenizer.mask_token_id) == (0, 1, 2, 4)
+    assert (
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.mask_token_id,
+    ) == (0, 1, 2, 4)
 
 
 @pytest.mark.parametrize("padding", ["longest", "max_length"])
@@ -49,8 +53,9 @@ def test_matches_transformers_roberta_tokenizer(bpe_dir, tokenizer, padding, max
     transformers = pytest.importorskip("transformers")
     # A local directory holding vocab.json + merges.txt: no download.
     ref_tok = transformers.RobertaTokenizer.from_pretrained(str(bpe_dir))
-    ref = ref_tok(CAPTIONS, padding=padding, truncation=True, max_length=max_length,
-                  return_tensors="pt")
+    ref = ref_tok(
+        CAPTIONS, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     ours = tokenizer(CAPTIONS, padding=padding, max_length=max_length)
     assert ours["input_ids"].dtype == torch.int64 and ours["attention_mask"].dtype == torch.int64
     assert torch.equal(ours["input_ids"], ref["input_ids"])
@@ -64,9 +69,9 @@ def test_layout_and_truncation(tokenizer):
     assert torch.all(ids[:, 0] == 0)
     lengths = mask.sum(1)
     for row, n in enumerate(lengths.tolist()):
-        assert ids[row, n - 1].item() == 2                   # </s> kept when truncating
+        assert ids[row, n - 1].item() == 2  # </s> kept when truncating
         assert torch.all(ids[row, n:] == 1) and torch.all(mask[row, n:] == 0)
-    assert lengths[1].item() == 10                            # the long caption was cut
+    assert lengths[1].item() == 10  # the long caption was cut
     assert tokenizer.decode(ids[0]) == CAPTIONS[0]
 
 
@@ -86,8 +91,9 @@ def test_tokenizer_json_gives_the_same_ids(tmp_path, tokenizer):
 def test_directory_with_vocab_and_merges(bpe_dir, tokenizer):
     again = RobertaTokenizer.from_directory(bpe_dir, max_length=6)
     assert again(CAPTIONS[1])["input_ids"].shape == (1, 6)
-    assert torch.equal(again(CAPTIONS[0], max_length=40)["input_ids"],
-                       tokenizer(CAPTIONS[0])["input_ids"])
+    assert torch.equal(
+        again(CAPTIONS[0], max_length=40)["input_ids"], tokenizer(CAPTIONS[0])["input_ids"]
+    )
 
 
 def test_bad_input_is_named(tokenizer, tmp_path):

@@ -38,16 +38,34 @@ def _config(dataset: Path, out: Path, **top) -> dict:
     vocab = RobertaTokenizer.from_tokenizer_json(dataset / "tokenizer.json").vocab_size
     dropout = top.pop("dropout", 0.0)
     cfg = {
-        "model": {"preset": "tiny", "overrides": {
-            "text": {"vocab_size": vocab, "hidden_dropout_prob": dropout,
-                     "attention_probs_dropout_prob": dropout},
-            "fusion": {"vocab_size": vocab}}},
-        "data": {"root": str(dataset), "tokenizer": str(dataset / "tokenizer.json"),
-                 "image_size": 32, "sampling": "rand", "neg_seconds": 60.0,
-                 "max_text_length": 16},
+        "model": {
+            "preset": "tiny",
+            "overrides": {
+                "text": {
+                    "vocab_size": vocab,
+                    "hidden_dropout_prob": dropout,
+                    "attention_probs_dropout_prob": dropout,
+                },
+                "fusion": {"vocab_size": vocab},
+            },
+        },
+        "data": {
+            "root": str(dataset),
+            "tokenizer": str(dataset / "tokenizer.json"),
+            "image_size": 32,
+            "sampling": "rand",
+            "neg_seconds": 60.0,
+            "max_text_length": 16,
+        },
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "out_dir": str(out), "global_batch_size": 8, "max_steps": 3, "checkpoint_every": 2,
-        "log_every": 1, "progress": False, "deterministic": True, "num_threads": 1,
+        "out_dir": str(out),
+        "global_batch_size": 8,
+        "max_steps": 3,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "progress": False,
+        "deterministic": True,
+        "num_threads": 1,
     }
     cfg.update(top)
     return cfg
@@ -72,16 +90,36 @@ def _env() -> dict:
 
 def _train_cmd(cfg_path: Path, nproc: int = 1, *extra: str) -> list[str]:
     if nproc == 1:
-        return [sys.executable, "-m", "egovlpv2_rt.train", "--config", str(cfg_path),
-                "--device", "cpu", *extra]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "egovlpv2_rt.train", "--config", str(cfg_path),
-            "--device", "cpu", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "egovlpv2_rt.train",
+            "--config",
+            str(cfg_path),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "egovlpv2_rt.train",
+        "--config",
+        str(cfg_path),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _run(cmd: list[str], timeout: float = 240) -> None:
-    res = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True,
-                         timeout=timeout)
+    res = subprocess.run(
+        cmd, check=False, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr[-4000:]}"
 
 
@@ -117,13 +155,21 @@ def test_two_process_gloo_equals_one_process(dataset, tmp_path):
     # Per tensor err = max|two - one| / max(max|one|, lr): relative to the tensor, but never
     # finer than one Adam step, the scale at which a zero-gradient parameter moves.
     lr = 1e-3
-    worst = max(((w2[k].double() - w1[k].double()).abs().max().item()
-                 / max(w1[k].double().abs().max().item(), lr), k)
-                for k in w1 if w1[k].is_floating_point())
+    worst = max(
+        (
+            (w2[k].double() - w1[k].double()).abs().max().item()
+            / max(w1[k].double().abs().max().item(), lr),
+            k,
+        )
+        for k in w1
+        if w1[k].is_floating_point()
+    )
     assert worst[0] <= 1e-5, worst
     # The weights moved: the comparison is not between two untouched initialisations.
-    init_moved = max(_rel_err(w1[k], torch.zeros_like(w1[k])) for k in
-                     ("video_model.blocks.6.attn.alpha_i2t", "text_model.encoder.layer.6.alpha_t2i"))
+    init_moved = max(
+        _rel_err(w1[k], torch.zeros_like(w1[k]))
+        for k in ("video_model.blocks.6.attn.alpha_i2t", "text_model.encoder.layer.6.alpha_t2i")
+    )
     assert init_moved > 0
 
 
@@ -138,8 +184,11 @@ def test_loss_start_steps_stage_mlm_and_vtm(dataset, tmp_path):
     # Step 0 EgoNCE alone, step 1 EgoNCE + MLM, steps 2-3 EgoNCE + MLM + VTM; 2 processes (DDP
     # must accept the parameters that get no gradient in the early steps) against 1 process,
     # float64.
-    kw = {"precision": "float64", "max_steps": 4,
-              "loss": {"preset": "original", "mlm_start_step": 1, "vtm_start_step": 2}}
+    kw = {
+        "precision": "float64",
+        "max_steps": 4,
+        "loss": {"preset": "original", "mlm_start_step": 1, "vtm_start_step": 2},
+    }
     one = _write(_config(dataset, tmp_path / "one", **kw), tmp_path / "one.json")
     two = _write(_config(dataset, tmp_path / "two", **kw), tmp_path / "two.json")
     _run(_train_cmd(one, 1))
@@ -158,8 +207,11 @@ def test_loss_start_steps_stage_mlm_and_vtm(dataset, tmp_path):
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
     # As in the test above: relative to the tensor, but never finer than one Adam step (lr).
-    worst = max(((w2[k] - w1[k]).abs().max().item() / max(w1[k].abs().max().item(), 1e-3), k)
-                for k in w1 if w1[k].is_floating_point())
+    worst = max(
+        ((w2[k] - w1[k]).abs().max().item() / max(w1[k].abs().max().item(), 1e-3), k)
+        for k in w1
+        if w1[k].is_floating_point()
+    )
     assert worst[0] <= 1e-5, worst
 
 
@@ -182,43 +234,86 @@ def test_loss_start_steps_schedule():
     from egovlpv2_rt.train.distributed import DistInfo
     from egovlpv2_rt.train.objective import PretrainObjective
 
-    obj = PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
-                            seed=0, mlm_start_step=2, vtm_start_step=5)
+    obj = PretrainObjective(
+        torch.nn.Linear(1, 1),
+        LossWeights.original(),
+        0.05,
+        DistInfo(),
+        seed=0,
+        mlm_start_step=2,
+        vtm_start_step=5,
+    )
     got = [obj.weights_at(s) for s in (0, 1, 2, 4, 5, 100)]
-    assert got == [LossWeights(1.0, 0.0, 0.0)] * 2 + [LossWeights(1.0, 1.0, 0.0)] * 2 + [
-        LossWeights(1.0, 1.0, 2.0)] * 2
-    none = PretrainObjective(torch.nn.Linear(1, 1), LossWeights(0.0, 1.0, 2.0), 0.05,
-                             DistInfo(), seed=0, mlm_start_step=1, vtm_start_step=1)
+    assert (
+        got
+        == [LossWeights(1.0, 0.0, 0.0)] * 2
+        + [LossWeights(1.0, 1.0, 0.0)] * 2
+        + [LossWeights(1.0, 1.0, 2.0)] * 2
+    )
+    none = PretrainObjective(
+        torch.nn.Linear(1, 1),
+        LossWeights(0.0, 1.0, 2.0),
+        0.05,
+        DistInfo(),
+        seed=0,
+        mlm_start_step=1,
+        vtm_start_step=1,
+    )
     with pytest.raises(ValueError, match="no loss"):
         none.weights_at(0)
     assert none.weights_at(1) == LossWeights(0.0, 1.0, 2.0)
     assert not obj.every_term_every_step and not none.every_term_every_step
-    assert PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
-                             seed=0).every_term_every_step
+    assert PretrainObjective(
+        torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(), seed=0
+    ).every_term_every_step
     # MLM from step 1 to step 3 (exclusive), VTM from step 2.
-    stop = PretrainObjective(torch.nn.Linear(1, 1), LossWeights.original(), 0.05, DistInfo(),
-                             seed=0, mlm_start_step=1, vtm_start_step=2, mlm_stop_step=3)
+    stop = PretrainObjective(
+        torch.nn.Linear(1, 1),
+        LossWeights.original(),
+        0.05,
+        DistInfo(),
+        seed=0,
+        mlm_start_step=1,
+        vtm_start_step=2,
+        mlm_stop_step=3,
+    )
     assert [stop.weights_at(s) for s in (0, 1, 2, 3, 50)] == [
-        LossWeights(1.0, 0.0, 0.0), LossWeights(1.0, 1.0, 0.0), LossWeights(1.0, 1.0, 2.0),
-        LossWeights(1.0, 0.0, 2.0), LossWeights(1.0, 0.0, 2.0)]
+        LossWeights(1.0, 0.0, 0.0),
+        LossWeights(1.0, 1.0, 0.0),
+        LossWeights(1.0, 1.0, 2.0),
+        LossWeights(1.0, 0.0, 2.0),
+        LossWeights(1.0, 0.0, 2.0),
+    ]
     assert not stop.every_term_every_step
-    gap = PretrainObjective(torch.nn.Linear(1, 1), LossWeights(0.0, 1.0, 2.0), 0.05,
-                            DistInfo(), seed=0, mlm_stop_step=2, vtm_start_step=4)
+    gap = PretrainObjective(
+        torch.nn.Linear(1, 1),
+        LossWeights(0.0, 1.0, 2.0),
+        0.05,
+        DistInfo(),
+        seed=0,
+        mlm_stop_step=2,
+        vtm_start_step=4,
+    )
     with pytest.raises(ValueError, match=r"step 3 has no loss.*mlm_stop_step 2.*vtm_start_step"):
         gap.weights_at(3)
 
 
 def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     steps = 8
-    full = _write(_config(dataset, tmp_path / "full", max_steps=steps, dropout=0.1,
-                          checkpoint_every=2), tmp_path / "full.json")
+    full = _write(
+        _config(dataset, tmp_path / "full", max_steps=steps, dropout=0.1, checkpoint_every=2),
+        tmp_path / "full.json",
+    )
     _run(_train_cmd(full, 1))
 
     cut_out = tmp_path / "cut"
-    cut = _write(_config(dataset, cut_out, max_steps=steps, dropout=0.1, checkpoint_every=2),
-                 tmp_path / "cut.json")
-    proc = subprocess.Popen(_train_cmd(cut, 1), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cut = _write(
+        _config(dataset, cut_out, max_steps=steps, dropout=0.1, checkpoint_every=2),
+        tmp_path / "cut.json",
+    )
+    proc = subprocess.Popen(
+        _train_cmd(cut, 1), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     ckpt = cut_out / "checkpoints" / "last.pt"
     log = cut_out / "metrics.csv"
     deadline = time.time() + 180
@@ -270,8 +365,11 @@ def test_config_unknown_key_names_file_and_key(dataset, tmp_path):
     with pytest.raises(ConfigError, match=r"bad4\.json.*loss\.vtm_start_step: must be >= 0"):
         load_train_config(_write(cfg, tmp_path / "bad4.json"))
     cfg["loss"] = {"mlm_start_step": 5, "mlm_stop_step": 5}
-    with pytest.raises(ConfigError, match=r"bad5\.json.*loss\.mlm_stop_step: must be 0 \(never\) "
-                                          r"or > loss\.mlm_start_step \(5\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bad5\.json.*loss\.mlm_stop_step: must be 0 \(never\) "
+        r"or > loss\.mlm_start_step \(5\)",
+    ):
         load_train_config(_write(cfg, tmp_path / "bad5.json"))
 
 
@@ -284,11 +382,20 @@ def test_shipped_example_config_is_the_default_model_recipe():
     assert mc.text.vocab_size == mc.fusion.vocab_size == 341
     assert mc.video.depth == 12 and mc.fusion.num_fuse_block == 6
     assert cfg.loss.weights() == LossWeights.original()
-    recipe = default_train_config(Path("data/synth"), Path("data/synth/tokenizer.json"),
-                                  Path("runs/synthetic"), 341, steps=RECIPE.steps,
-                                  batch=RECIPE.batch, lr=RECIPE.lr, width=64, heads=4,
-                                  eval_dir=None, vtm_start_step=RECIPE.vtm_start,
-                                  mlm_stop_step=RECIPE.mlm_stop)
+    recipe = default_train_config(
+        Path("data/synth"),
+        Path("data/synth/tokenizer.json"),
+        Path("runs/synthetic"),
+        341,
+        steps=RECIPE.steps,
+        batch=RECIPE.batch,
+        lr=RECIPE.lr,
+        width=64,
+        heads=4,
+        eval_dir=None,
+        vtm_start_step=RECIPE.vtm_start,
+        mlm_stop_step=RECIPE.mlm_stop,
+    )
     recipe["num_threads"] = 1
     from egovlpv2_rt.train.config import train_config_from_dict
 
@@ -310,7 +417,7 @@ def test_param_groups_and_schedule_follow_the_original():
         "video_model.blocks.0.attn.qkv.weight": (1e-4, 0.05),
         "video_model.blocks.0.norm1.weight": (1e-4, 0.0),
         "text_model.encoder.layer.0.attention.output.LayerNorm.weight": (1e-4, 0.0),
-        "video_model.blocks.0.norm3.weight": (1e-4, 0.05),   # not in the original's no-decay list
+        "video_model.blocks.0.norm3.weight": (1e-4, 0.05),  # not in the original's no-decay list
         "vid_proj.0.weight": (4e-4, 0.05),
         "mlm_score.bias": (4e-4, 0.0),
         "itm_score.fc.weight": (4e-4, 0.05),
@@ -329,7 +436,7 @@ def test_param_groups_and_schedule_follow_the_original():
         opt.step()
         sched.step()
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5e-4) and lrs[10] == pytest.approx(1e-4)
-    assert lrs[60] == pytest.approx(0.5e-4)     # half way through the cosine
+    assert lrs[60] == pytest.approx(0.5e-4)  # half way through the cosine
     assert lrs[110] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -344,14 +451,20 @@ def test_scale_initialisation_keeps_special_inits():
     model = EgoVLPv2(preset("tiny"))
     scale_initialisation(model, 3.0)
     a, b = ref.state_dict(), model.state_dict()
-    assert torch.equal(b["video_model.blocks.0.attn.qkv.weight"],
-                       3.0 * a["video_model.blocks.0.attn.qkv.weight"])
-    assert torch.equal(b["text_model.embeddings.word_embeddings.weight"],
-                       3.0 * a["text_model.embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        b["video_model.blocks.0.attn.qkv.weight"], 3.0 * a["video_model.blocks.0.attn.qkv.weight"]
+    )
+    assert torch.equal(
+        b["text_model.embeddings.word_embeddings.weight"],
+        3.0 * a["text_model.embeddings.word_embeddings.weight"],
+    )
     assert b["text_model.embeddings.word_embeddings.weight"][1].abs().max() == 0  # padding row
-    for key in ("video_model.blocks.0.timeattn.proj.weight",  # identity-style init, kept
-                "video_model.blocks.0.attn.qkv.bias", "video_model.blocks.0.norm1.weight",
-                "video_model.blocks.6.attn.alpha_i2t"):
+    for key in (
+        "video_model.blocks.0.timeattn.proj.weight",  # identity-style init, kept
+        "video_model.blocks.0.attn.qkv.bias",
+        "video_model.blocks.0.norm1.weight",
+        "video_model.blocks.6.attn.alpha_i2t",
+    ):
         assert torch.equal(a[key], b[key]), key
     assert b["video_model.blocks.0.timeattn.qkv.weight"].abs().max() == 0
 
@@ -369,9 +482,12 @@ def test_default_model_reuses_only_a_matching_synthetic_split(tmp_path):
     synth_split(root, 3, cfg)  # same settings: reused as is
     assert (root / "egoclip.csv").stat().st_mtime_ns == made
     assert len(read_egoclip(root / "egoclip.csv")) == 40
-    with pytest.raises(ValueError, match=r"train already holds a synthetic dataset made with "
-                                         r"other settings \(seed: 3 there, 4 asked; num_clips: "
-                                         r"40 there, 48 asked\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train already holds a synthetic dataset made with "
+        r"other settings \(seed: 3 there, 4 asked; num_clips: "
+        r"40 there, 48 asked\)",
+    ):
         synth_split(root, 4, SynthConfig(num_clips=48, size=32, num_mcq=2))
     (root / "synth.json").unlink()  # a folder from before synth.json: the clip count is checked
     with pytest.raises(ValueError, match=r"40 clips there, 48 asked"):

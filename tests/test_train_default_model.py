@@ -27,11 +27,14 @@ def shipped():
     weights = DEFAULT_DIR / "model.safetensors"
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         if not (DEFAULT_DIR / name).is_file():
-            pytest.fail(f"the default model file {DEFAULT_DIR / name} is missing; build it with "
-                        "python -m egovlpv2_rt.train.default_model")
+            pytest.fail(
+                f"the default model file {DEFAULT_DIR / name} is missing; build it with "
+                "python -m egovlpv2_rt.train.default_model"
+            )
     torch.set_flush_denormal(True)
     return load_model(weights), RobertaTokenizer.from_tokenizer_json(
-        DEFAULT_DIR / "tokenizer.json", max_length=MAX_TEXT_LENGTH)
+        DEFAULT_DIR / "tokenizer.json", max_length=MAX_TEXT_LENGTH
+    )
 
 
 def test_default_model_files_and_architecture(shipped):
@@ -52,11 +55,13 @@ def heldout(shipped, tmp_path_factory):
     build's seed and sizes (videos the model never saw)."""
     model, tok = shipped
     root = tmp_path_factory.mktemp("heldout")
-    generate_dataset(root, EVAL_SEED, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE,
-                                                  num_mcq=EVAL_QUESTIONS))
+    generate_dataset(
+        root, EVAL_SEED, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE, num_mcq=EVAL_QUESTIONS)
+    )
     items = read_egomcq(root / "egomcq.json")
-    return evaluate_egomcq(model, items, root / "videos", tok, max_length=MAX_TEXT_LENGTH,
-                           batch_size=8).accuracy
+    return evaluate_egomcq(
+        model, items, root / "videos", tok, max_length=MAX_TEXT_LENGTH, batch_size=8
+    ).accuracy
 
 
 def test_default_model_scores_what_its_results_json_says(heldout):

@@ -41,8 +41,7 @@ def exact_float32():
 def test_cuda_float32_training_computes_the_cpu_losses(dataset, tmp_path, exact_float32):  # noqa: F811
     runs = {}
     for dev in ("cpu", "cuda"):
-        cfg = _fused(_config(dataset, tmp_path / dev, amp="off", max_steps=3,
-                             deterministic=False))
+        cfg = _fused(_config(dataset, tmp_path / dev, amp="off", max_steps=3, deterministic=False))
         train(train_config_from_dict(cfg, f"{dev}.json"), device=dev)
         runs[dev] = _metrics(tmp_path / dev)
     cpu, gpu = runs["cpu"], runs["cuda"]
@@ -77,5 +76,16 @@ def test_cuda_cli_bf16_autocast_trains_close_to_float32(dataset, tmp_path):  # n
 def _cli(cfg_path, device: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-            "-m", "egovlpv2_rt.train", "--config", str(cfg_path), "--device", device]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "egovlpv2_rt.train",
+        "--config",
+        str(cfg_path),
+        "--device",
+        device,
+    ]

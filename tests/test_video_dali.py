@@ -42,8 +42,7 @@ def media(tmp_path_factory):
         "vp9": write_video(d / "vp9.webm", 60, **vp9),
         "vp9_odd": write_video(d / "odd.webm", 30, width=333, height=250, **vp9),
         "vp9_rot90": write_video(d / "rot90.webm", 24, width=80, height=48, rotation=90, **vp9),
-        "vp9_rot270": write_video(d / "rot270.webm", 24, width=80, height=48, rotation=270,
-                                  **vp9),
+        "vp9_rot270": write_video(d / "rot270.webm", 24, width=80, height=48, rotation=270, **vp9),
         "mjpeg_avi": write_video(d / "mjpeg.avi", 45, **mjpeg),
         "mjpeg_mkv": write_video(d / "mjpeg.mkv", 45, width=96, height=72, **mjpeg),
         "h264": write_video(d / "h264.mp4", 60),
@@ -69,8 +68,7 @@ def test_same_frames_as_pyav(media, name, num_frames, sampling):
     p = media[name]
     rot = 90 if name.endswith("rot90") else 270 if name.endswith("rot270") else 0
     idx = frame_indices(p, 0.1, 0.75, num_frames=num_frames, sampling=sampling, seed=4)
-    raw = read_clip(p, 0.1, 0.75, num_frames, sampling, backend="dali_cpu", transform=None,
-                    seed=4)
+    raw = read_clip(p, 0.1, 0.75, num_frames, sampling, backend="dali_cpu", transform=None, seed=4)
     ref = read_clip(p, 0.1, 0.75, num_frames, sampling, backend="pyav", transform=None, seed=4)
     assert raw.shape == ref.shape and raw.dtype == torch.uint8
     assert [read_frame_code(f.numpy()) for f in _unrotate(raw, rot)] == idx
@@ -81,8 +79,11 @@ def test_same_frames_as_pyav(media, name, num_frames, sampling):
 @pytest.mark.parametrize("transform", ["eval", "eval_no_aa", "train"])
 def test_pixels_within_tolerance_of_pyav(media, name, transform):
     p = media[name]
-    tf = {"eval": EvalTransform(), "eval_no_aa": EvalTransform(antialias=False),
-          "train": TrainTransform()}[transform]
+    tf = {
+        "eval": EvalTransform(),
+        "eval_no_aa": EvalTransform(antialias=False),
+        "train": TrainTransform(),
+    }[transform]
     ours = read_clip(p, backend="dali_cpu", transform=tf, seed=11)
     ref = read_clip(p, backend="pyav", transform=tf, seed=11)
     assert ours.shape == ref.shape == (4, 3, 224, 224) and ours.dtype == torch.float32
@@ -96,8 +97,11 @@ def test_dali_ops_equal_torch_transform(media, name, transform):
     """Same decoded frames in: DALI's resize/crop/normalise equals the torch transform."""
     p = media[name]
     raw = read_clip(p, backend="dali_cpu", transform=None)
-    ours = {"eval": EvalTransform(), "eval_no_aa": EvalTransform(antialias=False),
-            "train": TrainTransform()}[transform]
+    ours = {
+        "eval": EvalTransform(),
+        "eval_no_aa": EvalTransform(antialias=False),
+        "train": TrainTransform(),
+    }[transform]
     dali = read_clip(p, backend="dali_cpu", transform=ours, seed=21)
     if isinstance(ours, TrainTransform):
         ref = ours(raw, generator=split_seed(21)[1])
@@ -107,8 +111,9 @@ def test_dali_ops_equal_torch_transform(media, name, transform):
 
 
 def test_h264_is_refused_on_cpu_with_the_alternatives(media):
-    with pytest.raises(UnsupportedCodecError, match="backends that can read it: pyav, "
-                       "torchcodec, dali$"):
+    with pytest.raises(
+        UnsupportedCodecError, match="backends that can read it: pyav, torchcodec, dali$"
+    ):
         read_clip(media["h264"], backend="dali_cpu")
 
 

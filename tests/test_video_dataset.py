@@ -21,8 +21,13 @@ def clips(tmp_path_factory):
     (d / "zero.mp4").write_bytes(b"")
     (d / "text.mp4").write_bytes(b"not a video at all\n" * 50)
     write_audio_only(d / "audio.mp4")
-    bad = [str(d / "missing.mp4"), str(d / "truncated.mp4"), str(d / "zero.mp4"),
-           str(d / "text.mp4"), str(d / "audio.mp4")]
+    bad = [
+        str(d / "missing.mp4"),
+        str(d / "truncated.mp4"),
+        str(d / "zero.mp4"),
+        str(d / "text.mp4"),
+        str(d / "audio.mp4"),
+    ]
     specs = []
     for i in range(195):
         p = good[i % 3]
@@ -52,9 +57,13 @@ def test_loader_with_workers_skips_and_reports_bad_files(clips, caplog):
     assert len(seen) == 195 and len(set(seen)) == 195
     assert sorted(f.path for f in loader.failures) == sorted(bad)
     errors = {f.path.rsplit("/", 1)[1]: f.error.split(":")[0] for f in loader.failures}
-    assert errors == {"missing.mp4": "VideoNotFoundError", "truncated.mp4": "CorruptVideoError",
-                      "zero.mp4": "CorruptVideoError", "text.mp4": "CorruptVideoError",
-                      "audio.mp4": "NoVideoStreamError"}
+    assert errors == {
+        "missing.mp4": "VideoNotFoundError",
+        "truncated.mp4": "CorruptVideoError",
+        "zero.mp4": "CorruptVideoError",
+        "text.mp4": "CorruptVideoError",
+        "audio.mp4": "NoVideoStreamError",
+    }
     assert "epoch 0: 5 bad sample(s) skipped" in caplog.text
 
 
@@ -64,8 +73,9 @@ def test_raise_mode_names_the_file(clips):
     with pytest.raises(VideoError, match="missing.mp4: video file not found"):
         for i in range(len(ds)):
             ds[i]
-    loader = RobustClipLoader(VideoClipDataset(specs[15:20], on_error="raise"), batch_size=5,
-                              num_workers=1, timeout=60)
+    loader = RobustClipLoader(
+        VideoClipDataset(specs[15:20], on_error="raise"), batch_size=5, num_workers=1, timeout=60
+    )
     with pytest.raises(Exception, match="missing.mp4"):
         list(loader)
 
@@ -96,7 +106,8 @@ def test_spawn_workers(clips):
     specs, _ = clips
     subset = specs[:4]
     ds = VideoClipDataset(subset, transform=None)
-    loader = RobustClipLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="spawn",
-                              timeout=120)
+    loader = RobustClipLoader(
+        ds, batch_size=4, num_workers=1, multiprocessing_context="spawn", timeout=120
+    )
     (batch,) = list(loader)
     assert batch["index"].tolist() == [0, 1, 2, 3] and not loader.failures

@@ -49,8 +49,11 @@ def media(tmp_path_factory):
         "faststart": write_video(d / "fs.mp4", 60, container_options={"movflags": "faststart"}),
         "audio": write_audio_only(d / "audio_only.mp4"),
     }
-    for name, src, frac in [("trunc_mp4", "h264", 0.6), ("trunc_fs", "faststart", 0.6),
-                            ("trunc_webm", "vp9", 0.6)]:
+    for name, src, frac in [
+        ("trunc_mp4", "h264", 0.6),
+        ("trunc_fs", "faststart", 0.6),
+        ("trunc_webm", "vp9", 0.6),
+    ]:
         data = Path(v[src]).read_bytes()
         dst = d / f"{name}{os.path.splitext(v[src])[1]}"
         dst.write_bytes(data[: int(len(data) * frac)])
@@ -66,8 +69,10 @@ def codes(frames: torch.Tensor) -> list[int]:
     return [read_frame_code(f.numpy()) for f in frames]
 
 
-@pytest.mark.parametrize("name,n", [("h264", 90), ("vp9", 90), ("mjpeg", 45), ("one_sec", 30),
-                                    ("odd", 40), ("h264_gop", 150)])
+@pytest.mark.parametrize(
+    "name,n",
+    [("h264", 90), ("vp9", 90), ("mjpeg", 45), ("one_sec", 30), ("odd", 40), ("h264_gop", 150)],
+)
 @pytest.mark.parametrize("num_frames,sampling", [(4, "uniform"), (8, "rand"), (16, "uniform")])
 def test_frames_are_exact(media, name, n, num_frames, sampling):
     p = media[name]
@@ -135,8 +140,10 @@ def test_eval_output_is_the_transform_of_the_frames(media):
     torch.testing.assert_close(half.float(), out, rtol=0, atol=2e-3)
 
 
-@pytest.mark.skipif(not torchcodec_available()[0],
-                    reason=f"torchcodec does not load here: {torchcodec_available()[1]}")
+@pytest.mark.skipif(
+    not torchcodec_available()[0],
+    reason=f"torchcodec does not load here: {torchcodec_available()[1]}",
+)
 @pytest.mark.parametrize("name", ["h264", "h264_gop", "vp9", "mjpeg", "odd", "portrait"])
 def test_torchcodec_matches_pyav(media, name):
     p = media[name]
@@ -154,11 +161,14 @@ def test_missing_file(media, tmp_path):
         read_clip(tmp_path)
 
 
-@pytest.mark.parametrize("name,match", [
-    ("empty", "empty file"),
-    ("garbage", "cannot open container"),
-    ("trunc_mp4", "cannot open container"),  # moov atom lost with the tail
-])
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("empty", "empty file"),
+        ("garbage", "cannot open container"),
+        ("trunc_mp4", "cannot open container"),  # moov atom lost with the tail
+    ],
+)
 def test_corrupt_files(media, name, match):
     with pytest.raises(CorruptVideoError, match=match) as ei:
         read_clip(media[name])
@@ -197,8 +207,11 @@ def test_truncated_faststart_pads_or_raises(media):
 
 
 def test_unsupported_codec_for_backend(media):
-    with pytest.raises(UnsupportedCodecError, match="codec 'h264' cannot be decoded by backend "
-                       "'dali_cpu'; backends that can read it: pyav, torchcodec, dali") as ei:
+    with pytest.raises(
+        UnsupportedCodecError,
+        match="codec 'h264' cannot be decoded by backend "
+        "'dali_cpu'; backends that can read it: pyav, torchcodec, dali",
+    ) as ei:
         from egovlpv2_rt.video.codecs import check_codec
 
         check_codec(probe(media["h264"]), "dali_cpu")
@@ -218,8 +231,14 @@ def test_bad_arguments(media):
 
 
 def test_every_error_is_a_video_error():
-    for cls in (VideoNotFoundError, CorruptVideoError, NoVideoStreamError, UnsupportedCodecError,
-                InsufficientFramesError, BackendUnavailableError):
+    for cls in (
+        VideoNotFoundError,
+        CorruptVideoError,
+        NoVideoStreamError,
+        UnsupportedCodecError,
+        InsufficientFramesError,
+        BackendUnavailableError,
+    ):
         assert issubclass(cls, VideoError)
 
 
@@ -233,13 +252,20 @@ def test_no_warning_on_clean_reads(media):
 def test_unavailable_backends_say_why(media, monkeypatch):
     from egovlpv2_rt.video import dali_backend, torchcodec_backend
 
-    monkeypatch.setattr(torchcodec_backend, "_load",
-                        lambda: (None, "ImportError: No module named 'torchcodec'"))
-    with pytest.raises(BackendUnavailableError, match=r"backend 'torchcodec' cannot be loaded "
-                       r"here \(ImportError: No module named 'torchcodec'\)"):
+    monkeypatch.setattr(
+        torchcodec_backend, "_load", lambda: (None, "ImportError: No module named 'torchcodec'")
+    )
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"backend 'torchcodec' cannot be loaded "
+        r"here \(ImportError: No module named 'torchcodec'\)",
+    ):
         read_clip(media["h264"], backend="torchcodec")
-    monkeypatch.setattr(dali_backend, "_load",
-                        lambda: (None, "ImportError: No module named 'nvidia'"))
-    with pytest.raises(BackendUnavailableError, match="backend 'dali_cpu' is unavailable: "
-                       "nvidia-dali is not importable"):
+    monkeypatch.setattr(
+        dali_backend, "_load", lambda: (None, "ImportError: No module named 'nvidia'")
+    )
+    with pytest.raises(
+        BackendUnavailableError,
+        match="backend 'dali_cpu' is unavailable: nvidia-dali is not importable",
+    ):
         read_clip(media["vp9"], backend="dali_cpu")

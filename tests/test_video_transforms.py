@@ -72,8 +72,9 @@ def _frames(h: int, w: int, n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.clip(smooth * 0.7 + noise, 0, 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("h,w", [(256, 455), (250, 333), (480, 640), (64, 48), (256, 256),
-                                 (333, 250), (100, 341)])
+@pytest.mark.parametrize(
+    "h,w", [(256, 455), (250, 333), (480, 640), (64, 48), (256, 256), (333, 250), (100, 341)]
+)
 @pytest.mark.parametrize("antialias", [True, False])
 def test_eval_matches_reference(h, w, antialias):
     frames = _frames(h, w)

@@ -17,11 +17,14 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .runtime import MCQAnswer, Runtime, default_model_path, load
 
-__all__ = ["MCQAnswer", "Runtime", "__version__", "build_info", "default_model_path", "load",
-           "ops"]
+__all__ = ["MCQAnswer", "Runtime", "__version__", "build_info", "default_model_path", "load", "ops"]
 
-_LAZY = {"load": ".runtime", "Runtime": ".runtime", "MCQAnswer": ".runtime",
-         "default_model_path": ".runtime"}
+_LAZY = {
+    "load": ".runtime",
+    "Runtime": ".runtime",
+    "MCQAnswer": ".runtime",
+    "default_model_path": ".runtime",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -113,8 +113,7 @@ def _load() -> Extension:
         module = importlib.import_module("egovlpv2_rt._C")
     except ImportError as exc:
         raise ExtensionNotBuiltError(
-            f"egovlpv2_rt's compiled extension (egovlpv2_rt._C) is not there ({exc}); "
-            f"{_BUILD_HINT}"
+            f"egovlpv2_rt's compiled extension (egovlpv2_rt._C) is not there ({exc}); {_BUILD_HINT}"
         ) from exc
     dirs = _package_dirs()
     cpu_library = _find_library(dirs, "_ops_cpu")

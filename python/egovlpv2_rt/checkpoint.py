@@ -56,8 +56,13 @@ class CheckpointMismatchError(ValueError):
     lacks; ``unexpected``: checkpoint keys the model does not have; ``mismatched``:
     ``(key, checkpoint shape, model shape)``."""
 
-    def __init__(self, source: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+    def __init__(
+        self,
+        source: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    ) -> None:
         self.source = source
         self.missing = missing
         self.unexpected = unexpected
@@ -68,8 +73,12 @@ class CheckpointMismatchError(ValueError):
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
         if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): " + ", ".join(
-                f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched))
+            lines.append(
+                f"  shape mismatches ({len(mismatched)}): "
+                + ", ".join(
+                    f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mismatched
+                )
+            )
         super().__init__("\n".join(lines))
 
 
@@ -159,13 +168,17 @@ def resize_temporal_embed(embed: Tensor, num_frames: int) -> Tensor:
     if have > num_frames:
         return embed[:, :num_frames].clone()
     work = embed if embed.dtype in (torch.float32, torch.float64) else embed.float()
-    out = F.interpolate(work.unsqueeze(0), (num_frames, dim), mode="bilinear",
-                        align_corners=True).squeeze(0)
+    out = F.interpolate(
+        work.unsqueeze(0), (num_frames, dim), mode="bilinear", align_corners=True
+    ).squeeze(0)
     return out.to(embed.dtype)
 
 
 def prepare_state_dict(
-    checkpoint: Mapping[str, Any], num_frames: int, *, report: LoadReport | None = None,
+    checkpoint: Mapping[str, Any],
+    num_frames: int,
+    *,
+    report: LoadReport | None = None,
 ) -> dict[str, Tensor]:
     """Unwrap ``checkpoint['state_dict']`` if present, strip ``module.`` prefixes and resize
     ``video_model.temporal_embed`` to ``num_frames``. Values must be tensors."""
@@ -176,8 +189,10 @@ def prepare_state_dict(
     for key, value in sd.items():
         name = key.removeprefix("module.")
         if not isinstance(value, Tensor):
-            raise TypeError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a "
-                             "tensor; is this a state dict?")
+            raise TypeError(
+                f"checkpoint entry {key!r} is a {type(value).__name__}, not a "
+                "tensor; is this a state dict?"
+            )
         if name in out:
             raise ValueError(f"checkpoint holds {name!r} twice (with and without 'module.')")
         out[name] = value
@@ -189,14 +204,17 @@ def prepare_state_dict(
     return out
 
 
-def _compare(model_sd: Mapping[str, Tensor], sd: Mapping[str, Tensor], keys: list[str] | None
-             = None) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...],
-                                                              tuple[int, ...]]]]:
+def _compare(
+    model_sd: Mapping[str, Tensor], sd: Mapping[str, Tensor], keys: list[str] | None = None
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
     wanted = list(model_sd) if keys is None else keys
     missing = [k for k in wanted if k not in sd]
     unexpected = [k for k in sd if k not in model_sd]
-    mismatched = [(k, tuple(sd[k].shape), tuple(model_sd[k].shape))
-                  for k in wanted if k in sd and sd[k].shape != model_sd[k].shape]
+    mismatched = [
+        (k, tuple(sd[k].shape), tuple(model_sd[k].shape))
+        for k in wanted
+        if k in sd and sd[k].shape != model_sd[k].shape
+    ]
     return missing, unexpected, mismatched
 
 
@@ -224,7 +242,8 @@ def load_checkpoint(
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
     if POSITION_IDS_KEY in sd and not torch.equal(
-            sd[POSITION_IDS_KEY].cpu(), model_sd[POSITION_IDS_KEY].cpu()):
+        sd[POSITION_IDS_KEY].cpu(), model_sd[POSITION_IDS_KEY].cpu()
+    ):
         raise ValueError(f"{source}: {POSITION_IDS_KEY} is not arange(max_position_embeddings)")
     model.load_state_dict({k: v for k, v in sd.items() if k in model_sd}, strict=False)
     report.loaded = [k for k in model_sd if k in sd]
@@ -250,8 +269,10 @@ def load_model(
     state, stored = read_checkpoint(path)
     config = config or stored
     if config is None:
-        raise ValueError(f"{path}: the file stores no config; pass config= (e.g. "
-                         "egovlpv2_rt.config.preset('base'))")
+        raise ValueError(
+            f"{path}: the file stores no config; pass config= (e.g. "
+            "egovlpv2_rt.config.preset('base'))"
+        )
     model = EgoVLPv2(config, attention_impl=attention_impl)
     load_checkpoint(model, state)
     if dtype is not None or device is not None:
@@ -259,8 +280,9 @@ def load_model(
     return model.eval()
 
 
-def save_safetensors(model: EgoVLPv2, path: PathLike, *,
-                     metadata: Mapping[str, str] | None = None) -> None:
+def save_safetensors(
+    model: EgoVLPv2, path: PathLike, *, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write the state dict (original key names) and the model's config JSON (metadata key
     ``egovlpv2_config``) to a self-describing safetensors file."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -289,8 +311,13 @@ def _read_tensors(source: PathLike | Mapping[str, Any], what: str) -> dict[str, 
     return out
 
 
-def _copy_into(model: nn.Module, mapped: Mapping[str, Tensor], source: str,
-               expected: list[str], unexpected: list[str]) -> list[str]:
+def _copy_into(
+    model: nn.Module,
+    mapped: Mapping[str, Tensor],
+    source: str,
+    expected: list[str],
+    unexpected: list[str],
+) -> list[str]:
     model_sd = model.state_dict()
     missing, _, mismatched = _compare(model_sd, mapped, expected)
     if missing or unexpected or mismatched:
@@ -301,9 +328,18 @@ def _copy_into(model: nn.Module, mapped: Mapping[str, Tensor], source: str,
     return expected
 
 
-_HF_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                     "pad_token_id", "layer_norm_eps", "hidden_act")
+_HF_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "pad_token_id",
+    "layer_norm_eps",
+    "hidden_act",
+)
 
 
 def _hf_weights(directory: Path) -> dict[str, Tensor]:
@@ -320,8 +356,9 @@ def _hf_weights(directory: Path) -> dict[str, Tensor]:
         return out
     if pickled.is_file():
         return _read_tensors(pickled, str(pickled))
-    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json "
-                            "or pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
 
 
 def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadReport:
@@ -338,8 +375,11 @@ def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadRepor
         raise FileNotFoundError(f"{directory}: no config.json (expected a HF RoBERTa directory)")
     hf = json.loads(config_path.read_text())
     ours = model.config.text
-    diffs = [f"{name}: {hf.get(name)!r} in config.json, {getattr(ours, name)!r} in the model"
-             for name in _HF_CONFIG_FIELDS if name in hf and hf[name] != getattr(ours, name)]
+    diffs = [
+        f"{name}: {hf.get(name)!r} in config.json, {getattr(ours, name)!r} in the model"
+        for name in _HF_CONFIG_FIELDS
+        if name in hf and hf[name] != getattr(ours, name)
+    ]
     if diffs:
         raise ValueError(f"{config_path} does not match model.config.text: " + "; ".join(diffs))
 
@@ -349,9 +389,12 @@ def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadRepor
     for key, value in _hf_weights(directory).items():
         name = key.removeprefix("roberta.")
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-            "LayerNorm.beta", "LayerNorm.bias")
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
         if name.startswith(("pooler.", "lm_head.", "classifier.")) or name in (
-                "embeddings.position_ids", "embeddings.token_type_ids"):
+            "embeddings.position_ids",
+            "embeddings.token_type_ids",
+        ):
             report.ignored.append(key)
             continue
         target = "text_model." + name
@@ -361,9 +404,14 @@ def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadRepor
         mapped[target] = value
     model_sd = model.state_dict()
     unexpected += [k for k in mapped if k not in model_sd]
-    expected = [k for k in model_sd if k.startswith("text_model.")
-                and ".crossattention_t2i." not in k and not k.endswith(".alpha_t2i")
-                and k != POSITION_IDS_KEY]
+    expected = [
+        k
+        for k in model_sd
+        if k.startswith("text_model.")
+        and ".crossattention_t2i." not in k
+        and not k.endswith(".alpha_t2i")
+        and k != POSITION_IDS_KEY
+    ]
     report.loaded = _copy_into(model, mapped, str(directory), expected, unexpected)
     report.missing = [k for k in model_sd if k.startswith("text_model.") and k not in expected]
     return report
@@ -402,11 +450,21 @@ def init_video_from_timm(model: EgoVLPv2, source: PathLike | Mapping[str, Any]) 
             continue
         mapped["video_model." + key] = value
     model_sd = model.state_dict()
-    unexpected += [k[len("video_model."):] for k in mapped if k not in model_sd]
-    prefixes = ("video_model.cls_token", "video_model.pos_embed", "video_model.patch_embed.",
-                "video_model.norm.")
-    expected = [k for k in model_sd if k.startswith(prefixes) or (
-        k.startswith("video_model.blocks.") and k.split(".", 3)[3].startswith(_TIMM_BLOCK_PARTS))]
+    unexpected += [k[len("video_model.") :] for k in mapped if k not in model_sd]
+    prefixes = (
+        "video_model.cls_token",
+        "video_model.pos_embed",
+        "video_model.patch_embed.",
+        "video_model.norm.",
+    )
+    expected = [
+        k
+        for k in model_sd
+        if k.startswith(prefixes)
+        or (
+            k.startswith("video_model.blocks.") and k.split(".", 3)[3].startswith(_TIMM_BLOCK_PARTS)
+        )
+    ]
     report.loaded = _copy_into(model, mapped, what, expected, unexpected)
     if model.config.video.time_init == "zeros":
         for blk in model.video_model.blocks:

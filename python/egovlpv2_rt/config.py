@@ -57,9 +57,7 @@ def _from_dict(cls: type[_T], data: dict[str, Any], owner: str) -> _T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(
-            f"{owner}: unknown key(s) {unknown}; known keys are {sorted(names)}"
-        )
+        raise ValueError(f"{owner}: unknown key(s) {unknown}; known keys are {sorted(names)}")
     return cls(**data)
 
 
@@ -91,8 +89,15 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         o = "VideoConfig"
-        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-                     "num_frames"):
+        for name in (
+            "img_size",
+            "patch_size",
+            "in_chans",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "num_frames",
+        ):
             _positive_int(o, name, getattr(self, name))
         _require(
             self.embed_dim % self.num_heads == 0,
@@ -146,8 +151,15 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         o = "TextConfig"
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             _positive_int(o, name, getattr(self, name))
         _require(
             self.hidden_size % self.num_attention_heads == 0,
@@ -210,8 +222,15 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         o = "FusionConfig"
-        for name in ("vocab_size", "hidden_size", "num_heads", "num_layers", "mlp_ratio",
-                     "input_image_embed_size", "input_text_embed_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_heads",
+            "num_layers",
+            "mlp_ratio",
+            "input_image_embed_size",
+            "input_text_embed_size",
+        ):
             _positive_int(o, name, getattr(self, name))
         _require(
             isinstance(self.num_fuse_block, int) and 0 <= self.num_fuse_block <= self.num_layers,
@@ -238,8 +257,9 @@ class LossConfig:
     verb: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.temperature > 0, f"LossConfig.temperature must be > 0, "
-                                       f"got {self.temperature!r}")
+        _require(
+            self.temperature > 0, f"LossConfig.temperature must be > 0, got {self.temperature!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -261,11 +281,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
-        for name, cls in (("video", VideoConfig), ("text", TextConfig),
-                          ("fusion", FusionConfig), ("loss", LossConfig)):
+        for name, cls in (
+            ("video", VideoConfig),
+            ("text", TextConfig),
+            ("fusion", FusionConfig),
+            ("loss", LossConfig),
+        ):
             if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"{o}.{name} must be a {cls.__name__}, "
-                                f"got {type(getattr(self, name)).__name__}")
+                raise TypeError(
+                    f"{o}.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"
+                )
         _positive_int(o, "embed_dim", self.embed_dim)
         _positive_int(o, "projection_dim", self.projection_dim)
         _require(
@@ -334,8 +359,12 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise TypeError(f"ModelConfig.from_dict: expected a dict, got {type(data).__name__}")
         data = {k: v for k, v in data.items() if k not in LEGACY_EXECUTION_KEYS}
-        subs = {"video": VideoConfig, "text": TextConfig, "fusion": FusionConfig,
-                "loss": LossConfig}
+        subs = {
+            "video": VideoConfig,
+            "text": TextConfig,
+            "fusion": FusionConfig,
+            "loss": LossConfig,
+        }
         for name, sub_cls in subs.items():
             if name in data:
                 data[name] = _from_dict(sub_cls, data[name], f"ModelConfig.{name}")
@@ -392,14 +421,26 @@ def _base() -> ModelConfig:
 
 def _tiny() -> ModelConfig:
     return ModelConfig(
-        video=VideoConfig(img_size=32, patch_size=16, embed_dim=64, depth=12, num_heads=4,
-                          num_frames=4),
-        text=TextConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=12,
-                        num_attention_heads=4, intermediate_size=256,
-                        max_position_embeddings=40),
-        fusion=FusionConfig(vocab_size=1000, hidden_size=64, num_heads=4, num_layers=12,
-                            num_fuse_block=6, input_image_embed_size=64,
-                            input_text_embed_size=64),
+        video=VideoConfig(
+            img_size=32, patch_size=16, embed_dim=64, depth=12, num_heads=4, num_frames=4
+        ),
+        text=TextConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=12,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=40,
+        ),
+        fusion=FusionConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_heads=4,
+            num_layers=12,
+            num_fuse_block=6,
+            input_image_embed_size=64,
+            input_text_embed_size=64,
+        ),
         embed_dim=64,
         projection_dim=32,
     )

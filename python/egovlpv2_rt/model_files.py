@@ -85,42 +85,55 @@ def resolve_checkpoint(checkpoint: PathLike | None = None) -> ModelFiles:
         weights = path / "model.safetensors"
         export = path if (path / "export.json").is_file() else None
         if not weights.is_file() and export is None:
-            raise FileNotFoundError(f"checkpoint folder {path} has neither model.safetensors "
-                                    "nor an export (export.json)")
+            raise FileNotFoundError(
+                f"checkpoint folder {path} has neither model.safetensors "
+                "nor an export (export.json)"
+            )
         return ModelFiles(weights if weights.is_file() else None, _tokenizer_in(path), export)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix not in _CHECKPOINT_SUFFIXES:
-        raise ValueError(f"checkpoint {path}: unknown file type {path.suffix!r}; expected one "
-                         f"of {', '.join(_CHECKPOINT_SUFFIXES)} or a model folder")
+        raise ValueError(
+            f"checkpoint {path}: unknown file type {path.suffix!r}; expected one "
+            f"of {', '.join(_CHECKPOINT_SUFFIXES)} or a model folder"
+        )
     return ModelFiles(path, _tokenizer_in(path.parent))
 
 
-def load_model_files(files: ModelFiles, *, config: ModelConfig | None = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               attention_impl: str = "auto") -> EgoVLPv2:
+def load_model_files(
+    files: ModelFiles,
+    *,
+    config: ModelConfig | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attention_impl: str = "auto",
+) -> EgoVLPv2:
     """Build the ``EgoVLPv2`` of ``files.checkpoint`` (eval mode). A file that is not a
     checkpoint, or one that does not fit the config, raises ``ValueError`` naming it."""
     if files.checkpoint is None:
         raise FileNotFoundError("no model weights (model.safetensors) to load")
     try:
-        return load_model(files.checkpoint, config, attention_impl=attention_impl, dtype=dtype,
-                     device=device)
+        return load_model(
+            files.checkpoint, config, attention_impl=attention_impl, dtype=dtype, device=device
+        )
     except (CheckpointMismatchError, FileNotFoundError):
         raise
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{files.checkpoint}: {exc}") from exc
     except Exception as exc:  # safetensors and pickle raise their own types
-        raise ValueError(f"{files.checkpoint}: not a readable EgoVLPv2 checkpoint "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{files.checkpoint}: not a readable EgoVLPv2 checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def load_tokenizer(path: Path | None, max_length: int) -> RobertaTokenizer:
     """The tokenizer at ``path`` (``tokenizer.json``, or a folder with it or with ``vocab.json``
     + ``merges.txt``), truncating to ``max_length`` tokens."""
     if path is None:
-        raise FileNotFoundError("no tokenizer: expected tokenizer.json (or vocab.json + "
-                                "merges.txt) beside the checkpoint; pass tokenizer=")
+        raise FileNotFoundError(
+            "no tokenizer: expected tokenizer.json (or vocab.json + "
+            "merges.txt) beside the checkpoint; pass tokenizer="
+        )
     path = Path(path)
     if path.is_dir():
         return RobertaTokenizer.from_directory(path, max_length=max_length)

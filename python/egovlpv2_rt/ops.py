@@ -133,8 +133,11 @@ def _choose(impl: str, x: object) -> str:
         return "reference"  # the validation that follows names the bad argument
     dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
-        dtype = (torch.float32 if _autocast_falls_back(x.device.type)
-                 else torch.get_autocast_dtype(x.device.type))
+        dtype = (
+            torch.float32
+            if _autocast_falls_back(x.device.type)
+            else torch.get_autocast_dtype(x.device.type)
+        )
     return "fused" if fused_available(x.device, dtype) else "reference"
 
 
@@ -163,7 +166,9 @@ def _check_like(x: Tensor, ref: Tensor, name: str, ref_name: str) -> None:
     if x.dtype != ref.dtype:
         raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {x.dtype}")
     if x.device != ref.device:
-        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {x.device}")
+        raise ValueError(
+            f"{name} must be on the device of {ref_name} ({ref.device}), got {x.device}"
+        )
 
 
 def _check_fused_dtype(x: Tensor, name: str) -> None:
@@ -262,8 +267,9 @@ def _validate_cross(
     if gate.device != q.device:
         raise ValueError(f"gate must be on the device of q ({q.device}), got {gate.device}")
     # A float16/bfloat16 model may keep its gates (learned scalars) in float32.
-    gate_dtypes = (q.dtype, torch.float32) if q.dtype in (torch.float16, torch.bfloat16) else (
-        q.dtype,)
+    gate_dtypes = (
+        (q.dtype, torch.float32) if q.dtype in (torch.float16, torch.bfloat16) else (q.dtype,)
+    )
     if gate.dtype not in gate_dtypes:
         raise TypeError(f"gate must have the dtype of q ({q.dtype}), got {gate.dtype}")
     if gate.numel() != 1:
@@ -293,15 +299,19 @@ def _autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None,
     # bfloat16 autocast on the CPU: the C++ kernels are float32/float64, so the attention runs in
     # float32 (autocast's own policy for ops without a low-precision kernel); the Linears around
     # it still run in bfloat16.
-    dtype = torch.float32 if _autocast_falls_back(device_type) else torch.get_autocast_dtype(
-        device_type)
+    dtype = (
+        torch.float32
+        if _autocast_falls_back(device_type)
+        else torch.get_autocast_dtype(device_type)
+    )
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def _autocast_falls_back(device_type: str) -> bool:
     """Autocast is on with a dtype the device's fused kernels lack (they then run in float32)."""
-    return (torch.is_autocast_enabled(device_type)
-            and torch.get_autocast_dtype(device_type) not in _FUSED_DTYPES.get(device_type, ()))
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(
+        device_type
+    ) not in _FUSED_DTYPES.get(device_type, ())
 
 
 def _kernel_autocast_guard(device_type: str) -> contextlib.AbstractContextManager[None]:
@@ -478,9 +488,7 @@ def _cross_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(lse)
 
 
-def _cross_backward(
-    ctx, grad_out: Tensor, grad_attn: Tensor | None, grad_lse: Tensor | None
-):
+def _cross_backward(ctx, grad_out: Tensor, grad_attn: Tensor | None, grad_lse: Tensor | None):
     q, k, v, key_mask, proj_weight, proj_bias, gate, attn, lse = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grad_q = grad_k = grad_v = grad_weight = grad_bias = grad_gate = grad_residual = None

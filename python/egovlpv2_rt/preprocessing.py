@@ -38,14 +38,24 @@ class Preprocessing:
     tokenizer: str = "tokenizer.json"
 
     @classmethod
-    def for_config(cls, config: ModelConfig, *, num_frames: int | None = None,
-                   max_text_length: int | None = None) -> Preprocessing:
+    def for_config(
+        cls,
+        config: ModelConfig,
+        *,
+        num_frames: int | None = None,
+        max_text_length: int | None = None,
+    ) -> Preprocessing:
         """Defaults for ``config``: F = ``video.num_frames``, resize = crop = size =
         ``video.img_size``, text length = the position table's limit."""
         s = config.video.img_size
-        return cls(num_frames=num_frames or config.video.num_frames, size=s, resize=s, crop=s,
-                   max_text_length=max_text_length or config.text.max_text_length,
-                   pad_token_id=config.text.pad_token_id)
+        return cls(
+            num_frames=num_frames or config.video.num_frames,
+            size=s,
+            resize=s,
+            crop=s,
+            max_text_length=max_text_length or config.text.max_text_length,
+            pad_token_id=config.text.pad_token_id,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

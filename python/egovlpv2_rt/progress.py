@@ -30,5 +30,4 @@ def progress_bar(total: int, desc: str, enabled: bool) -> ProgressBar:
     except ImportError:  # progress bars are a convenience: run without them
         return _NoBar()
 
-    return tqdm(total=total, desc=desc, unit="clip" if "clip" in desc else "item",
-                leave=False)
+    return tqdm(total=total, desc=desc, unit="clip" if "clip" in desc else "item", leave=False)

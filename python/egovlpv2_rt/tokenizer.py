@@ -31,12 +31,21 @@ class RobertaTokenizer:
     are truncated (the special tokens are kept).
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, max_length: int = 512, bos_token: str = "<s>",
-                 eos_token: str = "</s>", pad_token: str = "<pad>", unk_token: str = "<unk>",
-                 mask_token: str = "<mask>") -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        max_length: int = 512,
+        bos_token: str = "<s>",
+        eos_token: str = "</s>",
+        pad_token: str = "<pad>",
+        unk_token: str = "<unk>",
+        mask_token: str = "<mask>",
+    ) -> None:
         if not isinstance(tokenizer, Tokenizer):
-            raise TypeError(f"tokenizer: expected tokenizers.Tokenizer, got "
-                            f"{type(tokenizer).__name__}")
+            raise TypeError(
+                f"tokenizer: expected tokenizers.Tokenizer, got {type(tokenizer).__name__}"
+            )
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (room for <s> and </s>), got {max_length}")
         self._tok = tokenizer
@@ -61,12 +70,23 @@ class RobertaTokenizer:
         for name, path in (("vocab_file", vocab_file), ("merges_file", merges_file)):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{name}: no such file {path}")
-        specials = {k: kwargs.get(k, d) for k, d in (
-            ("bos_token", "<s>"), ("eos_token", "</s>"), ("pad_token", "<pad>"),
-            ("unk_token", "<unk>"), ("mask_token", "<mask>"))}
-        model = BPE.from_file(os.fspath(vocab_file), os.fspath(merges_file),
-                              continuing_subword_prefix="", end_of_word_suffix="",
-                              fuse_unk=False)
+        specials = {
+            k: kwargs.get(k, d)
+            for k, d in (
+                ("bos_token", "<s>"),
+                ("eos_token", "</s>"),
+                ("pad_token", "<pad>"),
+                ("unk_token", "<unk>"),
+                ("mask_token", "<mask>"),
+            )
+        }
+        model = BPE.from_file(
+            os.fspath(vocab_file),
+            os.fspath(merges_file),
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -75,12 +95,16 @@ class RobertaTokenizer:
             if tok.token_to_id(token) is None:
                 raise ValueError(f"{vocab_file}: no special token {token!r}")
         tok.post_processor = RobertaProcessing(
-            (eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)),
-            trim_offsets=True, add_prefix_space=False,
+            (eos, tok.token_to_id(eos)),
+            (bos, tok.token_to_id(bos)),
+            trim_offsets=True,
+            add_prefix_space=False,
         )
-        added = [AddedToken(specials[k], special=True) for k in
-                 ("bos_token", "pad_token", "eos_token", "unk_token")
-                 if tok.token_to_id(specials[k]) is not None]
+        added = [
+            AddedToken(specials[k], special=True)
+            for k in ("bos_token", "pad_token", "eos_token", "unk_token")
+            if tok.token_to_id(specials[k]) is not None
+        ]
         if tok.token_to_id(specials["mask_token"]) is not None:
             added.append(AddedToken(specials["mask_token"], lstrip=True, special=True))
         tok.add_special_tokens(added)
@@ -149,8 +173,10 @@ class RobertaTokenizer:
         lengths = [len(e.ids) for e in encodings]
         if max(lengths) > limit:
             worst = max(range(len(lengths)), key=lengths.__getitem__)
-            raise ValueError(f"texts[{worst}] has {lengths[worst]} tokens, more than max_length "
-                             f"{limit}; pass truncation=True")
+            raise ValueError(
+                f"texts[{worst}] has {lengths[worst]} tokens, more than max_length "
+                f"{limit}; pass truncation=True"
+            )
         width = limit if padding == "max_length" else max(lengths)
         input_ids = torch.full((len(texts), width), self.pad_token_id, dtype=torch.int64)
         attention_mask = torch.zeros((len(texts), width), dtype=torch.int64)

@@ -26,8 +26,10 @@ __all__ = ["build_parser", "error_exit", "main", "one_line", "parse_clip_arg", "
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``egovlpv2`` parser with every command group registered."""
-    p = ArgParser(prog="egovlpv2", description="EgoVLPv2 runtime: embed, search, answer, "
-                  "index, benchmark, train, evaluate.")
+    p = ArgParser(
+        prog="egovlpv2",
+        description="EgoVLPv2 runtime: embed, search, answer, index, benchmark, train, evaluate.",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
     for group in (demo, library, training):

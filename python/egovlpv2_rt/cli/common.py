@@ -34,9 +34,15 @@ _MAX_ERROR = 400
 
 # Optional Python packages -> the extra of egovlpv2-rt that installs them.
 _EXTRAS = {
-    "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
-    "faiss": "search", "pyarrow": "search", "yaml": "train", "av": "video",
-    "nvidia": "dali", "torchcodec": "torchcodec",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "export",
+    "faiss": "search",
+    "pyarrow": "search",
+    "yaml": "train",
+    "av": "video",
+    "nvidia": "dali",
+    "torchcodec": "torchcodec",
 }
 
 
@@ -113,30 +119,34 @@ class ArgParser(argparse.ArgumentParser):
 
 def add_model_options(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
     """--checkpoint, --tokenizer, [--backend], --device, --precision, --frames, --batch-size."""
-    p.add_argument("--checkpoint", default=None,
-                   help="model file or folder, or an export folder (default: the shipped "
-                        "default model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: beside the "
-                                                       "checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model file or folder, or an export folder (default: the shipped default model)",
+    )
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer.json (default: beside the checkpoint)"
+    )
     if backend:
-        p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
-                       default="torch")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if "
-                                                   "available)")
+        p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None)
-    p.add_argument("--frames", type=int, default=None,
-                   help="frames per clip (default: the model's)")
+    p.add_argument(
+        "--frames", type=int, default=None, help="frames per clip (default: the model's)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass")
 
 
 def runtime_from_args(args: argparse.Namespace, **overrides: Any) -> Runtime:
     """The :class:`Runtime` that the model options of ``args`` describe."""
-    kwargs = {"device": getattr(args, "device", None),
-              "precision": getattr(args, "precision", None),
-              "backend": getattr(args, "backend", "torch"),
-              "tokenizer": getattr(args, "tokenizer", None),
-              "num_frames": getattr(args, "frames", None),
-              "video_batch_size": getattr(args, "batch_size", None)}
+    kwargs = {
+        "device": getattr(args, "device", None),
+        "precision": getattr(args, "precision", None),
+        "backend": getattr(args, "backend", "torch"),
+        "tokenizer": getattr(args, "tokenizer", None),
+        "num_frames": getattr(args, "frames", None),
+        "video_batch_size": getattr(args, "batch_size", None),
+    }
     kwargs.update(overrides)
     return load(getattr(args, "checkpoint", None), **kwargs)
 
@@ -150,8 +160,9 @@ def runtime_fingerprint(rt: Runtime) -> dict[str, Any]:
         side = rt.files.export_dir / "video_encoder.json"
         if side.is_file():
             sha = json.loads(side.read_text()).get("source_sha256", "")
-    return model_fingerprint(rt.config.to_dict(), sha, num_frames=rt.num_frames,
-                             precision=rt.precision)
+    return model_fingerprint(
+        rt.config.to_dict(), sha, num_frames=rt.num_frames, precision=rt.precision
+    )
 
 
 # ------------------------------------------------------------------------------ output

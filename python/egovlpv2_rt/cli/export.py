@@ -31,43 +31,80 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(
         prog="egovlpv2-export",
         description="Export EgoVLPv2 graphs to ONNX (dual encoders, fusion VTM/MLM) and "
-                    "build TensorRT engines.")
-    p.add_argument("--mode", choices=("dual", "fusion", "all"), default="dual",
-                   help="dual: video_encoder + text_encoder; fusion: vtm (+ mlm); all: both")
+        "build TensorRT engines.",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("dual", "fusion", "all"),
+        default="dual",
+        help="dual: video_encoder + text_encoder; fusion: vtm (+ mlm); all: both",
+    )
     p.add_argument("--with-mlm", action="store_true", help="also export mlm.onnx (fusion)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--checkpoint", default=None,
-                   help="model file or folder (default: the shipped default model)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json to copy into the folder (default: beside the model)")
-    p.add_argument("--frames", type=int, default=None,
-                   help="frames per clip, fixed in the graph (default: the model's)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model file or folder (default: the shipped default model)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json to copy into the folder (default: beside the model)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames per clip, fixed in the graph (default: the model's)",
+    )
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx",
-                   help="tensorrt: also build engines from the ONNX graphs (needs tensorrt)")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "tensorrt"),
+        default="onnx",
+        help="tensorrt: also build engines from the ONNX graphs (needs tensorrt)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 18; default 18)")
-    p.add_argument("--batch", action="append", default=None, metavar="MIN:OPT:MAX",
-                   help="TensorRT profile batch range; repeat for several profiles "
-                        "(default 1:8:32)")
-    p.add_argument("--text-length", action="append", default=None, metavar="MIN:OPT:MAX",
-                   help="TensorRT profile text-length range, paired with --batch "
-                        "(default 4:16:min(32, model limit))")
-    p.add_argument("--timing-cache", default=None,
-                   help="TensorRT timing cache file (read if present, then updated)")
-    p.add_argument("--workspace-gib", type=float, default=4.0,
-                   help="TensorRT builder workspace (GiB)")
-    p.add_argument("--verify", action="store_true",
-                   help="compare each fp32 ONNX graph with PyTorch in onnxruntime")
+    p.add_argument(
+        "--batch",
+        action="append",
+        default=None,
+        metavar="MIN:OPT:MAX",
+        help="TensorRT profile batch range; repeat for several profiles (default 1:8:32)",
+    )
+    p.add_argument(
+        "--text-length",
+        action="append",
+        default=None,
+        metavar="MIN:OPT:MAX",
+        help="TensorRT profile text-length range, paired with --batch "
+        "(default 4:16:min(32, model limit))",
+    )
+    p.add_argument(
+        "--timing-cache",
+        default=None,
+        help="TensorRT timing cache file (read if present, then updated)",
+    )
+    p.add_argument(
+        "--workspace-gib", type=float, default=4.0, help="TensorRT builder workspace (GiB)"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare each fp32 ONNX graph with PyTorch in onnxruntime",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
 
 
-def profiles_from_args(batch: list[str] | None, text_length: list[str] | None,
-                       max_text_length: int) -> list[EngineProfile]:
+def profiles_from_args(
+    batch: list[str] | None, text_length: list[str] | None, max_text_length: int
+) -> list[EngineProfile]:
     """EngineProfiles from the repeated ``--batch`` / ``--text-length`` flags (zipped; a
     single value of one flag pairs with every value of the other)."""
-    default_text = f"{min(4, max_text_length)}:{min(16, max_text_length)}:" \
-                   f"{min(32, max_text_length)}"
+    default_text = (
+        f"{min(4, max_text_length)}:{min(16, max_text_length)}:{min(32, max_text_length)}"
+    )
     batches = [parse_range(b, "--batch") for b in (batch or ["1:8:32"])]
     texts = [parse_range(t, "--text-length") for t in (text_length or [default_text])]
     if len(batches) != len(texts):
@@ -76,12 +113,15 @@ def profiles_from_args(batch: list[str] | None, text_length: list[str] | None,
         elif len(texts) == 1:
             texts = texts * len(batches)
         else:
-            raise ValueError(f"--batch given {len(batches)} times and --text-length "
-                             f"{len(texts)} times; give them equally often (one per profile)")
+            raise ValueError(
+                f"--batch given {len(batches)} times and --text-length "
+                f"{len(texts)} times; give them equally often (one per profile)"
+            )
     for lo, opt, hi in texts:
         if hi > max_text_length:
-            raise ValueError(f"--text-length max {hi} exceeds the model's limit "
-                             f"{max_text_length} tokens")
+            raise ValueError(
+                f"--text-length max {hi} exceeds the model's limit {max_text_length} tokens"
+            )
     return [EngineProfile(b, t) for b, t in zip(batches, texts)]
 
 
@@ -96,17 +136,19 @@ def run(args: argparse.Namespace) -> dict:
         import_tensorrt()  # fail before the (slow) ONNX export
     files = resolve_checkpoint(args.checkpoint)
     if files.checkpoint is None:
-        raise FileNotFoundError(f"{args.checkpoint}: no model weights (model.safetensors) to "
-                                "export")
+        raise FileNotFoundError(
+            f"{args.checkpoint}: no model weights (model.safetensors) to export"
+        )
     model = load_model_files(files, attention_impl="fused")
     cfg = model.config
     if args.frames is not None and not 1 <= args.frames <= cfg.video.num_frames:
-        raise ValueError(f"--frames {args.frames} is outside [1, {cfg.video.num_frames}], the "
-                         "model's maximum clip length (frame count mismatch)")
+        raise ValueError(
+            f"--frames {args.frames} is outside [1, {cfg.video.num_frames}], the "
+            "model's maximum clip length (frame count mismatch)"
+        )
     profiles = None
     if args.format == "tensorrt":
-        profiles = profiles_from_args(args.batch, args.text_length,
-                                      cfg.text.max_text_length)
+        profiles = profiles_from_args(args.batch, args.text_length, cfg.text.max_text_length)
     tokenizer = Path(args.tokenizer) if args.tokenizer else files.tokenizer
     out = Path(args.out)
     if tokenizer is not None and tokenizer.is_dir():
@@ -119,13 +161,23 @@ def run(args: argparse.Namespace) -> dict:
         if not args.json:
             print(f"exporting {name} ...", file=sys.stderr, flush=True)
 
-    done = export_model(model, out, graphs=graphs, num_frames=args.frames,
-                        precision=args.precision, opset=args.opset or ONNX_OPSET,
-                        tokenizer_file=tokenizer, source_checkpoint=files.checkpoint,
-                        progress=say)
-    summary: dict = {"out": str(out), "precision": args.precision,
-                     "frames": args.frames or cfg.video.num_frames,
-                     "graphs": [g.to_dict() for g in done]}
+    done = export_model(
+        model,
+        out,
+        graphs=graphs,
+        num_frames=args.frames,
+        precision=args.precision,
+        opset=args.opset or ONNX_OPSET,
+        tokenizer_file=tokenizer,
+        source_checkpoint=files.checkpoint,
+        progress=say,
+    )
+    summary: dict = {
+        "out": str(out),
+        "precision": args.precision,
+        "frames": args.frames or cfg.video.num_frames,
+        "graphs": [g.to_dict() for g in done],
+    }
     if args.verify:
         if args.precision != "fp32":
             raise ValueError("--verify compares float32 graphs; export with --precision fp32")
@@ -134,9 +186,16 @@ def run(args: argparse.Namespace) -> dict:
         engines = []
         for g in done:
             say(f"{g.name} engine")
-            engines.append(str(build_engine(g.path, profiles=profiles,
-                                            timing_cache=args.timing_cache,
-                                            workspace_gib=args.workspace_gib)))
+            engines.append(
+                str(
+                    build_engine(
+                        g.path,
+                        profiles=profiles,
+                        timing_cache=args.timing_cache,
+                        workspace_gib=args.workspace_gib,
+                    )
+                )
+            )
         summary["engines"] = engines
     return summary
 
@@ -157,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=1))
     else:
         for g in summary["graphs"]:
-            print(f"{g['name']}: {g['path']} ({g['attention_subgraphs']} attention subgraphs, "
-                  f"{g['seconds']:.1f} s)")
+            print(
+                f"{g['name']}: {g['path']} ({g['attention_subgraphs']} attention subgraphs, "
+                f"{g['seconds']:.1f} s)"
+            )
         for name, errs in summary.get("verify", {}).items():
             print(f"verify {name}: max relative error {max(errs.values()):.2e}")
         for e in summary.get("engines", []):

@@ -60,6 +60,7 @@ __all__ = ["add_subcommands", "collect_info"]
 
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment (0, 1, 0 without it)."""
+
     def env_int(name: str, default: int) -> int:
         value = os.environ.get(name, str(default))
         if not value.isdigit():
@@ -117,21 +118,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if not kept:
-        raise ValueError("no clip could be embedded" + (f" ({len(failed)} failed; first: "
-                                                        f"{failed[0]['error']})" if failed
-                                                        else ""))
-    data = EmbeddingSet([mine[k]["id"] for k in kept], np.concatenate(rows),
-                        [{"path": mine[k]["path"], "start": mine[k]["start"],
-                          "end": mine[k]["end"]} for k in kept], runtime_fingerprint(rt))
+        raise ValueError(
+            "no clip could be embedded"
+            + (f" ({len(failed)} failed; first: {failed[0]['error']})" if failed else "")
+        )
+    data = EmbeddingSet(
+        [mine[k]["id"] for k in kept],
+        np.concatenate(rows),
+        [{"path": mine[k]["path"], "start": mine[k]["start"], "end": mine[k]["end"]} for k in kept],
+        runtime_fingerprint(rt),
+    )
     save_embeddings(target, data)
-    summary = {"out": str(target), "clips": len(kept), "failed": failed, "dim": data.dim,
-               "seconds": round(time.perf_counter() - t0, 3), "backend": rt.backend,
-               "device": str(rt.device), "rank": rank, "world_size": world}
+    summary = {
+        "out": str(target),
+        "clips": len(kept),
+        "failed": failed,
+        "dim": data.dim,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "backend": rt.backend,
+        "device": str(rt.device),
+        "rank": rank,
+        "world_size": world,
+    }
     if args.json:
         print_json(summary)
     else:
-        print(f"embedded {len(kept)} clips -> {target} ({data.dim}-d, "
-              f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device})")
+        print(
+            f"embedded {len(kept)} clips -> {target} ({data.dim}-d, "
+            f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device})"
+        )
         for f in failed:
             print(f"skipped {f['id']}: {f['error']}", file=sys.stderr)
     return 0
@@ -150,8 +165,10 @@ def _load_library(path: str):
 def _rank(library, query_emb, k: int):
     if isinstance(library, EmbeddingSet):
         if query_emb.shape[0] != library.dim:
-            raise ValueError(f"query dimension {query_emb.shape[0]} != embeddings dimension "
-                             f"{library.dim}: wrong checkpoint for these embeddings")
+            raise ValueError(
+                f"query dimension {query_emb.shape[0]} != embeddings dimension "
+                f"{library.dim}: wrong checkpoint for these embeddings"
+            )
         return top_k(library.embeddings, query_emb, k)
     return library.search(query_emb, k)
 
@@ -165,14 +182,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_compatible(library.model, runtime_fingerprint(rt), args.embeddings)
     q = rt.encode_text([query])[0]
     idx, scores = _rank(library, q, args.top_k)
-    results = [{"rank": r + 1, "id": library.ids[i], **(library.clips[i] or {}),
-                "score": float(s)} for r, (i, s) in enumerate(zip(idx.tolist(), scores))]
+    results = [
+        {"rank": r + 1, "id": library.ids[i], **(library.clips[i] or {}), "score": float(s)}
+        for r, (i, s) in enumerate(zip(idx.tolist(), scores))
+    ]
     if args.rerank != "none" and results:
         specs = []
         for res in results:
             if not res.get("path") or not Path(res["path"]).is_file():
-                raise FileNotFoundError(f"--rerank needs the clip videos; {res['id']}: "
-                                        f"{res.get('path') or 'no path stored'} not found")
+                raise FileNotFoundError(
+                    f"--rerank needs the clip videos; {res['id']}: "
+                    f"{res.get('path') or 'no path stored'} not found"
+                )
             specs.append(ClipSpec(res["path"], res.get("start"), res.get("end")))
         probs = rt.score(specs, [query] * len(specs))
         for res, p in zip(results, probs):
@@ -186,8 +207,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"query: {query}")
         for res in results:
-            extra = (f"  (dual {res['dual']:.3f}, fusion {res['fusion']:.3f})"
-                     if "fusion" in res else "")
+            extra = (
+                f"  (dual {res['dual']:.3f}, fusion {res['fusion']:.3f})" if "fusion" in res else ""
+            )
             print(f"{res['rank']:3d}. {res['score']:+.4f}  {res['id']}{extra}")
     return 0
 
@@ -207,13 +229,20 @@ def cmd_index(args: argparse.Namespace) -> int:
     if out.suffix != ".faiss":
         raise ValueError(f"--out {out}: use a .faiss file name")
     build_faiss_index(data, out, kind=args.kind, nlist=args.nlist)
-    summary = {"index": str(out), "kind": args.kind, "clips": len(data), "dim": data.dim,
-               "merged": args.merged}
+    summary = {
+        "index": str(out),
+        "kind": args.kind,
+        "clips": len(data),
+        "dim": data.dim,
+        "merged": args.merged,
+    }
     if args.json:
         print_json(summary)
     else:
-        print(f"indexed {len(data)} clips ({data.dim}-d, {args.kind}) -> {out}"
-              + (f"; merged embeddings -> {args.merged}" if args.merged else ""))
+        print(
+            f"indexed {len(data)} clips ({data.dim}-d, {args.kind}) -> {out}"
+            + (f"; merged embeddings -> {args.merged}" if args.merged else "")
+        )
     return 0
 
 
@@ -227,13 +256,21 @@ def _mcq_from_file(args: argparse.Namespace):
     key = args.question if args.question is not None else items[0].key
     match = [it for it in items if it.key == str(key)]
     if not match:
-        raise ValueError(f"{args.egomcq}: no question {key!r} (keys {items[0].key}.."
-                         f"{items[-1].key})")
+        raise ValueError(
+            f"{args.egomcq}: no question {key!r} (keys {items[0].key}..{items[-1].key})"
+        )
     it = match[0]
     vdir = Path(args.video_dir)
-    cands = [{"id": f"{c.video_uid}@{c.clip_start:g}:{c.clip_end:g}",
-              "path": str(vdir / f"{c.video_uid}.mp4"), "start": c.clip_start,
-              "end": c.clip_end, "text": c.clip_text} for c in it.choices]
+    cands = [
+        {
+            "id": f"{c.video_uid}@{c.clip_start:g}:{c.clip_end:g}",
+            "path": str(vdir / f"{c.video_uid}.mp4"),
+            "start": c.clip_start,
+            "end": c.clip_end,
+            "text": c.clip_text,
+        }
+        for c in it.choices
+    ]
     return it.text, cands, it.answer
 
 
@@ -252,8 +289,7 @@ def cmd_mcq(args: argparse.Namespace) -> int:
             path, start, end = parse_clip_arg(c)
             cands.append({"id": c, "path": path, "start": start, "end": end})
     rt = runtime_from_args(args)
-    ans = rt.mcq(query, [ClipSpec(c["path"], c["start"], c["end"]) for c in cands],
-                 mode=args.mode)
+    ans = rt.mcq(query, [ClipSpec(c["path"], c["start"], c["end"]) for c in cands], mode=args.mode)
     rows = []
     for i, c in enumerate(cands):
         row = {"index": i, "id": c["id"], "score": float(ans.scores[i])}
@@ -264,8 +300,13 @@ def cmd_mcq(args: argparse.Namespace) -> int:
         if "text" in c:
             row["text"] = c["text"]
         rows.append(row)
-    result = {"query": query, "mode": args.mode, "answer": ans.answer,
-              "ranking": ans.ranking(), "candidates": rows}
+    result = {
+        "query": query,
+        "mode": args.mode,
+        "answer": ans.answer,
+        "ranking": ans.ranking(),
+        "candidates": rows,
+    }
     if answer_key is not None:
         result["correct_answer"] = answer_key
         result["correct"] = ans.answer == answer_key
@@ -277,7 +318,7 @@ def cmd_mcq(args: argparse.Namespace) -> int:
             r = rows[i]
             mark = "->" if i == ans.answer else "  "
             truth = " (correct)" if answer_key is not None and i == answer_key else ""
-            text = f"  \"{r['text']}\"" if "text" in r else ""
+            text = f'  "{r["text"]}"' if "text" in r else ""
             print(f"{mark} [{i}] {r['score']:+.4f}  {r['id']}{text}{truth}")
     return 0
 
@@ -298,8 +339,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     print(f"{'case':<12}{'backend':<13}{'device':<9}{'prec':<6}{'median ms':>11}{'min ms':>10}")
     for r in rows:
-        print(f"{r['case']:<12}{r['backend']:<13}{r['device']:<9}{r['precision']:<6}"
-              f"{r['median_ms']:>11.2f}{r['min_ms']:>10.2f}")
+        print(
+            f"{r['case']:<12}{r['backend']:<13}{r['device']:<9}{r['precision']:<6}"
+            f"{r['median_ms']:>11.2f}{r['min_ms']:>10.2f}"
+        )
     return 0
 
 
@@ -323,19 +366,21 @@ def collect_info() -> dict[str, Any]:
     ok, ver = _importable("tensorrt")
     backends["tensorrt"] = {"available": ok, "version" if ok else "error": ver}
     extras = {}
-    for name in ("onnx", "onnxscript", "faiss", "pyarrow", "av", "torchcodec",
-                 "nvidia.dali"):
+    for name in ("onnx", "onnxscript", "faiss", "pyarrow", "av", "torchcodec", "nvidia.dali"):
         ok, ver = _importable(name)
         extras[name] = ver if ok else None
-    devices = {"cuda_available": torch.cuda.is_available(), "cpu_threads":
-               torch.get_num_threads()}
+    devices = {"cuda_available": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
-        devices["cuda"] = [torch.cuda.get_device_name(i)
-                           for i in range(torch.cuda.device_count())]
+        devices["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     d = default_model_dir()
-    return {"version": __version__, "build": build_info(), "backends": backends,
-            "packages": extras, "devices": devices,
-            "default_model": {"path": str(d), "present": (d / "model.safetensors").is_file()}}
+    return {
+        "version": __version__,
+        "build": build_info(),
+        "backends": backends,
+        "packages": extras,
+        "devices": devices,
+        "default_model": {"path": str(d), "present": (d / "model.safetensors").is_file()},
+    }
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -344,24 +389,31 @@ def cmd_info(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     b = info["build"]
-    print(f"egovlpv2-rt {info['version']}  build: {b.get('build')}  torch "
-          f"{b.get('torch_runtime')}  (binaries target torch >= "
-          f"{b.get('torch_target_version', '?')})")
+    print(
+        f"egovlpv2-rt {info['version']}  build: {b.get('build')}  torch "
+        f"{b.get('torch_runtime')}  (binaries target torch >= "
+        f"{b.get('torch_target_version', '?')})"
+    )
     if b.get("error"):
         print(f"  extension: {b['error']}")
     else:
-        print(f"  CPU kernels: {b.get('cpu_isa')}; CUDA kernels loaded: "
-              f"{b.get('cuda_kernels_loaded')}")
+        print(
+            f"  CPU kernels: {b.get('cpu_isa')}; CUDA kernels loaded: "
+            f"{b.get('cuda_kernels_loaded')}"
+        )
     for name, v in info["backends"].items():
-        state = (f"yes {v.get('version', '')}".strip() if v["available"]
-                 else f"no ({v.get('error')})")
+        state = (
+            f"yes {v.get('version', '')}".strip() if v["available"] else f"no ({v.get('error')})"
+        )
         extra = f"  providers: {', '.join(v['providers'])}" if v.get("providers") else ""
         print(f"  backend {name:<12} {state}{extra}")
     pk = ", ".join(f"{k} {v}" if v else f"{k} -" for k, v in info["packages"].items())
     print(f"  packages: {pk}")
     dv = info["devices"]
-    print(f"  devices: cpu ({dv['cpu_threads']} threads)"
-          + (f", cuda: {', '.join(dv['cuda'])}" if dv.get("cuda") else ", no CUDA device"))
+    print(
+        f"  devices: cpu ({dv['cpu_threads']} threads)"
+        + (f", cuda: {', '.join(dv['cuda'])}" if dv.get("cuda") else ", no CUDA device")
+    )
     dm = info["default_model"]
     print(f"  default model: {dm['path']} ({'present' if dm['present'] else 'missing'})")
     return 0
@@ -373,46 +425,63 @@ def cmd_info(args: argparse.Namespace) -> int:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register embed, search, index, mcq, bench and info."""
     s = sub.add_parser("embed", help="embed video clips into an embeddings file")
-    s.add_argument("--videos", required=True,
-                   help="a folder of videos, or a clip list (.txt: path[@START:END] per line; "
-                        ".csv/.tsv with path[,start,end,id])")
+    s.add_argument(
+        "--videos",
+        required=True,
+        help="a folder of videos, or a clip list (.txt: path[@START:END] per line; "
+        ".csv/.tsv with path[,start,end,id])",
+    )
     s.add_argument("--out", required=True, help="embeddings file (.safetensors or .parquet)")
     add_model_options(s)
-    s.add_argument("--shard", action="store_true",
-                   help="under torchrun: embed this rank's share into <out>.shard-R-of-W and "
-                        "write <out>.manifest.json")
-    s.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable clips (reported) instead of stopping")
+    s.add_argument(
+        "--shard",
+        action="store_true",
+        help="under torchrun: embed this rank's share into <out>.shard-R-of-W and "
+        "write <out>.manifest.json",
+    )
+    s.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable clips (reported) instead of stopping",
+    )
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("search", help="rank clips for a text query")
-    s.add_argument("--embeddings", required=True,
-                   help="embeddings file, shard manifest, or FAISS index (.faiss)")
+    s.add_argument(
+        "--embeddings",
+        required=True,
+        help="embeddings file, shard manifest, or FAISS index (.faiss)",
+    )
     s.add_argument("--query", required=True)
     s.add_argument("--top-k", type=int, default=10)
-    s.add_argument("--rerank", choices=("none", "fusion", "ensemble"), default="none",
-                   help="re-rank the top-k with the fusion encoder (reads the clips)")
+    s.add_argument(
+        "--rerank",
+        choices=("none", "fusion", "ensemble"),
+        default="none",
+        help="re-rank the top-k with the fusion encoder (reads the clips)",
+    )
     add_model_options(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("index", help="build a FAISS index (merging shard files)")
-    s.add_argument("--embeddings", required=True, nargs="+",
-                   help="embeddings file(s) or a shard manifest")
+    s.add_argument(
+        "--embeddings", required=True, nargs="+", help="embeddings file(s) or a shard manifest"
+    )
     s.add_argument("--out", required=True, help="index file (.faiss; ids in <out>.json)")
     s.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat")
     s.add_argument("--nlist", type=int, default=None, help="ivf cells (default ~sqrt(N))")
-    s.add_argument("--merged", default=None,
-                   help="also write the merged embeddings to this file")
+    s.add_argument("--merged", default=None, help="also write the merged embeddings to this file")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("mcq", help="answer a multiple-choice question over candidate clips")
     s.add_argument("--query", default=None, help="question text")
-    s.add_argument("--candidates", nargs="+", default=None,
-                   help="candidate clips: path or path@START:END")
+    s.add_argument(
+        "--candidates", nargs="+", default=None, help="candidate clips: path or path@START:END"
+    )
     s.add_argument("--egomcq", default=None, help="or: an egomcq.json file ...")
     s.add_argument("--video-dir", default=None, help="... its videos folder ...")
     s.add_argument("--question", default=None, help="... and a question key (default: first)")
@@ -423,13 +492,21 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("bench", help="latency of the runtime on synthetic inputs")
     add_model_options(s, backend=False)
-    s.add_argument("--backend", nargs="+", default=["torch"],
-                   choices=("torch", "onnxruntime", "tensorrt"))
-    s.add_argument("--cases", nargs="+", default=["text_b1", "video_b1", "video_b8"],
-                   help="text_bN, video_bN, score_bN")
+    s.add_argument(
+        "--backend", nargs="+", default=["torch"], choices=("torch", "onnxruntime", "tensorrt")
+    )
+    s.add_argument(
+        "--cases",
+        nargs="+",
+        default=["text_b1", "video_b1", "video_b8"],
+        help="text_bN, video_bN, score_bN",
+    )
     s.add_argument("--repeats", type=int, default=10)
-    s.add_argument("--warmup-graphs", action="store_true",
-                   help="capture every shape bucket first (CUDA graphs)")
+    s.add_argument(
+        "--warmup-graphs",
+        action="store_true",
+        help="capture every shape bucket first (CUDA graphs)",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
 

@@ -22,8 +22,11 @@ __all__ = ["add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``synth``, ``train`` and ``eval`` on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("synth", help="write a synthetic EgoClip/EgoMCQ dataset",
-                              description="Write videos/, egoclip.csv and egomcq.json.")
+    p = subparsers.add_parser(
+        "synth",
+        help="write a synthetic EgoClip/EgoMCQ dataset",
+        description="Write videos/, egoclip.csv and egomcq.json.",
+    )
     p.add_argument("--out", required=True, help="destination folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=480, help="number of narrated clips")
@@ -31,26 +34,35 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
     p.set_defaults(func=cmd_synth)
 
-    p = subparsers.add_parser("train", help="pre-train EgoVLPv2 (EgoNCE + MLM + VTM)",
-                              description="Pre-train from an experiment config. For several "
-                              "processes run it under torchrun: torchrun --nproc_per_node N "
-                              "-m egovlpv2_rt.train --config FILE")
+    p = subparsers.add_parser(
+        "train",
+        help="pre-train EgoVLPv2 (EgoNCE + MLM + VTM)",
+        description="Pre-train from an experiment config. For several "
+        "processes run it under torchrun: torchrun --nproc_per_node N "
+        "-m egovlpv2_rt.train --config FILE",
+    )
     p.add_argument("--config", required=True, help="experiment file (.json/.yaml)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <out_dir>/checkpoints/last.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_train)
 
-    p = subparsers.add_parser("eval", help="evaluate a model (EgoMCQ)",
-                              description="EgoMCQ accuracy (inter / intra) in dual, fusion "
-                              "and ensemble modes.")
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model (EgoMCQ)",
+        description="EgoMCQ accuracy (inter / intra) in dual, fusion and ensemble modes.",
+    )
     p.add_argument("--task", default="egomcq", choices=("egomcq",))
-    p.add_argument("--data", required=True,
-                   help="folder with egomcq.json and videos/ (as written by synth)")
-    p.add_argument("--checkpoint", default=None,
-                   help="model .safetensors (default: the shipped default model)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json (default: beside the checkpoint)")
+    p.add_argument(
+        "--data", required=True, help="folder with egomcq.json and videos/ (as written by synth)"
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="model .safetensors (default: the shipped default model)"
+    )
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer.json (default: beside the checkpoint)"
+    )
     p.add_argument("--mode", default="all", choices=("dual", "fusion", "ensemble", "all"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=16)
@@ -87,12 +99,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     modes = MODES if args.mode == "all" else (args.mode,)
     if args.mode == "ensemble":
         modes = MODES
-    res = evaluate_egomcq(model, data / "egomcq.json", data / "videos", tok,
-                          max_length=args.max_length, batch_size=args.batch_size, modes=modes)
+    res = evaluate_egomcq(
+        model,
+        data / "egomcq.json",
+        data / "videos",
+        tok,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        modes=modes,
+    )
     acc = {m: res.accuracy[m] for m in (MODES if args.mode == "all" else (args.mode,))}
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc},
-                         indent=1))
+        print(json.dumps({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc}, indent=1))
     else:
         print(f"EgoMCQ on {data} ({ckpt.name})")
         print(f"{'mode':<10}{'inter %':>10}{'intra %':>10}")

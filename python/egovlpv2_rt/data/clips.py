@@ -55,8 +55,9 @@ class ClipReader:
         if self.sampling not in ("uniform", "rand"):
             raise ValueError(f"sampling must be 'uniform' or 'rand', got {self.sampling!r}")
         if self.num_frames < 1 or self.image_size < 1:
-            raise ValueError(f"num_frames and image_size must be >= 1, got {self.num_frames}, "
-                             f"{self.image_size}")
+            raise ValueError(
+                f"num_frames and image_size must be >= 1, got {self.num_frames}, {self.image_size}"
+            )
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
     def path_of(self, record: ClipRecord) -> Path:
@@ -89,10 +90,17 @@ class ClipReader:
             from ..video import EgoClipLayout
 
             layout = EgoClipLayout()
-        out = read_clip(str(self.path_of(record)), start_sec=record.clip_start,
-                        end_sec=record.clip_end, num_frames=self.num_frames,
-                        sampling=self.sampling, backend=self.backend,
-                        transform=self._transform(), seed=seed, layout=layout)
+        out = read_clip(
+            str(self.path_of(record)),
+            start_sec=record.clip_start,
+            end_sec=record.clip_end,
+            num_frames=self.num_frames,
+            sampling=self.sampling,
+            backend=self.backend,
+            transform=self._transform(),
+            seed=seed,
+            layout=layout,
+        )
         if deterministic and self.cache_size > 0:
             self._cache[key] = out
             if len(self._cache) > self.cache_size:

@@ -28,10 +28,18 @@ class TextBatch:
     mask_n: Tensor | None
 
 
-def collate_text(records: Sequence[ClipRecord], tokenizer, *, max_length: int,
-                 generator: torch.Generator, num_verbs: int, num_nouns: int,
-                 use_verb: bool = True, use_noun: bool = True,
-                 mlm_probability: float = 0.15) -> TextBatch:
+def collate_text(
+    records: Sequence[ClipRecord],
+    tokenizer,
+    *,
+    max_length: int,
+    generator: torch.Generator,
+    num_verbs: int,
+    num_nouns: int,
+    use_verb: bool = True,
+    use_noun: bool = True,
+    mlm_probability: float = 0.15,
+) -> TextBatch:
     """Tokenize captions (padded to ``max_length``), mask them for MLM and build the EgoNCE
     masks from the verb / noun tags.
 
@@ -42,19 +50,40 @@ def collate_text(records: Sequence[ClipRecord], tokenizer, *, max_length: int,
         generator: drives the MLM masking.
         num_verbs, num_nouns: taxonomy sizes (multi-hot widths).
     """
-    tok = tokenizer([r.clip_text for r in records], max_length=max_length,
-                    padding="max_length", truncation=True)
-    special = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id,
-                           tokenizer.pad_token_id, tokenizer.unk_token_id,
-                           tokenizer.mask_token_id) if t is not None]
+    tok = tokenizer(
+        [r.clip_text for r in records], max_length=max_length, padding="max_length", truncation=True
+    )
+    special = [
+        t
+        for t in (
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            tokenizer.unk_token_id,
+            tokenizer.mask_token_id,
+        )
+        if t is not None
+    ]
     if tokenizer.mask_token_id is None:
         raise ValueError("the tokenizer has no <mask> token; MLM needs one")
-    mlm_ids, labels = mlm_mask_tokens(tok["input_ids"], tok["attention_mask"],
-                                      mask_token_id=tokenizer.mask_token_id,
-                                      vocab_size=tokenizer.vocab_size,
-                                      special_token_ids=special, generator=generator,
-                                      mlm_probability=mlm_probability)
-    mask_v, mask_n = egonce_masks(multi_hot([r.tag_verb for r in records], num_verbs),
-                                  multi_hot([r.tag_noun for r in records], num_nouns))
-    return TextBatch(tok["input_ids"], tok["attention_mask"], mlm_ids, labels,
-                     mask_v if use_verb else None, mask_n if use_noun else None)
+    mlm_ids, labels = mlm_mask_tokens(
+        tok["input_ids"],
+        tok["attention_mask"],
+        mask_token_id=tokenizer.mask_token_id,
+        vocab_size=tokenizer.vocab_size,
+        special_token_ids=special,
+        generator=generator,
+        mlm_probability=mlm_probability,
+    )
+    mask_v, mask_n = egonce_masks(
+        multi_hot([r.tag_verb for r in records], num_verbs),
+        multi_hot([r.tag_noun for r in records], num_nouns),
+    )
+    return TextBatch(
+        tok["input_ids"],
+        tok["attention_mask"],
+        mlm_ids,
+        labels,
+        mask_v if use_verb else None,
+        mask_n if use_noun else None,
+    )

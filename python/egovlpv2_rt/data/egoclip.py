@@ -22,8 +22,16 @@ __all__ = [
 ]
 
 EGOCLIP_COLUMNS: tuple[str, ...] = (
-    "video_uid", "video_dur", "narration_source", "narration_ind", "narration_time",
-    "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun",
+    "video_uid",
+    "video_dur",
+    "narration_source",
+    "narration_ind",
+    "narration_time",
+    "clip_start",
+    "clip_end",
+    "clip_text",
+    "tag_verb",
+    "tag_noun",
 )
 
 
@@ -92,8 +100,9 @@ def _field(row: dict[str, str], name: str, kind: type, where: str) -> object:
     try:
         return kind(float(raw)) if kind is int else kind(raw)
     except ValueError:
-        raise MetadataError(f"{where}, field {name!r}: {raw!r} is not a valid "
-                            f"{kind.__name__}") from None
+        raise MetadataError(
+            f"{where}, field {name!r}: {raw!r} is not a valid {kind.__name__}"
+        ) from None
 
 
 def record_from_mapping(row: dict[str, object], where: str) -> ClipRecord:
@@ -102,8 +111,11 @@ def record_from_mapping(row: dict[str, object], where: str) -> ClipRecord:
     Only ``video_uid``, ``clip_start``, ``clip_end``, ``clip_text``, ``tag_verb`` and ``tag_noun``
     are required; the other columns default to neutral values (EgoMCQ entries may lack them).
     """
-    srow = {k: (v if isinstance(v, str) else repr(v) if isinstance(v, float) else str(v))
-            for k, v in row.items() if v is not None}
+    srow = {
+        k: (v if isinstance(v, str) else repr(v) if isinstance(v, float) else str(v))
+        for k, v in row.items()
+        if v is not None
+    }
     for req in ("video_uid", "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun"):
         if req not in srow:
             raise MetadataError(f"{where}: missing field {req!r}")
@@ -113,13 +125,16 @@ def record_from_mapping(row: dict[str, object], where: str) -> ClipRecord:
         raise MetadataError(f"{where}, field 'clip_end': {end} is before clip_start {start}")
     return ClipRecord(
         video_uid=str(_field(srow, "video_uid", str, where)),
-        video_dur=float(_field(srow, "video_dur", float, where)) if "video_dur" in srow
+        video_dur=float(_field(srow, "video_dur", float, where))
+        if "video_dur" in srow
         else float(end),
         narration_source=srow.get("narration_source", ""),
         narration_ind=int(_field(srow, "narration_ind", int, where))
-        if "narration_ind" in srow else 0,
+        if "narration_ind" in srow
+        else 0,
         narration_time=float(_field(srow, "narration_time", float, where))
-        if "narration_time" in srow else 0.5 * (start + end),
+        if "narration_time" in srow
+        else 0.5 * (start + end),
         clip_start=float(start),
         clip_end=float(end),
         clip_text=str(srow["clip_text"]),
@@ -143,8 +158,10 @@ def read_egoclip(path: str | Path) -> list[ClipRecord]:
         header = reader.fieldnames or []
         missing = [c for c in EGOCLIP_COLUMNS if c not in header]
         if missing:
-            raise MetadataError(f"{path}: missing column(s) {missing} in the header "
-                                f"{list(header)}; expected tab-separated {list(EGOCLIP_COLUMNS)}")
+            raise MetadataError(
+                f"{path}: missing column(s) {missing} in the header "
+                f"{list(header)}; expected tab-separated {list(EGOCLIP_COLUMNS)}"
+            )
         records = []
         for row in reader:
             where = f"{path}, row {reader.line_num}"
@@ -158,14 +175,22 @@ def write_egoclip(path: str | Path, records: Iterable[ClipRecord]) -> None:
     """Write records as an EgoClip TSV (header + one row per clip)."""
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(EGOCLIP_COLUMNS), delimiter="\t",
-                                quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
+        writer = csv.DictWriter(
+            f,
+            fieldnames=list(EGOCLIP_COLUMNS),
+            delimiter="\t",
+            quoting=csv.QUOTE_NONE,
+            escapechar="\\",
+            lineterminator="\n",
+        )
         writer.writeheader()
         for r in records:
             row = r.to_row()
             if any(("\t" in v or "\n" in v) for v in row.values()):
-                raise MetadataError(f"{path}: record {r.video_uid}/{r.narration_ind} has a tab "
-                                    f"or newline in a field")
+                raise MetadataError(
+                    f"{path}: record {r.video_uid}/{r.narration_ind} has a tab "
+                    f"or newline in a field"
+                )
             writer.writerow(row)
 
 

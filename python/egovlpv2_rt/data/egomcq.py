@@ -57,8 +57,10 @@ def read_egomcq(path: str | Path, num_choices: int | None = 5) -> list[MCQItem]:
     except json.JSONDecodeError as e:
         raise MetadataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise MetadataError(f"{path}: top level must be an object keyed by question number, "
-                            f"got {type(data).__name__}")
+        raise MetadataError(
+            f"{path}: top level must be an object keyed by question number, "
+            f"got {type(data).__name__}"
+        )
     items = []
     for key in sorted(data, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)):
         entry = data[key]
@@ -79,24 +81,32 @@ def read_egomcq(path: str | Path, num_choices: int | None = 5) -> list[MCQItem]:
             raise MetadataError(f"{where}, field 'choices': must be an object or a list")
         n = len(choice_list)
         if (num_choices is not None and n != num_choices) or n < 2:
-            raise MetadataError(f"{where}, field 'choices': {n} candidates, expected "
-                                f"{num_choices if num_choices is not None else 'at least 2'}")
+            raise MetadataError(
+                f"{where}, field 'choices': {n} candidates, expected "
+                f"{num_choices if num_choices is not None else 'at least 2'}"
+            )
         answer = entry["answer"]
         if isinstance(answer, bool) or not isinstance(answer, int):
             raise MetadataError(f"{where}, field 'answer': must be an integer, got {answer!r}")
         if not 0 <= answer < n:
-            raise MetadataError(f"{where}, field 'answer': {answer} is out of range for "
-                                f"{n} choices (valid 0..{n - 1})")
+            raise MetadataError(
+                f"{where}, field 'answer': {answer} is out of range for "
+                f"{n} choices (valid 0..{n - 1})"
+            )
         qtype = entry["types"]
         if qtype not in (INTER, INTRA):
-            raise MetadataError(f"{where}, field 'types': {qtype!r}; expected 1 (inter-video) "
-                                f"or 2 (intra-video)")
+            raise MetadataError(
+                f"{where}, field 'types': {qtype!r}; expected 1 (inter-video) or 2 (intra-video)"
+            )
         if not isinstance(entry["query"], dict):
             raise MetadataError(f"{where}, field 'query': must be an object")
         query = _query_record(entry["query"], f"{where}, field 'query'")
-        choices = tuple(record_from_mapping(c, f"{where}, field 'choices'[{cn!r}]")
-                        if isinstance(c, dict) else _bad_choice(where, cn)
-                        for c, cn in zip(choice_list, cnames))
+        choices = tuple(
+            record_from_mapping(c, f"{where}, field 'choices'[{cn!r}]")
+            if isinstance(c, dict)
+            else _bad_choice(where, cn)
+            for c, cn in zip(choice_list, cnames)
+        )
         items.append(MCQItem(str(key), query, choices, int(answer), int(qtype)))
     if not items:
         raise MetadataError(f"{path}: no questions")
@@ -111,8 +121,7 @@ def _query_record(q: dict, where: str) -> ClipRecord:
     # The query only needs its text; the released file also carries its clip fields.
     if "clip_text" not in q:
         raise MetadataError(f"{where}: missing field 'clip_text'")
-    full = {"video_uid": "", "clip_start": 0.0, "clip_end": 0.0, "tag_verb": "[]",
-            "tag_noun": "[]"}
+    full = {"video_uid": "", "clip_start": 0.0, "clip_end": 0.0, "tag_verb": "[]", "tag_noun": "[]"}
     full.update(q)
     return record_from_mapping(full, where)
 

@@ -41,6 +41,7 @@ def overlap_mask(vec: Tensor) -> Tensor:
 def egonce_masks(verb_vec: Tensor, noun_vec: Tensor) -> tuple[Tensor, Tensor]:
     """Verb and noun overlap masks, each ``[N, N]`` float32 0/1, from multi-hot tags."""
     if verb_vec.shape[0] != noun_vec.shape[0]:
-        raise ValueError(f"verb_vec has {verb_vec.shape[0]} rows but noun_vec has "
-                         f"{noun_vec.shape[0]}")
+        raise ValueError(
+            f"verb_vec has {verb_vec.shape[0]} rows but noun_vec has {noun_vec.shape[0]}"
+        )
     return overlap_mask(verb_vec), overlap_mask(noun_vec)

@@ -40,8 +40,10 @@ def mlm_mask_tokens(
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match "
-                         f"input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+            f"input_ids shape {tuple(input_ids.shape)}"
+        )
     if not 0.0 <= mlm_probability <= 1.0:
         raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
     special = torch.tensor(sorted({int(s) for s in special_token_ids}), dtype=torch.long)

@@ -92,8 +92,9 @@ class SynthConfig:
         if self.clips_per_video < 5:
             raise ValueError(f"clips_per_video must be >= 5, got {self.clips_per_video}")
         if not 2 <= self.objects_per_video <= len(SHAPES):
-            raise ValueError(f"objects_per_video must be in 2..{len(SHAPES)}, "
-                             f"got {self.objects_per_video}")
+            raise ValueError(
+                f"objects_per_video must be in 2..{len(SHAPES)}, got {self.objects_per_video}"
+            )
         if self.size < 32 or self.size % 16:
             raise ValueError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if self.num_clips < 1 or self.fps < 1 or self.clip_seconds <= 0 or self.num_mcq < 0:
@@ -121,8 +122,9 @@ class _Action:
 
 def narration_words(verb: str, colour: str, shape: str, direction: str = "") -> str:
     """The narration of one action, Ego4D style."""
-    third = {"move": "moves", "pick up": "picks up", "put down": "puts down",
-             "rotate": "rotates"}[verb]
+    third = {"move": "moves", "pick up": "picks up", "put down": "puts down", "rotate": "rotates"}[
+        verb
+    ]
     text = f"#C C {third} the {colour} {shape}"
     return text + (f" to the {direction}" if direction else "")
 
@@ -147,8 +149,14 @@ def _shape_mask(xx: np.ndarray, yy: np.ndarray, o: _Obj, half: float) -> np.ndar
     return (v >= -h) & (v <= h) & (np.abs(u) <= t * h * 1.1)
 
 
-def _render(size: int, bg: np.ndarray, specks: np.ndarray, objs: Sequence[_Obj],
-            hand: tuple[float, float] | None, noise: np.ndarray) -> np.ndarray:
+def _render(
+    size: int,
+    bg: np.ndarray,
+    specks: np.ndarray,
+    objs: Sequence[_Obj],
+    hand: tuple[float, float] | None,
+    noise: np.ndarray,
+) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = np.empty((size, size, 3), np.float32)
     img[:] = bg
@@ -187,13 +195,15 @@ def _plan_action(rng: np.random.Generator, objs: list[_Obj], size: int) -> _Acti
     if verb != "move":
         return _Action(verb, i)
     step = size * 0.22
-    dirs = [d for d, dx in (("left", -step), ("right", step))
-            if size * 0.12 <= o.x + dx <= size * 0.88]
+    dirs = [
+        d for d, dx in (("left", -step), ("right", step)) if size * 0.12 <= o.x + dx <= size * 0.88
+    ]
     return _Action("move", i, dirs[int(rng.integers(len(dirs)))])
 
 
-def _hand_path(frac: float, start: tuple[float, float], at: tuple[float, float]
-               ) -> tuple[float, float]:
+def _hand_path(
+    frac: float, start: tuple[float, float], at: tuple[float, float]
+) -> tuple[float, float]:
     """Hand position: approach over the first 30%, then follow the object."""
     if frac < 0.3:
         a = frac / 0.3
@@ -201,8 +211,9 @@ def _hand_path(frac: float, start: tuple[float, float], at: tuple[float, float]
     return at
 
 
-def _simulate(rng: np.random.Generator, cfg: SynthConfig, objs: list[_Obj], act: _Action,
-              frames_per_clip: int) -> list[tuple[list[_Obj], tuple[float, float] | None]]:
+def _simulate(
+    rng: np.random.Generator, cfg: SynthConfig, objs: list[_Obj], act: _Action, frames_per_clip: int
+) -> list[tuple[list[_Obj], tuple[float, float] | None]]:
     """Frames (object states, hand position) of one action; updates ``objs`` to the end state."""
     size = cfg.size
     o = objs[act.obj]
@@ -263,20 +274,33 @@ def _write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str)
 # ------------------------------------------------------------------------------ dataset
 
 
-def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
-                ) -> tuple[list[np.ndarray], list[ClipRecord], set[str]]:
+def _make_video(
+    rng: np.random.Generator, cfg: SynthConfig, uid: str
+) -> tuple[list[np.ndarray], list[ClipRecord], set[str]]:
     size = cfg.size
     shapes = list(rng.permutation(len(SHAPES))[: cfg.objects_per_video])
     colours = list(rng.permutation(len(COLOURS))[: cfg.objects_per_video])
     cnames = list(COLOURS)
     # One row of the table per object, so that a move to the left or right never collides.
     ys = np.linspace(0.25, 0.70, cfg.objects_per_video) * size
-    objs = [_Obj(SHAPES[s], cnames[c], float(size * rng.uniform(0.2, 0.8)),
-                 float(y + rng.uniform(-1.5, 1.5)), float(rng.uniform(0, 0.3)))
-            for s, c, y in zip(shapes, colours, rng.permutation(ys))]
+    objs = [
+        _Obj(
+            SHAPES[s],
+            cnames[c],
+            float(size * rng.uniform(0.2, 0.8)),
+            float(y + rng.uniform(-1.5, 1.5)),
+            float(rng.uniform(0, 0.3)),
+        )
+        for s, c, y in zip(shapes, colours, rng.permutation(ys))
+    ]
     bg = rng.uniform(50, 150, size=3).astype(np.float32)
-    specks = np.array([(rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, 3),
-                        rng.uniform(0.75, 1.25)) for _ in range(6)], np.float32)
+    specks = np.array(
+        [
+            (rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, 3), rng.uniform(0.75, 1.25))
+            for _ in range(6)
+        ],
+        np.float32,
+    )
     fpc = max(4, round(cfg.fps * cfg.clip_seconds))
     frames: list[np.ndarray] = []
     records: list[ClipRecord] = []
@@ -290,23 +314,32 @@ def _make_video(rng: np.random.Generator, cfg: SynthConfig, uid: str
             frames.append(_render(size, bg, specks, fobjs, hand, noise))
         start = k * fpc / cfg.fps
         end = (k + 1) * fpc / cfg.fps
-        records.append(ClipRecord(
-            video_uid=uid, video_dur=dur, narration_source="narration_pass_1",
-            narration_ind=k, narration_time=0.5 * (start + end), clip_start=start,
-            clip_end=end, clip_text=text, tag_verb=(VERB_CLASSES.index(
-                f"{act.verb} {act.direction}".strip()),),
-            tag_noun=(NOUN_CLASSES.index(f"{o.colour} {o.shape}"),)))
+        records.append(
+            ClipRecord(
+                video_uid=uid,
+                video_dur=dur,
+                narration_source="narration_pass_1",
+                narration_ind=k,
+                narration_time=0.5 * (start + end),
+                clip_start=start,
+                clip_end=end,
+                clip_text=text,
+                tag_verb=(VERB_CLASSES.index(f"{act.verb} {act.direction}".strip()),),
+                tag_noun=(NOUN_CLASSES.index(f"{o.colour} {o.shape}"),),
+            )
+        )
     return frames, records, {f"{o.colour} {o.shape}" for o in objs}
 
 
 def _object_of(text: str) -> str:
     words = text.split()
     i = words.index("the")
-    return " ".join(words[i + 1: i + 3])
+    return " ".join(words[i + 1 : i + 3])
 
 
-def _make_mcq(rng: np.random.Generator, videos: list[list[ClipRecord]], scenes: list[set[str]],
-              num: int) -> list[MCQItem]:
+def _make_mcq(
+    rng: np.random.Generator, videos: list[list[ClipRecord]], scenes: list[set[str]], num: int
+) -> list[MCQItem]:
     items: list[MCQItem] = []
     attempts = 0
     while len(items) < num and attempts < 50 * max(num, 1):
@@ -344,13 +377,15 @@ def _make_mcq(rng: np.random.Generator, videos: list[list[ClipRecord]], scenes: 
         choices = picks[:answer] + [q] + picks[answer:]
         items.append(MCQItem(str(len(items)), q, tuple(choices), answer, qtype))
     if len(items) < num:
-        raise ValueError(f"could only build {len(items)} of {num} EgoMCQ questions; "
-                         f"generate more clips")
+        raise ValueError(
+            f"could only build {len(items)} of {num} EgoMCQ questions; generate more clips"
+        )
     return items
 
 
-def generate_dataset(out_dir: str | Path, seed: int, cfg: SynthConfig | None = None
-                     ) -> dict[str, Path]:
+def generate_dataset(
+    out_dir: str | Path, seed: int, cfg: SynthConfig | None = None
+) -> dict[str, Path]:
     """Write ``videos/<uid>.mp4``, ``egoclip.csv`` and ``egomcq.json`` under ``out_dir``.
 
     Args:
@@ -380,5 +415,9 @@ def generate_dataset(out_dir: str | Path, seed: int, cfg: SynthConfig | None = N
         scenes.append(scene)
     write_egoclip(out / "egoclip.csv", all_records)
     write_egomcq(out / "egomcq.json", _make_mcq(rng, per_video, scenes, cfg.num_mcq))
-    return {"root": out, "videos": vdir, "egoclip": out / "egoclip.csv",
-            "egomcq": out / "egomcq.json"}
+    return {
+        "root": out,
+        "videos": vdir,
+        "egoclip": out / "egoclip.csv",
+        "egomcq": out / "egomcq.json",
+    }

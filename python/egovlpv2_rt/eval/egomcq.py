@@ -39,9 +39,17 @@ class EgoMCQResult:
 
 
 @torch.no_grad()
-def score_egomcq(model: EgoVLPv2, items: Sequence[MCQItem], reader: ClipReader, tokenizer, *,
-                 max_length: int, batch_size: int = 8, modes: Sequence[str] = MODES,
-                 progress: bool = False) -> dict[str, Tensor]:
+def score_egomcq(
+    model: EgoVLPv2,
+    items: Sequence[MCQItem],
+    reader: ClipReader,
+    tokenizer,
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    modes: Sequence[str] = MODES,
+    progress: bool = False,
+) -> dict[str, Tensor]:
     """Scores ``[Q, C]`` float64 per requested mode (higher = better match).
 
     Args:
@@ -68,25 +76,27 @@ def score_egomcq(model: EgoVLPv2, items: Sequence[MCQItem], reader: ClipReader, 
 
         rng = tqdm(rng, desc="egomcq", unit="batch")
     for start in rng:
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         n_c = len(chunk[0].choices)
         if any(len(it.choices) != n_c for it in chunk):
             raise ValueError("every question must have the same number of choices")
         video = torch.stack([reader.read(c) for it in chunk for c in it.choices])
         video = video.to(device=dev, dtype=dtype)
-        tok = tokenizer([it.text for it in chunk], max_length=max_length,
-                        padding="max_length", truncation=True)
+        tok = tokenizer(
+            [it.text for it in chunk], max_length=max_length, padding="max_length", truncation=True
+        )
         ids = tok["input_ids"].to(dev)
         am = tok["attention_mask"].to(dev)
         q = len(chunk)
         if need_dual:
             t = model.encode_text(ids, am)
             v = model.encode_video(video).reshape(q, n_c, -1)
-            sims = torch.stack([sim_matrix(t[i:i + 1], v[i])[0] for i in range(q)])
+            sims = torch.stack([sim_matrix(t[i : i + 1], v[i])[0] for i in range(q)])
             dual.append(sims.double().cpu())
         if need_fusion:
-            logits = model.vtm_logits(video, ids.repeat_interleave(n_c, 0),
-                                      am.repeat_interleave(n_c, 0))
+            logits = model.vtm_logits(
+                video, ids.repeat_interleave(n_c, 0), am.repeat_interleave(n_c, 0)
+            )
             prob = F.softmax(logits.double(), dim=-1)[:, 1].reshape(q, n_c)
             fusion.append(prob.cpu())
     out: dict[str, Tensor] = {}
@@ -99,10 +109,19 @@ def score_egomcq(model: EgoVLPv2, items: Sequence[MCQItem], reader: ClipReader, 
     return out
 
 
-def evaluate_egomcq(model: EgoVLPv2, egomcq: str | Path | Sequence[MCQItem],
-                    video_dir: str | Path, tokenizer, *, num_frames: int | None = None,
-                    max_length: int = 16, batch_size: int = 8, modes: Sequence[str] = MODES,
-                    backend: str = "pyav", progress: bool = False) -> EgoMCQResult:
+def evaluate_egomcq(
+    model: EgoVLPv2,
+    egomcq: str | Path | Sequence[MCQItem],
+    video_dir: str | Path,
+    tokenizer,
+    *,
+    num_frames: int | None = None,
+    max_length: int = 16,
+    batch_size: int = 8,
+    modes: Sequence[str] = MODES,
+    backend: str = "pyav",
+    progress: bool = False,
+) -> EgoMCQResult:
     """Accuracy on an EgoMCQ file (or parsed questions) in the requested modes.
 
     Returns:
@@ -110,11 +129,24 @@ def evaluate_egomcq(model: EgoVLPv2, egomcq: str | Path | Sequence[MCQItem],
     """
     items = read_egomcq(egomcq) if isinstance(egomcq, (str, Path)) else list(egomcq)
     vc = model.config.video
-    reader = ClipReader(video_dir, num_frames=num_frames or vc.num_frames,
-                        image_size=vc.img_size, sampling="uniform", backend=backend,
-                        cache_size=0)
-    scores = score_egomcq(model, items, reader, tokenizer, max_length=max_length,
-                          batch_size=batch_size, modes=modes, progress=progress)
+    reader = ClipReader(
+        video_dir,
+        num_frames=num_frames or vc.num_frames,
+        image_size=vc.img_size,
+        sampling="uniform",
+        backend=backend,
+        cache_size=0,
+    )
+    scores = score_egomcq(
+        model,
+        items,
+        reader,
+        tokenizer,
+        max_length=max_length,
+        batch_size=batch_size,
+        modes=modes,
+        progress=progress,
+    )
     answers = torch.tensor([it.answer for it in items])
     types = torch.tensor([it.type for it in items])
     acc = {m: egomcq_accuracy(s, answers, types) for m, s in scores.items()}

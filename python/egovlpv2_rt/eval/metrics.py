@@ -19,8 +19,7 @@ __all__ = [
 
 
 def _np(x: object, name: str, ndim: int | None = None) -> np.ndarray:
-    a = x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x,
-                                                                                  np.float64)
+    a = x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, np.float64)
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -124,8 +123,10 @@ def mean_average_precision(sim: object, relevancy: object) -> float:
     cum[ranked != 1] = 0
     n_rel = (ranked == 1).sum(axis=1)
     if np.any(n_rel == 0):
-        raise ValueError(f"{int((n_rel == 0).sum())} row(s) of relevancy have no item of "
-                         f"relevance 1; average precision is undefined for them")
+        raise ValueError(
+            f"{int((n_rel == 0).sum())} row(s) of relevancy have no item of "
+            f"relevance 1; average precision is undefined for them"
+        )
     ap = (cum / (np.arange(ranked.shape[1]) + 1)).sum(axis=1) / n_rel
     return float(ap.mean())
 
@@ -146,8 +147,9 @@ def ndcg(sim: object, relevancy: object) -> float:
 
     idcg = dcg(r)
     if np.any(idcg == 0):
-        raise ValueError(f"{int((idcg == 0).sum())} row(s) of relevancy are all zero; nDCG is "
-                         f"undefined for them")
+        raise ValueError(
+            f"{int((idcg == 0).sum())} row(s) of relevancy are all zero; nDCG is undefined for them"
+        )
     return float((dcg(s) / idcg).mean())
 
 

@@ -98,14 +98,16 @@ class GraphSpec:
 
 
 GRAPHS: dict[str, GraphSpec] = {
-    "video_encoder": GraphSpec("video_encoder", VideoEncoderGraph, ("video",),
-                               ("video_embeds",)),
-    "text_encoder": GraphSpec("text_encoder", TextEncoderGraph,
-                              ("input_ids", "attention_mask"), ("text_embeds",)),
-    "vtm": GraphSpec("vtm", VTMGraph, ("video", "input_ids", "attention_mask"),
-                     ("vtm_logits",), head="itm_score"),
-    "mlm": GraphSpec("mlm", MLMGraph, ("video", "input_ids", "attention_mask"),
-                     ("mlm_logits",), head="mlm_score"),
+    "video_encoder": GraphSpec("video_encoder", VideoEncoderGraph, ("video",), ("video_embeds",)),
+    "text_encoder": GraphSpec(
+        "text_encoder", TextEncoderGraph, ("input_ids", "attention_mask"), ("text_embeds",)
+    ),
+    "vtm": GraphSpec(
+        "vtm", VTMGraph, ("video", "input_ids", "attention_mask"), ("vtm_logits",), head="itm_score"
+    ),
+    "mlm": GraphSpec(
+        "mlm", MLMGraph, ("video", "input_ids", "attention_mask"), ("mlm_logits",), head="mlm_score"
+    ),
 }
 DUAL_GRAPHS = ("video_encoder", "text_encoder")
 FUSION_GRAPHS = ("vtm",)
@@ -117,13 +119,22 @@ def build_graph(model: EgoVLPv2, name: str) -> nn.Module:
         raise ValueError(f"graph must be one of {sorted(GRAPHS)}, got {name!r}")
     spec = GRAPHS[name]
     if spec.head is not None and not hasattr(model, spec.head):
-        raise ValueError(f"graph {name!r} needs the model's {spec.head} head, which this "
-                         f"checkpoint does not have (task_names={model.config.task_names!r})")
+        raise ValueError(
+            f"graph {name!r} needs the model's {spec.head} head, which this "
+            f"checkpoint does not have (task_names={model.config.task_names!r})"
+        )
     return spec.wrapper(model).eval()
 
 
-def example_inputs(model: EgoVLPv2, name: str, *, num_frames: int, batch: int = 2,
-                   text_length: int | None = None, seed: int = 0) -> tuple[Tensor, ...]:
+def example_inputs(
+    model: EgoVLPv2,
+    name: str,
+    *,
+    num_frames: int,
+    batch: int = 2,
+    text_length: int | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, ...]:
     """Example inputs of graph ``name`` (also used as the trace inputs of the export).
 
     video: [batch, num_frames, 3, S, S] standard-normal pixels in the model's dtype; text:
@@ -133,8 +144,9 @@ def example_inputs(model: EgoVLPv2, name: str, *, num_frames: int, batch: int = 
     """
     cfg = model.config
     if batch < 2:
-        raise ValueError(f"example batch must be >= 2 (dims of size 1 are specialised), "
-                         f"got {batch}")
+        raise ValueError(
+            f"example batch must be >= 2 (dims of size 1 are specialised), got {batch}"
+        )
     gen = torch.Generator().manual_seed(seed)
     out: list[Tensor] = []
     spec = GRAPHS[name]

@@ -95,14 +95,30 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
         raise TypeError(f"{path}: expected a JSON object, got {type(data).__name__}")
     known = set(Sidecar.__dataclass_fields__)
     unknown = sorted(set(data) - known)
-    missing = sorted(k for k in ("graph", "file", "format", "precision", "config",
-                                 "preprocessing", "inputs", "outputs") if k not in data)
+    missing = sorted(
+        k
+        for k in (
+            "graph",
+            "file",
+            "format",
+            "precision",
+            "config",
+            "preprocessing",
+            "inputs",
+            "outputs",
+        )
+        if k not in data
+    )
     if unknown or missing:
-        raise ValueError(f"{path}: not an egovlpv2 export sidecar (unknown keys {unknown}, "
-                         f"missing keys {missing})")
+        raise ValueError(
+            f"{path}: not an egovlpv2 export sidecar (unknown keys {unknown}, "
+            f"missing keys {missing})"
+        )
     if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {data['format_version']} is newer than this "
-                         f"package understands ({FORMAT_VERSION}); upgrade egovlpv2-rt")
+        raise ValueError(
+            f"{path}: format_version {data['format_version']} is newer than this "
+            f"package understands ({FORMAT_VERSION}); upgrade egovlpv2-rt"
+        )
     return Sidecar(**data)
 
 
@@ -127,8 +143,10 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     the file when it is missing or malformed)."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{directory}: not an egovlpv2 export folder (no {MANIFEST}); "
-                                "create one with egovlpv2-export")
+        raise FileNotFoundError(
+            f"{directory}: not an egovlpv2 export folder (no {MANIFEST}); "
+            "create one with egovlpv2-export"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

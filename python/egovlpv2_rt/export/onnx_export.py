@@ -158,14 +158,18 @@ def _io_spec(model: EgoVLPv2, name: str, num_frames: int) -> tuple[dict, dict]:
     spec = GRAPHS[name]
     for n in spec.inputs:
         if n == "video":
-            inputs[n] = {"shape": ["batch", num_frames, cfg.video.in_chans, s, s],
-                         "dtype": "float32"}
+            inputs[n] = {
+                "shape": ["batch", num_frames, cfg.video.in_chans, s, s],
+                "dtype": "float32",
+            }
         else:
             inputs[n] = {"shape": ["batch", "text_length"], "dtype": "int64"}
-    out_shape: list = {"video_encoder": ["batch", cfg.projection_dim],
-                       "text_encoder": ["batch", cfg.projection_dim],
-                       "vtm": ["batch", 2],
-                       "mlm": ["batch", "text_length", cfg.fusion.vocab_size]}[name]
+    out_shape: list = {
+        "video_encoder": ["batch", cfg.projection_dim],
+        "text_encoder": ["batch", cfg.projection_dim],
+        "vtm": ["batch", 2],
+        "mlm": ["batch", "text_length", cfg.fusion.vocab_size],
+    }[name]
     outputs = {spec.outputs[0]: {"shape": out_shape, "dtype": "float32"}}
     return inputs, outputs
 
@@ -194,8 +198,7 @@ def export_graph(
     if name not in GRAPHS:
         raise ValueError(f"graph must be one of {sorted(GRAPHS)}, got {name!r}")
     if precision not in passes.PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(passes.PRECISIONS)}, "
-                         f"got {precision!r}")
+        raise ValueError(f"precision must be one of {sorted(passes.PRECISIONS)}, got {precision!r}")
     if opset < 18:
         raise ValueError(f"opset must be >= 18, got {opset}")
     if not isinstance(model, EgoVLPv2):
@@ -203,8 +206,10 @@ def export_graph(
     cfg = model.config
     frames = num_frames or cfg.video.num_frames
     if not 1 <= frames <= cfg.video.num_frames:
-        raise ValueError(f"frames: {frames} is outside [1, {cfg.video.num_frames}], the "
-                         f"model's maximum clip length (video.num_frames)")
+        raise ValueError(
+            f"frames: {frames} is outside [1, {cfg.video.num_frames}], the "
+            f"model's maximum clip length (video.num_frames)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -214,29 +219,42 @@ def export_graph(
     max_len = cfg.text.max_text_length
     text_len = example_text_length or min(8, max_len)
     text_len = max(2, min(text_len, max_len))
-    example = example_inputs(m, name, num_frames=frames, batch=max(2, example_batch),
-                             text_length=text_len)
+    example = example_inputs(
+        m, name, num_frames=frames, batch=max(2, example_batch), text_length=text_len
+    )
     spec = GRAPHS[name]
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
-            graph, example, dynamo=True, opset_version=opset, verbose=False,
-            input_names=list(spec.inputs), output_names=list(spec.outputs),
+            graph,
+            example,
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=list(spec.inputs),
+            output_names=list(spec.outputs),
             dynamic_shapes=dynamic_shapes(name, max_batch=1 << 16, max_text_length=max_len),
-            custom_translation_table=custom_translation_table(), optimize=True,
+            custom_translation_table=custom_translation_table(),
+            optimize=True,
         )
     proto = program.model_proto
 
     passes.prescale_attention(proto)
     passes.eliminate_dead_nodes(proto)
-    dims = {"video": {0: "batch"}, "input_ids": {0: "batch", 1: "text_length"},
-            "attention_mask": {0: "batch", 1: "text_length"}, spec.outputs[0]: {0: "batch"}}
+    dims = {
+        "video": {0: "batch"},
+        "input_ids": {0: "batch", 1: "text_length"},
+        "attention_mask": {0: "batch", 1: "text_length"},
+        spec.outputs[0]: {0: "batch"},
+    }
     if name == "mlm":
         dims[spec.outputs[0]][1] = "text_length"
     passes.rename_dims(proto, dims)
     foreign = passes.nonstandard_nodes(proto)
     if foreign:
-        raise ValueError(f"exported graph {name!r} has nodes outside the standard ONNX "
-                         f"domains: {', '.join(foreign[:5])}")
+        raise ValueError(
+            f"exported graph {name!r} has nodes outside the standard ONNX "
+            f"domains: {', '.join(foreign[:5])}"
+        )
     passes.check_attention_patterns(proto, expected=expected_attention_count(m, name))
     passes.cast_precision(proto, precision)
     if precision != "fp32":
@@ -248,13 +266,23 @@ def export_graph(
     inputs, outputs = _io_spec(m, name, frames)
     source = os.fspath(source_checkpoint) if source_checkpoint else ""
     sidecar = Sidecar(
-        graph=name, file=f"{name}.onnx", format="onnx", precision=precision,
-        config=cfg.to_dict(), preprocessing=prep.to_dict(), inputs=inputs, outputs=outputs,
+        graph=name,
+        file=f"{name}.onnx",
+        format="onnx",
+        precision=precision,
+        config=cfg.to_dict(),
+        preprocessing=prep.to_dict(),
+        inputs=inputs,
+        outputs=outputs,
         source_checkpoint=Path(source).name if source else "",
         source_sha256=file_sha256(source) if source and Path(source).is_file() else "",
-        package_version=__version__, torch_version=torch.__version__,
-        extra={"opset": opset, "attention_subgraphs": expected_attention_count(m, name),
-               "onnx_version": onnx.__version__},
+        package_version=__version__,
+        torch_version=torch.__version__,
+        extra={
+            "opset": opset,
+            "attention_subgraphs": expected_attention_count(m, name),
+            "onnx_version": onnx.__version__,
+        },
     )
     del proto.metadata_props[:]
     for key, value in metadata_props(sidecar).items():
@@ -267,16 +295,27 @@ def export_graph(
     if data_file.exists():
         data_file.unlink()
     if proto.ByteSize() > _EXTERNAL_DATA_BYTES:
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_file.name)
+        onnx.save_model(
+            proto,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_file.name,
+        )
         onnx.checker.check_model(str(path), full_check=True)
     else:
         onnx.checker.check_model(proto, full_check=True)
         onnx.save_model(proto, path)
     sidecar.sha256 = file_sha256(path)
     side_path = write_sidecar(out / f"{name}.json", sidecar)
-    return ExportedGraph(name, path, side_path, precision,
-                         expected_attention_count(m, name), time.perf_counter() - t0)
+    return ExportedGraph(
+        name,
+        path,
+        side_path,
+        precision,
+        expected_attention_count(m, name),
+        time.perf_counter() - t0,
+    )
 
 
 def export_model(
@@ -300,15 +339,25 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frames = num_frames or model.config.video.num_frames
-    prep = Preprocessing.for_config(model.config, num_frames=frames,
-                                    max_text_length=max_text_length)
+    prep = Preprocessing.for_config(
+        model.config, num_frames=frames, max_text_length=max_text_length
+    )
     done = []
     for name in graphs:
         if progress is not None:
             progress(name)
-        done.append(export_graph(model, name, out, num_frames=frames, precision=precision,
-                                 opset=opset, preprocessing=prep,
-                                 source_checkpoint=source_checkpoint))
+        done.append(
+            export_graph(
+                model,
+                name,
+                out,
+                num_frames=frames,
+                precision=precision,
+                opset=opset,
+                preprocessing=prep,
+                source_checkpoint=source_checkpoint,
+            )
+        )
     if tokenizer_file is not None:
         src = Path(tokenizer_file)
         if not src.is_file():
@@ -319,23 +368,31 @@ def export_model(
     return done
 
 
-def _update_manifest(out: Path, model: EgoVLPv2, prep: Preprocessing, precision: str,
-                     done: list[ExportedGraph]) -> None:
+def _update_manifest(
+    out: Path, model: EgoVLPv2, prep: Preprocessing, precision: str, done: list[ExportedGraph]
+) -> None:
     path = out / MANIFEST
     manifest = {}
     if path.is_file():
         with contextlib.suppress(json.JSONDecodeError):
             manifest = json.loads(path.read_text())
-    same = (manifest.get("config") == model.config.to_dict()
-            and manifest.get("preprocessing") == prep.to_dict()
-            and manifest.get("precision") == precision)
+    same = (
+        manifest.get("config") == model.config.to_dict()
+        and manifest.get("preprocessing") == prep.to_dict()
+        and manifest.get("precision") == precision
+    )
     graphs = dict(manifest.get("graphs", {})) if same else {}
     for g in done:
         graphs[g.name] = {"onnx": g.path.name, "sidecar": g.sidecar.name}
-    manifest = {"format_version": 1, "config": model.config.to_dict(),
-                "preprocessing": prep.to_dict(), "precision": precision,
-                "package_version": __version__, "graphs": graphs,
-                "tokenizer": "tokenizer.json" if (out / "tokenizer.json").is_file() else None}
+    manifest = {
+        "format_version": 1,
+        "config": model.config.to_dict(),
+        "preprocessing": prep.to_dict(),
+        "precision": precision,
+        "package_version": __version__,
+        "graphs": graphs,
+        "tokenizer": "tokenizer.json" if (out / "tokenizer.json").is_file() else None,
+    }
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
@@ -368,8 +425,14 @@ def verify_onnx(
     for b in batches:
         for length in lengths:
             length = min(length, max_len)
-            ex = example_inputs(ref_model, name, num_frames=frames or model.config.video.num_frames,
-                                batch=max(2, b), text_length=max(2, length), seed=seed + b)
+            ex = example_inputs(
+                ref_model,
+                name,
+                num_frames=frames or model.config.video.num_frames,
+                batch=max(2, b),
+                text_length=max(2, length),
+                seed=seed + b,
+            )
             ex = tuple(t[:b] for t in ex)
             with torch.no_grad():
                 ref = graph(*ex).numpy()

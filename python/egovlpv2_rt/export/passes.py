@@ -37,8 +37,7 @@ __all__ = [
 ]
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
-PRECISIONS = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16,
-              "bf16": TensorProto.BFLOAT16}
+PRECISIONS = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -79,8 +78,11 @@ class _Index:
     def scalar(self, name: str) -> float | None:
         value = self.constant(name)
         # bfloat16 arrays (ml_dtypes) have dtype kind "V", not "f".
-        if value is None or value.size != 1 or not (value.dtype.kind == "f"
-                                                     or value.dtype.name == "bfloat16"):
+        if (
+            value is None
+            or value.size != 1
+            or not (value.dtype.kind == "f" or value.dtype.name == "bfloat16")
+        ):
             return None
         return float(value.reshape(()).astype(np.float32))
 
@@ -234,12 +236,16 @@ def attention_patterns(model: onnx.ModelProto) -> list[AttentionMatch]:
         if src is not None and src.op_type in ("Div", "Mul"):
             before = index.producer.get(src.input[0])
             if before is not None and before.op_type == "MatMul":
-                m.problems.append("the query is not pre-scaled: the scale is applied after "
-                                  "the scores MatMul (prescale_attention rewrites it)")
+                m.problems.append(
+                    "the query is not pre-scaled: the scale is applied after "
+                    "the scores MatMul (prescale_attention rewrites it)"
+                )
                 continue
         if src is None or src.op_type != "MatMul":
-            m.problems.append("the Softmax input is not a MatMul (or MatMul + mask Add); "
-                              f"found {src.op_type if src is not None else 'a graph input'}")
+            m.problems.append(
+                "the Softmax input is not a MatMul (or MatMul + mask Add); "
+                f"found {src.op_type if src is not None else 'a graph input'}"
+            )
         else:
             m.bmm1 = src.name
             if index.single_consumer(src.output[0]) is None:
@@ -250,8 +256,9 @@ def attention_patterns(model: onnx.ModelProto) -> list[AttentionMatch]:
                 scalars = [index.scalar(i) for i in q_src.input]
                 scale = next((s for s in scalars if s is not None), None)
             if scale is None:
-                m.problems.append("the query is not pre-scaled (no Mul by a scalar before the "
-                                  "scores MatMul)")
+                m.problems.append(
+                    "the query is not pre-scaled (no Mul by a scalar before the scores MatMul)"
+                )
             else:
                 m.q_scale, m.scale = q_src.name, scale
             for role, name in (("q", src.input[0]), ("k_t", src.input[1])):
@@ -259,8 +266,9 @@ def attention_patterns(model: onnx.ModelProto) -> list[AttentionMatch]:
                     m.ranks[role] = ranks[name]
         users = index.consumers.get(node.output[0], [])
         if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != node.output[0]:
-            m.problems.append("the Softmax output is not read by exactly one MatMul (as its "
-                              "first operand)")
+            m.problems.append(
+                "the Softmax output is not read by exactly one MatMul (as its first operand)"
+            )
         else:
             m.bmm2 = users[0].name
             if users[0].input[1] in ranks:
@@ -271,16 +279,19 @@ def attention_patterns(model: onnx.ModelProto) -> list[AttentionMatch]:
     return matches
 
 
-def check_attention_patterns(model: onnx.ModelProto, *, expected: int | None = None
-                             ) -> list[AttentionMatch]:
+def check_attention_patterns(
+    model: onnx.ModelProto, *, expected: int | None = None
+) -> list[AttentionMatch]:
     """Raise ``ValueError`` unless every Softmax is a fusable attention (and, if given, there
     are exactly ``expected`` of them). Returns the matches."""
     matches = attention_patterns(model)
     bad = [m for m in matches if not m.fusable]
     if bad:
         lines = [f"{m.softmax}: {'; '.join(m.problems)}" for m in bad[:5]]
-        raise ValueError(f"{len(bad)} of {len(matches)} attention subgraphs are not in "
-                         "TensorRT's fusable form: " + " | ".join(lines))
+        raise ValueError(
+            f"{len(bad)} of {len(matches)} attention subgraphs are not in "
+            "TensorRT's fusable form: " + " | ".join(lines)
+        )
     if expected is not None and len(matches) != expected:
         raise ValueError(f"expected {expected} attention subgraphs, found {len(matches)}")
     return matches
@@ -309,8 +320,11 @@ def prescale_attention(model: onnx.ModelProto) -> int:
         if src is not None and src.op_type == "Add":
             users = index.single_consumer(src.output[0])
             cands = [index.producer.get(i) for i in src.input]
-            src = next((p for p in cands if p is not None and p.op_type in ("Div", "Mul")),
-                       None) if users is not None else None
+            src = (
+                next((p for p in cands if p is not None and p.op_type in ("Div", "Mul")), None)
+                if users is not None
+                else None
+            )
         if src is None or src.op_type not in ("Div", "Mul"):
             continue
         scale_node = src
@@ -327,8 +341,11 @@ def prescale_attention(model: onnx.ModelProto) -> int:
         assert const is not None
         init_name, q_scaled = fresh("attn_q_scale"), fresh("attn_q_scaled")
         extra_inits.append(numpy_helper.from_array(np.array(s, dtype=const.dtype), init_name))
-        added.append(helper.make_node("Mul", [mm.input[0], init_name], [q_scaled],
-                                      name=f"{mm.name or 'matmul'}_prescale"))
+        added.append(
+            helper.make_node(
+                "Mul", [mm.input[0], init_name], [q_scaled], name=f"{mm.name or 'matmul'}_prescale"
+            )
+        )
         mm.input[0] = q_scaled
         # The MatMul now produces what the scale node produced.
         for consumer in index.consumers.get(scale_node.output[0], []):
@@ -357,7 +374,8 @@ def eliminate_dead_nodes(model: onnx.ModelProto) -> int:
             live.update(i for i in node.input if i)
             for attr in node.attribute:  # outer names read by subgraphs
                 for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(
-                        attr.graphs):
+                    attr.graphs
+                ):
                     live.update(i for n in g.node for i in n.input)
     before = len(graph.node)
     kept = [n for n in graph.node if _key(n) in keep]
@@ -395,8 +413,9 @@ def _convert_tensor(t: onnx.TensorProto, target: int) -> onnx.TensorProto:
     if target == TensorProto.FLOAT16:
         # Clamp first: finfo(float32).min (the additive mask) must stay finite, or 0 * -inf
         # gives NaN where the mask is 0.
-        out = numpy_helper.from_array(np.clip(arr, -_FP16_MAX, _FP16_MAX).astype(np.float16),
-                                      t.name)
+        out = numpy_helper.from_array(
+            np.clip(arr, -_FP16_MAX, _FP16_MAX).astype(np.float16), t.name
+        )
     else:
         out = _bf16_tensor(arr, t.name)
     return out
@@ -408,8 +427,9 @@ def _bf16_tensor(arr: np.ndarray, name: str) -> onnx.TensorProto:
     rounded = bits + 0x7FFF + ((bits >> 16) & 1)
     nan = np.isnan(arr)
     upper = np.where(nan, np.uint32(0x7FC00000), rounded) >> 16
-    return helper.make_tensor(name, TensorProto.BFLOAT16, list(arr.shape),
-                              upper.astype(np.uint16).tobytes(), raw=True)
+    return helper.make_tensor(
+        name, TensorProto.BFLOAT16, list(arr.shape), upper.astype(np.uint16).tobytes(), raw=True
+    )
 
 
 def default_keep_float32(model: onnx.ModelProto, precision: str) -> tuple[str, ...]:
@@ -417,15 +437,15 @@ def default_keep_float32(model: onnx.ModelProto, precision: str) -> tuple[str, .
     for bfloat16 below opset 22 also Conv, whose ONNX schema gains bfloat16 only in opset 22
     (it is the patch embedding: one small layer)."""
     keep = ("LayerNormalization",)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                default=0)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if precision == "bf16" and opset < 22:
         keep += ("Conv",)
     return keep
 
 
-def cast_precision(model: onnx.ModelProto, precision: str, *,
-                   keep_float32: Sequence[str] | None = None) -> onnx.ModelProto:
+def cast_precision(
+    model: onnx.ModelProto, precision: str, *, keep_float32: Sequence[str] | None = None
+) -> onnx.ModelProto:
     """Convert a float32 graph to ``precision`` (``"fp32"`` returns it unchanged).
 
     Float32 initializers and Constant values become the target type (float16 values are
@@ -449,8 +469,11 @@ def cast_precision(model: onnx.ModelProto, precision: str, *,
     kept_ids = {_key(n) for n in kept_nodes}
     float_inits = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
     # Initializers read only by float32-kept nodes stay float32.
-    fp32_inits = {name for name in float_inits
-                  if all(_key(c) in kept_ids for c in index.consumers.get(name, []))}
+    fp32_inits = {
+        name
+        for name in float_inits
+        if all(_key(c) in kept_ids for c in index.consumers.get(name, []))
+    }
 
     new_inits = []
     for t in graph.initializer:
@@ -467,11 +490,11 @@ def cast_precision(model: onnx.ModelProto, precision: str, *,
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
                     attr.t.CopyFrom(_convert_tensor(attr.t, target))
                 elif attr.name in ("value_float", "value_floats"):
-                    vals = np.array([attr.f] if attr.name == "value_float"
-                                    else list(attr.floats), np.float32)
+                    vals = np.array(
+                        [attr.f] if attr.name == "value_float" else list(attr.floats), np.float32
+                    )
                     shape = [] if attr.name == "value_float" else [len(vals)]
-                    t = _convert_tensor(numpy_helper.from_array(vals.reshape(shape), "v"),
-                                        target)
+                    t = _convert_tensor(numpy_helper.from_array(vals.reshape(shape), "v"), target)
                     node.ClearField("attribute")
                     node.attribute.append(helper.make_attribute("value", t))
                     break
@@ -483,8 +506,14 @@ def cast_precision(model: onnx.ModelProto, precision: str, *,
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
                     attr.t.CopyFrom(_convert_tensor(attr.t, target))
-        elif node.op_type in ("RandomNormal", "RandomUniform", "EyeLike", "RandomNormalLike",
-                              "RandomUniformLike", "Bernoulli"):
+        elif node.op_type in (
+            "RandomNormal",
+            "RandomUniform",
+            "EyeLike",
+            "RandomNormalLike",
+            "RandomUniformLike",
+            "Bernoulli",
+        ):
             raise ValueError(f"cast_precision: unsupported op {node.op_type} in the graph")
 
     added: list[onnx.NodeProto] = []
@@ -494,16 +523,18 @@ def cast_precision(model: onnx.ModelProto, precision: str, *,
             if not name or name in fp32_inits:
                 continue
             up = fresh(f"{name}_fp32")
-            added.append(helper.make_node("Cast", [name], [up], to=TensorProto.FLOAT,
-                                          name=f"{up}_cast"))
+            added.append(
+                helper.make_node("Cast", [name], [up], to=TensorProto.FLOAT, name=f"{up}_cast")
+            )
             node.input[k] = up
         for k, name in enumerate(node.output):
             if not name:
                 continue
             raw = fresh(f"{name}_fp32_out")
             node.output[k] = raw
-            added.append(helper.make_node("Cast", [raw], [name], to=target,
-                                          name=f"{name}_cast_down"))
+            added.append(
+                helper.make_node("Cast", [raw], [name], to=target, name=f"{name}_cast_down")
+            )
 
     # Graph inputs and outputs stay float32.
     for vi in graph.input:
@@ -514,8 +545,9 @@ def cast_precision(model: onnx.ModelProto, precision: str, *,
             for k, name in enumerate(node.input):
                 if name == vi.name:
                     node.input[k] = inner
-        added.append(helper.make_node("Cast", [vi.name], [inner], to=target,
-                                      name=f"{vi.name}_cast_in"))
+        added.append(
+            helper.make_node("Cast", [vi.name], [inner], to=target, name=f"{vi.name}_cast_in")
+        )
     for vi in graph.output:
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
@@ -524,8 +556,11 @@ def cast_precision(model: onnx.ModelProto, precision: str, *,
             for k, name in enumerate(node.output):
                 if name == vi.name:
                     node.output[k] = inner
-        added.append(helper.make_node("Cast", [inner], [vi.name], to=TensorProto.FLOAT,
-                                      name=f"{vi.name}_cast_out"))
+        added.append(
+            helper.make_node(
+                "Cast", [inner], [vi.name], to=TensorProto.FLOAT, name=f"{vi.name}_cast_out"
+            )
+        )
     graph.node.extend(added)
     # Intermediate type annotations are stale now; shape inference recomputes them.
     del graph.value_info[:]

@@ -88,17 +88,22 @@ def parse_range(text: str, what: str) -> tuple[int, int, int]:
     if len(parts) == 1:
         parts = parts * 3
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"{what}: expected MIN:OPT:MAX (three positive ints) or N, "
-                         f"got {text!r}")
+        raise ValueError(f"{what}: expected MIN:OPT:MAX (three positive ints) or N, got {text!r}")
     lo, opt, hi = (int(p) for p in parts)
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"{what}: need 1 <= MIN <= OPT <= MAX, got {text!r}")
     return lo, opt, hi
 
 
-def profile_shapes(graph: str, profile: EngineProfile, *, num_frames: int, img_size: int,
-                   in_chans: int = 3, max_text_length: int | None = None
-                   ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+def profile_shapes(
+    graph: str,
+    profile: EngineProfile,
+    *,
+    num_frames: int,
+    img_size: int,
+    in_chans: int = 3,
+    max_text_length: int | None = None,
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """The (min, opt, max) shape of every input of ``graph`` under ``profile``.
 
     video: ``[B, F, C, S, S]``; input_ids / attention_mask: ``[B, L]``. A text range beyond
@@ -107,52 +112,77 @@ def profile_shapes(graph: str, profile: EngineProfile, *, num_frames: int, img_s
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {sorted(GRAPHS)}, got {graph!r}")
     if max_text_length is not None and profile.text_length[2] > max_text_length:
-        raise ValueError(f"text length max {profile.text_length[2]} exceeds the model's "
-                         f"limit {max_text_length} (text.max_text_length)")
+        raise ValueError(
+            f"text length max {profile.text_length[2]} exceeds the model's "
+            f"limit {max_text_length} (text.max_text_length)"
+        )
     shapes = {}
     for name in GRAPHS[graph].inputs:
         if name == "video":
-            shapes[name] = tuple((b, num_frames, in_chans, img_size, img_size)
-                                 for b in profile.batch)
+            shapes[name] = tuple(
+                (b, num_frames, in_chans, img_size, img_size) for b in profile.batch
+            )
         else:
-            shapes[name] = tuple((b, length) for b, length in zip(profile.batch,
-                                                                  profile.text_length))
+            shapes[name] = tuple(
+                (b, length) for b, length in zip(profile.batch, profile.text_length)
+            )
     return shapes  # type: ignore[return-value]
 
 
-def engine_sidecar(onnx_sidecar: Sidecar, engine_file: str, profiles: Sequence[EngineProfile],
-                   *, tensorrt_version: str, device: str, build_seconds: float) -> Sidecar:
+def engine_sidecar(
+    onnx_sidecar: Sidecar,
+    engine_file: str,
+    profiles: Sequence[EngineProfile],
+    *,
+    tensorrt_version: str,
+    device: str,
+    build_seconds: float,
+) -> Sidecar:
     """The engine's sidecar: the ONNX sidecar's config and preprocessing, the engine file, its
     profiles (with the resolved shapes) and the TensorRT version and GPU it was built for
     (an engine only runs on that GPU model and TensorRT version)."""
     prep = onnx_sidecar.preprocessing
     cfg = onnx_sidecar.config
     shapes = [
-        {k: [list(s) for s in v] for k, v in profile_shapes(
-            onnx_sidecar.graph, p, num_frames=int(prep["num_frames"]),
-            img_size=int(cfg["video"]["img_size"]),
-            in_chans=int(cfg["video"].get("in_chans", 3))).items()}
+        {
+            k: [list(s) for s in v]
+            for k, v in profile_shapes(
+                onnx_sidecar.graph,
+                p,
+                num_frames=int(prep["num_frames"]),
+                img_size=int(cfg["video"]["img_size"]),
+                in_chans=int(cfg["video"].get("in_chans", 3)),
+            ).items()
+        }
         for p in profiles
     ]
     extra = dict(onnx_sidecar.extra)
-    extra.update({
-        "profiles": [asdict(p) for p in profiles],
-        "profile_shapes": shapes,
-        "tensorrt_version": tensorrt_version,
-        "device": device,
-        "strongly_typed": True,
-        "source_onnx": onnx_sidecar.file,
-        "source_onnx_sha256": onnx_sidecar.sha256,
-        "build_seconds": round(build_seconds, 2),
-    })
+    extra.update(
+        {
+            "profiles": [asdict(p) for p in profiles],
+            "profile_shapes": shapes,
+            "tensorrt_version": tensorrt_version,
+            "device": device,
+            "strongly_typed": True,
+            "source_onnx": onnx_sidecar.file,
+            "source_onnx_sha256": onnx_sidecar.sha256,
+            "build_seconds": round(build_seconds, 2),
+        }
+    )
     return Sidecar(
-        graph=onnx_sidecar.graph, file=engine_file, format="tensorrt",
-        precision=onnx_sidecar.precision, config=cfg, preprocessing=prep,
-        inputs=onnx_sidecar.inputs, outputs=onnx_sidecar.outputs,
+        graph=onnx_sidecar.graph,
+        file=engine_file,
+        format="tensorrt",
+        precision=onnx_sidecar.precision,
+        config=cfg,
+        preprocessing=prep,
+        inputs=onnx_sidecar.inputs,
+        outputs=onnx_sidecar.outputs,
         source_checkpoint=onnx_sidecar.source_checkpoint,
         source_sha256=onnx_sidecar.source_sha256,
         package_version=onnx_sidecar.package_version,
-        torch_version=onnx_sidecar.torch_version, extra=extra,
+        torch_version=onnx_sidecar.torch_version,
+        extra=extra,
     )
 
 
@@ -191,10 +221,17 @@ def build_engine(
         raise ValueError("profiles: need at least one optimisation profile")
     max_len = int(source.preprocessing.get("max_text_length", 0)) or None
     cfg = source.config
-    all_shapes = [profile_shapes(source.graph, p, num_frames=int(source.preprocessing[
-        "num_frames"]), img_size=int(cfg["video"]["img_size"]),
-        in_chans=int(cfg["video"].get("in_chans", 3)), max_text_length=max_len)
-        for p in profiles]
+    all_shapes = [
+        profile_shapes(
+            source.graph,
+            p,
+            num_frames=int(source.preprocessing["num_frames"]),
+            img_size=int(cfg["video"]["img_size"]),
+            in_chans=int(cfg["video"].get("in_chans", 3)),
+            max_text_length=max_len,
+        )
+        for p in profiles
+    ]
     trt = import_tensorrt()
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
 
@@ -222,15 +259,21 @@ def build_engine(
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the "
-                           "TensorRT log above)")
+        raise RuntimeError(
+            f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)"
+        )
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(bytes(serialized))
     if timing_cache is not None:
         Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    sidecar = engine_sidecar(source, engine_path.name, profiles,
-                             tensorrt_version=str(trt.__version__), device=_device_name(),
-                             build_seconds=time.perf_counter() - t0)
+    sidecar = engine_sidecar(
+        source,
+        engine_path.name,
+        profiles,
+        tensorrt_version=str(trt.__version__),
+        device=_device_name(),
+        build_seconds=time.perf_counter() - t0,
+    )
     sidecar.sha256 = file_sha256(engine_path)
     write_sidecar(engine_path.with_suffix(".engine.json"), sidecar)
     return engine_path
@@ -256,30 +299,42 @@ class TensorRTEngine:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (built with "
-                               f"TensorRT {self.sidecar.extra.get('tensorrt_version')} for "
-                               f"{self.sidecar.extra.get('device')}; this is "
-                               f"{trt.__version__})")
+            raise RuntimeError(
+                f"{path}: TensorRT could not deserialize the engine (built with "
+                f"TensorRT {self.sidecar.extra.get('tensorrt_version')} for "
+                f"{self.sidecar.extra.get('device')}; this is "
+                f"{trt.__version__})"
+            )
         self.context = self.engine.create_execution_context()
         self._profile = -1
-        self.inputs = [n for n in (self.engine.get_tensor_name(i)
-                                   for i in range(self.engine.num_io_tensors))
-                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in (self.engine.get_tensor_name(i)
-                                    for i in range(self.engine.num_io_tensors))
-                        if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.profiles = [tuple(int(x) for x in p["batch"]) for p in
-                         self.sidecar.extra.get("profiles", [])]
-        self.text_profiles = [tuple(int(x) for x in p["text_length"]) for p in
-                              self.sidecar.extra.get("profiles", [])]
+        self.inputs = [
+            n
+            for n in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+            if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        ]
+        self.outputs = [
+            n
+            for n in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+            if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
+        self.profiles = [
+            tuple(int(x) for x in p["batch"]) for p in self.sidecar.extra.get("profiles", [])
+        ]
+        self.text_profiles = [
+            tuple(int(x) for x in p["text_length"]) for p in self.sidecar.extra.get("profiles", [])
+        ]
 
     def _torch_dtype(self, name: str):
         import torch
 
         trt = self.trt
-        return {trt.float32: torch.float32, trt.float16: torch.float16,
-                trt.bfloat16: torch.bfloat16, trt.int64: torch.int64,
-                trt.int32: torch.int32}[self.engine.get_tensor_dtype(name)]
+        return {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.bfloat16: torch.bfloat16,
+            trt.int64: torch.int64,
+            trt.int32: torch.int32,
+        }[self.engine.get_tensor_dtype(name)]
 
     def _pick_profile(self, batch: int, length: int | None) -> int:
         for k, (lo, _, hi) in enumerate(self.profiles):
@@ -289,9 +344,11 @@ class TensorRTEngine:
                 ok = tlo <= length <= thi
             if ok:
                 return k
-        raise ValueError(f"no optimisation profile of this engine holds batch {batch}"
-                         + (f" and text length {length}" if length is not None else "")
-                         + f"; profiles: batch {self.profiles}, text {self.text_profiles}")
+        raise ValueError(
+            f"no optimisation profile of this engine holds batch {batch}"
+            + (f" and text length {length}" if length is not None else "")
+            + f"; profiles: batch {self.profiles}, text {self.text_profiles}"
+        )
 
     def __call__(self, **inputs: Any) -> Any:
         import torch
@@ -326,7 +383,12 @@ class TensorRTEngine:
 def describe(engine_json: str | os.PathLike) -> str:
     """One-line description of an engine from its sidecar (for ``egovlpv2 info``)."""
     s = read_sidecar(engine_json)
-    return json.dumps({"graph": s.graph, "precision": s.precision,
-                       "profiles": s.extra.get("profiles"),
-                       "tensorrt": s.extra.get("tensorrt_version"),
-                       "device": s.extra.get("device")})
+    return json.dumps(
+        {
+            "graph": s.graph,
+            "precision": s.precision,
+            "profiles": s.extra.get("profiles"),
+            "tensorrt": s.extra.get("tensorrt_version"),
+            "device": s.extra.get("device"),
+        }
+    )

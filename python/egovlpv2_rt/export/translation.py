@@ -119,8 +119,9 @@ def divided_space_time_attention_onnx(
 
     k_cls = op.Slice(k_all, _ints([0]), _ints([1]), _ints([2]))
     v_cls = op.Slice(v_all, _ints([0]), _ints([1]), _ints([2]))
-    out_p, scores_p = _attend(grouped(q_all), with_cls(k_all, k_cls), with_cls(v_all, v_cls),
-                              scale_c)
+    out_p, scores_p = _attend(
+        grouped(q_all), with_cls(k_all, k_cls), with_cls(v_all, v_cls), scale_c
+    )
 
     # [B*G, h, S, dh] -> [B, G, h, S, dh] -> [B, F, N, h, dh] (token order) -> [B, F*N, D].
     back = [0, 3, 1, 2, 4] if temporal else [0, 1, 3, 2, 4]
@@ -159,8 +160,9 @@ def gated_cross_attention_onnx(
     h = int(num_heads)
     dh = dim // h
     if dh * h != dim:
-        raise ValueError(f"ONNX export of gated_cross_attention: q width {dim} is not "
-                         f"divisible by num_heads={h}")
+        raise ValueError(
+            f"ONNX export of gated_cross_attention: q width {dim} is not divisible by num_heads={h}"
+        )
     scale_c = op.CastLike(op.Constant(value_float=float(scale)), q)
 
     def heads(t: Any) -> Any:  # [B, L, D] -> [B, h, L, dh]

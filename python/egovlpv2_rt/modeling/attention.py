@@ -19,8 +19,17 @@ __all__ = ["gated_cross_attention"]
 
 
 def _with_dropout(
-    q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, proj: nn.Linear, gate: Tensor,
-    residual: Tensor, num_heads: int, scale: float, attn_dropout: float, out_dropout: float,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None,
+    proj: nn.Linear,
+    gate: Tensor,
+    residual: Tensor,
+    num_heads: int,
+    scale: float,
+    attn_dropout: float,
+    out_dropout: float,
 ) -> Tensor:
     qh, kh, vh = (rearrange(t, "b n (h d) -> b h n d", h=num_heads) for t in (q, k, v))
     scores = torch.matmul(qh * scale, kh.transpose(-1, -2))
@@ -53,8 +62,9 @@ def gated_cross_attention(
     gate: [1]; residual: [B, Lq, Dout]. Returns [B, Lq, Dout] in the dtype of q.
     """
     if training and (attn_dropout > 0.0 or out_dropout > 0.0):
-        return _with_dropout(q, k, v, key_mask, proj, gate, residual, num_heads, scale,
-                             attn_dropout, out_dropout)
+        return _with_dropout(
+            q, k, v, key_mask, proj, gate, residual, num_heads, scale, attn_dropout, out_dropout
+        )
     return ops.gated_cross_attention(
         q, k, v, key_mask, proj.weight, proj.bias, gate, residual, num_heads, scale, impl=impl
     )

@@ -15,8 +15,10 @@ def projection(in_dim: int, out_dim: int) -> nn.Sequential:
     [..., in_dim] -> [..., out_dim]; state-dict keys ``0.weight``, ``2.*``, ``4.*``.
     """
     return nn.Sequential(
-        nn.Linear(in_dim, out_dim, bias=False), nn.ReLU(),
-        nn.Linear(out_dim, out_dim), nn.ReLU(),
+        nn.Linear(in_dim, out_dim, bias=False),
+        nn.ReLU(),
+        nn.Linear(out_dim, out_dim),
+        nn.ReLU(),
         nn.Linear(out_dim, out_dim),
     )
 

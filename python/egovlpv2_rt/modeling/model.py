@@ -71,8 +71,10 @@ def sim_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     """Cosine similarities ``[Na, Nb]`` of rows of ``a`` [Na, P] and ``b`` [Nb, P]; row norms are
     clamped below at ``eps`` as in the original."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"sim_matrix: expected a [Na, P] and b [Nb, P], got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
+        raise ValueError(
+            f"sim_matrix: expected a [Na, P] and b [Nb, P], got {tuple(a.shape)} "
+            f"and {tuple(b.shape)}"
+        )
     a_n, b_n = a.norm(dim=1)[:, None], b.norm(dim=1)[:, None]
     a_norm = a / torch.max(a_n, eps * torch.ones_like(a_n))
     b_norm = b / torch.max(b_n, eps * torch.ones_like(b_n))
@@ -101,8 +103,14 @@ class EgoVLPv2(nn.Module):
     - ``check_finite_pixels``: reject NaN/Inf pixels (a host sync on GPU; off in hot loops).
     """
 
-    def __init__(self, config: ModelConfig, *, attention_impl: str = "auto",
-                 gradient_checkpointing: bool = False, check_finite_pixels: bool = True) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        attention_impl: str = "auto",
+        gradient_checkpointing: bool = False,
+        check_finite_pixels: bool = True,
+    ) -> None:
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
@@ -117,16 +125,17 @@ class EgoVLPv2(nn.Module):
         self.has_fusion = "ITM" in tasks or "MLM" in tasks
         if self.has_fusion:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
-        self.text_model = RobertaTextModel(t, num_fuse_block=f.num_fuse_block,
-                                           video_dim=f.input_image_embed_size, impl=impl)
-        self.video_model = SpaceTimeTransformer(v, num_fuse_block=f.num_fuse_block,
-                                                text_dim=f.input_text_embed_size, impl=impl)
+        self.text_model = RobertaTextModel(
+            t, num_fuse_block=f.num_fuse_block, video_dim=f.input_image_embed_size, impl=impl
+        )
+        self.video_model = SpaceTimeTransformer(
+            v, num_fuse_block=f.num_fuse_block, text_dim=f.input_text_embed_size, impl=impl
+        )
         self.txt_proj = projection(t.hidden_size, config.projection_dim)
         self.vid_proj = projection(v.embed_dim, config.projection_dim)
         if self.has_fusion:
             self.cross_modal_text_transform = nn.Linear(f.input_text_embed_size, f.hidden_size)
-            self.cross_modal_video_transform = nn.Linear(f.input_image_embed_size,
-                                                         f.hidden_size)
+            self.cross_modal_video_transform = nn.Linear(f.input_image_embed_size, f.hidden_size)
             self.norm = nn.LayerNorm(config.embed_dim, eps=f.norm_eps)
             self.cross_modal_video_pooler = Pooler(f.hidden_size)
             self.cross_modal_text_pooler = Pooler(f.hidden_size)
@@ -137,13 +146,22 @@ class EgoVLPv2(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_preset(cls, name: str, *, attention_impl: str = "auto",
-                    gradient_checkpointing: bool = False, check_finite_pixels: bool = True,
-                    **overrides: Any) -> EgoVLPv2:
+    def from_preset(
+        cls,
+        name: str,
+        *,
+        attention_impl: str = "auto",
+        gradient_checkpointing: bool = False,
+        check_finite_pixels: bool = True,
+        **overrides: Any,
+    ) -> EgoVLPv2:
         """``EgoVLPv2(preset(name, **overrides), ...)``; names: ``"base"``, ``"tiny"``."""
-        return cls(preset(name, **overrides), attention_impl=attention_impl,
-                   gradient_checkpointing=gradient_checkpointing,
-                   check_finite_pixels=check_finite_pixels)
+        return cls(
+            preset(name, **overrides),
+            attention_impl=attention_impl,
+            gradient_checkpointing=gradient_checkpointing,
+            check_finite_pixels=check_finite_pixels,
+        )
 
     # -- initialisation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -185,8 +203,12 @@ class EgoVLPv2(nn.Module):
 
         if self.has_fusion:
             self.cls_token.zero_()
-            heads = [self.cross_modal_text_transform, self.cross_modal_video_transform,
-                     self.cross_modal_video_pooler, self.cross_modal_text_pooler]
+            heads = [
+                self.cross_modal_text_transform,
+                self.cross_modal_video_transform,
+                self.cross_modal_video_pooler,
+                self.cross_modal_text_pooler,
+            ]
             heads += [getattr(self, n) for n in ("mlm_score", "itm_score") if hasattr(self, n)]
             for head in heads:
                 for module in head.modules():
@@ -219,8 +241,9 @@ class EgoVLPv2(nn.Module):
         return module(*args)
 
     def _check_video(self, video: Tensor) -> Tensor:
-        return check_video(video, self.config.video, model_dtype=self.dtype,
-                           check_finite=self.check_finite_pixels)
+        return check_video(
+            video, self.config.video, model_dtype=self.dtype, check_finite=self.check_finite_pixels
+        )
 
     # -- dual mode -----------------------------------------------------------------------------
     def forward_video(self, video: Tensor, *, return_traces: bool = False) -> VideoOutput:
@@ -237,8 +260,9 @@ class EgoVLPv2(nn.Module):
         feat = self.video_model.norm(x)[:, 0]
         return VideoOutput(self.vid_proj(feat), feat, traces or {})
 
-    def forward_text(self, input_ids: Tensor, attention_mask: Tensor, *,
-                     return_traces: bool = False) -> TextOutput:
+    def forward_text(
+        self, input_ids: Tensor, attention_mask: Tensor, *, return_traces: bool = False
+    ) -> TextOutput:
         """Text tower alone. input_ids: [B, L] int64 in [0, vocab); attention_mask: [B, L] 0/1.
         Returns ``TextOutput``."""
         check_text(input_ids, attention_mask, self.config.text)
@@ -287,8 +311,9 @@ class EgoVLPv2(nn.Module):
             raise ValueError(f"task must be 'itm' or 'mlm', got {task!r}")
         head = "itm_score" if task == "itm" else "mlm_score"
         if not hasattr(self, head):
-            raise RuntimeError(f"this model has no {task.upper()} head "
-                               f"(task_names={self.config.task_names!r})")
+            raise RuntimeError(
+                f"this model has no {task.upper()} head (task_names={self.config.task_names!r})"
+            )
         self._check_video(video)
         check_text(input_ids, attention_mask, self.config.text)
         check_batch_match(video, input_ids)
@@ -351,8 +376,11 @@ def _check_attention_impl(impl: str) -> None:
         _extension.load()  # raises ExtensionNotBuiltError saying how to build
     if not _warned_unbuilt:
         _warned_unbuilt = True
-        warnings.warn(f"{_extension.load_error()}; the model runs the reference PyTorch "
-                      "attention (slower)", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{_extension.load_error()}; the model runs the reference PyTorch attention (slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def init_time_attention_zeros(attn: DividedAttention) -> None:

@@ -43,14 +43,16 @@ class RobertaEmbeddings(nn.Module):
         h = cfg.hidden_size
         self.padding_idx = cfg.pad_token_id
         self.word_embeddings = nn.Embedding(cfg.vocab_size, h, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, h,
-                                                padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            cfg.max_position_embeddings, h, padding_idx=cfg.pad_token_id
+        )
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, h)
         self.LayerNorm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         # Persistent, as in the original's transformers 4.30: released checkpoints hold it.
         self.register_buffer(
-            "position_ids", torch.arange(cfg.max_position_embeddings).expand((1, -1)),
+            "position_ids",
+            torch.arange(cfg.max_position_embeddings).expand((1, -1)),
             persistent=True,
         )
 
@@ -162,18 +164,26 @@ class TextLayer(nn.Module):
                 raise RuntimeError("this text layer has no t2i cross-attention parameters")
             cross = self.crossattention_t2i
             a = gated_cross_attention(
-                cross.self.query(a), cross.self.key(video), cross.self.value(video), None,
-                cross.output.dense, self.alpha_t2i, a, cross.self.num_heads,
-                1.0 / math.sqrt(cross.self.head_dim), impl=self.impl, training=self.training,
-                attn_dropout=cross.self.dropout.p, out_dropout=cross.output.dropout.p,
+                cross.self.query(a),
+                cross.self.key(video),
+                cross.self.value(video),
+                None,
+                cross.output.dense,
+                self.alpha_t2i,
+                a,
+                cross.self.num_heads,
+                1.0 / math.sqrt(cross.self.head_dim),
+                impl=self.impl,
+                training=self.training,
+                attn_dropout=cross.self.dropout.p,
+                out_dropout=cross.output.dropout.p,
             )
         a = self.attention.output.LayerNorm(a + h)
         return self.output(self.intermediate(a), a)
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: TextConfig, *, num_fuse_block: int, video_dim: int,
-                 impl: str) -> None:
+    def __init__(self, cfg: TextConfig, *, num_fuse_block: int, video_dim: int, impl: str) -> None:
         super().__init__()
         first_fused = cfg.num_hidden_layers - num_fuse_block
         self.layer = nn.ModuleList(
@@ -186,10 +196,8 @@ class RobertaTextModel(nn.Module):
     """``text_model``: embeddings and encoder layers. The original's pooler has no parameters
     and is unused, so it is omitted."""
 
-    def __init__(self, cfg: TextConfig, *, num_fuse_block: int, video_dim: int,
-                 impl: str) -> None:
+    def __init__(self, cfg: TextConfig, *, num_fuse_block: int, video_dim: int, impl: str) -> None:
         super().__init__()
         self.cfg = cfg
         self.embeddings = RobertaEmbeddings(cfg)
-        self.encoder = Encoder(cfg, num_fuse_block=num_fuse_block, video_dim=video_dim,
-                               impl=impl)
+        self.encoder = Encoder(cfg, num_fuse_block=num_fuse_block, video_dim=video_dim, impl=impl)

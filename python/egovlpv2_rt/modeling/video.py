@@ -54,12 +54,13 @@ class VideoPatchEmbed(nn.Module):
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__()
         self.embed_dim = cfg.embed_dim
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size,
-                              stride=cfg.patch_size)
+        self.proj = nn.Conv2d(
+            cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
 
     def forward(self, video: Tensor) -> Tensor:
         b, f, c, h, w = video.shape
-        x = self.proj(video.reshape(b * f, c, h, w))          # [B*F, D, h', w']
+        x = self.proj(video.reshape(b * f, c, h, w))  # [B*F, D, h', w']
         return x.flatten(2).transpose(1, 2).reshape(b, -1, self.embed_dim)
 
 
@@ -72,13 +73,14 @@ class DividedAttention(nn.Module):
     ``qkv_i2t`` (q), ``proj_i2t``, ``norm_i2t_i``.
     """
 
-    def __init__(self, cfg: VideoConfig, *, temporal: bool, cross_dim: int | None,
-                 impl: str) -> None:
+    def __init__(
+        self, cfg: VideoConfig, *, temporal: bool, cross_dim: int | None, impl: str
+    ) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.num_heads = cfg.num_heads
         self.temporal = temporal
-        self.scale = cfg.head_dim ** -0.5
+        self.scale = cfg.head_dim**-0.5
         self.impl = impl
         self.qkv = nn.Linear(dim, dim * 3, bias=cfg.qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -94,8 +96,13 @@ class DividedAttention(nn.Module):
             self.alpha_i2t = nn.Parameter(torch.zeros(1))
             self.norm_i2t_i = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, num_frames: int, text: Tensor | None = None,
-                text_key_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        num_frames: int,
+        text: Tensor | None = None,
+        text_key_mask: Tensor | None = None,
+    ) -> Tensor:
         """x: [B, 1+F*N, D]; text: [B, L, Dt] raw text states or None; text_key_mask: [B, L]
         additive. Returns [B, 1+F*N, D] (after ``proj``, before the block residual)."""
         out = ops.divided_space_time_attention(
@@ -110,9 +117,18 @@ class DividedAttention(nn.Module):
         kv = self.qkv_text_i2t(text)
         # k, v stay strided views of the packed projection; the op reads them in place.
         return gated_cross_attention(
-            self.qkv_i2t(self.norm_i2t_i(s)), kv[..., :dim], kv[..., dim:], text_key_mask,
-            self.proj_i2t, self.alpha_i2t, s, self.num_heads, self.scale, impl=self.impl,
-            training=self.training, attn_dropout=self.attn_drop_i2t,
+            self.qkv_i2t(self.norm_i2t_i(s)),
+            kv[..., :dim],
+            kv[..., dim:],
+            text_key_mask,
+            self.proj_i2t,
+            self.alpha_i2t,
+            s,
+            self.num_heads,
+            self.scale,
+            impl=self.impl,
+            training=self.training,
+            attn_dropout=self.attn_drop_i2t,
             out_dropout=self.proj_drop_i2t,
         )
 
@@ -122,8 +138,9 @@ class SpaceTimeBlock(nn.Module):
     ``x``: time attention reaches the stream only through the space attention's input);
     ``out = x' + mlp(norm2(x'))``."""
 
-    def __init__(self, cfg: VideoConfig, *, cross_dim: int | None, drop_path: float,
-                 impl: str) -> None:
+    def __init__(
+        self, cfg: VideoConfig, *, cross_dim: int | None, drop_path: float, impl: str
+    ) -> None:
         super().__init__()
         dim, eps = cfg.embed_dim, cfg.layer_norm_eps
         self.norm1 = nn.LayerNorm(dim, eps=eps)
@@ -134,8 +151,13 @@ class SpaceTimeBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.drop_rate)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: Tensor, num_frames: int, text: Tensor | None = None,
-                text_key_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        num_frames: int,
+        text: Tensor | None = None,
+        text_key_mask: Tensor | None = None,
+    ) -> Tensor:
         """x: [B, 1+F*N, D] -> [B, 1+F*N, D]; ``text`` ([B, L, Dt]) turns on the i2t gate."""
         t = x + self.timeattn(self.norm3(x), num_frames)
         x = x + self.drop_path(self.attn(self.norm1(t), num_frames, text, text_key_mask))
@@ -146,8 +168,7 @@ class SpaceTimeTransformer(nn.Module):
     """``video_model``: patch embedding, position (per patch) and temporal (per frame)
     embeddings, ``depth`` blocks (the top ``num_fuse_block`` with i2t parameters), final norm."""
 
-    def __init__(self, cfg: VideoConfig, *, num_fuse_block: int, text_dim: int,
-                 impl: str) -> None:
+    def __init__(self, cfg: VideoConfig, *, num_fuse_block: int, text_dim: int, impl: str) -> None:
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
@@ -159,8 +180,9 @@ class SpaceTimeTransformer(nn.Module):
         first_fused = cfg.depth - num_fuse_block
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(cfg, cross_dim=text_dim if i >= first_fused else None,
-                           drop_path=rates[i], impl=impl)
+            SpaceTimeBlock(
+                cfg, cross_dim=text_dim if i >= first_fused else None, drop_path=rates[i], impl=impl
+            )
             for i in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)

@@ -87,10 +87,22 @@ class Runtime:
     ``preprocessing`` (frames, image size, text length), ``tokenizer``.
     """
 
-    def __init__(self, engine: Engine, *, config: ModelConfig, preprocessing: Preprocessing,
-                 tokenizer: RobertaTokenizer, device: torch.device, precision: str, video_batch_size: int,
-                 text_batch_size: int, video_backend: str, decode_workers: int,
-                 cache_size: int, files: ModelFiles | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        config: ModelConfig,
+        preprocessing: Preprocessing,
+        tokenizer: RobertaTokenizer,
+        device: torch.device,
+        precision: str,
+        video_batch_size: int,
+        text_batch_size: int,
+        video_backend: str,
+        decode_workers: int,
+        cache_size: int,
+        files: ModelFiles | None = None,
+    ) -> None:
         self._engine = engine
         self.backend = engine.name
         self.config = config
@@ -108,14 +120,17 @@ class Runtime:
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._cache_lock = threading.Lock()
         p = preprocessing
-        self._transform = EvalTransform(resize=p.resize, crop=p.crop, size=p.size,
-                                        mean=p.mean, std=p.std)
+        self._transform = EvalTransform(
+            resize=p.resize, crop=p.crop, size=p.size, mean=p.mean, std=p.std
+        )
 
     def __repr__(self) -> str:
         p = self.preprocessing
-        return (f"Runtime(backend={self.backend!r}, device={str(self.device)!r}, "
-                f"precision={self.precision!r}, frames={p.num_frames}, size={p.size}, "
-                f"projection_dim={self.config.projection_dim})")
+        return (
+            f"Runtime(backend={self.backend!r}, device={str(self.device)!r}, "
+            f"precision={self.precision!r}, frames={p.num_frames}, size={p.size}, "
+            f"projection_dim={self.config.projection_dim})"
+        )
 
     @property
     def num_frames(self) -> int:
@@ -151,10 +166,14 @@ class Runtime:
         expected = (p.num_frames, self.config.video.in_chans, p.size, p.size)
         if x.ndim != 4 or tuple(x.shape) != expected:
             if x.ndim == 4 and x.shape[0] != p.num_frames and tuple(x.shape[1:]) == expected[1:]:
-                raise ValueError(f"{label}: {x.shape[0]} frames, but this model/export takes "
-                                 f"{p.num_frames} frames per clip (frame count mismatch)")
-            raise ValueError(f"{label}: expected pixels of shape [F, C, S, S] = "
-                             f"{list(expected)}, got {list(x.shape)}")
+                raise ValueError(
+                    f"{label}: {x.shape[0]} frames, but this model/export takes "
+                    f"{p.num_frames} frames per clip (frame count mismatch)"
+                )
+            raise ValueError(
+                f"{label}: expected pixels of shape [F, C, S, S] = "
+                f"{list(expected)}, got {list(x.shape)}"
+            )
         if not x.is_floating_point():
             raise TypeError(f"{label}: expected normalised float pixels, got {x.dtype}")
         return x.float()
@@ -176,9 +195,15 @@ class Runtime:
                 x = items[i]
                 x = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
                 return self._check_pixels(x.detach().cpu(), clip_label(i, items[i]))
-            return read_clip(spec.path, spec.start_sec, spec.end_sec, num_frames=p.num_frames,
-                             sampling=p.sampling, backend=self.video_backend,
-                             transform=self._transform)
+            return read_clip(
+                spec.path,
+                spec.start_sec,
+                spec.end_sec,
+                num_frames=p.num_frames,
+                sampling=p.sampling,
+                backend=self.video_backend,
+                transform=self._transform,
+            )
 
         paths = sum(s is not None for s in specs)
         bar = progress_bar(len(items), "decode", progress and paths > 0)
@@ -202,14 +227,21 @@ class Runtime:
         """Captions -> (input_ids, attention_mask) ``[N, L]`` int64, padded to the longest,
         truncated to ``preprocessing.max_text_length`` tokens."""
         texts = check_texts(texts)
-        tok = self.tokenizer(texts, max_length=self.preprocessing.max_text_length,
-                             padding="longest", truncation=True)
+        tok = self.tokenizer(
+            texts, max_length=self.preprocessing.max_text_length, padding="longest", truncation=True
+        )
         return tok["input_ids"], tok["attention_mask"]
 
     # -- dual mode --------------------------------------------------------------------------
-    def encode_video(self, clips: Any, *, batch_size: int | None = None,
-                     output: Output = "numpy", normalize: bool = False,
-                     progress: bool = False) -> Any:
+    def encode_video(
+        self,
+        clips: Any,
+        *,
+        batch_size: int | None = None,
+        output: Output = "numpy",
+        normalize: bool = False,
+        progress: bool = False,
+    ) -> Any:
         """Clips -> retrieval embeddings ``[N, P]`` float32 (L2-normalised with
         ``normalize``). Clips are paths, ``(path, start, end)``, ClipSpecs, or pixels."""
         items = flatten_clips(clips)
@@ -218,7 +250,7 @@ class Runtime:
         bar = progress_bar(len(items), "embed clips", progress)
         try:
             for start in range(0, len(items), bs):
-                chunk = items[start:start + bs]
+                chunk = items[start : start + bs]
                 pixels = self.read_clips(chunk)
                 outs.append(self._engine.video(pixels).float().cpu())
                 bar.update(len(chunk))
@@ -227,9 +259,16 @@ class Runtime:
         emb = torch.cat(outs)
         return to_output(l2_normalize(emb) if normalize else emb, output)
 
-    def encode_text(self, texts: Any, *, batch_size: int | None = None,
-                    output: Output = "numpy", normalize: bool = False, cache: bool = True,
-                    progress: bool = False) -> Any:
+    def encode_text(
+        self,
+        texts: Any,
+        *,
+        batch_size: int | None = None,
+        output: Output = "numpy",
+        normalize: bool = False,
+        cache: bool = True,
+        progress: bool = False,
+    ) -> Any:
         """Captions -> retrieval embeddings ``[N, P]`` float32. Unseen strings are tokenized,
         sorted by token length and run in batches; results are cached by string (LRU of
         ``cache_size`` entries) unless ``cache=False``."""
@@ -252,7 +291,7 @@ class Runtime:
             bar = progress_bar(len(todo), "embed texts", progress)
             try:
                 for start in range(0, len(order), bs):
-                    idx = order[start:start + bs]
+                    idx = order[start : start + bs]
                     width = int(lengths[idx].max())
                     emb = self._engine.text(ids[idx, :width], mask[idx, :width]).float().cpu()
                     for row, k in enumerate(idx):
@@ -282,14 +321,20 @@ class Runtime:
 
     def _embed_pixels(self, pixels: Tensor, bs: int) -> Tensor:
         """[N, F, 3, S, S] -> [N, P] float32 CPU, in batches of ``bs``."""
-        return torch.cat([self._engine.video(pixels[i:i + bs]).float().cpu()
-                          for i in range(0, pixels.shape[0], bs)])
+        return torch.cat(
+            [
+                self._engine.video(pixels[i : i + bs]).float().cpu()
+                for i in range(0, pixels.shape[0], bs)
+            ]
+        )
 
     # -- fusion mode ------------------------------------------------------------------------
     def _require_fusion(self) -> None:
         if not self.has_fusion:
-            raise RuntimeError("this model/export has no fusion (VTM) head: score() and "
-                               "mcq(mode='fusion'|'ensemble') need one")
+            raise RuntimeError(
+                "this model/export has no fusion (VTM) head: score() and "
+                "mcq(mode='fusion'|'ensemble') need one"
+            )
 
     def _vtm_probs(self, pixels: Tensor, ids: Tensor, mask: Tensor, bs: int) -> Tensor:
         """Match probabilities [N] for pairs (pixels[i], text i)."""
@@ -302,9 +347,16 @@ class Runtime:
             probs.append(F.softmax(logits.double().cpu(), dim=-1)[:, 1].float())
         return torch.cat(probs)
 
-    def score(self, clips: Any, texts: Any, *, all_pairs: bool = False,
-              top_k: int | None = None, batch_size: int | None = None,
-              output: Output = "numpy") -> Any:
+    def score(
+        self,
+        clips: Any,
+        texts: Any,
+        *,
+        all_pairs: bool = False,
+        top_k: int | None = None,
+        batch_size: int | None = None,
+        output: Output = "numpy",
+    ) -> Any:
         """Fusion VTM match probability (``softmax(vtm_logits)[:, 1]``).
 
         Pairwise (default): ``clips`` and ``texts`` of equal length N -> ``[N]``.
@@ -320,8 +372,10 @@ class Runtime:
         ids, mask = self.tokenize(texts)
         if not all_pairs:
             if len(items) != len(texts):
-                raise ValueError(f"score: {len(items)} clips and {len(texts)} texts; pairwise "
-                                 "scoring needs equal counts (or all_pairs=True)")
+                raise ValueError(
+                    f"score: {len(items)} clips and {len(texts)} texts; pairwise "
+                    "scoring needs equal counts (or all_pairs=True)"
+                )
             return to_output(self._vtm_probs(pixels, ids, mask, bs), output)
         nt, nv = len(texts), len(items)
         if top_k is None or top_k >= nv:
@@ -330,8 +384,10 @@ class Runtime:
         else:
             if top_k < 1:
                 raise ValueError(f"top_k must be >= 1, got {top_k}")
-            sims = (l2_normalize(self.encode_text(texts, output="torch"))
-                    @ l2_normalize(self._embed_pixels(pixels, bs)).T)
+            sims = (
+                l2_normalize(self.encode_text(texts, output="torch"))
+                @ l2_normalize(self._embed_pixels(pixels, bs)).T
+            )
             top = sims.topk(top_k, dim=1).indices  # [Nt, k]
             pairs_t = torch.arange(nt).repeat_interleave(top_k)
             pairs_v = top.reshape(-1)
@@ -340,8 +396,9 @@ class Runtime:
         full[pairs_t, pairs_v] = probs
         return to_output(full, output)
 
-    def mcq(self, query: str, candidates: Any, *, mode: str = "ensemble",
-            batch_size: int | None = None) -> MCQAnswer:
+    def mcq(
+        self, query: str, candidates: Any, *, mode: str = "ensemble", batch_size: int | None = None
+    ) -> MCQAnswer:
         """Pick the candidate clip that matches ``query``.
 
         ``mode``: ``"dual"`` (cosine of the embeddings), ``"fusion"`` (VTM match probability)
@@ -363,8 +420,9 @@ class Runtime:
             self._require_fusion()
             ids, mask = self.tokenize([query])
             n = len(items)
-            fusion = self._vtm_probs(pixels, ids.repeat(n, 1), mask.repeat(n, 1),
-                                     batch_size or self.video_batch_size).numpy()
+            fusion = self._vtm_probs(
+                pixels, ids.repeat(n, 1), mask.repeat(n, 1), batch_size or self.video_batch_size
+            ).numpy()
         scores = {"dual": dual, "fusion": fusion}.get(mode)
         if mode == "ensemble":
             assert dual is not None and fusion is not None
@@ -373,16 +431,22 @@ class Runtime:
         return MCQAnswer(int(np.argmax(scores)), mode, scores.astype(np.float32), dual, fusion)
 
     # -- warm-up ----------------------------------------------------------------------------
-    def warmup(self, *, batch_sizes: Sequence[int] | None = None,
-               text_lengths: Sequence[int] | None = None, fusion: bool | None = None
-               ) -> dict[str, float]:
+    def warmup(
+        self,
+        *,
+        batch_sizes: Sequence[int] | None = None,
+        text_lengths: Sequence[int] | None = None,
+        fusion: bool | None = None,
+    ) -> dict[str, float]:
         """Run every shape bucket once (captures CUDA graphs on the torch/CUDA backend, creates
         sessions or engine contexts elsewhere). Returns seconds per part."""
         p = self.preprocessing
         if batch_sizes is None:
             cap = self.video_batch_size
-            batch_sizes = sorted({batch_bucket(b, cap) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)
-                                  if b <= cap} | {cap})
+            batch_sizes = sorted(
+                {batch_bucket(b, cap) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= cap}
+                | {cap}
+            )
         if text_lengths is None:
             # Captions are short: warm the buckets up to 32 tokens; longer ones are captured
             # on first use.
@@ -391,8 +455,9 @@ class Runtime:
         times: dict[str, float] = {}
         gen = torch.Generator().manual_seed(0)
         for b in batch_sizes:
-            video = torch.randn(b, p.num_frames, self.config.video.in_chans, p.size, p.size,
-                                generator=gen)
+            video = torch.randn(
+                b, p.num_frames, self.config.video.in_chans, p.size, p.size, generator=gen
+            )
             t0 = time.perf_counter()
             self._engine.video(video)
             times[f"video_b{b}"] = time.perf_counter() - t0
@@ -400,8 +465,9 @@ class Runtime:
                 ids = torch.full((b, length), p.pad_token_id, dtype=torch.int64)
                 ids[:, 0] = self.config.text.bos_token_id
                 ids[:, length - 1] = self.config.text.eos_token_id
-                ids[:, 1:length - 1] = torch.randint(5, self.config.text.vocab_size,
-                                                     (b, max(0, length - 2)), generator=gen)
+                ids[:, 1 : length - 1] = torch.randint(
+                    5, self.config.text.vocab_size, (b, max(0, length - 2)), generator=gen
+                )
                 mask = torch.ones(b, length, dtype=torch.int64)
                 t0 = time.perf_counter()
                 self._engine.text(ids, mask)
@@ -413,5 +479,3 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return times
-
-

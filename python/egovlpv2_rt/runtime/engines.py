@@ -116,9 +116,18 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype, *,
-                 cuda_graphs: bool, max_batch: int, max_text_length: int,
-                 pad_token_id: int, bos_token_id: int) -> None:
+    def __init__(
+        self,
+        model,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        cuda_graphs: bool,
+        max_batch: int,
+        max_text_length: int,
+        pad_token_id: int,
+        bos_token_id: int,
+    ) -> None:
         self.model = model
         self.device, self.dtype = device, dtype
         self.has_fusion = hasattr(model, "itm_score")
@@ -128,9 +137,11 @@ class TorchEngine(Engine):
         self.bucketing = cuda_graphs
         self._graphs: dict[str, CudaGraphs] = {}
         if cuda_graphs:
-            self._graphs = {"video": CudaGraphs(model.encode_video, device),
-                            "text": CudaGraphs(model.encode_text, device),
-                            "vtm": CudaGraphs(model.vtm_logits, device)}
+            self._graphs = {
+                "video": CudaGraphs(model.encode_video, device),
+                "text": CudaGraphs(model.encode_text, device),
+                "vtm": CudaGraphs(model.vtm_logits, device),
+            }
 
     def _to_device(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         if self.device.type == "cuda" and x.device.type == "cpu":
@@ -146,8 +157,7 @@ class TorchEngine(Engine):
     def _chunks(self, n: int) -> list[slice]:
         return [slice(i, i + self.max_batch) for i in range(0, n, self.max_batch)]
 
-    def _pad_text(self, ids: Tensor, mask: Tensor, rows: int, length: int
-                  ) -> tuple[Tensor, Tensor]:
+    def _pad_text(self, ids: Tensor, mask: Tensor, rows: int, length: int) -> tuple[Tensor, Tensor]:
         b, n = ids.shape
         if (rows, length) == (b, n):
             return ids, mask
@@ -166,8 +176,11 @@ class TorchEngine(Engine):
         return torch.cat([video, pad])
 
     def _run(self, kind: str, *args: Tensor) -> Tensor:
-        fn = {"video": self.model.encode_video, "text": self.model.encode_text,
-              "vtm": self.model.vtm_logits}[kind]
+        fn = {
+            "video": self.model.encode_video,
+            "text": self.model.encode_text,
+            "vtm": self.model.vtm_logits,
+        }[kind]
         if kind in self._graphs:
             return self._graphs[kind](*args)
         return fn(*args)
@@ -205,9 +218,14 @@ class OrtEngine(Engine):
 
     name = "onnxruntime"
 
-    def __init__(self, export_dir: Path, device: torch.device,
-                 exporter: Callable[[str], None] | None, has_fusion: bool,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        export_dir: Path,
+        device: torch.device,
+        exporter: Callable[[str], None] | None,
+        has_fusion: bool,
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.ort = ort
@@ -217,8 +235,10 @@ class OrtEngine(Engine):
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime here has no CUDAExecutionProvider; install "
-                                   "onnxruntime-gpu or use device='cpu'")
+                raise RuntimeError(
+                    "onnxruntime here has no CUDAExecutionProvider; install "
+                    "onnxruntime-gpu or use device='cpu'"
+                )
             providers.insert(0, "CUDAExecutionProvider")
         self.providers = providers
         self.threads = threads or torch.get_num_threads()
@@ -231,14 +251,17 @@ class OrtEngine(Engine):
                 path = self.dir / f"{name}.onnx"
                 if not path.is_file():
                     if self.exporter is None:
-                        raise FileNotFoundError(f"{path} is missing from the export folder; "
-                                                f"export it with egovlpv2-export")
+                        raise FileNotFoundError(
+                            f"{path} is missing from the export folder; "
+                            f"export it with egovlpv2-export"
+                        )
                     self.exporter(name)
                 opts = self.ort.SessionOptions()
                 opts.intra_op_num_threads = self.threads
                 opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                self.sessions[name] = self.ort.InferenceSession(str(path), opts,
-                                                                providers=self.providers)
+                self.sessions[name] = self.ort.InferenceSession(
+                    str(path), opts, providers=self.providers
+                )
             return self.sessions[name]
 
     def _run(self, name: str, feeds: dict[str, Tensor]) -> Tensor:
@@ -250,12 +273,12 @@ class OrtEngine(Engine):
         return self._run("video_encoder", {"video": video.float()})
 
     def text(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._run("text_encoder", {"input_ids": ids.long(),
-                                          "attention_mask": mask.long()})
+        return self._run("text_encoder", {"input_ids": ids.long(), "attention_mask": mask.long()})
 
     def vtm(self, video: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._run("vtm", {"video": video.float(), "input_ids": ids.long(),
-                                 "attention_mask": mask.long()})
+        return self._run(
+            "vtm", {"video": video.float(), "input_ids": ids.long(), "attention_mask": mask.long()}
+        )
 
 
 class TensorRTEngines(Engine):
@@ -276,8 +299,9 @@ class TensorRTEngines(Engine):
         if name not in self.engines:
             path = self.dir / f"{name}.engine"
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing; build it with egovlpv2-export "
-                                        "--format tensorrt")
+                raise FileNotFoundError(
+                    f"{path} is missing; build it with egovlpv2-export --format tensorrt"
+                )
             self.engines[name] = self._cls(path, self.device)
         return self.engines[name]
 

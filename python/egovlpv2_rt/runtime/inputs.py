@@ -14,8 +14,15 @@ from torch import Tensor
 
 from ..video import ClipSpec
 
-__all__ = ["Output", "as_clip_spec", "check_texts", "clip_label", "flatten_clips",
-           "l2_normalize", "to_output"]
+__all__ = [
+    "Output",
+    "as_clip_spec",
+    "check_texts",
+    "clip_label",
+    "flatten_clips",
+    "l2_normalize",
+    "to_output",
+]
 
 Output = Literal["numpy", "torch"]
 
@@ -35,18 +42,29 @@ def as_clip_spec(item: Any, i: int):
     if isinstance(item, dict):
         if "path" not in item:
             raise ValueError(f"clip {i}: a dict clip needs a 'path' key, got {sorted(item)}")
-        return ClipSpec(os.fspath(item["path"]), item.get("start_sec", item.get("start")),
-                        item.get("end_sec", item.get("end")))
-    if isinstance(item, (tuple, list)) and len(item) in (1, 3) and isinstance(
-            item[0], (str, os.PathLike)):
+        return ClipSpec(
+            os.fspath(item["path"]),
+            item.get("start_sec", item.get("start")),
+            item.get("end_sec", item.get("end")),
+        )
+    if (
+        isinstance(item, (tuple, list))
+        and len(item) in (1, 3)
+        and isinstance(item[0], (str, os.PathLike))
+    ):
         start = item[1] if len(item) == 3 else None
         end = item[2] if len(item) == 3 else None
-        return ClipSpec(os.fspath(item[0]), None if start is None else float(start),
-                        None if end is None else float(end))
+        return ClipSpec(
+            os.fspath(item[0]),
+            None if start is None else float(start),
+            None if end is None else float(end),
+        )
     if isinstance(item, (Tensor, np.ndarray)):
         return None
-    raise TypeError(f"clip {i}: expected a path, (path, start_sec, end_sec), a ClipSpec or a "
-                    f"pixel tensor [F, 3, S, S], got {type(item).__name__}")
+    raise TypeError(
+        f"clip {i}: expected a path, (path, start_sec, end_sec), a ClipSpec or a "
+        f"pixel tensor [F, 3, S, S], got {type(item).__name__}"
+    )
 
 
 def flatten_clips(clips: Any) -> list[Any]:
@@ -56,16 +74,23 @@ def flatten_clips(clips: Any) -> list[Any]:
             return list(clips)
         if clips.ndim == 4:
             return [clips]
-        raise ValueError(f"clips: a pixel tensor must be [F, 3, S, S] or [B, F, 3, S, S], got "
-                         f"shape {tuple(clips.shape)}")
+        raise ValueError(
+            f"clips: a pixel tensor must be [F, 3, S, S] or [B, F, 3, S, S], got "
+            f"shape {tuple(clips.shape)}"
+        )
     if isinstance(clips, (str, os.PathLike, dict)) or _is_spec(clips):
         return [clips]
-    if isinstance(clips, tuple) and len(clips) == 3 and isinstance(clips[0], (str, os.PathLike)) \
-            and not isinstance(clips[1], (str, os.PathLike)):
+    if (
+        isinstance(clips, tuple)
+        and len(clips) == 3
+        and isinstance(clips[0], (str, os.PathLike))
+        and not isinstance(clips[1], (str, os.PathLike))
+    ):
         return [clips]
     if not isinstance(clips, Sequence) or isinstance(clips, (bytes, bytearray)):
-        raise TypeError(f"clips: expected a clip or a sequence of clips, got "
-                        f"{type(clips).__name__}")
+        raise TypeError(
+            f"clips: expected a clip or a sequence of clips, got {type(clips).__name__}"
+        )
     if len(clips) == 0:
         raise ValueError("clips: empty; give at least one clip")
     return list(clips)

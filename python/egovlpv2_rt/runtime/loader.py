@@ -29,8 +29,10 @@ def _resolve_device(device: Any) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available here (torch "
-                         f"{torch.__version__}); use device='cpu'")
+        raise ValueError(
+            f"device {device!r}: CUDA is not available here (torch "
+            f"{torch.__version__}); use device='cpu'"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     return dev
@@ -123,82 +125,138 @@ def load(
         cfg = ModelConfig.from_dict(manifest["config"])
         prep = Preprocessing.from_dict(manifest["preprocessing"])
         if num_frames is not None and num_frames != prep.num_frames:
-            raise ValueError(f"num_frames={num_frames}, but the export in {files.export_dir} "
-                             f"takes {prep.num_frames} frames per clip (frame count mismatch)")
+            raise ValueError(
+                f"num_frames={num_frames}, but the export in {files.export_dir} "
+                f"takes {prep.num_frames} frames per clip (frame count mismatch)"
+            )
         exported = manifest.get("precision", "fp32")
         if requested is not None and requested != exported:
-            raise ValueError(f"precision {requested!r} requested, but the export in "
-                             f"{files.export_dir} is {exported!r} (export it again with "
-                             f"--precision {requested})")
+            raise ValueError(
+                f"precision {requested!r} requested, but the export in "
+                f"{files.export_dir} is {exported!r} (export it again with "
+                f"--precision {requested})"
+            )
         precision = exported
         if max_text_length is not None:
-            prep = Preprocessing(**{**prep.to_dict(), "max_text_length": min(
-                max_text_length, prep.max_text_length)})
+            prep = Preprocessing(
+                **{**prep.to_dict(), "max_text_length": min(max_text_length, prep.max_text_length)}
+            )
         tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
         if backend == "onnxruntime":
-            engine: Engine = OrtEngine(files.export_dir, dev, None,
-                                         has_fusion="vtm" in manifest["graphs"])
+            engine: Engine = OrtEngine(
+                files.export_dir, dev, None, has_fusion="vtm" in manifest["graphs"]
+            )
         else:
             engine = TensorRTEngines(files.export_dir, dev)
-        return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj,
-                       device=dev, precision=precision, video_batch_size=vbs,
-                       text_batch_size=tbs, video_backend=video_backend,
-                       decode_workers=workers, cache_size=cache_size, files=files)
+        return Runtime(
+            engine,
+            config=cfg,
+            preprocessing=prep,
+            tokenizer=tokenizer_obj,
+            device=dev,
+            precision=precision,
+            video_batch_size=vbs,
+            text_batch_size=tbs,
+            video_backend=video_backend,
+            decode_workers=workers,
+            cache_size=cache_size,
+            files=files,
+        )
 
     if backend == "tensorrt":
-        raise ValueError("backend 'tensorrt' needs an export folder with engines (build them "
-                         "with `egovlpv2-export --format tensorrt --out DIR`, then "
-                         "load(DIR, backend='tensorrt'))")
+        raise ValueError(
+            "backend 'tensorrt' needs an export folder with engines (build them "
+            "with `egovlpv2-export --format tensorrt --out DIR`, then "
+            "load(DIR, backend='tensorrt'))"
+        )
     if files.checkpoint is None:
-        raise FileNotFoundError(f"{files.export_dir}: an export folder without "
-                                "model.safetensors serves backend='onnxruntime' or "
-                                "'tensorrt' only")
+        raise FileNotFoundError(
+            f"{files.export_dir}: an export folder without "
+            "model.safetensors serves backend='onnxruntime' or "
+            "'tensorrt' only"
+        )
     if attention_impl not in (None, "fused", "reference"):
-        raise ValueError(f"attention_impl must be 'fused' or 'reference', got "
-                         f"{attention_impl!r}")
+        raise ValueError(f"attention_impl must be 'fused' or 'reference', got {attention_impl!r}")
     if attention_impl == "fused" and not fused_available(dev, PRECISIONS[precision]):
-        raise ValueError(f"attention_impl='fused': the custom ops are not built for {dev.type} "
-                         f"{precision} here (see egovlpv2_rt.build_info())")
+        raise ValueError(
+            f"attention_impl='fused': the custom ops are not built for {dev.type} "
+            f"{precision} here (see egovlpv2_rt.build_info())"
+        )
     # "auto" takes the fused ops where they run for the device and precision, and warns once
     # when the extension is not built at all.
-    model = load_model_files(files, config=config, device="cpu", dtype=torch.float32,
-                             attention_impl=attention_impl or "auto")
+    model = load_model_files(
+        files,
+        config=config,
+        device="cpu",
+        dtype=torch.float32,
+        attention_impl=attention_impl or "auto",
+    )
     cfg = model.config
     frames = num_frames or cfg.video.num_frames
     if not 1 <= frames <= cfg.video.num_frames:
-        raise ValueError(f"num_frames={frames} is outside [1, {cfg.video.num_frames}] (the "
-                         "model's maximum clip length; frame count mismatch)")
+        raise ValueError(
+            f"num_frames={frames} is outside [1, {cfg.video.num_frames}] (the "
+            "model's maximum clip length; frame count mismatch)"
+        )
     limit = cfg.text.max_text_length
-    prep = Preprocessing.for_config(cfg, num_frames=frames,
-                                    max_text_length=min(max_text_length or limit, limit))
+    prep = Preprocessing.for_config(
+        cfg, num_frames=frames, max_text_length=min(max_text_length or limit, limit)
+    )
     tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
     if tokenizer_obj.vocab_size > cfg.text.vocab_size:
-        raise ValueError(f"tokenizer {tok_path} has {tokenizer_obj.vocab_size} tokens but the "
-                         f"model's vocabulary is {cfg.text.vocab_size}: wrong tokenizer for "
-                         f"this checkpoint")
+        raise ValueError(
+            f"tokenizer {tok_path} has {tokenizer_obj.vocab_size} tokens but the "
+            f"model's vocabulary is {cfg.text.vocab_size}: wrong tokenizer for "
+            f"this checkpoint"
+        )
 
     if backend == "onnxruntime":
         if precision == "bf16" and dev.type == "cpu":
-            raise ValueError("onnxruntime on the CPU does not run bfloat16 graphs; use "
-                             "precision 'fp32' or 'fp16'")
+            raise ValueError(
+                "onnxruntime on the CPU does not run bfloat16 graphs; use "
+                "precision 'fp32' or 'fp16'"
+            )
         assert files.checkpoint is not None
-        out = Path(onnx_dir) if onnx_dir is not None else (
-            _cache_root() / "onnx" / f"{_checkpoint_key(files.checkpoint)}-f{frames}-{precision}")
+        out = (
+            Path(onnx_dir)
+            if onnx_dir is not None
+            else (
+                _cache_root()
+                / "onnx"
+                / f"{_checkpoint_key(files.checkpoint)}-f{frames}-{precision}"
+            )
+        )
 
         def exporter(name: str, _model=model, _out=out) -> None:
             # onnx and onnxscript (the `export` extra) are needed only here.
             from ..export.onnx_export import export_model
 
-            export_model(_model, _out, graphs=(name,), num_frames=frames, precision=precision,
-                         tokenizer_file=tok_path if tok_path and Path(tok_path).is_file()
-                         else None, source_checkpoint=files.checkpoint,
-                         max_text_length=prep.max_text_length)
+            export_model(
+                _model,
+                _out,
+                graphs=(name,),
+                num_frames=frames,
+                precision=precision,
+                tokenizer_file=tok_path if tok_path and Path(tok_path).is_file() else None,
+                source_checkpoint=files.checkpoint,
+                max_text_length=prep.max_text_length,
+            )
 
         engine = OrtEngine(out, dev, exporter, has_fusion=hasattr(model, "itm_score"))
-        return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj,
-                       device=dev, precision=precision, video_batch_size=vbs,
-                       text_batch_size=tbs, video_backend=video_backend,
-                       decode_workers=workers, cache_size=cache_size, files=files)
+        return Runtime(
+            engine,
+            config=cfg,
+            preprocessing=prep,
+            tokenizer=tokenizer_obj,
+            device=dev,
+            precision=precision,
+            video_batch_size=vbs,
+            text_batch_size=tbs,
+            video_backend=video_backend,
+            decode_workers=workers,
+            cache_size=cache_size,
+            files=files,
+        )
 
     dtype = PRECISIONS[precision]
     if dev.type == "cuda":
@@ -208,11 +266,27 @@ def load(
     use_graphs = (dev.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and dev.type != "cuda":
         raise ValueError("cuda_graphs=True needs a CUDA device")
-    engine = TorchEngine(model, dev, dtype, cuda_graphs=use_graphs, max_batch=max(vbs, tbs),
-                          max_text_length=prep.max_text_length,
-                          pad_token_id=cfg.text.pad_token_id,
-                          bos_token_id=cfg.text.bos_token_id)
-    return Runtime(engine, config=cfg, preprocessing=prep, tokenizer=tokenizer_obj, device=dev,
-                   precision=precision, video_batch_size=vbs, text_batch_size=tbs,
-                   video_backend=video_backend, decode_workers=workers,
-                   cache_size=cache_size, files=files)
+    engine = TorchEngine(
+        model,
+        dev,
+        dtype,
+        cuda_graphs=use_graphs,
+        max_batch=max(vbs, tbs),
+        max_text_length=prep.max_text_length,
+        pad_token_id=cfg.text.pad_token_id,
+        bos_token_id=cfg.text.bos_token_id,
+    )
+    return Runtime(
+        engine,
+        config=cfg,
+        preprocessing=prep,
+        tokenizer=tokenizer_obj,
+        device=dev,
+        precision=precision,
+        video_batch_size=vbs,
+        text_batch_size=tbs,
+        video_backend=video_backend,
+        decode_workers=workers,
+        cache_size=cache_size,
+        files=files,
+    )

@@ -64,8 +64,9 @@ class EmbeddingSet:
             raise ValueError(f"embeddings must be [N, P], got shape {self.embeddings.shape}")
         n = self.embeddings.shape[0]
         if len(self.ids) != n or len(self.clips) != n:
-            raise ValueError(f"{n} embeddings but {len(self.ids)} ids and {len(self.clips)} "
-                             "clip records")
+            raise ValueError(
+                f"{n} embeddings but {len(self.ids)} ids and {len(self.clips)} clip records"
+            )
         if len(set(self.ids)) != n:
             dup = next(i for i in self.ids if self.ids.count(i) > 1)
             raise ValueError(f"clip ids must be unique; {dup!r} appears twice")
@@ -83,16 +84,21 @@ class EmbeddingSet:
         return self.embeddings / np.maximum(norms, 1e-8)
 
 
-def model_fingerprint(config_dict: dict, weights_sha256: str, *, num_frames: int,
-                      precision: str) -> dict[str, Any]:
+def model_fingerprint(
+    config_dict: dict, weights_sha256: str, *, num_frames: int, precision: str
+) -> dict[str, Any]:
     """What identifies the embedding space: the architecture (config hash), the weights
     (checkpoint SHA-256), the projection size; frames and precision for information."""
     # Execution settings (stored by 0.1 configs) do not change the embedding space.
     arch = {k: v for k, v in config_dict.items() if k not in LEGACY_EXECUTION_KEYS}
     cfg = json.dumps(arch, sort_keys=True).encode()
-    return {"config_sha256": hashlib.sha256(cfg).hexdigest(), "weights_sha256": weights_sha256,
-            "projection_dim": int(config_dict.get("projection_dim", 0)),
-            "num_frames": int(num_frames), "precision": precision}
+    return {
+        "config_sha256": hashlib.sha256(cfg).hexdigest(),
+        "weights_sha256": weights_sha256,
+        "projection_dim": int(config_dict.get("projection_dim", 0)),
+        "num_frames": int(num_frames),
+        "precision": precision,
+    }
 
 
 def check_compatible(stored: dict[str, Any], current: dict[str, Any], source: str) -> None:
@@ -101,15 +107,19 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], source: st
     if not stored:
         return
     if stored.get("projection_dim") != current.get("projection_dim"):
-        raise ValueError(f"{source}: embeddings have dimension {stored.get('projection_dim')}, "
-                         f"the model produces {current.get('projection_dim')}: wrong checkpoint "
-                         "for these embeddings")
+        raise ValueError(
+            f"{source}: embeddings have dimension {stored.get('projection_dim')}, "
+            f"the model produces {current.get('projection_dim')}: wrong checkpoint "
+            "for these embeddings"
+        )
     for key, what in (("config_sha256", "architecture"), ("weights_sha256", "weights")):
         a, b = stored.get(key), current.get(key)
         if a and b and a != b:
-            raise ValueError(f"{source}: embeddings were made by a model with other {what} "
-                             f"({key} {a[:12]}..., this model {b[:12]}...): wrong checkpoint; "
-                             "pass the --checkpoint used for embed")
+            raise ValueError(
+                f"{source}: embeddings were made by a model with other {what} "
+                f"({key} {a[:12]}..., this model {b[:12]}...): wrong checkpoint; "
+                "pass the --checkpoint used for embed"
+            )
 
 
 # ------------------------------------------------------------------------------ files
@@ -117,8 +127,10 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], source: st
 
 def _check_suffix(path: Path) -> None:
     if path.suffix not in SUFFIXES:
-        raise ValueError(f"{path}: embeddings files are .safetensors or .parquet, got "
-                         f"{path.suffix or 'no suffix'!r}")
+        raise ValueError(
+            f"{path}: embeddings files are .safetensors or .parquet, got "
+            f"{path.suffix or 'no suffix'!r}"
+        )
 
 
 def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
@@ -130,18 +142,26 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file({"embeddings": np.ascontiguousarray(data.embeddings)}, str(tmp), metadata={
-            _META_IDS: json.dumps(data.ids), _META_CLIPS: json.dumps(data.clips),
-            _META_MODEL: json.dumps(data.model, sort_keys=True)})
+        save_file(
+            {"embeddings": np.ascontiguousarray(data.embeddings)},
+            str(tmp),
+            metadata={
+                _META_IDS: json.dumps(data.ids),
+                _META_CLIPS: json.dumps(data.clips),
+                _META_MODEL: json.dumps(data.model, sort_keys=True),
+            },
+        )
     else:
         pa, pq = _pyarrow()
-        table = pa.table({
-            "id": pa.array(data.ids, pa.string()),
-            "path": pa.array([str(c.get("path", "")) for c in data.clips], pa.string()),
-            "start": pa.array([c.get("start") for c in data.clips], pa.float64()),
-            "end": pa.array([c.get("end") for c in data.clips], pa.float64()),
-            "embedding": pa.array(list(data.embeddings), pa.list_(pa.float32())),
-        }).replace_schema_metadata({_META_MODEL: json.dumps(data.model, sort_keys=True)})
+        table = pa.table(
+            {
+                "id": pa.array(data.ids, pa.string()),
+                "path": pa.array([str(c.get("path", "")) for c in data.clips], pa.string()),
+                "start": pa.array([c.get("start") for c in data.clips], pa.float64()),
+                "end": pa.array([c.get("end") for c in data.clips], pa.float64()),
+                "embedding": pa.array(list(data.embeddings), pa.list_(pa.float32())),
+            }
+        ).replace_schema_metadata({_META_MODEL: json.dumps(data.model, sort_keys=True)})
         pq.write_table(table, str(tmp))
     os.replace(tmp, path)  # atomic: readers never see a half-written file
     return path
@@ -176,10 +196,12 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 emb = f.get_tensor("embeddings")
             if _META_IDS not in meta:
                 raise ValueError("no clip ids in the metadata")
-            return EmbeddingSet(json.loads(meta[_META_IDS]), emb,
-                                json.loads(meta.get(_META_CLIPS, "null"))
-                                or [{} for _ in range(len(emb))],
-                                json.loads(meta.get(_META_MODEL, "{}")))
+            return EmbeddingSet(
+                json.loads(meta[_META_IDS]),
+                emb,
+                json.loads(meta.get(_META_CLIPS, "null")) or [{} for _ in range(len(emb))],
+                json.loads(meta.get(_META_MODEL, "{}")),
+            )
         _, pq = _pyarrow()
         table = pq.read_table(str(path))
         missing = [c for c in ("id", "embedding") if c not in table.column_names]
@@ -188,9 +210,14 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         meta = table.schema.metadata or {}
         model = json.loads(meta.get(_META_MODEL.encode(), b"{}"))
         cols = table.to_pydict()
-        clips = [{"path": p, "start": s, "end": e} for p, s, e in zip(
-            cols.get("path", [""] * table.num_rows), cols.get("start", [None] * table.num_rows),
-            cols.get("end", [None] * table.num_rows))]
+        clips = [
+            {"path": p, "start": s, "end": e}
+            for p, s, e in zip(
+                cols.get("path", [""] * table.num_rows),
+                cols.get("start", [None] * table.num_rows),
+                cols.get("end", [None] * table.num_rows),
+            )
+        ]
         emb = np.array(cols["embedding"], dtype=np.float32)
         if emb.ndim != 2:
             raise ValueError("embedding rows have different lengths")
@@ -223,8 +250,18 @@ def write_manifest(out: str | os.PathLike, world_size: int, total_clips: int) ->
     path = manifest_path(out)
     shards = [shard_path(out, r, world_size).name for r in range(world_size)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format_version": 1, "world_size": world_size,
-                                "total_clips": total_clips, "shards": shards}, indent=1) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "world_size": world_size,
+                "total_clips": total_clips,
+                "shards": shards,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return path
 
 
@@ -241,8 +278,10 @@ def merge_shards(manifest: str | os.PathLike | Sequence[str | os.PathLike]) -> E
             raise ValueError(f"{mpath}: not a shard manifest ({exc})") from None
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise ValueError(f"{mpath}: {len(missing)} shard(s) missing: {', '.join(missing)} "
-                             "(did every rank finish?)")
+            raise ValueError(
+                f"{mpath}: {len(missing)} shard(s) missing: {', '.join(missing)} "
+                "(did every rank finish?)"
+            )
         source = str(mpath)
     else:
         files, total, source = [Path(f) for f in manifest], None, "shards"
@@ -254,12 +293,14 @@ def merge_shards(manifest: str | os.PathLike | Sequence[str | os.PathLike]) -> E
         if p.dim != first.dim:
             raise ValueError(f"{f}: dimension {p.dim} differs from {files[0]} ({first.dim})")
         check_compatible(first.model, p.model, str(f))
-    merged = EmbeddingSet([i for p in parts for i in p.ids],
-                          np.concatenate([p.embeddings for p in parts]),
-                          [c for p in parts for c in p.clips], dict(first.model))
+    merged = EmbeddingSet(
+        [i for p in parts for i in p.ids],
+        np.concatenate([p.embeddings for p in parts]),
+        [c for p in parts for c in p.clips],
+        dict(first.model),
+    )
     if total is not None and len(merged) != total:
-        raise ValueError(f"{source}: shards hold {len(merged)} clips, the manifest expects "
-                         f"{total}")
+        raise ValueError(f"{source}: shards hold {len(merged)} clips, the manifest expects {total}")
     return merged
 
 
@@ -294,8 +335,10 @@ class FaissIndex:
         q = np.asarray(query, np.float32).reshape(1, -1)
         q = q / max(float(np.linalg.norm(q)), 1e-8)
         if q.shape[1] != self.index.d:
-            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.index.d}: "
-                             "wrong checkpoint for this index")
+            raise ValueError(
+                f"query dimension {q.shape[1]} != index dimension {self.index.d}: "
+                "wrong checkpoint for this index"
+            )
         scores, idx = self.index.search(q, min(k, len(self.ids)))
         keep = idx[0] >= 0
         return idx[0][keep], scores[0][keep]
@@ -309,8 +352,14 @@ def _faiss():
     return faiss
 
 
-def build_faiss_index(data: EmbeddingSet, path: str | os.PathLike, *, kind: str = "flat",
-                      nlist: int | None = None, hnsw_m: int = 32) -> Path:
+def build_faiss_index(
+    data: EmbeddingSet,
+    path: str | os.PathLike,
+    *,
+    kind: str = "flat",
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+) -> Path:
     """Write a FAISS index of ``data`` to ``path`` and ``<path>.json`` beside it.
 
     ``kind``: ``"flat"`` (exact inner product), ``"ivf"`` (inverted lists over ``nlist``
@@ -337,9 +386,19 @@ def build_faiss_index(data: EmbeddingSet, path: str | os.PathLike, *, kind: str 
     index.add(x)
     path.parent.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(path))
-    Path(str(path) + ".json").write_text(json.dumps(
-        {"format_version": 1, "kind": kind, "ids": data.ids, "clips": data.clips,
-         "model": data.model}, indent=1) + "\n")
+    Path(str(path) + ".json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "kind": kind,
+                "ids": data.ids,
+                "clips": data.clips,
+                "model": data.model,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return path
 
 
@@ -357,7 +416,9 @@ def load_faiss_index(path: str | os.PathLike) -> FaissIndex:
     except (json.JSONDecodeError, RuntimeError) as exc:
         raise ValueError(f"{path}: not a readable FAISS index ({exc})") from None
     if index.ntotal != len(info["ids"]):
-        raise ValueError(f"{path}: index holds {index.ntotal} vectors but {side} lists "
-                         f"{len(info['ids'])} ids")
-    return FaissIndex(index, info["ids"], info.get("clips") or [{}] * index.ntotal,
-                      info.get("model", {}))
+        raise ValueError(
+            f"{path}: index holds {index.ntotal} vectors but {side} lists {len(info['ids'])} ids"
+        )
+    return FaissIndex(
+        index, info["ids"], info.get("clips") or [{}] * index.ntotal, info.get("model", {})
+    )

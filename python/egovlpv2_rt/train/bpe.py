@@ -25,19 +25,29 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | P
     """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
-        raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS) + len(alphabet)} "
-                         f"(specials + 256 bytes), got {vocab_size}")
-    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
-                        fuse_unk=False))
+        raise ValueError(
+            f"vocab_size must be >= {len(SPECIAL_TOKENS) + len(alphabet)} "
+            f"(specials + 256 bytes), got {vocab_size}"
+        )
+    tok = Tokenizer(
+        BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=2,
-                         special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
-                         show_progress=False)
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = RobertaProcessing(("</s>", tok.token_to_id("</s>")),
-                                           ("<s>", tok.token_to_id("<s>")),
-                                           trim_offsets=True, add_prefix_space=False)
+    tok.post_processor = RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")),
+        ("<s>", tok.token_to_id("<s>")),
+        trim_offsets=True,
+        add_prefix_space=False,
+    )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out))

@@ -59,8 +59,10 @@ class ModelSection:
     def build(self) -> ModelConfig:
         for key in LEGACY_EXECUTION_KEYS:
             if key in self.overrides or key in (self.config or {}):
-                raise ValueError(f"{key} is how the model runs, not what it is: set it at the "
-                                 f"top level of the experiment (`{key}: ...`), not under model")
+                raise ValueError(
+                    f"{key} is how the model runs, not what it is: set it at the "
+                    f"top level of the experiment (`{key}: ...`), not under model"
+                )
         if self.config is not None:
             return ModelConfig.from_dict(self.config)
         base = preset(self.preset).to_dict()
@@ -159,8 +161,9 @@ class LossSection:
             return LossWeights.paper(self.gamma, self.delta)
         if self.preset == "custom":
             return LossWeights(self.egonce, self.mlm, self.vtm)
-        raise ValueError(f"loss.preset must be 'original', 'paper' or 'custom', "
-                         f"got {self.preset!r}")
+        raise ValueError(
+            f"loss.preset must be 'original', 'paper' or 'custom', got {self.preset!r}"
+        )
 
 
 @dataclass
@@ -210,19 +213,30 @@ class TrainConfig:
 
     def validate(self, where: str = "config") -> None:
         """Range checks that the dataclass types alone do not express."""
+
         def need(cond: bool, key: str, msg: str) -> None:
             if not cond:
                 raise ConfigError(f"{where}: {key}: {msg}")
+
         need(self.global_batch_size >= 2, "global_batch_size", "must be >= 2 (contrastive loss)")
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         need(self.amp in ("auto", "bf16", "off"), "amp", "must be 'auto', 'bf16' or 'off'")
-        need(self.attention_impl in ("auto", "fused", "reference"), "attention_impl",
-             "must be 'auto', 'fused' or 'reference'")
-        need(self.precision in ("float32", "float64"), "precision",
-             "must be 'float32' or 'float64' (parameters and activations)")
-        need(self.data.sampling in ("uniform", "rand"), "data.sampling",
-             "must be 'uniform' or 'rand'")
+        need(
+            self.attention_impl in ("auto", "fused", "reference"),
+            "attention_impl",
+            "must be 'auto', 'fused' or 'reference'",
+        )
+        need(
+            self.precision in ("float32", "float64"),
+            "precision",
+            "must be 'float32' or 'float64' (parameters and activations)",
+        )
+        need(
+            self.data.sampling in ("uniform", "rand"),
+            "data.sampling",
+            "must be 'uniform' or 'rand'",
+        )
         need(self.data.num_frames >= 1, "data.num_frames", "must be >= 1")
         need(self.data.neg_seconds >= 0, "data.neg_seconds", "must be >= 0")
         need(self.optim.lr > 0, "optim.lr", "must be > 0")
@@ -232,17 +246,22 @@ class TrainConfig:
         need(self.loss.temperature > 0, "loss.temperature", "must be > 0")
         need(self.loss.mlm_start_step >= 0, "loss.mlm_start_step", "must be >= 0")
         need(self.loss.vtm_start_step >= 0, "loss.vtm_start_step", "must be >= 0")
-        need(self.loss.mlm_stop_step == 0 or self.loss.mlm_stop_step > self.loss.mlm_start_step,
-             "loss.mlm_stop_step",
-             f"must be 0 (never) or > loss.mlm_start_step ({self.loss.mlm_start_step})")
+        need(
+            self.loss.mlm_stop_step == 0 or self.loss.mlm_stop_step > self.loss.mlm_start_step,
+            "loss.mlm_stop_step",
+            f"must be 0 (never) or > loss.mlm_start_step ({self.loss.mlm_start_step})",
+        )
         need(self.init_scale > 0, "init_scale", "must be > 0")
         try:
             self.loss.weights()
         except ValueError as e:
             raise ConfigError(f"{where}: loss: {e}") from None
         if self.data.neg_seconds > 0:
-            need(self.global_batch_size % 2 == 0, "global_batch_size",
-                 "must be even with data.neg_seconds > 0 (pairs)")
+            need(
+                self.global_batch_size % 2 == 0,
+                "global_batch_size",
+                "must be even with data.neg_seconds > 0 (pairs)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,8 +280,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return _coerce(value, args[0], key, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(tp)):
-            raise ConfigError(f"{where}: {key}: expected a list of "
-                              f"{len(typing.get_args(tp))} numbers, got {value!r}")
+            raise ConfigError(
+                f"{where}: {key}: expected a list of "
+                f"{len(typing.get_args(tp))} numbers, got {value!r}"
+            )
         return tuple(_coerce(v, a, key, where) for v, a in zip(value, typing.get_args(tp)))
     if origin is dict:
         if not isinstance(value, dict):
@@ -289,16 +310,18 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 
 def _build(cls: type, data: Any, prefix: str, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping, "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: {prefix or 'top level'}: expected a mapping, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {dotted!r}; known keys at this level: "
-                              f"{sorted(names)}")
+            raise ConfigError(
+                f"{where}: unknown key {dotted!r}; known keys at this level: {sorted(names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], dotted, where)
     return cls(**kwargs)
 

@@ -13,8 +13,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistInfo", "all_gather_no_grad", "all_gather_with_grad", "init_distributed",
-           "shutdown_distributed"]
+__all__ = [
+    "DistInfo",
+    "all_gather_no_grad",
+    "all_gather_with_grad",
+    "init_distributed",
+    "shutdown_distributed",
+]
 
 
 @dataclass
@@ -55,8 +60,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world == 1:
         return DistInfo(0, 1, 0, dev, None)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                device_id=dev if use_cuda else None)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None
+        )
     group = dist.new_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, group)
 
@@ -84,7 +90,7 @@ class _GatherWithGrad(torch.autograd.Function):
         info = ctx.info
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=info.gather_group)
-        return grad[info.rank * ctx.n:(info.rank + 1) * ctx.n], None
+        return grad[info.rank * ctx.n : (info.rank + 1) * ctx.n], None
 
 
 def all_gather_with_grad(x: Tensor, info: DistInfo) -> Tensor:

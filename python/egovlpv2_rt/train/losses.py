@@ -32,8 +32,9 @@ def _check_square(name: str, t: Tensor, n: int | None = None) -> None:
     if t.dim() != 2 or t.shape[0] != t.shape[1]:
         raise ValueError(f"{name} must be a square [N, N] matrix, got shape {tuple(t.shape)}")
     if n is not None and t.shape[0] != n:
-        raise ValueError(f"{name} must be [{n}, {n}] to match the similarity matrix, "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be [{n}, {n}] to match the similarity matrix, got {tuple(t.shape)}"
+        )
 
 
 def egonce_positive_mask(mask_v: Tensor | None, mask_n: Tensor | None, n: int) -> Tensor:
@@ -121,11 +122,14 @@ def mlm_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
         scalar float tensor.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"mlm_loss expects logits [B, L, V] and labels [B, L], got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"mlm_loss expects logits [B, L, V] and labels [B, L], got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    flat = F.cross_entropy(wide.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    flat = F.cross_entropy(
+        wide.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     if reduction == "sum":
         return flat
     if reduction != "mean":
@@ -155,8 +159,9 @@ class VTMPairs:
 
     def slice(self, start: int, stop: int) -> VTMPairs:
         """Pairs ``start:stop`` (one rank's share of a global batch)."""
-        return VTMPairs(self.video_index[start:stop], self.text_index[start:stop],
-                        self.labels[start:stop])
+        return VTMPairs(
+            self.video_index[start:stop], self.text_index[start:stop], self.labels[start:stop]
+        )
 
 
 def vtm_negative_weights(sim: Tensor, pos: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -213,8 +218,9 @@ def sample_vtm_pairs(
     """
     n = sim.shape[0]
     w_v, w_t = vtm_negative_weights(sim.cpu(), pos.cpu(), temperature)
-    labels = torch.cat([torch.ones(n // 2, dtype=torch.long),
-                        torch.zeros(n - n // 2, dtype=torch.long)])
+    labels = torch.cat(
+        [torch.ones(n // 2, dtype=torch.long), torch.zeros(n - n // 2, dtype=torch.long)]
+    )
     labels = labels[torch.randperm(n, generator=generator)]
     coin = torch.rand(n, generator=generator) > 0.5  # True: negative video for caption i
     has_v = w_v.sum(1) > 0
@@ -257,8 +263,10 @@ class LossWeights:
     def paper(cls, gamma: float, delta: float) -> LossWeights:
         """``(1 - gamma - delta) * EgoNCE + gamma * MLM + delta * VTM``."""
         if gamma < 0 or delta < 0 or gamma + delta > 1:
-            raise ValueError(f"paper loss weights need gamma, delta >= 0 and gamma + delta <= 1, "
-                             f"got gamma={gamma}, delta={delta}")
+            raise ValueError(
+                f"paper loss weights need gamma, delta >= 0 and gamma + delta <= 1, "
+                f"got gamma={gamma}, delta={delta}"
+            )
         return cls(1.0 - gamma - delta, gamma, delta)
 
     @classmethod
@@ -267,12 +275,16 @@ class LossWeights:
         return cls(1.0, 1.0, 2.0)
 
 
-def combine_losses(weights: LossWeights, egonce: Tensor | None, mlm: Tensor | None,
-                   vtm: Tensor | None) -> Tensor:
+def combine_losses(
+    weights: LossWeights, egonce: Tensor | None, mlm: Tensor | None, vtm: Tensor | None
+) -> Tensor:
     """Weighted sum of the objectives that are present (a None term must have weight 0)."""
     total = None
-    for name, w, term in (("egonce", weights.egonce, egonce), ("mlm", weights.mlm, mlm),
-                          ("vtm", weights.vtm, vtm)):
+    for name, w, term in (
+        ("egonce", weights.egonce, egonce),
+        ("mlm", weights.mlm, mlm),
+        ("vtm", weights.vtm, vtm),
+    ):
         if term is None:
             if w != 0:
                 raise ValueError(f"loss term {name!r} has weight {w} but was not computed")

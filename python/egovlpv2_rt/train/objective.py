@@ -76,9 +76,17 @@ class PretrainObjective(nn.Module):
         mlm_stop_step: steps from this one on have the MLM weight 0 (0: MLM never stops).
     """
 
-    def __init__(self, model: EgoVLPv2, weights: LossWeights, temperature: float,
-                 info: DistInfo, seed: int, mlm_start_step: int = 0,
-                 vtm_start_step: int = 0, mlm_stop_step: int = 0) -> None:
+    def __init__(
+        self,
+        model: EgoVLPv2,
+        weights: LossWeights,
+        temperature: float,
+        info: DistInfo,
+        seed: int,
+        mlm_start_step: int = 0,
+        vtm_start_step: int = 0,
+        mlm_stop_step: int = 0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
@@ -94,21 +102,30 @@ class PretrainObjective(nn.Module):
         """All three terms (so every parameter) take part in every step; when not, DDP must
         look for parameters without a gradient (``find_unused_parameters``)."""
         w = self.weights
-        return (w.egonce != 0 and w.mlm != 0 and w.vtm != 0 and self.mlm_start_step == 0
-                and self.vtm_start_step == 0 and self.mlm_stop_step == 0)
+        return (
+            w.egonce != 0
+            and w.mlm != 0
+            and w.vtm != 0
+            and self.mlm_start_step == 0
+            and self.vtm_start_step == 0
+            and self.mlm_stop_step == 0
+        )
 
     def weights_at(self, step: int) -> LossWeights:
         """The loss weights of global step ``step`` (0-based)."""
         w = self.weights
-        mlm_on = step >= self.mlm_start_step and (self.mlm_stop_step == 0
-                                                  or step < self.mlm_stop_step)
+        mlm_on = step >= self.mlm_start_step and (
+            self.mlm_stop_step == 0 or step < self.mlm_stop_step
+        )
         mlm = w.mlm if mlm_on else 0.0
         vtm = w.vtm if step >= self.vtm_start_step else 0.0
         if w.egonce == 0 and mlm == 0 and vtm == 0:
-            raise ValueError(f"step {step} has no loss: the EgoNCE weight is 0, the step is "
-                             f"outside MLM's steps (loss.mlm_start_step {self.mlm_start_step}, "
-                             f"loss.mlm_stop_step {self.mlm_stop_step}) and before "
-                             f"loss.vtm_start_step ({self.vtm_start_step})")
+            raise ValueError(
+                f"step {step} has no loss: the EgoNCE weight is 0, the step is "
+                f"outside MLM's steps (loss.mlm_start_step {self.mlm_start_step}, "
+                f"loss.mlm_stop_step {self.mlm_stop_step}) and before "
+                f"loss.vtm_start_step ({self.vtm_start_step})"
+            )
         return LossWeights(w.egonce, mlm, vtm)
 
     def forward(self, batch: GlobalBatch) -> StepLosses:  # type: ignore[override]
@@ -116,8 +133,9 @@ class PretrainObjective(nn.Module):
         b = batch.video.shape[0]
         g = batch.input_ids.shape[0]
         if b * info.world_size != g:
-            raise ValueError(f"local video batch {b} x world {info.world_size} != global "
-                             f"caption batch {g}")
+            raise ValueError(
+                f"local video batch {b} x world {info.world_size} != global caption batch {g}"
+            )
         sl = slice(batch.offset, batch.offset + b)
         ids, am = batch.input_ids, batch.attention_mask
         scale = float(info.world_size)  # undoes DDP's gradient average for per-rank sums
@@ -155,16 +173,17 @@ class PretrainObjective(nn.Module):
         if w.vtm != 0:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch.step)
             pairs = sample_vtm_pairs(sim.detach(), pos, self.temperature, gen).slice(
-                batch.offset, batch.offset + b)
+                batch.offset, batch.offset + b
+            )
             all_video = all_gather_no_grad(batch.video, info)
             dev = batch.video.device
             v_idx = pairs.video_index.to(dev)
             t_idx = pairs.text_index.to(dev)
             labels = pairs.labels.to(dev)
             logits = self.model.vtm_logits(all_video[v_idx], ids[t_idx], am[t_idx])
-            local_sum = F.cross_entropy(logits.to(torch.promote_types(logits.dtype,
-                                                                      torch.float32)),
-                                        labels, reduction="sum")
+            local_sum = F.cross_entropy(
+                logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="sum"
+            )
             term = local_sum * (scale / g)
             total = w.vtm * term if total is None else total + w.vtm * term
             vtm_value = all_reduce_sum(local_sum, info) / g
@@ -177,6 +196,11 @@ class PretrainObjective(nn.Module):
         for wt, val in ((w.egonce, egonce), (w.mlm, mlm_value), (w.vtm, vtm_value)):
             if wt != 0:
                 loss = loss + wt * val.detach().double().cpu()
-        return StepLosses(total, loss,
-                          egonce.detach() if egonce is not None else None,
-                          mlm_value, vtm_value, vtm_acc)
+        return StepLosses(
+            total,
+            loss,
+            egonce.detach() if egonce is not None else None,
+            mlm_value,
+            vtm_value,
+            vtm_acc,
+        )

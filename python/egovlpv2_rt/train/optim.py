@@ -19,8 +19,17 @@ __all__ = [
 ]
 
 # Name fragments of the original's ``set_schedule`` (substring matches on parameter names).
-NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
-            "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight")
+NO_DECAY = (
+    "bias",
+    "LayerNorm.bias",
+    "LayerNorm.weight",
+    "norm.bias",
+    "norm.weight",
+    "norm1.bias",
+    "norm1.weight",
+    "norm2.bias",
+    "norm2.weight",
+)
 HEAD_NAMES = ("mlm_score", "itm_score", "txt_proj", "vid_proj")
 CROSS_MODAL_NAMES = ("cross_modal", "i2t", "t2i")
 
@@ -49,10 +58,15 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     for kind in ("backbone", "head", "cross_modal"):
         for decay in (True, False):
             if (kind, decay) in groups:
-                out.append({"params": groups[(kind, decay)], "names": names[(kind, decay)],
-                            "weight_decay": cfg.weight_decay if decay else 0.0,
-                            "lr": cfg.lr * mult[kind], "group": f"{kind}/"
-                            f"{'decay' if decay else 'no_decay'}"})
+                out.append(
+                    {
+                        "params": groups[(kind, decay)],
+                        "names": names[(kind, decay)],
+                        "weight_decay": cfg.weight_decay if decay else 0.0,
+                        "lr": cfg.lr * mult[kind],
+                        "group": f"{kind}/{'decay' if decay else 'no_decay'}",
+                    }
+                )
     return out
 
 
@@ -62,12 +76,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     ``foreach=True`` on every device: PyTorch picks the per-tensor loop on the CPU by default,
     which cost ~28 ms of a ~500 ms step of the default model's training (hundreds of small
     tensors)."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps, foreach=True)
+    return torch.optim.AdamW(
+        param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True
+    )
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 over ``warmup_steps``, then half-cosine down to
     ``min_lr_ratio`` times the base rate at ``total_steps`` (``transformers``'
     ``get_cosine_schedule_with_warmup`` when ``min_lr_ratio = 0``)."""

@@ -29,16 +29,20 @@ class GlobalBatchSampler:
         groups: optional group id per item (segment ids); enables pairing, G must be even.
     """
 
-    def __init__(self, num_items: int, global_batch_size: int, seed: int,
-                 groups: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, num_items: int, global_batch_size: int, seed: int, groups: Sequence[str] | None = None
+    ) -> None:
         self.pairs = groups is not None
         if self.pairs and global_batch_size % 2:
-            raise ValueError(f"global_batch_size must be even with pairing, "
-                             f"got {global_batch_size}")
+            raise ValueError(
+                f"global_batch_size must be even with pairing, got {global_batch_size}"
+            )
         per_step = global_batch_size // 2 if self.pairs else global_batch_size
         if num_items < per_step:
-            raise ValueError(f"the dataset has {num_items} items, fewer than the {per_step} "
-                             f"anchors a global batch of {global_batch_size} needs")
+            raise ValueError(
+                f"the dataset has {num_items} items, fewer than the {per_step} "
+                f"anchors a global batch of {global_batch_size} needs"
+            )
         if groups is not None and len(groups) != num_items:
             raise ValueError(f"groups has {len(groups)} entries for {num_items} items")
         self.num_items = num_items
@@ -78,7 +82,7 @@ class GlobalBatchSampler:
         """The G dataset indices of global step ``step`` (anchor, partner, anchor, ...)."""
         epoch, k = self.position(step)
         perm, partners = self._epoch(epoch)
-        anchors = perm[k * self.per_step:(k + 1) * self.per_step]
+        anchors = perm[k * self.per_step : (k + 1) * self.per_step]
         if partners is None:
             return anchors.tolist()
         out: list[int] = []
@@ -89,19 +93,26 @@ class GlobalBatchSampler:
     def local_indices(self, step: int, rank: int, world_size: int) -> list[int]:
         """This rank's slice of the global batch."""
         if self.global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {self.global_batch_size} is not divisible by "
-                             f"the world size {world_size}")
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not divisible by "
+                f"the world size {world_size}"
+            )
         b = self.global_batch_size // world_size
-        return self.global_indices(step)[rank * b:(rank + 1) * b]
+        return self.global_indices(step)[rank * b : (rank + 1) * b]
 
     def state_dict(self) -> dict:
-        return {"num_items": self.num_items, "global_batch_size": self.global_batch_size,
-                "seed": self.seed, "pairs": self.pairs}
+        return {
+            "num_items": self.num_items,
+            "global_batch_size": self.global_batch_size,
+            "seed": self.seed,
+            "pairs": self.pairs,
+        }
 
     def check_state(self, state: dict) -> None:
         """Raise if a checkpoint's sampler differs from this one (resume would diverge)."""
         mine = self.state_dict()
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if diff:
-            raise ValueError(f"checkpoint sampler differs from the configured one "
-                             f"(checkpoint, config): {diff}")
+            raise ValueError(
+                f"checkpoint sampler differs from the configured one (checkpoint, config): {diff}"
+            )

@@ -44,8 +44,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def capture_rng() -> dict[str, Any]:
     """This process's RNG states."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

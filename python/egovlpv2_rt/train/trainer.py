@@ -39,8 +39,18 @@ from .state import atomic_torch_save, capture_rng, load_training_state, restore_
 
 __all__ = ["TrainResult", "train", "train_from_file"]
 
-LOG_FIELDS = ("step", "epoch", "lr", "loss", "egonce", "mlm", "vtm", "vtm_acc", "grad_norm",
-              "seconds")
+LOG_FIELDS = (
+    "step",
+    "epoch",
+    "lr",
+    "loss",
+    "egonce",
+    "mlm",
+    "vtm",
+    "vtm_acc",
+    "grad_norm",
+    "seconds",
+)
 
 
 @dataclass
@@ -53,14 +63,14 @@ class TrainResult:
     weights: Path | None
     seconds: float
 
-
     def summary(self) -> str:
         """One line for the log: steps, last loss, wall time."""
         return f"steps={self.steps} loss={self.final_loss:.6f} seconds={self.seconds:.1f}"
 
 
-def train_from_file(path: str | Path, *, resume: bool = False, device: str = "auto",
-                    stop_after: int | None = None) -> TrainResult:
+def train_from_file(
+    path: str | Path, *, resume: bool = False, device: str = "auto", stop_after: int | None = None
+) -> TrainResult:
     """:func:`train` on the experiment file ``path``, then leave the process group (if any)."""
     cfg = load_train_config(path)
     try:
@@ -71,24 +81,31 @@ def train_from_file(path: str | Path, *, resume: bool = False, device: str = "au
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     mc = cfg.model.build()
     if mc.text.vocab_size != vocab_size:
-        raise ValueError(f"model text.vocab_size {mc.text.vocab_size} != tokenizer vocabulary "
-                         f"size {vocab_size} (data.tokenizer={cfg.data.tokenizer})")
+        raise ValueError(
+            f"model text.vocab_size {mc.text.vocab_size} != tokenizer vocabulary "
+            f"size {vocab_size} (data.tokenizer={cfg.data.tokenizer})"
+        )
     if mc.video.img_size != cfg.data.image_size:
-        raise ValueError(f"model video.img_size {mc.video.img_size} != data.image_size "
-                         f"{cfg.data.image_size}")
+        raise ValueError(
+            f"model video.img_size {mc.video.img_size} != data.image_size {cfg.data.image_size}"
+        )
     if cfg.data.num_frames > mc.video.num_frames:
-        raise ValueError(f"data.num_frames {cfg.data.num_frames} exceeds the model's "
-                         f"video.num_frames {mc.video.num_frames}")
+        raise ValueError(
+            f"data.num_frames {cfg.data.num_frames} exceeds the model's "
+            f"video.num_frames {mc.video.num_frames}"
+        )
     if cfg.data.max_text_length > mc.text.max_text_length:
-        raise ValueError(f"data.max_text_length {cfg.data.max_text_length} exceeds the "
-                         f"model's {mc.text.max_text_length}")
+        raise ValueError(
+            f"data.max_text_length {cfg.data.max_text_length} exceeds the "
+            f"model's {mc.text.max_text_length}"
+        )
     return mc
 
 
@@ -100,20 +117,23 @@ class _Data:
         root = Path(d.root)
         self.records: list[ClipRecord] = read_egoclip(root / d.metadata)
         if not Path(d.tokenizer).exists():
-            raise FileNotFoundError(f"data.tokenizer: no tokenizer file or folder at "
-                                    f"{d.tokenizer}")
+            raise FileNotFoundError(f"data.tokenizer: no tokenizer file or folder at {d.tokenizer}")
         self.tokenizer = load_tokenizer(Path(d.tokenizer), d.max_text_length)
         groups = segment_ids(self.records, d.neg_seconds) if d.neg_seconds > 0 else None
-        self.sampler = GlobalBatchSampler(len(self.records), cfg.global_batch_size, cfg.seed,
-                                          groups)
-        self.reader = ClipReader(root / d.video_dir, num_frames=d.num_frames,
-                                 image_size=d.image_size, sampling=d.sampling,
-                                 backend=d.backend, augment=d.train_augment,
-                                 cache_size=len(self.records) if d.cache_clips else 0)
-        self.num_verbs = 1 + max((max(r.tag_verb) for r in self.records if r.tag_verb),
-                                 default=0)
-        self.num_nouns = 1 + max((max(r.tag_noun) for r in self.records if r.tag_noun),
-                                 default=0)
+        self.sampler = GlobalBatchSampler(
+            len(self.records), cfg.global_batch_size, cfg.seed, groups
+        )
+        self.reader = ClipReader(
+            root / d.video_dir,
+            num_frames=d.num_frames,
+            image_size=d.image_size,
+            sampling=d.sampling,
+            backend=d.backend,
+            augment=d.train_augment,
+            cache_size=len(self.records) if d.cache_clips else 0,
+        )
+        self.num_verbs = 1 + max((max(r.tag_verb) for r in self.records if r.tag_verb), default=0)
+        self.num_nouns = 1 + max((max(r.tag_noun) for r in self.records if r.tag_noun), default=0)
         self.cfg = cfg
         self.info = info
 
@@ -123,21 +143,38 @@ class _Data:
         epoch, _ = self.sampler.position(step)
         recs = [self.records[i] for i in idx]
         gen = torch.Generator().manual_seed(clip_seed("mlm", cfg.seed, step))
-        text = collate_text(recs, self.tokenizer, max_length=cfg.data.max_text_length,
-                            generator=gen, num_verbs=self.num_verbs, num_nouns=self.num_nouns,
-                            use_verb=cfg.loss.use_verb, use_noun=cfg.loss.use_noun)
+        text = collate_text(
+            recs,
+            self.tokenizer,
+            max_length=cfg.data.max_text_length,
+            generator=gen,
+            num_verbs=self.num_verbs,
+            num_nouns=self.num_nouns,
+            use_verb=cfg.loss.use_verb,
+            use_noun=cfg.loss.use_noun,
+        )
         b = cfg.global_batch_size // info.world_size
         offset = info.rank * b
-        clips = [self.reader.read(self.records[i], seed=clip_seed("frames", cfg.seed, epoch, i))
-                 for i in idx[offset:offset + b]]
+        clips = [
+            self.reader.read(self.records[i], seed=clip_seed("frames", cfg.seed, epoch, i))
+            for i in idx[offset : offset + b]
+        ]
         video = torch.stack(clips).to(device=device, dtype=dtype)
 
         def dev(t):
             return None if t is None else t.to(device)
 
-        return GlobalBatch(video, dev(text.input_ids), dev(text.attention_mask),
-                           dev(text.mlm_ids), dev(text.mlm_labels), dev(text.mask_v),
-                           dev(text.mask_n), offset, step)
+        return GlobalBatch(
+            video,
+            dev(text.input_ids),
+            dev(text.attention_mask),
+            dev(text.mlm_ids),
+            dev(text.mlm_labels),
+            dev(text.mask_v),
+            dev(text.mask_n),
+            offset,
+            step,
+        )
 
 
 @torch.no_grad()
@@ -166,8 +203,9 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
-          stop_after: int | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, resume: bool = False, device: str = "auto", stop_after: int | None = None
+) -> TrainResult:
     """Run (or resume) the experiment ``cfg``.
 
     Args:
@@ -200,8 +238,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     mc = _model_config(cfg, data.tokenizer.vocab_size)
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
     # Pixels come from the package's own decoder: the finite check would only add a host sync.
-    model = EgoVLPv2(mc, attention_impl=cfg.attention_impl,
-                     gradient_checkpointing=cfg.gradient_checkpointing, check_finite_pixels=False)
+    model = EgoVLPv2(
+        mc,
+        attention_impl=cfg.attention_impl,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        check_finite_pixels=False,
+    )
     if cfg.init_scale != 1.0:
         scale_initialisation(model, cfg.init_scale)
     if cfg.gate_init != 0.0:
@@ -212,14 +254,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     model = model.to(device=info.device, dtype=dtype)
     model.train()
     weights = cfg.loss.weights()
-    objective = PretrainObjective(model, weights, cfg.loss.temperature, info, cfg.seed,
-                                  cfg.loss.mlm_start_step, cfg.loss.vtm_start_step,
-                                  cfg.loss.mlm_stop_step)
+    objective = PretrainObjective(
+        model,
+        weights,
+        cfg.loss.temperature,
+        info,
+        cfg.seed,
+        cfg.loss.mlm_start_step,
+        cfg.loss.vtm_start_step,
+        cfg.loss.mlm_stop_step,
+    )
     runner: torch.nn.Module = objective
     if info.distributed:
         runner = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=not objective.every_term_every_step)
+            objective,
+            device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=not objective.every_term_every_step,
+        )
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     step = 0
@@ -230,8 +281,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
         scheduler.load_state_dict(state["scheduler"])
         data.sampler.check_state(state["sampler"])
         if len(state["rng"]) != info.world_size:
-            raise ValueError(f"{ckpt_path}: saved by {len(state['rng'])} ranks, resumed with "
-                             f"{info.world_size}; RNG streams cannot be continued exactly")
+            raise ValueError(
+                f"{ckpt_path}: saved by {len(state['rng'])} ranks, resumed with "
+                f"{info.world_size}; RNG streams cannot be continued exactly"
+            )
         restore_rng(state["rng"][info.rank])
         step = int(state["step"])
     else:
@@ -242,12 +295,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     # (the C++ attention kernels stay float32); for the width-64 default model it was slower
     # (383 vs 312 ms a step on an AMX Xeon, bench/bench_train_step.py: the casts cost more
     # than the small matmuls save).
-    use_bf16 = dtype == torch.float32 and (cfg.amp == "bf16" or (
-        cfg.amp == "auto" and info.device.type == "cuda"))
+    use_bf16 = dtype == torch.float32 and (
+        cfg.amp == "bf16" or (cfg.amp == "auto" and info.device.type == "cuda")
+    )
     if cfg.amp == "bf16" and dtype != torch.float32:
         raise ValueError(f"amp 'bf16' needs precision 'float32', got {cfg.precision!r}")
-    autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16
-                else nullcontext())
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     log_file = None
     writer = None
@@ -279,10 +332,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
         with autocast:
             losses = runner(batch)
         losses.total.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                     if cfg.optim.grad_clip > 0 else
-                     torch.linalg.vector_norm(torch.stack(
-                         [p.grad.norm() for p in params if p.grad is not None])))
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if cfg.optim.grad_clip > 0
+            else torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in params if p.grad is not None])
+            )
+        )
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -292,11 +348,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
         if not np.isfinite(last_loss):
             raise FloatingPointError(f"step {step}: loss is {last_loss}")
         if info.is_main:
-            row = {"step": step, "epoch": data.sampler.position(step - 1)[0],
-                   "lr": optimizer.param_groups[0]["lr"], "loss": last_loss,
-                   "egonce": _f(losses.egonce), "mlm": _f(losses.mlm), "vtm": _f(losses.vtm),
-                   "vtm_acc": _f(losses.vtm_accuracy), "grad_norm": float(grad_norm),
-                   "seconds": round(time.perf_counter() - t0, 3)}
+            row = {
+                "step": step,
+                "epoch": data.sampler.position(step - 1)[0],
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": last_loss,
+                "egonce": _f(losses.egonce),
+                "mlm": _f(losses.mlm),
+                "vtm": _f(losses.vtm),
+                "vtm_acc": _f(losses.vtm_accuracy),
+                "grad_norm": float(grad_norm),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
             writer.writerow(row)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 log_file.flush()
@@ -306,8 +369,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             _save(ckpt_path, model, optimizer, scheduler, data, step, cfg, info)
         ev = cfg.eval
-        if ev.egomcq and ((ev.every_steps > 0 and step % ev.every_steps == 0)
-                          or step == cfg.max_steps):
+        if ev.egomcq and (
+            (ev.every_steps > 0 and step % ev.every_steps == 0) or step == cfg.max_steps
+        ):
             _evaluate(cfg, model, data, step, out_dir, info)
     if bar is not None:
         bar.close()
@@ -323,18 +387,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str = "auto",
     return TrainResult(step, last_loss, ckpt_path, weights_path, time.perf_counter() - t0)
 
 
-def _evaluate(cfg: TrainConfig, model: EgoVLPv2, data: _Data, step: int, out_dir: Path,
-              info: DistInfo) -> None:
+def _evaluate(
+    cfg: TrainConfig, model: EgoVLPv2, data: _Data, step: int, out_dir: Path, info: DistInfo
+) -> None:
     """EgoMCQ on rank 0 (``eval.egomcq``); appends a JSON line to ``<out_dir>/eval.jsonl``."""
     if info.is_main:
         from ..eval.egomcq import evaluate_egomcq
 
         ev = cfg.eval
         video_dir = ev.video_dir or str(Path(ev.egomcq).parent / "videos")
-        res = evaluate_egomcq(model, ev.egomcq, video_dir, data.tokenizer,
-                              num_frames=cfg.data.num_frames,
-                              max_length=cfg.data.max_text_length, batch_size=ev.batch_size,
-                              backend=cfg.data.backend)
+        res = evaluate_egomcq(
+            model,
+            ev.egomcq,
+            video_dir,
+            data.tokenizer,
+            num_frames=cfg.data.num_frames,
+            max_length=cfg.data.max_text_length,
+            batch_size=ev.batch_size,
+            backend=cfg.data.backend,
+        )
         model.train()
         with (out_dir / "eval.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, "egomcq": res.accuracy}) + "\n")
@@ -358,19 +429,30 @@ def _truncate_log(path: Path, step: int) -> None:
                 w.writerow(r)
 
 
-def _save(path: Path, model, optimizer, scheduler, data: _Data, step: int, cfg: TrainConfig,
-          info: DistInfo) -> None:
+def _save(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    data: _Data,
+    step: int,
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> None:
     rng = _gather_rng(info)
     if info.is_main:
-        atomic_torch_save({
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "sampler": data.sampler.state_dict(),
-            "rng": rng,
-            "config": cfg.to_dict(),
-            "model_config": model.config.to_dict(),
-        }, path)
+        atomic_torch_save(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "sampler": data.sampler.state_dict(),
+                "rng": rng,
+                "config": cfg.to_dict(),
+                "model_config": model.config.to_dict(),
+            },
+            path,
+        )
     if info.distributed:
         dist.barrier()

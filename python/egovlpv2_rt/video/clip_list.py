@@ -40,12 +40,15 @@ def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
     ``id``, ``path``, ``start``, ``end``."""
     src = Path(source)
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file()
-                       and p.suffix.lower() in VIDEO_SUFFIXES)
+        files = sorted(
+            p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+        )
         if not files:
             raise FileNotFoundError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-        return [{"id": p.relative_to(src).as_posix(), "path": str(p), "start": None,
-                 "end": None} for p in files]
+        return [
+            {"id": p.relative_to(src).as_posix(), "path": str(p), "start": None, "end": None}
+            for p in files
+        ]
     if not src.is_file():
         raise FileNotFoundError(f"--videos: no such file or folder: {src}")
     base = src.parent
@@ -54,20 +57,29 @@ def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
         with open(src, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t" if src.suffix.lower() == ".tsv" else ",")
             if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise ValueError(f"{src}: the header must have a 'path' column, got "
-                                 f"{reader.fieldnames}")
+                raise ValueError(
+                    f"{src}: the header must have a 'path' column, got {reader.fieldnames}"
+                )
             for row_no, row in enumerate(reader, start=2):
                 try:
                     start = float(row["start"]) if row.get("start") not in (None, "") else None
                     end = float(row["end"]) if row.get("end") not in (None, "") else None
                 except ValueError:
-                    raise ValueError(f"{src}, row {row_no}: start/end must be numbers, got "
-                                     f"{row.get('start')!r}, {row.get('end')!r}") from None
+                    raise ValueError(
+                        f"{src}, row {row_no}: start/end must be numbers, got "
+                        f"{row.get('start')!r}, {row.get('end')!r}"
+                    ) from None
                 path = row["path"]
                 if not path:
                     raise ValueError(f"{src}, row {row_no}: empty 'path'")
-                clips.append({"id": row.get("id") or clip_id(path, start, end),
-                              "path": str(base / path), "start": start, "end": end})
+                clips.append(
+                    {
+                        "id": row.get("id") or clip_id(path, start, end),
+                        "path": str(base / path),
+                        "start": start,
+                        "end": end,
+                    }
+                )
     else:
         for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), start=1):
             line = line.strip()
@@ -77,8 +89,14 @@ def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
                 path, start, end = parse_clip_arg(line)
             except ValueError as exc:
                 raise ValueError(f"{src}, line {line_no}: {exc}") from None
-            clips.append({"id": clip_id(path, start, end), "path": str(base / path),
-                          "start": start, "end": end})
+            clips.append(
+                {
+                    "id": clip_id(path, start, end),
+                    "path": str(base / path),
+                    "start": start,
+                    "end": end,
+                }
+            )
     if not clips:
         raise ValueError(f"{src}: lists no clips")
     return clips

@@ -169,15 +169,25 @@ def _build(device: str, tf, batch_size: int, num_threads: int, device_id: int | 
         video = fn.decoders.video(encoded, device=decoder_device, frames=frames)  # [f, H, W, 3]
         if kind == "none":
             return fn.transpose(video, perm=[0, 3, 1, 2])
-        interp = {"interp_type": types.INTERP_LINEAR, "antialias": tf.antialias,
-                  "dtype": types.FLOAT}
+        interp = {
+            "interp_type": types.INTERP_LINEAR,
+            "antialias": tf.antialias,
+            "dtype": types.FLOAT,
+        }
         if kind == "eval":
             size = fn.external_source(name="resize", dtype=types.FLOAT, ndim=1)  # [h, w]
             video = fn.resize(video, size=size, subpixel_scale=False, **interp)
         start = fn.external_source(name="crop_start", dtype=types.FLOAT, ndim=1)  # [top, left]
         shape = fn.external_source(name="crop_shape", dtype=types.FLOAT, ndim=1)  # [h, w]
-        video = fn.slice(video, start, shape, axis_names="HW", normalized_anchor=False,
-                         normalized_shape=False, out_of_bounds_policy="error")
+        video = fn.slice(
+            video,
+            start,
+            shape,
+            axis_names="HW",
+            normalized_anchor=False,
+            normalized_shape=False,
+            out_of_bounds_policy="error",
+        )
         video = fn.resize(video, size=[tf.size, tf.size], subpixel_scale=False, **interp)
         return fn.crop_mirror_normalize(
             video,
@@ -219,10 +229,12 @@ def _feed(pipe, tf, samples: Sequence[_Sample], frames_override=None) -> None:
     if kind == "eval":
         pipe.feed_input("resize", [np.asarray(s.resize_hw, np.float32) for s in samples])
     if kind != "none":
-        pipe.feed_input("crop_start", [np.asarray([s.box.top, s.box.left], np.float32)
-                                       for s in samples])
-        pipe.feed_input("crop_shape", [np.asarray([s.box.height, s.box.width], np.float32)
-                                       for s in samples])
+        pipe.feed_input(
+            "crop_start", [np.asarray([s.box.top, s.box.left], np.float32) for s in samples]
+        )
+        pipe.feed_input(
+            "crop_shape", [np.asarray([s.box.height, s.box.width], np.float32) for s in samples]
+        )
 
 
 def _to_torch(out, i: int, device: str, raw: bool) -> Tensor:
@@ -232,8 +244,11 @@ def _to_torch(out, i: int, device: str, raw: bool) -> Tensor:
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
     # Device-to-device copy into a torch-owned CUDA tensor: no trip through host memory.
-    dst = torch.empty(tuple(t.shape()), dtype=torch.uint8 if raw else torch.float32,
-                      device=torch.device("cuda", torch.cuda.current_device()))
+    dst = torch.empty(
+        tuple(t.shape()),
+        dtype=torch.uint8 if raw else torch.float32,
+        device=torch.device("cuda", torch.cuda.current_device()),
+    )
     feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream())
     return dst
 
@@ -252,9 +267,13 @@ def _run(samples: list[_Sample], device: str, tf, num_threads: int) -> list[Tens
         _drop(key)  # a DALI error can leave the pipeline unusable
         if len(samples) == 1:
             s = samples[0]
-            return [CorruptVideoError(f"{s.info.path}: DALI failed to decode frames "
-                                      f"{list(s.frames)} ({_first_line(batch_err)})",
-                                      s.info.path)]
+            return [
+                CorruptVideoError(
+                    f"{s.info.path}: DALI failed to decode frames "
+                    f"{list(s.frames)} ({_first_line(batch_err)})",
+                    s.info.path,
+                )
+            ]
         res: list[Tensor | VideoError] = []
         for s in samples:
             res += _run([s], device, tf, num_threads)
@@ -313,8 +332,9 @@ def read_plans(
     for p, order in layout:
         failed = [outs[a] for a, _ in order if isinstance(outs[a], VideoError)]
         if failed:
-            results[p] = _pad_or_fail(plans[p], outs, flat, order, device, transform, short,
-                                      num_threads, failed[0])
+            results[p] = _pad_or_fail(
+                plans[p], outs, flat, order, device, transform, short, num_threads, failed[0]
+            )
             if isinstance(results[p], VideoError):
                 continue
         else:
@@ -349,8 +369,7 @@ def _pad_or_fail(plan, outs, flat, order, device, tf, short, num_threads, err):
         msg = f"{path}: {n - len(good)} of {n} frames could not be decoded by DALI"
         if short == "raise":
             return InsufficientFramesError(msg, path, len(good), n)
-        warnings.warn(msg + "; repeating the last decoded frame", FramePaddingWarning,
-                      stacklevel=4)
+        warnings.warn(msg + "; repeating the last decoded frame", FramePaddingWarning, stacklevel=4)
         good += [good[-1]] * (n - len(good))
     return torch.stack(good)
 
@@ -423,15 +442,36 @@ class DaliClipLoader:
             for i in idx:
                 spec: ClipSpec = self.specs[i]
                 try:
-                    plans.append(plan_clip(spec.path, spec.start_sec, spec.end_sec,
-                                           self.num_frames, self.sampling, rng,
-                                           layout=self.layout, out_of_range=self.out_of_range,
-                                           short=self.short))
+                    plans.append(
+                        plan_clip(
+                            spec.path,
+                            spec.start_sec,
+                            spec.end_sec,
+                            self.num_frames,
+                            self.sampling,
+                            rng,
+                            layout=self.layout,
+                            out_of_range=self.out_of_range,
+                            short=self.short,
+                        )
+                    )
                     keep.append(i)
                 except VideoError as e:
                     self._fail(i, spec, e)
-            outs = read_plans(plans, self.device, self.transform, self.short, self.dtype, gen,
-                              self.num_threads, return_errors=True) if plans else []
+            outs = (
+                read_plans(
+                    plans,
+                    self.device,
+                    self.transform,
+                    self.short,
+                    self.dtype,
+                    gen,
+                    self.num_threads,
+                    return_errors=True,
+                )
+                if plans
+                else []
+            )
             videos, kept = [], []
             for i, o in zip(keep, outs):
                 if isinstance(o, VideoError):
@@ -457,8 +497,10 @@ class DaliClipLoader:
 
 def _plan_reader(device: str):
     """``read_plans`` on ``device`` as the reader's plan-reader interface."""
+
     def read(plans, transform, short, dtype, generator):
         return read_plans(plans, device, transform, short, dtype, generator, return_errors=True)
+
     return read
 
 

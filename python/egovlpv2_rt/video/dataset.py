@@ -112,8 +112,9 @@ class VideoClipDataset(Dataset):
             if self.on_error == "raise":
                 if isinstance(e, VideoError):
                     raise
-                raise VideoError(f"{os.fspath(spec.path)}: {describe_error(e)}",
-                                 os.fspath(spec.path)) from e
+                raise VideoError(
+                    f"{os.fspath(spec.path)}: {describe_error(e)}", os.fspath(spec.path)
+                ) from e
             return ClipFailure(i, os.fspath(spec.path), describe_error(e))
         return {"video": video, "index": i}
 

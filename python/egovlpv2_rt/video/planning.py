@@ -53,12 +53,20 @@ def plan_clip(
         raise ValueError(f"sampling must be 'uniform' or 'rand', got {sampling!r}")
     if layout is None:
         info = probe(path)
-        return plan_file(info, start_sec, end_sec, int(num_frames), sampling, seed,
-                         out_of_range, short)
+        return plan_file(
+            info, start_sec, end_sec, int(num_frames), sampling, seed, out_of_range, short
+        )
     return plan_egoclip(
-        path, start_sec, end_sec, int(num_frames), layout,
+        path,
+        start_sec,
+        end_sec,
+        int(num_frames),
+        layout,
         lambda k: probe(layout.chunk_path(path, k)).num_frames,
-        sampling, seed, out_of_range, short,
+        sampling,
+        seed,
+        out_of_range,
+        short,
     )
 
 
@@ -81,6 +89,15 @@ def frame_indices(
     same indices here and in ``read_clip``.
     """
     rng, _ = split_seed(seed)
-    plan = plan_clip(path, start_sec, end_sec, num_frames, sampling, rng, layout=layout,
-                     out_of_range=out_of_range, short=short)
+    plan = plan_clip(
+        path,
+        start_sec,
+        end_sec,
+        num_frames,
+        sampling,
+        rng,
+        layout=layout,
+        out_of_range=out_of_range,
+        short=short,
+    )
     return [int(i) for i in plan.indices]

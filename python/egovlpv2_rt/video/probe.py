@@ -240,8 +240,8 @@ def _probe_uncached(p: str) -> VideoInfo:
     key_seek = np.asarray([s for _, s in keys], dtype=np.int64)
     last_dur = int(np.asarray(durations, dtype=np.int64)[order][-1])
     if last_dur <= 0:
-        last_dur = int(np.median(np.diff(pts))) if pts.shape[0] > 1 else _one_frame(
-            time_base, average_fps
+        last_dur = (
+            int(np.median(np.diff(pts))) if pts.shape[0] > 1 else _one_frame(time_base, average_fps)
         )
     if average_fps <= 0 and pts.shape[0] > 1:
         average_fps = float((pts.shape[0] - 1) / ((pts[-1] - pts[0]) * time_base))

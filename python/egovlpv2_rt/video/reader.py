@@ -47,8 +47,9 @@ Backend = Literal["pyav", "torchcodec", "dali", "dali_cpu"]
 BACKENDS: tuple[str, ...] = ("pyav", "torchcodec", "dali", "dali_cpu")
 
 # (plans, transform, short, dtype, generator) -> one clip tensor (or VideoError) per plan.
-PlanReader = Callable[[Sequence[ClipPlan], object, str, torch.dtype, "torch.Generator | None"],
-                      list]
+PlanReader = Callable[
+    [Sequence[ClipPlan], object, str, torch.dtype, "torch.Generator | None"], list
+]
 _PLAN_READERS: dict[str, PlanReader] = {}
 
 
@@ -110,12 +111,13 @@ def decode_clip(
         )
     if len(ok) < len(keys):
         missing = sorted({i for f, i in keys if (f, i) not in got})
-        msg = (f"{path}: {len(keys) - len(ok)} of {len(keys)} frames could not be decoded "
-               f"(frames {missing})")
+        msg = (
+            f"{path}: {len(keys) - len(ok)} of {len(keys)} frames could not be decoded "
+            f"(frames {missing})"
+        )
         if short == "raise":
             raise InsufficientFramesError(msg, path, len(ok), len(keys))
-        warnings.warn(msg + "; repeating the last decoded frame", FramePaddingWarning,
-                      stacklevel=3)
+        warnings.warn(msg + "; repeating the last decoded frame", FramePaddingWarning, stacklevel=3)
         ok = ok + [ok[-1]] * (len(keys) - len(ok))
     tensors = [_rotate(torch.from_numpy(got[k])[None], rotation[k[0]]) for k in ok]
     shapes = sorted({tuple(t.shape[1:3]) for t in tensors})
@@ -171,15 +173,25 @@ def read_clip(
     """
     tf = make_transform(transform)
     rng, gen = split_seed(seed)
-    plan = plan_clip(path, start_sec, end_sec, num_frames, sampling, rng, layout=layout,
-                     out_of_range=out_of_range, short=short)
+    plan = plan_clip(
+        path,
+        start_sec,
+        end_sec,
+        num_frames,
+        sampling,
+        rng,
+        layout=layout,
+        out_of_range=out_of_range,
+        short=short,
+    )
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend in ("dali", "dali_cpu"):
         if backend not in _PLAN_READERS:
-            raise BackendUnavailableError(f"backend {backend!r}: its module "
-                                          "egovlpv2_rt.video.dali_backend is not loaded",
-                                          os.fspath(path))
+            raise BackendUnavailableError(
+                f"backend {backend!r}: its module egovlpv2_rt.video.dali_backend is not loaded",
+                os.fspath(path),
+            )
         (clip,) = _PLAN_READERS[backend]([plan], tf, short, dtype, gen)
         if isinstance(clip, VideoError):
             raise clip

@@ -144,9 +144,7 @@ def _check_times(path: str, start_sec: float | None, end_sec: float | None) -> N
         if v is not None and not math.isfinite(float(v)):
             raise ClipRangeError(f"{path}: {name} must be a finite number, got {v}", path)
     if start_sec is not None and end_sec is not None and float(start_sec) > float(end_sec):
-        raise ClipRangeError(
-            f"{path}: start_sec={start_sec} is after end_sec={end_sec}", path
-        )
+        raise ClipRangeError(f"{path}: start_sec={start_sec} is after end_sec={end_sec}", path)
 
 
 def _out_of_range(path: str, message: str, policy: OutOfRange) -> None:
@@ -227,9 +225,7 @@ def plan_egoclip(
     """
     path = os.fspath(video_dir)
     if start_sec is None or end_sec is None:
-        raise ClipRangeError(
-            f"{path}: the EgoClip layout needs both start_sec and end_sec", path
-        )
+        raise ClipRangeError(f"{path}: the EgoClip layout needs both start_sec and end_sec", path)
     _check_times(path, start_sec, end_sec)
     if float(start_sec) < 0 or float(end_sec) < 0:
         _out_of_range(path, f"negative time in [{start_sec}, {end_sec})", out_of_range)
@@ -253,8 +249,9 @@ def plan_egoclip(
     if beyond:
         _out_of_range(
             path,
-            "; ".join(f"chunk {c} holds {n} frames, frames {v} requested"
-                      for (c, n), v in beyond.items()),
+            "; ".join(
+                f"chunk {c} holds {n} frames, frames {v} requested" for (c, n), v in beyond.items()
+            ),
             out_of_range,
         )
     return ClipPlan(
