@@ -36,6 +36,7 @@ except ImportError:  # a source tree that is not installed
     sys.path.insert(0, str(REPO / "python"))
     import egovlpv2_rt
 from bench_ops_cpu import timed
+
 from egovlpv2_rt.modeling.model import EgoVLPv2
 from egovlpv2_rt.train.config import ModelSection
 from egovlpv2_rt.train.default_model import IMAGE_SIZE, MAX_TEXT_LENGTH, default_model_overrides

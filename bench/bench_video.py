@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from egovlpv2_rt.video import ClipSpec, EvalTransform, frame_indices, probe
 from egovlpv2_rt.video.dataset import RobustClipLoader, VideoClipDataset
 from egovlpv2_rt.video.synthetic import read_frame_code, write_video
-from torch.utils.data import DataLoader, Dataset
 
 FPS = 30
 CHUNK_SEC = 300  # 5-minute chunk files

@@ -8,6 +8,7 @@ which the reference path does not expose, is computed here from an explicit key-
 from __future__ import annotations
 
 import torch
+
 from egovlpv2_rt import ops
 
 

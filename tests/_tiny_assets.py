@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+
 from egovlpv2_rt.config import ModelConfig, preset
 from egovlpv2_rt.modeling import EgoVLPv2
 

@@ -9,6 +9,9 @@ import types
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
 from egovlpv2_rt.checkpoint import (
     CONFIG_METADATA_KEY,
     CheckpointMismatchError,
@@ -21,8 +24,6 @@ from egovlpv2_rt.checkpoint import (
 )
 from egovlpv2_rt.config import ModelConfig, preset
 from egovlpv2_rt.modeling import EgoVLPv2
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")

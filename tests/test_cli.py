@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny_assets import synthetic_clips, tiny_model_dir
+
 from egovlpv2_rt import cli
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.modeling import sim_matrix

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from egovlpv2_rt.data.clips import ClipReader
 from egovlpv2_rt.data.egoclip import (
     EGOCLIP_COLUMNS,

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from egovlpv2_rt.eval.metrics import (
     egomcq_accuracy,
     ek100_mir_metrics,

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 ort = pytest.importorskip("onnxruntime")
 
 from _tiny_assets import tiny_export_dir, tiny_model_dir
+
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.export import passes
 from egovlpv2_rt.export.graphs import GRAPHS, build_graph, example_inputs

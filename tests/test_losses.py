@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from egovlpv2_rt.data.mlm import mlm_mask_tokens
 from egovlpv2_rt.train.losses import (
     LossWeights,
@@ -15,7 +17,6 @@ from egovlpv2_rt.train.losses import (
     sample_vtm_pairs,
     vtm_negative_weights,
 )
-from safetensors.torch import load_file
 
 
 def _err(ours: torch.Tensor, ref: torch.Tensor) -> float:

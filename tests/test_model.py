@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from egovlpv2_rt import ops
 from egovlpv2_rt.checkpoint import load_checkpoint, resize_temporal_embed
 from egovlpv2_rt.config import FusionConfig, ModelConfig, TextConfig, VideoConfig, preset
 from egovlpv2_rt.modeling import EgoVLPv2, sim_matrix
 from egovlpv2_rt.modeling.attention import _with_dropout
-from safetensors.torch import load_file
 
 
 def _manifest(path) -> dict:

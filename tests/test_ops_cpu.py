@@ -10,9 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-import egovlpv2_rt
 import pytest
 import torch
+
+import egovlpv2_rt
 from egovlpv2_rt import ops
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import egovlpv2_rt
 import pytest
 import torch
 from _attention_refs import (
@@ -23,6 +22,8 @@ from _attention_refs import (
     padding_mask,
     rel_err,
 )
+
+import egovlpv2_rt
 from egovlpv2_rt import ops
 
 pytestmark = [

@@ -13,10 +13,11 @@ import json
 import pytest
 import torch
 from conftest import GOLDEN_DIR, GOLDEN_ENV, golden_sets_to_test
+from safetensors.torch import load_file
+
 from egovlpv2_rt.checkpoint import load_checkpoint
 from egovlpv2_rt.config import ModelConfig
 from egovlpv2_rt.modeling import EgoVLPv2, sim_matrix
-from safetensors.torch import load_file
 
 pytestmark = pytest.mark.parity
 

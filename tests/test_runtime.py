@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny_assets import synthetic_clips, tiny_export_dir, tiny_model_dir
+
 from egovlpv2_rt import model_files, runtime
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.modeling import EgoVLPv2

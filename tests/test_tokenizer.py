@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from egovlpv2_rt.tokenizer import RobertaTokenizer
 from tokenizers import ByteLevelBPETokenizer
+
+from egovlpv2_rt.tokenizer import RobertaTokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 CORPUS = [

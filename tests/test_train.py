@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from egovlpv2_rt.data.egoclip import read_egoclip
 from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
 from egovlpv2_rt.train.bpe import train_bpe_tokenizer
 from egovlpv2_rt.train.config import ConfigError, load_train_config
 from egovlpv2_rt.train.losses import LossWeights
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 

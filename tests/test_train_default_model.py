@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.data.egomcq import read_egomcq
 from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from egovlpv2_rt.train.config import train_config_from_dict
-from egovlpv2_rt.train.trainer import train
 from safetensors.torch import load_file
 from test_train import _config, _metrics, _run, _write, dataset  # noqa: F401 (fixture)
+
+from egovlpv2_rt.train.config import train_config_from_dict
+from egovlpv2_rt.train.trainer import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from egovlpv2_rt.video import (
     ClipSpec,
     EvalTransform,

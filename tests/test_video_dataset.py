@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from egovlpv2_rt.video import ClipSpec, VideoError, frame_indices
 from egovlpv2_rt.video.dataset import ClipFailure, RobustClipLoader, VideoClipDataset
 from egovlpv2_rt.video.synthetic import read_frame_code, write_audio_only, write_video

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from egovlpv2_rt.video import (
     BackendUnavailableError,
     CorruptVideoError,

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from egovlpv2_rt.video import (
     ClipRangeError,
     ClipRangeWarning,

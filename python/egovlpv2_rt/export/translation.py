@@ -43,7 +43,7 @@ def _ints(values: list[int]) -> Any:
 def _static_dim(value: Any, axis: int, what: str) -> int:
     dim = value.shape[axis]
     if not isinstance(dim, int):
-        raise ValueError(  # noqa: TRY004 - a symbolic dim is a value problem, not a type one
+        raise ValueError(
             f"ONNX export of {what}: dimension {axis} of the input must be static "
             f"(fixed frame count and image size), got symbolic {dim}"
         )

@@ -206,7 +206,7 @@ def _pipeline(device: str, tf, batch_size: int, num_threads: int, device_id: int
     global _PIPES_PID
     key = (device, _kind(tf), tf, batch_size, num_threads, device_id)
     with _PIPES_LOCK:
-        if _PIPES_PID != os.getpid():  # a forked child must build its own
+        if os.getpid() != _PIPES_PID:  # a forked child must build its own
             _PIPES.clear()
             _PIPES_PID = os.getpid()
         pipe = _PIPES.get(key)

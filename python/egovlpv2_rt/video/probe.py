@@ -142,7 +142,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     st = os.stat(p)
     key = (os.path.abspath(p), st.st_size, st.st_mtime_ns)
     with _LOCK:
-        if _CACHE_PID != os.getpid():
+        if os.getpid() != _CACHE_PID:
             _CACHE.clear()
             _CACHE_PID = os.getpid()
         info = _CACHE.get(key)
