@@ -56,10 +56,10 @@ struct SpaceTimeAttentionParams {
 // Divided space-time attention backward: grad_qkv from grad_out and the forward's out and lse.
 template <typename T>
 struct SpaceTimeAttentionGradParams {
-  View3<T> grad_out;      // [B, T, D]
-  View3<T> qkv;           // [B, T, 3*D]
-  View3<T> out;           // [B, T, D], the forward output
-  const T* lse = nullptr; // [B, H, T] contiguous
+  View3<T> grad_out;       // [B, T, D]
+  View3<T> qkv;            // [B, T, 3*D]
+  View3<T> out;            // [B, T, D], the forward output
+  const T* lse = nullptr;  // [B, H, T] contiguous
   int64_t batch = 0;
   int64_t tokens = 0;
   int64_t num_heads = 0;

@@ -7,17 +7,17 @@
 
 namespace egovlpv2::cpu::EGOVLPV2_CPU_ISA {
 
-#define EGOVLPV2_DEFINE(T)                                                                \
-  Status space_time_attention_forward(const SpaceTimeAttentionParams<T>& p) {             \
-    return space_time_forward(p);                                                         \
-  }                                                                                       \
-  Status space_time_attention_backward(const SpaceTimeAttentionGradParams<T>& p) {        \
-    return space_time_backward(p);                                                        \
-  }                                                                                       \
+#define EGOVLPV2_DEFINE(T)                                                                      \
+  Status space_time_attention_forward(const SpaceTimeAttentionParams<T>& p) {                   \
+    return space_time_forward(p);                                                               \
+  }                                                                                             \
+  Status space_time_attention_backward(const SpaceTimeAttentionGradParams<T>& p) {              \
+    return space_time_backward(p);                                                              \
+  }                                                                                             \
   Status cross_attention_forward(const CrossAttentionParams<T>& p) { return cross_forward(p); } \
-  Status cross_attention_backward(const CrossAttentionGradParams<T>& p) {                 \
-    return cross_backward(p);                                                             \
-  }                                                                                       \
+  Status cross_attention_backward(const CrossAttentionGradParams<T>& p) {                       \
+    return cross_backward(p);                                                                   \
+  }                                                                                             \
   void gate_residual(const GateResidualParams<T>& p) { gate_residual_impl(p); }
 
 EGOVLPV2_DEFINE(float)

@@ -144,9 +144,8 @@ __device__ __forceinline__ void partial_update(float& m, float& l, float (&acc)[
 // Temporal forward: outputs and lse of every patch token, plus the CLS partials.
 // grid (chunks, batch), block ClsGrid::threads; slot = c * H + h, column n = chunk*C*I + it*C + c.
 template <class T, int DH, int FMAX>
-__global__ void __launch_bounds__(256) time_vec_forward_kernel(const AttnArgs a, float* ws,
-                                                                int cols, int iters,
-                                                                int64_t chunks) {
+__global__ void __launch_bounds__(256)
+    time_vec_forward_kernel(const AttnArgs a, float* ws, int cols, int iters, int64_t chunks) {
   constexpr int L = DH / 8;
   const int tid = threadIdx.x, slot = tid / L, sub = tid % L, d0 = sub * 8;
   const int H = a.heads, F = a.frames;
@@ -242,8 +241,8 @@ __global__ void __launch_bounds__(256) time_vec_forward_kernel(const AttnArgs a,
 // Spatial CLS row: partials of the CLS query over the patch tokens, U tokens per slot per step.
 // grid (chunks, batch); token t = 1 + chunk*C*I*U + (it*C + c)*U + u.
 template <class T, int DH, int U>
-__global__ void __launch_bounds__(256, 1) cls_partial_kernel(const AttnArgs a, float* ws, int cols,
-                                                           int iters, int64_t chunks) {
+__global__ void __launch_bounds__(256, 1)
+    cls_partial_kernel(const AttnArgs a, float* ws, int cols, int iters, int64_t chunks) {
   constexpr int L = DH / 8;
   const int tid = threadIdx.x, slot = tid / L, sub = tid % L, d0 = sub * 8;
   const int H = a.heads;
@@ -285,9 +284,8 @@ __global__ void __launch_bounds__(256, 1) cls_partial_kernel(const AttnArgs a, f
 // rescaling and every warp's loads can be in flight at once), then warp w sums chunks w, w+8,
 // ..., and the 8 warp sums meet in shared memory. A lane owns DH/32 elements.
 template <class T, int DH>
-__global__ void __launch_bounds__(kSimtThreads) cls_combine_kernel(const AttnArgs a,
-                                                                    const float* ws,
-                                                                    int64_t chunks) {
+__global__ void __launch_bounds__(kSimtThreads)
+    cls_combine_kernel(const AttnArgs a, const float* ws, int64_t chunks) {
   constexpr int E = DH / 32;
   EGO_DYNAMIC_SMEM(float, sm);  // [kSimtWarps][DH] sums, then [kSimtWarps] denominators
   const int64_t task = blockIdx.x;
@@ -364,9 +362,8 @@ cudaError_t launch_cls_combine_dh(const AttnArgs& a, const float* ws, int64_t ch
 // (`[B, h, chunks, 3, DH]`, scale not yet applied); cls_backward_combine_kernel adds them up.
 // grid (chunks, batch); token t = chunk*C*I*U + (it*C + c)*U + u.
 template <class T, int DH, int U>
-__global__ void __launch_bounds__(256, 1) cls_backward_partial_kernel(const AttnArgs a, float* ws,
-                                                                      int cols, int iters,
-                                                                      int64_t chunks) {
+__global__ void __launch_bounds__(256, 1)
+    cls_backward_partial_kernel(const AttnArgs a, float* ws, int cols, int iters, int64_t chunks) {
   constexpr int L = DH / 8;
   const int tid = threadIdx.x, slot = tid / L, sub = tid % L, d0 = sub * 8;
   const int H = a.heads;
@@ -408,9 +405,9 @@ __global__ void __launch_bounds__(256, 1) cls_backward_partial_kernel(const Attn
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const float sa = slot_sum<L>(dot8(q0, k[u]));   // CLS query . key t
+      const float sa = slot_sum<L>(dot8(q0, k[u]));  // CLS query . key t
       const float dpa = slot_sum<L>(dot8(g0, v[u]));
-      const float sb = slot_sum<L>(dot8(q[u], k0));   // query t . CLS key
+      const float sb = slot_sum<L>(dot8(q[u], k0));  // query t . CLS key
       const float dpb = slot_sum<L>(dot8(g[u], v0));
       const float pa = ok[u] ? exp2f(sa * sl2 - lse0) : 0.f;
       const float pb = ok[u] ? exp2f(sb * sl2 - lse[u]) : 0.f;
@@ -452,9 +449,8 @@ __global__ void __launch_bounds__(256, 1) cls_backward_partial_kernel(const Attn
 
 // dQ, dK, dV of token 0: the sums of all chunks, scaled. One CTA per (batch, head).
 template <class T, int DH>
-__global__ void __launch_bounds__(kSimtThreads) cls_backward_combine_kernel(const AttnArgs a,
-                                                                             const float* ws,
-                                                                             int64_t chunks) {
+__global__ void __launch_bounds__(kSimtThreads)
+    cls_backward_combine_kernel(const AttnArgs a, const float* ws, int64_t chunks) {
   constexpr int E = DH / 32;
   EGO_DYNAMIC_SMEM(float, sm);  // [kSimtWarps][3][DH]
   const int64_t task = blockIdx.x;

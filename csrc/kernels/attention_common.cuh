@@ -26,7 +26,7 @@
 #define EGO_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ((void)(stream), ::emu::launch((grid), (block), (smem), [&]() { kernel(__VA_ARGS__); }))
 #else
-#define EGO_DYNAMIC_SMEM(type, name)                          \
+#define EGO_DYNAMIC_SMEM(type, name)                            \
   extern __shared__ __align__(16) unsigned char ego_smem_raw[]; \
   type* name = reinterpret_cast<type*>(ego_smem_raw)
 #define EGO_LAUNCH(kernel, grid, block, smem, stream, ...) \

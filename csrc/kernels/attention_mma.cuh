@@ -31,9 +31,9 @@ constexpr int kBlockN = 32;  // partners per step
 
 template <int DH>
 struct MmaShape {
-  static constexpr int LD = DH + 8;   // padded smem row, elements
-  static constexpr int KS = DH / 16;  // k-steps of a product over the head dim
-  static constexpr int NT = DH / 8;   // n-tiles of an output over the head dim
+  static constexpr int LD = DH + 8;                 // padded smem row, elements
+  static constexpr int KS = DH / 16;                // k-steps of a product over the head dim
+  static constexpr int NT = DH / 8;                 // n-tiles of an output over the head dim
   static constexpr int kStages = DH <= 64 ? 2 : 1;  // partner blocks in flight
 };
 
@@ -85,8 +85,8 @@ __device__ __forceinline__ void load_a_frags(uint32_t (&f)[MmaShape<DH>::KS][4],
 // the score-like products S = Q K^T, dP = dO V^T, S^T = K Q^T, dP^T = V dO^T.
 template <class T, int DH>
 __device__ __forceinline__ void mma_rows_xt(float (&acc)[4][4],
-                                            const uint32_t (&a)[MmaShape<DH>::KS][4],
-                                            const T* x, int gq, int tq) {
+                                            const uint32_t (&a)[MmaShape<DH>::KS][4], const T* x,
+                                            int gq, int tq) {
   constexpr int LD = MmaShape<DH>::LD;
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt) {
@@ -111,10 +111,9 @@ __device__ __forceinline__ void mma_w_x(float (&out)[MmaShape<DH>::NT][4], const
   constexpr int LD = MmaShape<DH>::LD;
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
-    const uint32_t a[4] = {pack2<T>(w[2 * kk][0], w[2 * kk][1]),
-                           pack2<T>(w[2 * kk][2], w[2 * kk][3]),
-                           pack2<T>(w[2 * kk + 1][0], w[2 * kk + 1][1]),
-                           pack2<T>(w[2 * kk + 1][2], w[2 * kk + 1][3])};
+    const uint32_t a[4] = {
+        pack2<T>(w[2 * kk][0], w[2 * kk][1]), pack2<T>(w[2 * kk][2], w[2 * kk][3]),
+        pack2<T>(w[2 * kk + 1][0], w[2 * kk + 1][1]), pack2<T>(w[2 * kk + 1][2], w[2 * kk + 1][3])};
 #pragma unroll
     for (int nt = 0; nt < MmaShape<DH>::NT; ++nt) {
       const T* p = x + (kk * 16 + tq * 2) * LD + nt * 8 + gq;
@@ -327,8 +326,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dq_kernel(const AttnArgs a) {
   __syncthreads();
   load_a_frags<T, DH>(qf, sR, warp, gq, tq);
   __syncthreads();  // every warp has its Q fragments before sR is overwritten
-  load_tile_async<T, DH, kBlockM>(
-      sR, [&](int r) { return GO + (tok0 + r) * a.do_st; }, valid_rows);
+  load_tile_async<T, DH, kBlockM>(sR, [&](int r) { return GO + (tok0 + r) * a.do_st; }, valid_rows);
   cp_async_commit();
   issue(0, 0);
   cp_async_wait<1>();
@@ -403,7 +401,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_dkv_kernel(const AttnArgs a) 
   auto sQ = [&](int st) { return smem + (kBlockM + (2 * st) * kBlockN) * LD; };      // [32][LD]
   auto sG = [&](int st) { return smem + (kBlockM + (2 * st + 1) * kBlockN) * LD; };  // dO
   float* fbase = reinterpret_cast<float*>(smem + (kBlockM + 2 * NS * kBlockN) * LD);
-  auto sL = [&](int st) { return fbase + st * 2 * kBlockN; };  // [32] lse (log2 units)
+  auto sL = [&](int st) { return fbase + st * 2 * kBlockN; };            // [32] lse (log2 units)
   auto sD = [&](int st) { return fbase + st * 2 * kBlockN + kBlockN; };  // [32] delta
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
   const Groups G = mma_groups(a, true);

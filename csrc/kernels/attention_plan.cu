@@ -130,8 +130,8 @@ PlanStep delta_step(const AttnArgs& a, DType t) {
     const int64_t n = a.head_dim / per_chunk;
     if (n <= 32 && (n & (n - 1)) == 0) chunks = int(n);
   }
-  PlanStep s = whole(chunks > 0 ? StepKernel::kDeltaRows : StepKernel::kDeltaHeads,
-                     StepPass::kDelta);
+  PlanStep s =
+      whole(chunks > 0 ? StepKernel::kDeltaRows : StepKernel::kDeltaHeads, StepPass::kDelta);
   s.chunks = chunks;
   return s;
 }
@@ -248,8 +248,7 @@ DividedForwardPlan plan_divided_forward(const DividedForwardParams& p, const Dev
   return plan;
 }
 
-DividedBackwardPlan plan_divided_backward(const DividedBackwardParams& p,
-                                          const DeviceFacts& dev) {
+DividedBackwardPlan plan_divided_backward(const DividedBackwardParams& p, const DeviceFacts& dev) {
   DividedBackwardPlan plan;
   if (!valid_divided(p.dtype, p.batch, p.tokens, p.heads, p.head_dim, p.frames)) return plan;
   plan.valid = true;
@@ -297,8 +296,8 @@ CrossForwardPlan plan_cross_forward(const CrossForwardParams& p, const DeviceFac
     plan.forward = whole(StepKernel::kTensorCores, StepPass::kForward);
     return plan;
   }
-  plan.forward = rows(StepPass::kForward, 0, p.len_q, p.len_k,
-                      forward_rows_ok(simt_align(a, p.dtype), a));
+  plan.forward =
+      rows(StepPass::kForward, 0, p.len_q, p.len_k, forward_rows_ok(simt_align(a, p.dtype), a));
   return plan;
 }
 
@@ -316,8 +315,8 @@ CrossBackwardPlan plan_cross_backward(const CrossBackwardParams& p, const Device
   const AttnArgs a = detail::attn_args(p);
   plan.delta = delta_step(a, p.dtype);
   const bool vec = backward_rows_ok(simt_align(a, p.dtype), a);
-  const bool mma = p.dtype != DType::kFloat32 && backward_rows_ok(mma_align(a, p.dtype), a) &&
-                   dev.has_mma;
+  const bool mma =
+      p.dtype != DType::kFloat32 && backward_rows_ok(mma_align(a, p.dtype), a) && dev.has_mma;
   plan.dq = mma && detail::mma_supports(StepPass::kDq, p.head_dim)
                 ? whole(StepKernel::kTensorCores, StepPass::kDq)
                 : rows(StepPass::kDq, 0, p.len_q, p.len_k, vec);

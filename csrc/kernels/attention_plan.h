@@ -77,8 +77,8 @@ struct DividedForwardPlan {
 struct DividedBackwardPlan {
   bool valid = false;
   PlanStep delta;
-  PlanStep dq_patches;   // kColumns: dK and dV of the patch keys as well
-  PlanStep dq_cls;       // kFused: in dkv_cls's kClsPartials
+  PlanStep dq_patches;  // kColumns: dK and dV of the patch keys as well
+  PlanStep dq_cls;      // kFused: in dkv_cls's kClsPartials
   PlanStep dkv_patches;
   PlanStep dkv_cls;
   ClsGrid cls_grid;
@@ -97,8 +97,7 @@ struct CrossBackwardPlan {
 };
 
 DividedForwardPlan plan_divided_forward(const DividedForwardParams& p, const DeviceFacts& dev);
-DividedBackwardPlan plan_divided_backward(const DividedBackwardParams& p,
-                                          const DeviceFacts& dev);
+DividedBackwardPlan plan_divided_backward(const DividedBackwardParams& p, const DeviceFacts& dev);
 CrossForwardPlan plan_cross_forward(const CrossForwardParams& p, const DeviceFacts& dev);
 CrossBackwardPlan plan_cross_backward(const CrossBackwardParams& p, const DeviceFacts& dev);
 

@@ -57,8 +57,7 @@ __device__ __forceinline__ void load_chunk(float (&x)[E], const T* row, int d0, 
 }
 
 template <class T, int E>
-__device__ __forceinline__ void store_chunk(T* row, const float (&x)[E], int d0, int dh,
-                                            bool vec) {
+__device__ __forceinline__ void store_chunk(T* row, const float (&x)[E], int d0, int dh, bool vec) {
   if (vec && d0 + E <= dh) {
     using V = typename VecOf<E * sizeof(T)>::type;
     T tmp[E];
@@ -477,10 +476,10 @@ __global__ void __launch_bounds__(kSimtThreads) delta_rows_kernel(const AttnArgs
   if (task >= a.batch * a.q_rows) return;  // warp-uniform
   const int64_t row = task % a.q_rows;
   const int64_t b = task / a.q_rows;
-  const uint4* G = reinterpret_cast<const uint4*>(static_cast<const T*>(a.dout) + b * a.do_sb +
-                                                  row * a.do_st);
-  const uint4* O = reinterpret_cast<const uint4*>(static_cast<const T*>(a.fwd_out) +
-                                                  b * a.fo_sb + row * a.fo_st);
+  const uint4* G =
+      reinterpret_cast<const uint4*>(static_cast<const T*>(a.dout) + b * a.do_sb + row * a.do_st);
+  const uint4* O = reinterpret_cast<const uint4*>(static_cast<const T*>(a.fwd_out) + b * a.fo_sb +
+                                                  row * a.fo_st);
   const int total = a.heads * chunks;
   for (int base = 0; base < total; base += 32) {
     const int c = base + lane;

@@ -233,10 +233,10 @@ __global__ void __launch_bounds__(kSimtThreads, 1) time_backward_kernel(const At
 #pragma unroll
       for (int e = 0; e < E; ++e) dk[j][e] *= a.scale;
       const int64_t tok = 1 + j * a.patches + c.n;
-      store_chunk<T, E>(static_cast<T*>(a.dk) + c.b * a.dk_sb + tok * a.dk_st + hd, dk[j], d0,
-                        dh, a.vec_ok);
-      store_chunk<T, E>(static_cast<T*>(a.dv) + c.b * a.dv_sb + tok * a.dv_st + hd, dv[j], d0,
-                        dh, a.vec_ok);
+      store_chunk<T, E>(static_cast<T*>(a.dk) + c.b * a.dk_sb + tok * a.dk_st + hd, dk[j], d0, dh,
+                        a.vec_ok);
+      store_chunk<T, E>(static_cast<T*>(a.dv) + c.b * a.dv_sb + tok * a.dv_st + hd, dv[j], d0, dh,
+                        a.vec_ok);
     }
   }
 }

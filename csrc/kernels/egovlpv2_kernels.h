@@ -51,8 +51,8 @@ struct DividedBackwardParams {
   const void* qkv = nullptr;       // as in the forward
   int64_t qkv_stride_b = 0;
   int64_t qkv_stride_t = 0;
-  const void* out = nullptr;       // [batch, tokens, D] contiguous (the forward output)
-  const float* lse = nullptr;      // [batch, heads, tokens]
+  const void* out = nullptr;   // [batch, tokens, D] contiguous (the forward output)
+  const float* lse = nullptr;  // [batch, heads, tokens]
   int64_t batch = 0;
   int64_t tokens = 0;
   int heads = 0;
@@ -60,8 +60,8 @@ struct DividedBackwardParams {
   int frames = 0;
   bool temporal = false;
   float scale = 1.f;
-  float* delta = nullptr;     // scratch [batch, heads, tokens]: rowsum(grad_out * out)
-  void* grad_qkv = nullptr;   // [batch, tokens, 3*D] contiguous; every element is written
+  float* delta = nullptr;    // scratch [batch, heads, tokens]: rowsum(grad_out * out)
+  void* grad_qkv = nullptr;  // [batch, tokens, 3*D] contiguous; every element is written
   // Optional float32 scratch for the CLS row/key gradients split over many CTAs
   // (divided_backward_workspace_bytes); without it they run as one row split over a CTA.
   float* workspace = nullptr;

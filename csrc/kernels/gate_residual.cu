@@ -13,8 +13,8 @@ __global__ void __launch_bounds__(256)
     gate_residual_kernel(const T* __restrict__ residual, const T* __restrict__ lin,
                          const void* __restrict__ gate, bool gate_is_float32, T* __restrict__ out,
                          int64_t numel) {
-  const float g = gate_is_float32 ? *static_cast<const float*>(gate)
-                                  : to_f(*static_cast<const T*>(gate));
+  const float g =
+      gate_is_float32 ? *static_cast<const float*>(gate) : to_f(*static_cast<const T*>(gate));
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     out[i] = from_f<T>(fmaf(g, to_f(lin[i]), to_f(residual[i])));
@@ -30,8 +30,8 @@ __global__ void __launch_bounds__(256)
                              const void* __restrict__ gate, bool gate_is_float32,
                              T* __restrict__ out, int64_t numel) {
   constexpr int V = 16 / sizeof(T);
-  const float g = gate_is_float32 ? *static_cast<const float*>(gate)
-                                  : to_f(*static_cast<const T*>(gate));
+  const float g =
+      gate_is_float32 ? *static_cast<const float*>(gate) : to_f(*static_cast<const T*>(gate));
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t chunks = numel / V;

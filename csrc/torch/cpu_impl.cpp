@@ -58,15 +58,15 @@ const checks::Backend kCpu{
 };
 
 Tensor new_empty(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& like) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(sizes), dtype,
-                              std::nullopt, like.device());
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(sizes), dtype, std::nullopt,
+                              like.device());
 }
 
 // ----- divided space-time attention ------------------------------------------------------------
 
 template <typename T>
-void run_space_time_forward(const Tensor& qkv, const SpaceTimeShape& s, bool temporal,
-                            double scale, Tensor& out, Tensor& lse) {
+void run_space_time_forward(const Tensor& qkv, const SpaceTimeShape& s, bool temporal, double scale,
+                            Tensor& out, Tensor& lse) {
   kcpu::SpaceTimeAttentionParams<T> p;
   p.qkv = view3<T>(qkv);
   p.batch = s.batch;
@@ -192,8 +192,7 @@ Tensor linear(const Tensor& attn, const Tensor& weight, const std::optional<Tens
   return torch::stable::contiguous(torch::stable::detail::to<Tensor>(stack[0]));
 }
 
-std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q, const Tensor& k,
-                                                 const Tensor& v,
+std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                                  const std::optional<Tensor>& key_mask,
                                                  const Tensor& proj_weight,
                                                  const std::optional<Tensor>& proj_bias,
@@ -220,10 +219,10 @@ std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q, const Tensor& 
 }
 
 template <typename T>
-void run_cross_backward(const Tensor& grad_attn, const Tensor& q, const Tensor& k,
-                        const Tensor& v, const std::optional<Tensor>& key_mask,
-                        const Tensor& attn, const Tensor& lse, const CrossShape& s, double scale,
-                        Tensor& grad_q, Tensor& grad_k, Tensor& grad_v) {
+void run_cross_backward(const Tensor& grad_attn, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const std::optional<Tensor>& key_mask, const Tensor& attn,
+                        const Tensor& lse, const CrossShape& s, double scale, Tensor& grad_q,
+                        Tensor& grad_k, Tensor& grad_v) {
   kcpu::CrossAttentionGradParams<T> p;
   p.grad_attn = view3<T>(grad_attn);
   p.q = view3<T>(q);
@@ -248,11 +247,10 @@ void run_cross_backward(const Tensor& grad_attn, const Tensor& q, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor> cross_backward(const Tensor& grad_attn, const Tensor& q,
                                                   const Tensor& k, const Tensor& v,
                                                   const std::optional<Tensor>& key_mask,
-                                                  const Tensor& attn,
-                                                  const Tensor& softmax_lse, int64_t num_heads,
-                                                  double scale) {
-  const CrossShape s = checks::cross_backward(kCpu, grad_attn, q, k, v, key_mask, attn,
-                                              softmax_lse, num_heads);
+                                                  const Tensor& attn, const Tensor& softmax_lse,
+                                                  int64_t num_heads, double scale) {
+  const CrossShape s =
+      checks::cross_backward(kCpu, grad_attn, q, k, v, key_mask, attn, softmax_lse, num_heads);
   const Tensor lse = torch::stable::contiguous(softmax_lse);
   const ScalarType dtype = q.scalar_type();
   Tensor grad_q = new_empty({s.batch, s.q_len, s.dim}, dtype, q);
@@ -263,11 +261,11 @@ std::tuple<Tensor, Tensor, Tensor> cross_backward(const Tensor& grad_attn, const
     torch::stable::zero_(grad_v);
   } else if (s.batch > 0) {
     if (dtype == ScalarType::Float)
-      run_cross_backward<float>(grad_attn, q, k, v, key_mask, attn, lse, s, scale, grad_q,
-                                grad_k, grad_v);
+      run_cross_backward<float>(grad_attn, q, k, v, key_mask, attn, lse, s, scale, grad_q, grad_k,
+                                grad_v);
     else
-      run_cross_backward<double>(grad_attn, q, k, v, key_mask, attn, lse, s, scale, grad_q,
-                                 grad_k, grad_v);
+      run_cross_backward<double>(grad_attn, q, k, v, key_mask, attn, lse, s, scale, grad_q, grad_k,
+                                 grad_v);
   }
   return {grad_q, grad_k, grad_v};
 }

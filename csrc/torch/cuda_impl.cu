@@ -59,8 +59,8 @@ Tensor rows_contiguous(const Tensor& t) {
 }
 
 Tensor new_empty(std::initializer_list<int64_t> sizes, ScalarType dtype, const Tensor& like) {
-  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(sizes), dtype,
-                              std::nullopt, like.device());
+  return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(sizes), dtype, std::nullopt,
+                              like.device());
 }
 
 cudaStream_t current_stream(const Tensor& t) {
@@ -70,8 +70,8 @@ cudaStream_t current_stream(const Tensor& t) {
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  STD_TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed to launch: ",
-                  cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+  STD_TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed to launch: ", cudaGetErrorName(err),
+                  " (", cudaGetErrorString(err), ")");
 }
 
 // ----- divided space-time attention ------------------------------------------------------------
@@ -196,9 +196,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q_in, const Tenso
                                                  const std::optional<Tensor>& key_mask_in,
                                                  const Tensor& proj_weight,
                                                  const std::optional<Tensor>& proj_bias,
-                                                 const Tensor& gate_in,
-                                                 const Tensor& residual_in, int64_t num_heads,
-                                                 double scale) {
+                                                 const Tensor& gate_in, const Tensor& residual_in,
+                                                 int64_t num_heads, double scale) {
   const char* op = checks::kCross;
   const CrossShape s = checks::cross(kCuda, q_in, k_in, v_in, key_mask_in, num_heads, op);
   const int64_t out_dim =
@@ -243,9 +242,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_forward(const Tensor& q_in, const Tenso
 std::tuple<Tensor, Tensor, Tensor> cross_backward(const Tensor& grad_attn_in, const Tensor& q_in,
                                                   const Tensor& k_in, const Tensor& v_in,
                                                   const std::optional<Tensor>& key_mask_in,
-                                                  const Tensor& attn_in,
-                                                  const Tensor& softmax_lse, int64_t num_heads,
-                                                  double scale) {
+                                                  const Tensor& attn_in, const Tensor& softmax_lse,
+                                                  int64_t num_heads, double scale) {
   const char* op = checks::kCrossBackward;
   const CrossShape s = checks::cross_backward(kCuda, grad_attn_in, q_in, k_in, v_in, key_mask_in,
                                               attn_in, softmax_lse, num_heads);

@@ -22,8 +22,7 @@ using torch::stable::Tensor;
 
 // The four op names, as they appear in the schemas and in every error message.
 inline constexpr const char* kSpaceTime = "egovlpv2::divided_space_time_attention";
-inline constexpr const char* kSpaceTimeBackward =
-    "egovlpv2::divided_space_time_attention_backward";
+inline constexpr const char* kSpaceTimeBackward = "egovlpv2::divided_space_time_attention_backward";
 inline constexpr const char* kCross = "egovlpv2::gated_cross_attention";
 inline constexpr const char* kCrossBackward = "egovlpv2::gated_cross_attention_backward";
 
@@ -73,15 +72,15 @@ inline void check_device(const Backend& be, const Tensor& t, const char* op, con
                   be.device, " kernel");
   if (ref != nullptr && be.several_devices) {
     STD_TORCH_CHECK(t.get_device_index() == ref->get_device_index(), op, ": ", name,
-                    " is on cuda:", t.get_device_index(), " but ", ref_name, " is on cuda:",
-                    ref->get_device_index());
+                    " is on cuda:", t.get_device_index(), " but ", ref_name,
+                    " is on cuda:", ref->get_device_index());
   }
 }
 
 inline void check_dims(const Tensor& t, const char* op, const char* name, int64_t dims,
                        const char* expected_shape) {
-  STD_TORCH_CHECK(t.dim() == dims, op, ": ", name, " must have shape ", expected_shape, " (",
-                  dims, " dims), got ", shape_of(t));
+  STD_TORCH_CHECK(t.dim() == dims, op, ": ", name, " must have shape ", expected_shape, " (", dims,
+                  " dims), got ", shape_of(t));
 }
 
 // An input of the backend's device and dtypes, with `dims` dimensions.
@@ -89,8 +88,8 @@ inline void check_input(const Backend& be, const Tensor& t, const char* op, cons
                         int64_t dims, const char* expected_shape, const Tensor* ref = nullptr,
                         const char* ref_name = nullptr) {
   check_device(be, t, op, name, ref, ref_name);
-  STD_TORCH_CHECK(be.input_dtype(t.scalar_type()), op, ": ", name, " must be ",
-                  be.input_dtypes, " on ", be.device, ", got ", dtype_name(t.scalar_type()));
+  STD_TORCH_CHECK(be.input_dtype(t.scalar_type()), op, ": ", name, " must be ", be.input_dtypes,
+                  " on ", be.device, ", got ", dtype_name(t.scalar_type()));
   check_dims(t, op, name, dims, expected_shape);
 }
 
@@ -112,8 +111,8 @@ inline void check_shape(const Tensor& t, std::initializer_list<int64_t> expected
   d = 0;
   for (int64_t e : expected) want << (d++ ? ", " : "") << e;
   want << "]";
-  STD_TORCH_CHECK(false, op, ": ", name, " must have shape ", meaning, " = ", want.str(),
-                  ", got ", shape_of(t));
+  STD_TORCH_CHECK(false, op, ": ", name, " must have shape ", meaning, " = ", want.str(), ", got ",
+                  shape_of(t));
 }
 
 inline void check_count(const Backend& be, int64_t n, const char* op, const char* name) {
@@ -121,9 +120,9 @@ inline void check_count(const Backend& be, int64_t n, const char* op, const char
 }
 
 inline void check_head_dim(const Backend& be, int64_t head_dim, const char* op) {
-  STD_TORCH_CHECK(be.max_head_dim == 0 || head_dim <= be.max_head_dim, op, ": head_dim = ",
-                  head_dim, " is larger than the ", be.device, " kernels support (",
-                  be.max_head_dim, ")");
+  STD_TORCH_CHECK(be.max_head_dim == 0 || head_dim <= be.max_head_dim, op,
+                  ": head_dim = ", head_dim, " is larger than the ", be.device,
+                  " kernels support (", be.max_head_dim, ")");
 }
 
 // ----- the ops ---------------------------------------------------------------------------------
@@ -188,8 +187,7 @@ inline SpaceTimeShape space_time_backward(const Backend& be, const Tensor& grad_
 
 // q [B, Lq, D]; k, v [B, Lk, D] (Lk >= 1); key_mask [B, Lk] or none.
 inline CrossShape cross(const Backend& be, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const std::optional<Tensor>& key_mask, int64_t num_heads,
-                        const char* op) {
+                        const std::optional<Tensor>& key_mask, int64_t num_heads, const char* op) {
   check_input(be, q, op, "q", 3, "[B, Lq, D]");
   check_input(be, k, op, "k", 3, "[B, Lk, D]", &q, "q");
   check_input(be, v, op, "v", 3, "[B, Lk, D]", &q, "q");

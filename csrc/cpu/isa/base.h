@@ -104,10 +104,10 @@ inline void prefetch(const void* p, int64_t bytes, bool write) {
 }
 
 // A work item that cannot get its scratch memory marks the op failed (Status::kOutOfMemory).
-#define EGOVLPV2_FAIL_AND_RETURN(ctx)                  \
-  do {                                                 \
+#define EGOVLPV2_FAIL_AND_RETURN(ctx)                     \
+  do {                                                    \
     __atomic_store_n(&(ctx).failed, 1, __ATOMIC_RELAXED); \
-    return;                                            \
+    return;                                               \
   } while (0)
 
 }  // namespace egovlpv2::cpu::EGOVLPV2_CPU_ISA

@@ -128,8 +128,8 @@ inline void gemm_columns(int64_t m, int64_t k, const T* a, int64_t lda, const T*
 }
 
 template <typename T, bool kAccumulate>
-inline void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                 int64_t ldb, T* c, int64_t ldc) {
+inline void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                 T* c, int64_t ldc) {
   constexpr int64_t NR = kNR<T>;
   int64_t j0 = 0;
   for (; j0 + NR <= n; j0 += NR)

@@ -30,8 +30,8 @@ struct SpaceTimeGeometry {
   int64_t group_step;   // token offset between consecutive groups
   int64_t member_step;  // token offset between consecutive members of a group
   int64_t groups_per_item;
-  int64_t chunks;  // blocks of groups per batch element
-  bool dense;      // engine of the patch groups
+  int64_t chunks;                        // blocks of groups per batch element
+  bool dense;                            // engine of the patch groups
   int64_t heads_per_block, head_blocks;  // a work item is (batch, chunk, block of heads)
 
   template <typename P>
@@ -201,8 +201,7 @@ void space_time_forward_cls(SpaceTimeForwardCtx<T>& c, int64_t begin, int64_t en
 template <typename T>
 Status space_time_forward(const SpaceTimeAttentionParams<T>& p) {
   const SpaceTimeGeometry geo(p);
-  Block states(geo.batch * geo.heads * geo.groups * (geo.dh + 2) *
-               static_cast<int64_t>(sizeof(T)));
+  Block states(geo.batch * geo.heads * geo.groups * (geo.dh + 2) * static_cast<int64_t>(sizeof(T)));
   if (!states.get()) return Status::kOutOfMemory;
   SpaceTimeForwardCtx<T> ctx{&p, &geo, reinterpret_cast<T*>(states.get()), 0};
   auto body = [](int64_t begin, int64_t end, void* raw) {
@@ -418,8 +417,7 @@ void space_time_backward_cls(SpaceTimeBackwardCtx<T>& c, int64_t begin, int64_t 
 template <typename T>
 Status space_time_backward(const SpaceTimeAttentionGradParams<T>& p) {
   const SpaceTimeGeometry geo(p);
-  Block partials(geo.batch * geo.heads * geo.chunks * 2 * geo.dh *
-                 static_cast<int64_t>(sizeof(T)));
+  Block partials(geo.batch * geo.heads * geo.chunks * 2 * geo.dh * static_cast<int64_t>(sizeof(T)));
   if (!partials.get()) return Status::kOutOfMemory;
   SpaceTimeBackwardCtx<T> ctx{&p, &geo, reinterpret_cast<T*>(partials.get()), 0};
   auto groups_body = [](int64_t begin, int64_t end, void* raw) {

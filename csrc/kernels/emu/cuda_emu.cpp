@@ -58,9 +58,9 @@ struct Fiber {
   void* sp = nullptr;
   uint3 tid{0, 0, 0};
   bool done = false;
-  bool at_block_barrier = false;  // waiting in __syncthreads (not in a warp-level barrier)
-  uint64_t block_wait_gen = 0;    // ... of this generation of the block barrier
-  std::vector<AsyncCopy> open_group;               // issued, not yet committed
+  bool at_block_barrier = false;      // waiting in __syncthreads (not in a warp-level barrier)
+  uint64_t block_wait_gen = 0;        // ... of this generation of the block barrier
+  std::vector<AsyncCopy> open_group;  // issued, not yet committed
   std::vector<std::vector<AsyncCopy>> committed;  // oldest first
 };
 

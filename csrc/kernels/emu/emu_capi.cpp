@@ -102,9 +102,7 @@ P cross_params(int dtype, const void* q, int64_t q_sb, int64_t q_st, const void*
 
 extern "C" {
 
-__attribute__((visibility("default"))) void ego_emu_set_seed(uint64_t seed) {
-  emu::set_seed(seed);
-}
+__attribute__((visibility("default"))) void ego_emu_set_seed(uint64_t seed) { emu::set_seed(seed); }
 
 __attribute__((visibility("default"))) void ego_emu_set_async_mode(int mode) {
   emu::set_async_mode(mode);
@@ -126,8 +124,7 @@ __attribute__((visibility("default"))) const char* ego_emu_kernel_name(int kerne
 
 __attribute__((visibility("default"))) int ego_emu_divided_forward(
     int dtype, const void* qkv, int64_t sb, int64_t st, int64_t batch, int64_t tokens, int heads,
-    int head_dim, int frames, int temporal, float scale, void* out, float* lse,
-    PlanRequest* plan) {
+    int head_dim, int frames, int temporal, float scale, void* out, float* lse, PlanRequest* plan) {
   DividedForwardParams p;
   p.dtype = DType(dtype);
   p.qkv = qkv;
@@ -174,10 +171,10 @@ __attribute__((visibility("default"))) int ego_emu_divided_backward(
 }
 
 __attribute__((visibility("default"))) int ego_emu_cross_forward(
-    int dtype, const void* q, int64_t q_sb, int64_t q_st, const void* k, int64_t k_sb,
-    int64_t k_st, const void* v, int64_t v_sb, int64_t v_st, const void* mask, int64_t mask_sb,
-    int64_t batch, int64_t len_q, int64_t len_k, int heads, int head_dim, float scale, void* attn,
-    float* lse, PlanRequest* plan) {
+    int dtype, const void* q, int64_t q_sb, int64_t q_st, const void* k, int64_t k_sb, int64_t k_st,
+    const void* v, int64_t v_sb, int64_t v_st, const void* mask, int64_t mask_sb, int64_t batch,
+    int64_t len_q, int64_t len_k, int heads, int head_dim, float scale, void* attn, float* lse,
+    PlanRequest* plan) {
   CrossForwardParams p =
       cross_params<CrossForwardParams>(dtype, q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, mask,
                                        mask_sb, batch, len_q, len_k, heads, head_dim, scale);
@@ -191,8 +188,8 @@ __attribute__((visibility("default"))) int ego_emu_cross_backward(
     int dtype, const void* grad_attn, const void* q, int64_t q_sb, int64_t q_st, const void* k,
     int64_t k_sb, int64_t k_st, const void* v, int64_t v_sb, int64_t v_st, const void* mask,
     int64_t mask_sb, const void* attn, const float* lse, int64_t batch, int64_t len_q,
-    int64_t len_k, int heads, int head_dim, float scale, float* delta, void* grad_q,
-    void* grad_k, void* grad_v, PlanRequest* plan) {
+    int64_t len_k, int heads, int head_dim, float scale, float* delta, void* grad_q, void* grad_k,
+    void* grad_v, PlanRequest* plan) {
   CrossBackwardParams p =
       cross_params<CrossBackwardParams>(dtype, q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, mask,
                                         mask_sb, batch, len_q, len_k, heads, head_dim, scale);
@@ -208,9 +205,9 @@ __attribute__((visibility("default"))) int ego_emu_cross_backward(
 }
 
 __attribute__((visibility("default"))) int ego_emu_gate_residual(int dtype, const void* residual,
-                                                                 const void* lin,
-                                                                 const void* gate, int gate_f32,
-                                                                 void* out, int64_t numel) {
+                                                                 const void* lin, const void* gate,
+                                                                 int gate_f32, void* out,
+                                                                 int64_t numel) {
   GateResidualParams p;
   p.dtype = DType(dtype);
   p.residual = residual;
