@@ -23,8 +23,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# The linters and the type checker CI runs (configured in pyproject.toml and .clang-format).
 lint: $(VENV)/.installed
 	$(PY) -m ruff check python tests bench
+	$(PY) -m ruff format --check python tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/clang-format --dry-run -Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh')
 
 cuda-check:
 	bash scripts/check_cuda_compile.sh
