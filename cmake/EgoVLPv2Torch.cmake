@@ -1,5 +1,5 @@
 # Torch discovery for the op libraries, without find_package(Torch) (its CUDA checks fail on
-# the default PyPI wheel; see shared/design/BUILD-NOTES.md). Only the stable-ABI headers and
+# the default PyPI wheel; see docs/ARCHITECTURE.md). Only the stable-ABI headers and
 # libtorch_cpu (which holds every C shim) are needed.
 #
 # Sets: TORCH_ROOT, TORCH_INCLUDE_DIR, TORCH_CPU_LIBRARY, TORCH_CUDA_LIBRARY (or -NOTFOUND),
