@@ -337,7 +337,7 @@ class ModelConfig:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """Task names (``"EgoNCE"``, ``"ITM"``, ``"MLM"``): the ITM/MLM heads exist only if named."""
+        """Task names (``"EgoNCE"``, ``"ITM"``, ``"MLM"``); ITM/MLM heads exist only if named."""
         return tuple(self.task_names.split("_"))
 
     # -- (de)serialisation ---------------------------------------------------------------------

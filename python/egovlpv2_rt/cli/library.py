@@ -184,7 +184,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     idx, scores = _rank(library, q, args.top_k)
     results = [
         {"rank": r + 1, "id": library.ids[i], **(library.clips[i] or {}), "score": float(s)}
-        for r, (i, s) in enumerate(zip(idx.tolist(), scores))
+        for r, (i, s) in enumerate(zip(idx.tolist(), scores, strict=True))
     ]
     if args.rerank != "none" and results:
         specs = []
@@ -196,7 +196,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 )
             specs.append(ClipSpec(res["path"], res.get("start"), res.get("end")))
         probs = rt.score(specs, [query] * len(specs))
-        for res, p in zip(results, probs):
+        for res, p in zip(results, probs, strict=True):
             res["dual"], res["fusion"] = res["score"], float(p)
             res["score"] = float(p) if args.rerank == "fusion" else res["dual"] + float(p)
         results.sort(key=lambda r: -r["score"])
@@ -219,10 +219,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     inputs = args.embeddings
-    if len(inputs) == 1:
-        data = load_embeddings(inputs[0])
-    else:
-        data = merge_shards(inputs)
+    data = load_embeddings(inputs[0]) if len(inputs) == 1 else merge_shards(inputs)
     if args.merged:
         save_embeddings(args.merged, data)
     out = Path(args.out)

@@ -291,7 +291,7 @@ def _make_video(
             float(y + rng.uniform(-1.5, 1.5)),
             float(rng.uniform(0, 0.3)),
         )
-        for s, c, y in zip(shapes, colours, rng.permutation(ys))
+        for s, c, y in zip(shapes, colours, rng.permutation(ys), strict=True)
     ]
     bg = rng.uniform(50, 150, size=3).astype(np.float32)
     specks = np.array(
@@ -374,7 +374,7 @@ def _make_mcq(
             if len(picks) < 4:
                 continue
         answer = int(rng.integers(5))
-        choices = picks[:answer] + [q] + picks[answer:]
+        choices = [*picks[:answer], q, *picks[answer:]]
         items.append(MCQItem(str(len(items)), q, tuple(choices), answer, qtype))
     if len(items) < num:
         raise ValueError(

@@ -124,7 +124,7 @@ def profile_shapes(
             )
         else:
             shapes[name] = tuple(
-                (b, length) for b, length in zip(profile.batch, profile.text_length)
+                (b, length) for b, length in zip(profile.batch, profile.text_length, strict=True)
             )
     return shapes  # type: ignore[return-value]
 

@@ -76,7 +76,7 @@ class CudaGraphs:
                 entry = self._capture(args)
                 self.graphs[key] = entry
             static_in, static_out, graph = entry
-            for s, a in zip(static_in, args):
+            for s, a in zip(static_in, args, strict=True):
                 s.copy_(a, non_blocking=True)
             graph.replay()
             return static_out.clone()
@@ -172,7 +172,7 @@ class TorchEngine(Engine):
     def _pad_video(self, video: Tensor, rows: int) -> Tensor:
         if rows == video.shape[0]:
             return video
-        pad = video.new_zeros((rows - video.shape[0],) + tuple(video.shape[1:]))
+        pad = video.new_zeros((rows - video.shape[0], *video.shape[1:]))
         return torch.cat([video, pad])
 
     def _run(self, kind: str, *args: Tensor) -> Tensor:

@@ -216,6 +216,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 cols.get("path", [""] * table.num_rows),
                 cols.get("start", [None] * table.num_rows),
                 cols.get("end", [None] * table.num_rows),
+                strict=True,
             )
         ]
         emb = np.array(cols["embedding"], dtype=np.float32)
@@ -289,7 +290,7 @@ def merge_shards(manifest: str | os.PathLike | Sequence[str | os.PathLike]) -> E
         raise ValueError(f"{source}: no shards to merge")
     parts = [load_embeddings(f) for f in files]
     first = parts[0]
-    for f, p in zip(files[1:], parts[1:]):
+    for f, p in zip(files[1:], parts[1:], strict=True):
         if p.dim != first.dim:
             raise ValueError(f"{f}: dimension {p.dim} differs from {files[0]} ({first.dim})")
         check_compatible(first.model, p.model, str(f))

@@ -284,7 +284,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 f"{where}: {key}: expected a list of "
                 f"{len(typing.get_args(tp))} numbers, got {value!r}"
             )
-        return tuple(_coerce(v, a, key, where) for v, a in zip(value, typing.get_args(tp)))
+        return tuple(
+            _coerce(v, a, key, where) for v, a in zip(value, typing.get_args(tp), strict=True)
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key}: expected a mapping, got {value!r}")

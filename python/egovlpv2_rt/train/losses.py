@@ -72,7 +72,10 @@ def egonce_loss(
 ) -> tuple[Tensor, Tensor]:
     """EgoNCE (the original's loss, both directions, same positive mask in both).
 
-    ``loss = -mean_i log sum_j softmax(sim/T)_ij pos_ij - mean_i log sum_j softmax(sim^T/T)_ij pos_ij``
+    ::
+
+        loss = -mean_i log sum_j softmax(sim/T)_ij pos_ij
+               -mean_i log sum_j softmax(sim^T/T)_ij pos_ij
 
     The log of the positive softmax mass is computed as a difference of two logsumexps, which is
     the same quantity without the underflow of ``log(sum(softmax * pos))`` at small T.

@@ -111,7 +111,7 @@ class _Sample:
 def _samples(plan: ClipPlan, tf, generator) -> tuple[list[_Sample], list[tuple[int, int]]]:
     """Split a plan by file; return samples and, per output frame, (sample, position)."""
     by_file: dict[str, list[int]] = {}
-    for f, i in zip(plan.files, plan.local.tolist()):
+    for f, i in zip(plan.files, plan.local.tolist(), strict=True):
         by_file.setdefault(f, [])
         if i not in by_file[f]:
             by_file[f].append(i)
@@ -136,7 +136,7 @@ def _samples(plan: ClipPlan, tf, generator) -> tuple[list[_Sample], list[tuple[i
         for pos, i in enumerate(frames):
             where[(f, i)] = (len(samples), pos)
         samples.append(_Sample(info, tuple(frames), resize_hw, box, (rot // 90) % 4, flip))
-    order = [where[(f, i)] for f, i in zip(plan.files, plan.local.tolist())]
+    order = [where[(f, i)] for f, i in zip(plan.files, plan.local.tolist(), strict=True)]
     return samples, order
 
 
@@ -473,7 +473,7 @@ class DaliClipLoader:
                 else []
             )
             videos, kept = [], []
-            for i, o in zip(keep, outs):
+            for i, o in zip(keep, outs, strict=True):
                 if isinstance(o, VideoError):
                     self._fail(i, self.specs[i], o)
                 else:

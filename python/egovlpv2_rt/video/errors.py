@@ -44,7 +44,7 @@ class CorruptVideoError(VideoError):
 
 
 class NoVideoStreamError(VideoError):
-    """The container has no video stream (audio only, subtitles) or a video stream of zero frames."""
+    """The container has no video stream (audio only, subtitles) or one of zero frames."""
 
 
 class UnsupportedCodecError(VideoError):

@@ -103,7 +103,7 @@ def decode_clip(
         rotation[f] = 0 if rotated else info.rotation
         for i, a in frames.items():
             got[(f, i)] = a
-    keys = list(zip(plan.files, plan.local.tolist()))
+    keys = list(zip(plan.files, plan.local.tolist(), strict=True))
     ok = [k for k in keys if k in got]
     if not ok:
         raise CorruptVideoError(

@@ -265,7 +265,7 @@ def plan_egoclip(
 def unique_per_file(plan: ClipPlan) -> dict[str, list[int]]:
     """Sorted distinct local frame indices to decode from each file of ``plan``."""
     out: dict[str, set[int]] = {}
-    for f, i in zip(plan.files, plan.local.tolist()):
+    for f, i in zip(plan.files, plan.local.tolist(), strict=True):
         out.setdefault(f, set()).add(int(i))
     return {f: sorted(v) for f, v in out.items()}
 
