@@ -89,6 +89,9 @@ class InsufficientFramesError(VideoError):
 class BackendUnavailableError(VideoError, ImportError):
     """The chosen backend's library is not installed or cannot be loaded here."""
 
+    # VideoError's (the file), not ImportError's (the module's file, or None).
+    path: str
+
 
 class ClipRangeWarning(UserWarning):
     """A clip range outside the video was clamped to the video (``out_of_range='clamp'``)."""
