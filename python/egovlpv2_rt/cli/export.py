@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
             f"--frames {args.frames} is outside [1, {cfg.video.num_frames}], the "
             "model's maximum clip length (frame count mismatch)"
         )
-    profiles = None
+    profiles: list[EngineProfile] = []  # TensorRT's only
     if args.format == "tensorrt":
         profiles = profiles_from_args(args.batch, args.text_length, cfg.text.max_text_length)
     tokenizer = Path(args.tokenizer) if args.tokenizer else files.tokenizer

@@ -236,6 +236,8 @@ def export_graph(
             custom_translation_table=custom_translation_table(),
             optimize=True,
         )
+    if program is None:  # only the TorchScript exporter (dynamo=False) returns None
+        raise RuntimeError(f"torch.onnx.export returned no ONNX program for {name}")
     proto = program.model_proto
 
     passes.prescale_attention(proto)

@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -167,7 +168,7 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
     return path
 
 
-def _pyarrow():
+def _pyarrow() -> tuple[ModuleType, ModuleType]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -345,7 +346,7 @@ class FaissIndex:
         return idx[0][keep], scores[0][keep]
 
 
-def _faiss():
+def _faiss() -> ModuleType:
     try:
         import faiss
     except ImportError as exc:
