@@ -82,7 +82,10 @@ def sdpa_divided(
     dh = c // 3 // heads
     n = (t - 1) // frames
     q, k, v = qkv.view(b, t, 3, heads, dh).unbind(2)  # [B, T, h, dh] views
-    to_bhtd = lambda x: x.transpose(1, 2)
+
+    def to_bhtd(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
     cls = F.scaled_dot_product_attention(to_bhtd(q[:, :1]), to_bhtd(k), to_bhtd(v), scale=scale)
     if temporal:
         frm, to, dims = "b (f n) h d", "(b n) h f d", {"n": n}
@@ -510,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(f"{name} {col} {ratios[col]:.2f} < {minimum}")
         rtxt = " ".join(
             f"{(v if v is not None else math.nan):{w}.2f}"
-            for v, w in zip(ratios.values(), (9, 10, 10))
+            for v, w in zip(ratios.values(), (9, 10, 10), strict=True)
         )
         print(f"{r.name:26s} {' '.join(cells)} {rtxt}  {' '.join(notes)}")
         if r.extra:

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         run("onnxruntime", cases, backend="onnxruntime", onnx_dir=onnx_dir)
         pairs = [("torch", "onnxruntime")]
     else:
-        cases = cases + ["score_b8"]
+        cases = [*cases, "score_b8"]
         run("torch eager", cases, backend="torch", attention_impl="reference", cuda_graphs=False)
         run("torch fused+graphs", cases, backend="torch", cuda_graphs=True)
         pairs = [("torch eager", "torch fused+graphs")]

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"# pre-training step, default model shape, batch {args.batch} per rank, "
-        f"{args.threads} thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} thread(s), torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, "
         f"cpu isa {egovlpv2_rt.build_info().get('cpu_isa')}"
     )
     print(

@@ -174,7 +174,7 @@ def check_ours_exact(clips) -> int:
     for c in clips:
         raw = read_clip(c.path, c.start_sec, c.end_sec, transform=None)
         idx = frame_indices(c.path, c.start_sec, c.end_sec)
-        ok += sum(read_frame_code(f.numpy()) == i for f, i in zip(raw, idx))
+        ok += sum(read_frame_code(f.numpy()) == i for f, i in zip(raw, idx, strict=True))
     return ok
 
 

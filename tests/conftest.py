@@ -30,7 +30,7 @@ if str(REPO_ROOT / "python") not in sys.path:
 
 @dataclass(frozen=True)
 class GoldenSet:
-    """One golden set; ``problem`` says why it cannot be tested (a missing file, an empty folder)."""
+    """One golden set; ``problem`` says why it cannot be tested (missing file, empty folder)."""
 
     name: str
     directory: Path

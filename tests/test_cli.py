@@ -75,7 +75,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def run_json(argv: list[str], capsys):
-    rc, out, err = run(argv + ["--json"], capsys)
+    rc, out, err = run([*argv, "--json"], capsys)
     assert rc == 0, err
     return json.loads(out)
 
@@ -362,7 +362,7 @@ def test_search_rerank_with_fusion(embeddings, model_dir, capsys):
     rows = res["results"]
     rt = load(model_dir, device="cpu")
     probs = rt.score([(r["path"], r["start"], r["end"]) for r in rows], [query] * 3)
-    for r, p in zip(rows, probs):
+    for r, p in zip(rows, probs, strict=True):
         assert r["fusion"] == pytest.approx(float(p), rel=1e-5)
         assert r["score"] == pytest.approx(r["dual"] + r["fusion"], rel=1e-6)
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)

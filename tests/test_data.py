@@ -216,7 +216,7 @@ def test_sampler_pairs_and_world_size_independence(synth):
     s = GlobalBatchSampler(len(recs), 8, seed=1, groups=groups)
     g = s.global_indices(3)
     assert len(g) == 8
-    for a, b in zip(g[0::2], g[1::2]):
+    for a, b in zip(g[0::2], g[1::2], strict=True):
         assert a != b and recs[a].video_uid == recs[b].video_uid
     assert s.local_indices(3, 0, 2) + s.local_indices(3, 1, 2) == g
     assert GlobalBatchSampler(len(recs), 8, seed=1, groups=groups).global_indices(3) == g

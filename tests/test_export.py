@@ -84,7 +84,7 @@ def test_onnx_matches_pytorch(export_dir, model, name, batch, length):
     ex = tuple(t[:batch] for t in ex)
     with torch.no_grad():
         ref = build_graph(model, name)(*ex).numpy()
-    got = sess.run(None, {k: v.numpy() for k, v in zip(GRAPHS[name].inputs, ex)})[0]
+    got = sess.run(None, {k: v.numpy() for k, v in zip(GRAPHS[name].inputs, ex, strict=True)})[0]
     assert got.shape == ref.shape
     assert _rel(got, ref) <= TOL
 
@@ -167,7 +167,7 @@ def _tiny_attention_graph(post_scale: str | None) -> onnx.ModelProto:
     t = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 3, 4]) for n in "qkv"]
     mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 1, 3])
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 3, 4])
-    graph = helper.make_graph(nodes, "attn", t + [mask], [out], inits)
+    graph = helper.make_graph(nodes, "attn", [*t, mask], [out], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -434,7 +434,7 @@ def test_cli_tensorrt_without_tensorrt_is_one_line(no_tensorrt, model_dir, tmp_p
     ],
 )
 def test_cli_bad_input_is_one_line(args, message, model_dir, tmp_path, capsys):
-    full = ["--out", str(tmp_path / "e")] + args
+    full = ["--out", str(tmp_path / "e"), *args]
     if "--checkpoint" not in args:
         full += ["--checkpoint", str(model_dir)]
     rc, _, err = _run_export_cli(full, capsys)

@@ -307,7 +307,7 @@ def _run_cross(
     lse_err = (lse.double() - cross_lse(q, k, mask, heads, scale)).abs().max()
     assert lse_err <= LSE_TOL, f"softmax_lse err {lse_err:.3e}"
     for name, ours, tr, ow in zip(
-        ("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads, own_grads
+        ("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads, own_grads, strict=True
     ):
         _check(ours, tr, ow, name)
 

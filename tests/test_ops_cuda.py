@@ -226,7 +226,7 @@ def test_cross_core_matches_float64(dtype, batch, len_q, len_k, heads, head_dim,
     _check(attn, truth, own, "attn", gen)
     _check_lse(lse, cross_lse(q, k, mask, heads, scale), "attn", gen)
     for name, ours, tr, ow in zip(
-        ("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads, own_grads
+        ("grad q", "grad k", "grad v"), (gq, gk, gv), truth_grads, own_grads, strict=True
     ):
         _check(ours, tr, ow, name, gen)
     # The epilogue: out = residual + gate * (attn @ w^T), on the kernel's own attn.
@@ -483,7 +483,7 @@ def test_model_fused_matches_reference(config_name, dtype, gen):
     fused = run(model_d, dtype, "fused")
     own = run(model_d, dtype, "reference") if dtype in LOW else (None, None, None)
     names = ("video embeds", "itm logits", "text states")
-    for name, a, t, o in zip(names, fused, truth, own):
+    for name, a, t, o in zip(names, fused, truth, own, strict=True):
         if dtype in LOW and name == "itm logits":
             # Six numbers: too few for a fair "2x PyTorch's own error" in low precision.
             assert torch.isfinite(a).all()

@@ -4,6 +4,7 @@ modes compose as specified, and bad inputs raise clear errors."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_shape_buckets_do_not_change_results(rt_torch, specs):
         padded = (engine.text(ids, mask), engine.video(pixels), engine.vtm(pixels, ids, mask))
     finally:
         engine.bucketing = False
-    for a, b in zip(padded, exact):
+    for a, b in zip(padded, exact, strict=True):
         assert a.shape == b.shape
         assert _rel(a, b) <= 1e-5
 
@@ -252,7 +253,7 @@ def test_warmup_and_benchmark(rt_torch):
 
 def test_frame_count_mismatch(rt_torch, rt_ort, model_dir, export_dir):
     pixels = torch.zeros(8, 3, 32, 32)
-    with pytest.raises(ValueError, match="8 frames.*takes 4 frames.*frame count mismatch"):
+    with pytest.raises(ValueError, match=r"8 frames.*takes 4 frames.*frame count mismatch"):
         rt_torch.encode_video([pixels])
     with pytest.raises(ValueError, match="frame count mismatch"):
         rt_ort.encode_video(torch.zeros(2, 3, 3, 32, 32))
@@ -271,7 +272,7 @@ def test_bad_inputs(rt_torch, tmp_path):
         rt_torch.encode_text([])
     with pytest.raises(TypeError, match=r"texts\[0\]: expected str"):
         rt_torch.encode_text([3])
-    with pytest.raises(VideoError, match="missing.mp4"):
+    with pytest.raises(VideoError, match=re.escape("missing.mp4")):
         rt_torch.encode_video(str(tmp_path / "missing.mp4"))
     with pytest.raises(TypeError, match="clip 0: expected a path"):
         rt_torch.encode_video([3.5])
@@ -309,7 +310,9 @@ def test_wrong_tokenizer_is_rejected(model_dir, tmp_path):
 
 def test_default_model_location(monkeypatch, tmp_path, model_dir):
     monkeypatch.setattr(model_files, "default_model_dir", lambda: tmp_path / "default_model")
-    with pytest.raises(DefaultModelMissingError, match="python -m egovlpv2_rt.train.default_model"):
+    with pytest.raises(
+        DefaultModelMissingError, match=re.escape("python -m egovlpv2_rt.train.default_model")
+    ):
         runtime.default_model_path()
     with pytest.raises(DefaultModelMissingError):
         load(device="cpu")
@@ -352,7 +355,7 @@ def test_cuda_graphs_match_eager_and_cpu(model_dir, specs, rt_torch, precision, 
             rt.encode_text(CAPTIONS, cache=False),
             rt.score(pairs, CAPTIONS),
         )
-        for a, b in zip(got, ref):
+        for a, b in zip(got, ref, strict=True):
             assert _rel(a, b) <= tol
     # Replays are repeatable and do not alias each other's outputs.
     a = graphs.encode_video(specs[:3])
@@ -366,7 +369,7 @@ def test_cuda_graphs_match_eager_and_cpu(model_dir, specs, rt_torch, precision, 
 def test_export_folder_precision(export_dir):
     rt = load(export_dir, backend="onnxruntime", device="cpu")
     assert rt.precision == "fp32"  # the folder's, whatever the device default
-    with pytest.raises(ValueError, match="the export in .* is 'fp32'"):
+    with pytest.raises(ValueError, match=r"the export in .* is 'fp32'"):
         load(export_dir, backend="onnxruntime", device="cpu", precision="bf16")
 
 

@@ -148,7 +148,7 @@ def test_two_process_gloo_equals_one_process(dataset, tmp_path):
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(l1) == len(l2) == 3
     assert all(torch.isfinite(torch.tensor(l1)))
-    for a, b in zip(l1, l2):
+    for a, b in zip(l1, l2, strict=True):
         assert abs(a - b) <= 1e-5 * abs(a)
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
@@ -203,7 +203,7 @@ def test_loss_start_steps_stage_mlm_and_vtm(dataset, tmp_path):
     for r in rows[2:]:
         parts = r["egonce"] + r["mlm"] + 2 * r["vtm"]
         assert abs(r["loss"] - parts) <= 1e-12 * abs(parts)
-    for a, b in zip(rows, _metrics(tmp_path / "two")):
+    for a, b in zip(rows, _metrics(tmp_path / "two"), strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))

@@ -53,7 +53,7 @@ def test_cuda_float32_training_computes_the_cpu_losses(dataset, tmp_path, exact_
     # parameter; 1e-3 relative on the losses bounds that drift at lr 1e-3.
     for k in TERMS:
         assert abs(gpu[0][k] - cpu[0][k]) <= 1e-5 * abs(cpu[0][k]), (k, gpu[0][k], cpu[0][k])
-    for a, b in zip(cpu[1:], gpu[1:]):
+    for a, b in zip(cpu[1:], gpu[1:], strict=True):
         for k in TERMS:
             assert abs(b[k] - a[k]) <= 1e-3 * abs(a[k]), (int(a["step"]), k, b[k], a[k])
     w = load_file(str(tmp_path / "cuda" / "model.safetensors"))

@@ -104,16 +104,13 @@ def test_dali_ops_equal_torch_transform(media, name, transform):
         "train": TrainTransform(),
     }[transform]
     dali = read_clip(p, backend="dali_cpu", transform=ours, seed=21)
-    if isinstance(ours, TrainTransform):
-        ref = ours(raw, generator=split_seed(21)[1])
-    else:
-        ref = ours(raw)
+    ref = ours(raw, generator=split_seed(21)[1]) if isinstance(ours, TrainTransform) else ours(raw)
     assert _stats(dali, ref)[2] <= TRANSFORM_MAX
 
 
 def test_h264_is_refused_on_cpu_with_the_alternatives(media):
     with pytest.raises(
-        UnsupportedCodecError, match="backends that can read it: pyav, torchcodec, dali$"
+        UnsupportedCodecError, match=r"backends that can read it: pyav, torchcodec, dali$"
     ):
         read_clip(media["h264"], backend="dali_cpu")
 
@@ -127,7 +124,7 @@ def test_loader_shards_batches_and_reports(media):
         loader = DaliClipLoader(clips, batch_size=3, device="cpu", shard_id=shard, num_shards=2)
         for batch in loader:
             assert batch["video"].shape[1:] == (4, 3, 224, 224)
-            for v, i in zip(batch["video"], batch["index"].tolist()):
+            for v, i in zip(batch["video"], batch["index"].tolist(), strict=True):
                 ref = read_clip(clips[i].path, clips[i].start_sec, clips[i].end_sec)
                 assert _stats(v, ref)[0] <= E2E_MEAN
                 seen.append(i)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
+from .modeling.video import SpaceTimeBlock
 
 __all__ = [
     "CONFIG_METADATA_KEY",
@@ -109,9 +110,13 @@ class _Placeholder:
         self.state = state
 
 
-def _placeholder_globals(path: PathLike) -> list[tuple[type, str]]:
+# What torch.serialization.safe_globals takes: a class, or a class and its full name.
+_SafeGlobal = Callable[..., Any] | tuple[Callable[..., Any], str]
+
+
+def _placeholder_globals(path: PathLike) -> list[_SafeGlobal]:
     names = torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path))
-    out = []
+    out: list[_SafeGlobal] = []
     for full_name in names:
         module, _, name = full_name.rpartition(".")
         stub = type(name, (_Placeholder,), {"__module__": module, "__qualname__": name})
@@ -467,7 +472,7 @@ def init_video_from_timm(model: EgoVLPv2, source: PathLike | Mapping[str, Any]) 
     ]
     report.loaded = _copy_into(model, mapped, what, expected, unexpected)
     if model.config.video.time_init == "zeros":
-        for blk in model.video_model.blocks:
+        for blk in cast("Iterable[SpaceTimeBlock]", model.video_model.blocks):
             init_time_attention_zeros(blk.timeattn)
     report.missing = [k for k in model_sd if k.startswith("video_model.") and k not in expected]
     return report

@@ -16,7 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "PRESETS",
@@ -32,7 +35,7 @@ TASKS = ("EgoNCE", "ITM", "MLM")
 # Execution settings that configs of egovlpv2-rt 0.1 stored beside the architecture.
 LEGACY_EXECUTION_KEYS = ("attention_impl", "check_finite_pixels", "gradient_checkpointing")
 
-_T = TypeVar("_T")
+_T = TypeVar("_T", bound="DataclassInstance")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -337,7 +340,7 @@ class ModelConfig:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """Task names (``"EgoNCE"``, ``"ITM"``, ``"MLM"``): the ITM/MLM heads exist only if named."""
+        """Task names (``"EgoNCE"``, ``"ITM"``, ``"MLM"``); ITM/MLM heads exist only if named."""
         return tuple(self.task_names.split("_"))
 
     # -- (de)serialisation ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ have no autograd (no double backward through the fused path).
 from __future__ import annotations
 
 import contextlib
+from typing import Any, TypeVar
 
 import torch
 from einops import rearrange, repeat
@@ -288,7 +289,11 @@ def _validate_cross(
 # Public face.
 
 
-def _autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+# A tensor argument, or an optional one (None passes through _autocast).
+_MaybeTensor = TypeVar("_MaybeTensor", Tensor, Tensor | None)
+
+
+def _autocast(device_type: str, *tensors: _MaybeTensor) -> tuple[_MaybeTensor, ...]:
     """Under torch.autocast the fused ops run in the autocast dtype, like the Linears feeding them.
 
     Without this, autocast hands the ops bf16 activations next to fp32 weights and gates.
@@ -379,9 +384,10 @@ def gated_cross_attention(
     """
     impl = _choose(impl, q)
     if impl == "fused" and isinstance(q, Tensor):
-        q, k, v, key_mask, proj_weight, proj_bias, gate, residual = _autocast(
-            q.device.type, q, k, v, key_mask, proj_weight, proj_bias, gate, residual
+        q, k, v, proj_weight, gate, residual = _autocast(
+            q.device.type, q, k, v, proj_weight, gate, residual
         )
+        key_mask, proj_bias = _autocast(q.device.type, key_mask, proj_bias)
     _validate_cross(q, k, v, key_mask, proj_weight, proj_bias, gate, residual, num_heads, scale)
     if impl == "reference":
         return reference_gated_cross_attention(
@@ -462,7 +468,10 @@ def _fake_cross_backward(
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _space_time_setup_context(ctx, inputs, output) -> None:
+# ctx: torch's autograd context object, to which setup_context adds ``params``.
+def _space_time_setup_context(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]
+) -> None:
     qkv, num_heads, num_frames, temporal, scale = inputs
     out, lse = output
     ctx.save_for_backward(qkv, out, lse)
@@ -470,7 +479,9 @@ def _space_time_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(lse)
 
 
-def _space_time_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
+def _space_time_backward(
+    ctx: Any, grad_out: Tensor, grad_lse: Tensor | None
+) -> tuple[Tensor | None, None, None, None, None]:
     qkv, out, lse = ctx.saved_tensors
     grad_qkv = None
     if ctx.needs_input_grad[0]:
@@ -480,7 +491,9 @@ def _space_time_backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
     return grad_qkv, None, None, None, None
 
 
-def _cross_setup_context(ctx, inputs, output) -> None:
+def _cross_setup_context(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]
+) -> None:
     q, k, v, key_mask, proj_weight, proj_bias, gate, _residual, num_heads, scale = inputs
     _out, attn, lse = output
     ctx.save_for_backward(q, k, v, key_mask, proj_weight, proj_bias, gate, attn, lse)
@@ -488,7 +501,9 @@ def _cross_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(lse)
 
 
-def _cross_backward(ctx, grad_out: Tensor, grad_attn: Tensor | None, grad_lse: Tensor | None):
+def _cross_backward(
+    ctx: Any, grad_out: Tensor, grad_attn: Tensor | None, grad_lse: Tensor | None
+) -> tuple[Tensor | None, ...]:
     q, k, v, key_mask, proj_weight, proj_bias, gate, attn, lse = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grad_q = grad_k = grad_v = grad_weight = grad_bias = grad_gate = grad_residual = None

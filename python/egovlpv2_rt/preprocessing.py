@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import ModelConfig
+from .video.sampling import Sampling
 from .video.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Preprocessing"]
@@ -30,7 +31,7 @@ class Preprocessing:
     size: int
     resize: int
     crop: int
-    sampling: str = "uniform"
+    sampling: Sampling = "uniform"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_text_length: int = 32

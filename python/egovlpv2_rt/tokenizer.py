@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
@@ -21,6 +21,20 @@ from torch import Tensor
 __all__ = ["RobertaTokenizer"]
 
 PathLike = str | os.PathLike
+
+
+def roberta_processing(tok: Tokenizer, bos: str, eos: str, where: str) -> RobertaProcessing:
+    """RoBERTa's ``<s> ... </s>`` post-processor for ``tok``; ``ValueError`` (naming ``where``)
+    if its vocabulary lacks ``bos`` or ``eos``."""
+    ids = {}
+    for token in (bos, eos):
+        token_id = tok.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{where}: no special token {token!r}")
+        ids[token] = token_id
+    return RobertaProcessing(
+        (eos, ids[eos]), (bos, ids[bos]), trim_offsets=True, add_prefix_space=False
+    )
 
 
 class RobertaTokenizer:
@@ -65,7 +79,9 @@ class RobertaTokenizer:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_files(cls, vocab_file: PathLike, merges_file: PathLike, **kwargs) -> RobertaTokenizer:
+    def from_files(
+        cls, vocab_file: PathLike, merges_file: PathLike, **kwargs: Any
+    ) -> RobertaTokenizer:
         """From ``vocab.json`` and ``merges.txt`` (the roberta-base files)."""
         for name, path in (("vocab_file", vocab_file), ("merges_file", merges_file)):
             if not Path(path).is_file():
@@ -90,15 +106,8 @@ class RobertaTokenizer:
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        bos, eos = specials["bos_token"], specials["eos_token"]
-        for token in (bos, eos):
-            if tok.token_to_id(token) is None:
-                raise ValueError(f"{vocab_file}: no special token {token!r}")
-        tok.post_processor = RobertaProcessing(
-            (eos, tok.token_to_id(eos)),
-            (bos, tok.token_to_id(bos)),
-            trim_offsets=True,
-            add_prefix_space=False,
+        tok.post_processor = roberta_processing(
+            tok, specials["bos_token"], specials["eos_token"], str(vocab_file)
         )
         added = [
             AddedToken(specials[k], special=True)
@@ -111,7 +120,7 @@ class RobertaTokenizer:
         return cls(tok, **kwargs)
 
     @classmethod
-    def from_tokenizer_json(cls, path: PathLike, **kwargs) -> RobertaTokenizer:
+    def from_tokenizer_json(cls, path: PathLike, **kwargs: Any) -> RobertaTokenizer:
         """From a ``tokenizer.json`` (its own pre-tokenizer and post-processor are used)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"tokenizer.json: no such file {path}")
@@ -121,7 +130,7 @@ class RobertaTokenizer:
         return cls(tok, **kwargs)
 
     @classmethod
-    def from_directory(cls, directory: PathLike, **kwargs) -> RobertaTokenizer:
+    def from_directory(cls, directory: PathLike, **kwargs: Any) -> RobertaTokenizer:
         """``tokenizer.json`` if the directory has one, else ``vocab.json`` + ``merges.txt``."""
         directory = Path(directory)
         if (directory / "tokenizer.json").is_file():

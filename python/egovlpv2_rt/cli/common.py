@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ..export.metadata import file_sha256
 from ..runtime import Runtime, load
@@ -110,7 +110,7 @@ def run_command(prog: str, command: str, func: Callable[[], int | None]) -> int:
 class ArgParser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit status 2)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -139,7 +139,7 @@ def add_model_options(p: argparse.ArgumentParser, *, backend: bool = True) -> No
 
 def runtime_from_args(args: argparse.Namespace, **overrides: Any) -> Runtime:
     """The :class:`Runtime` that the model options of ``args`` describe."""
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "device": getattr(args, "device", None),
         "precision": getattr(args, "precision", None),
         "backend": getattr(args, "backend", "torch"),

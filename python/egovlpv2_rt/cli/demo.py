@@ -7,6 +7,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     mode = "ensemble" if rt.has_fusion else "dual"
     ans = rt.mcq(question.text, cand_specs, mode=mode)
-    result = {
+    result: dict[str, Any] = {
         "folder": str(work),
         "model": str(
             rt.files.checkpoint

@@ -2,8 +2,8 @@
 
 Examples::
 
-    egovlpv2-export --mode dual --out exported/                 # video_encoder.onnx, text_encoder.onnx
-    egovlpv2-export --mode fusion --with-mlm --out exported/    # vtm.onnx, mlm.onnx
+    egovlpv2-export --mode dual --out exported/  # video_encoder.onnx, text_encoder.onnx
+    egovlpv2-export --mode fusion --with-mlm --out exported/  # vtm.onnx, mlm.onnx
     egovlpv2-export --mode all --precision fp16 --format tensorrt \\
         --batch 1:8:32 --text-length 4:16:32 --timing-cache trt.cache --out engines/
 
@@ -117,12 +117,12 @@ def profiles_from_args(
                 f"--batch given {len(batches)} times and --text-length "
                 f"{len(texts)} times; give them equally often (one per profile)"
             )
-    for lo, opt, hi in texts:
+    for _lo, _opt, hi in texts:
         if hi > max_text_length:
             raise ValueError(
                 f"--text-length max {hi} exceeds the model's limit {max_text_length} tokens"
             )
-    return [EngineProfile(b, t) for b, t in zip(batches, texts)]
+    return [EngineProfile(b, t) for b, t in zip(batches, texts, strict=True)]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
             f"--frames {args.frames} is outside [1, {cfg.video.num_frames}], the "
             "model's maximum clip length (frame count mismatch)"
         )
-    profiles = None
+    profiles: list[EngineProfile] = []  # TensorRT's only
     if args.format == "tensorrt":
         profiles = profiles_from_args(args.batch, args.text_length, cfg.text.max_text_length)
     tokenizer = Path(args.tokenizer) if args.tokenizer else files.tokenizer

@@ -31,6 +31,7 @@ from ..progress import progress_bar
 from ..runtime import benchmark, default_model_dir
 from ..runtime.store import (
     EmbeddingSet,
+    FaissIndex,
     build_faiss_index,
     check_compatible,
     load_embeddings,
@@ -155,14 +156,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ search
 
 
-def _load_library(path: str):
+def _load_library(path: str) -> EmbeddingSet | FaissIndex:
     """An embeddings file / shard manifest, or a FAISS index (``.faiss``)."""
     if path.endswith(".faiss"):
         return load_faiss_index(path)
     return load_embeddings(path)
 
 
-def _rank(library, query_emb, k: int):
+def _rank(
+    library: EmbeddingSet | FaissIndex, query_emb: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(library, EmbeddingSet):
         if query_emb.shape[0] != library.dim:
             raise ValueError(
@@ -184,7 +187,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     idx, scores = _rank(library, q, args.top_k)
     results = [
         {"rank": r + 1, "id": library.ids[i], **(library.clips[i] or {}), "score": float(s)}
-        for r, (i, s) in enumerate(zip(idx.tolist(), scores))
+        for r, (i, s) in enumerate(zip(idx.tolist(), scores, strict=True))
     ]
     if args.rerank != "none" and results:
         specs = []
@@ -196,7 +199,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 )
             specs.append(ClipSpec(res["path"], res.get("start"), res.get("end")))
         probs = rt.score(specs, [query] * len(specs))
-        for res, p in zip(results, probs):
+        for res, p in zip(results, probs, strict=True):
             res["dual"], res["fusion"] = res["score"], float(p)
             res["score"] = float(p) if args.rerank == "fusion" else res["dual"] + float(p)
         results.sort(key=lambda r: -r["score"])
@@ -219,10 +222,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     inputs = args.embeddings
-    if len(inputs) == 1:
-        data = load_embeddings(inputs[0])
-    else:
-        data = merge_shards(inputs)
+    data = load_embeddings(inputs[0]) if len(inputs) == 1 else merge_shards(inputs)
     if args.merged:
         save_embeddings(args.merged, data)
     out = Path(args.out)
@@ -249,7 +249,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ mcq
 
 
-def _mcq_from_file(args: argparse.Namespace):
+def _mcq_from_file(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]], int]:
     if not args.video_dir:
         raise ValueError("--egomcq needs --video-dir (the folder of <video_uid>.mp4 files)")
     items = read_egomcq(args.egomcq)
@@ -365,11 +365,14 @@ def collect_info() -> dict[str, Any]:
         backends["onnxruntime"]["providers"] = onnxruntime.get_available_providers()
     ok, ver = _importable("tensorrt")
     backends["tensorrt"] = {"available": ok, "version" if ok else "error": ver}
-    extras = {}
+    extras: dict[str, str | None] = {}
     for name in ("onnx", "onnxscript", "faiss", "pyarrow", "av", "torchcodec", "nvidia.dali"):
         ok, ver = _importable(name)
         extras[name] = ver if ok else None
-    devices = {"cuda_available": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads()}
+    devices: dict[str, Any] = {
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         devices["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     d = default_model_dir()

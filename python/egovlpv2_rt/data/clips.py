@@ -11,10 +11,15 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from .egoclip import ClipRecord
+
+if TYPE_CHECKING:
+    from ..video.reader import Backend
+    from ..video.sampling import Sampling
 
 __all__ = ["ClipReader", "clip_seed"]
 
@@ -45,8 +50,8 @@ class ClipReader:
     video_dir: str | Path
     num_frames: int = 4
     image_size: int = 224
-    sampling: str = "uniform"
-    backend: str = "pyav"
+    sampling: Sampling = "uniform"
+    backend: Backend = "pyav"
     augment: bool = False
     cache_size: int = 0
     egoclip_chunks: bool = False

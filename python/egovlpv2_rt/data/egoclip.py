@@ -11,6 +11,7 @@ import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "EGOCLIP_COLUMNS",
@@ -33,6 +34,8 @@ EGOCLIP_COLUMNS: tuple[str, ...] = (
     "tag_verb",
     "tag_noun",
 )
+
+_Scalar = TypeVar("_Scalar", str, int, float)
 
 
 class MetadataError(ValueError):
@@ -91,13 +94,11 @@ def parse_tag_list(text: str, where: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _field(row: dict[str, str], name: str, kind: type, where: str) -> object:
+def _field(row: dict[str, str], name: str, kind: type[_Scalar], where: str) -> _Scalar:
     raw = row.get(name)
     if raw is None or (kind is not str and raw.strip() == ""):
         raise MetadataError(f"{where}, field {name!r}: empty value")
-    if kind is str:
-        return raw
-    try:
+    try:  # str(raw) is raw
         return kind(float(raw)) if kind is int else kind(raw)
     except ValueError:
         raise MetadataError(

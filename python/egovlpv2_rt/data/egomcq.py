@@ -105,7 +105,7 @@ def read_egomcq(path: str | Path, num_choices: int | None = 5) -> list[MCQItem]:
             record_from_mapping(c, f"{where}, field 'choices'[{cn!r}]")
             if isinstance(c, dict)
             else _bad_choice(where, cn)
-            for c, cn in zip(choice_list, cnames)
+            for c, cn in zip(choice_list, cnames, strict=True)
         )
         items.append(MCQItem(str(key), query, choices, int(answer), int(qtype)))
     if not items:

@@ -219,7 +219,7 @@ def _simulate(
     o = objs[act.obj]
     x0, y0, a0, s0 = o.x, o.y, o.angle, o.scale
     rest = (size * 0.5 + rng.uniform(-6, 6), size * 1.1)
-    out = []
+    out: list[tuple[list[_Obj], tuple[float, float] | None]] = []
     step = size * 0.22
     lift = size * 0.10
     for k in range(frames_per_clip):
@@ -291,7 +291,7 @@ def _make_video(
             float(y + rng.uniform(-1.5, 1.5)),
             float(rng.uniform(0, 0.3)),
         )
-        for s, c, y in zip(shapes, colours, rng.permutation(ys))
+        for s, c, y in zip(shapes, colours, rng.permutation(ys), strict=True)
     ]
     bg = rng.uniform(50, 150, size=3).astype(np.float32)
     specks = np.array(
@@ -351,7 +351,7 @@ def _make_mcq(
         if qtype == INTRA:
             others = [c for c in clips if c.clip_text != q.clip_text]
             # At most one distractor per narration, so the answer is unambiguous.
-            uniq = {}
+            uniq: dict[str, ClipRecord] = {}
             for c in rng.permutation(len(others)):
                 uniq.setdefault(others[int(c)].clip_text, others[int(c)])
             pool = list(uniq.values())
@@ -374,7 +374,7 @@ def _make_mcq(
             if len(picks) < 4:
                 continue
         answer = int(rng.integers(5))
-        choices = picks[:answer] + [q] + picks[answer:]
+        choices = [*picks[:answer], q, *picks[answer:]]
         items.append(MCQItem(str(len(items)), q, tuple(choices), answer, qtype))
     if len(items) < num:
         raise ValueError(

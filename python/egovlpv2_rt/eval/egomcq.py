@@ -18,6 +18,7 @@ from torch import Tensor
 from ..data.clips import ClipReader
 from ..data.egomcq import MCQItem, read_egomcq
 from ..modeling.model import EgoVLPv2, sim_matrix
+from ..video.reader import Backend
 from .metrics import egomcq_accuracy
 
 __all__ = ["MODES", "EgoMCQResult", "evaluate_egomcq", "score_egomcq"]
@@ -119,7 +120,7 @@ def evaluate_egomcq(
     max_length: int = 16,
     batch_size: int = 8,
     modes: Sequence[str] = MODES,
-    backend: str = "pyav",
+    backend: Backend = "pyav",
     progress: bool = False,
 ) -> EgoMCQResult:
     """Accuracy on an EgoMCQ file (or parsed questions) in the requested modes.

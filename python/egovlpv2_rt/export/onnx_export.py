@@ -96,7 +96,7 @@ def graphs_for_mode(mode: str, with_mlm: bool = False) -> tuple[str, ...]:
     if with_mlm:
         if mode == "dual":
             raise ValueError("--with-mlm needs --mode fusion or all (MLM is a fusion head)")
-        names = names + ("mlm",)
+        names = (*names, "mlm")
     return names
 
 
@@ -147,7 +147,7 @@ def _quiet():
             with contextlib.redirect_stdout(io.StringIO()):
                 yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -236,6 +236,8 @@ def export_graph(
             custom_translation_table=custom_translation_table(),
             optimize=True,
         )
+    if program is None:  # only the TorchScript exporter (dynamo=False) returns None
+        raise RuntimeError(f"torch.onnx.export returned no ONNX program for {name}")
     proto = program.model_proto
 
     passes.prescale_attention(proto)
@@ -436,6 +438,6 @@ def verify_onnx(
             ex = tuple(t[:b] for t in ex)
             with torch.no_grad():
                 ref = graph(*ex).numpy()
-            got = sess.run(None, {k: v.numpy() for k, v in zip(spec.inputs, ex)})[0]
+            got = sess.run(None, {k: v.numpy() for k, v in zip(spec.inputs, ex, strict=True)})[0]
             errors[f"b{b}_l{length}"] = float(np.abs(got - ref).max() / np.abs(ref).max())
     return errors

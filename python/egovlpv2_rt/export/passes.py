@@ -255,7 +255,7 @@ def attention_patterns(model: onnx.ModelProto) -> list[AttentionMatch]:
             if q_src is not None and q_src.op_type == "Mul":
                 scalars = [index.scalar(i) for i in q_src.input]
                 scale = next((s for s in scalars if s is not None), None)
-            if scale is None:
+            if q_src is None or scale is None:  # (scale is None whenever q_src is)
                 m.problems.append(
                     "the query is not pre-scaled (no Mul by a scalar before the scores MatMul)"
                 )
@@ -436,7 +436,7 @@ def default_keep_float32(model: onnx.ModelProto, precision: str) -> tuple[str, .
     """Ops kept in float32: LayerNormalization (its statistics overflow float16 easily), and
     for bfloat16 below opset 22 also Conv, whose ONNX schema gains bfloat16 only in opset 22
     (it is the patch embedding: one small layer)."""
-    keep = ("LayerNormalization",)
+    keep: tuple[str, ...] = ("LayerNormalization",)
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if precision == "bf16" and opset < 22:
         keep += ("Conv",)

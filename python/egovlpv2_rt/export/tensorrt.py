@@ -50,7 +50,7 @@ def import_tensorrt() -> Any:
     """Import ``tensorrt`` (>= 10) or raise :class:`TensorRTUnavailableError` naming the
     package and the install command."""
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt as trt
     except ImportError as exc:
         raise TensorRTUnavailableError(
             f"TensorRT is not available: the Python package 'tensorrt' cannot be imported "
@@ -118,15 +118,15 @@ def profile_shapes(
         )
     shapes = {}
     for name in GRAPHS[graph].inputs:
+        dims: list[tuple[int, ...]]
         if name == "video":
-            shapes[name] = tuple(
-                (b, num_frames, in_chans, img_size, img_size) for b in profile.batch
-            )
+            dims = [(b, num_frames, in_chans, img_size, img_size) for b in profile.batch]
         else:
-            shapes[name] = tuple(
-                (b, length) for b, length in zip(profile.batch, profile.text_length)
-            )
-    return shapes  # type: ignore[return-value]
+            dims = [
+                (b, length) for b, length in zip(profile.batch, profile.text_length, strict=True)
+            ]
+        shapes[name] = (dims[0], dims[1], dims[2])
+    return shapes
 
 
 def engine_sidecar(

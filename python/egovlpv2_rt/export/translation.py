@@ -40,6 +40,10 @@ def _ints(values: list[int]) -> Any:
     return op.Constant(value_ints=[int(v) for v in values])
 
 
+def _scalar(value: float) -> Any:
+    return op.Constant(value_float=float(value))
+
+
 def _static_dim(value: Any, axis: int, what: str) -> int:
     dim = value.shape[axis]
     if not isinstance(dim, int):
@@ -86,7 +90,7 @@ def divided_space_time_attention_onnx(
             f"ONNX export of divided_space_time_attention: qkv {list(qkv.shape)} does not fit "
             f"num_heads={h}, num_frames={frames}"
         )
-    scale_c = op.CastLike(op.Constant(value_float=float(scale)), qkv)
+    scale_c = op.CastLike(_scalar(scale), qkv)
 
     # [B, T, 3, h, dh] -> [3, B, h, T, dh]: q, k, v per head, in token order.
     heads = op.Transpose(op.Reshape(qkv, _ints([0, tokens, 3, h, dh])), perm=[2, 0, 3, 1, 4])
@@ -163,7 +167,7 @@ def gated_cross_attention_onnx(
         raise ValueError(
             f"ONNX export of gated_cross_attention: q width {dim} is not divisible by num_heads={h}"
         )
-    scale_c = op.CastLike(op.Constant(value_float=float(scale)), q)
+    scale_c = op.CastLike(_scalar(scale), q)
 
     def heads(t: Any) -> Any:  # [B, L, D] -> [B, h, L, dh]
         return op.Transpose(op.Reshape(t, _ints([0, 0, h, dh])), perm=[0, 2, 1, 3])

@@ -13,8 +13,9 @@ State-dict keys are exactly the original's, so released checkpoints load directl
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,9 +25,9 @@ from .. import _extension
 from ..config import ModelConfig, preset
 from ..ops import IMPLS
 from .heads import ITMHead, MLMHead, Pooler, projection
-from .text import RobertaTextModel, additive_key_mask
+from .text import RobertaTextModel, TextLayer, additive_key_mask
 from .validation import check_batch_match, check_text, check_video
-from .video import DividedAttention, SpaceTimeTransformer
+from .video import DividedAttention, SpaceTimeBlock, SpaceTimeTransformer
 
 __all__ = ["EgoVLPv2", "FusionOutput", "TextOutput", "VideoOutput", "sim_matrix"]
 
@@ -179,7 +180,8 @@ class EgoVLPv2(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-        for layer in self.text_model.encoder.layer:
+        # nn.ModuleList yields nn.Module to the type checker; these hold TextLayer.
+        for layer in cast("Iterable[TextLayer]", self.text_model.encoder.layer):
             if layer.has_cross:
                 layer.alpha_t2i.zero_()
 
@@ -195,7 +197,7 @@ class EgoVLPv2(nn.Module):
         nn.init.trunc_normal_(vm.pos_embed, std=std)
         nn.init.trunc_normal_(vm.cls_token, std=std)
         vm.temporal_embed.zero_()
-        for blk in vm.blocks:
+        for blk in cast("Iterable[SpaceTimeBlock]", vm.blocks):
             if self.config.video.time_init == "zeros":
                 init_time_attention_zeros(blk.timeattn)
             if blk.attn.has_cross:
@@ -227,7 +229,7 @@ class EgoVLPv2(nn.Module):
         """Switch every attention module to ``"auto"``, ``"reference"`` or ``"fused"``."""
         _check_attention_impl(impl)
         for module in self.modules():
-            if hasattr(module, "impl"):
+            if isinstance(module, (TextLayer, DividedAttention)):  # the modules with an impl
                 module.impl = impl
         self.attention_impl = impl
 

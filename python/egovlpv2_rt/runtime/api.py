@@ -38,6 +38,7 @@ from ..preprocessing import Preprocessing
 from ..progress import progress_bar
 from ..tokenizer import RobertaTokenizer
 from ..video import EvalTransform, read_clip
+from ..video.reader import Backend
 from .engines import Engine, batch_bucket, length_bucket
 from .inputs import (
     Output,
@@ -98,7 +99,7 @@ class Runtime:
         precision: str,
         video_batch_size: int,
         text_batch_size: int,
-        video_backend: str,
+        video_backend: Backend,
         decode_workers: int,
         cache_size: int,
         files: ModelFiles | None = None,
@@ -207,16 +208,16 @@ class Runtime:
 
         paths = sum(s is not None for s in specs)
         bar = progress_bar(len(items), "decode", progress and paths > 0)
-        out: list[Tensor] = [None] * len(items)  # type: ignore[list-item]
+        out: list[Tensor] = []  # in item order (pool.map keeps it)
         try:
             if paths > 1 and self.decode_workers > 1:
                 with ThreadPoolExecutor(self.decode_workers) as pool:
-                    for i, x in enumerate(pool.map(decode, range(len(items)))):
-                        out[i] = x
+                    for x in pool.map(decode, range(len(items))):
+                        out.append(x)
                         bar.update(1)
             else:
                 for i in range(len(items)):
-                    out[i] = decode(i)
+                    out.append(decode(i))
                     bar.update(1)
         finally:
             bar.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ def benchmark(
     repeats: int = 10,
     warmup: int = 2,
     text_length: int = 16,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Latency of the public calls on synthetic inputs (decoding excluded: pixels are given
     as tensors; the text cache is bypassed). ``cases``: ``text_bN``, ``video_bN``,
     ``score_bN`` (fusion, pairwise). Returns one row per case."""
@@ -65,20 +66,14 @@ def benchmark(
             " ".join(words[(i + k) % len(words)] for k in range(max(2, text_length - 2)))
             for i in range(n)
         ]
+        fn: Callable[[], object]
         if kind == "text":
-
-            def fn(texts=texts):
-                return rt.encode_text(texts, cache=False)
+            fn = functools.partial(rt.encode_text, texts, cache=False)
         elif kind == "video":
-
-            def fn(video=video):
-                return rt.encode_video(video)
+            fn = functools.partial(rt.encode_video, video)
         else:
-
-            def fn(video=video, texts=texts):
-                return rt.score(video, texts)
-
-        row = {
+            fn = functools.partial(rt.score, video, texts)
+        row: dict[str, Any] = {
             "case": case,
             "backend": rt.backend,
             "device": str(rt.device),

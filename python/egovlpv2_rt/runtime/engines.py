@@ -13,14 +13,18 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..export.tensorrt import TensorRTEngine, import_tensorrt
+from ..modeling.model import EgoVLPv2
 from ..modeling.validation import skip_value_checks
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE
 
 __all__ = [
     "CudaGraphs",
@@ -65,7 +69,7 @@ class CudaGraphs:
         self.fn = fn
         self.device = device
         self.graphs: dict[tuple, tuple[list[Tensor], Tensor, Any]] = {}
-        self.pool = None
+        self.pool: _POOL_HANDLE | None = None
 
     def __call__(self, *args: Tensor) -> Tensor:
         key = tuple((tuple(a.shape), a.dtype) for a in args)
@@ -76,12 +80,12 @@ class CudaGraphs:
                 entry = self._capture(args)
                 self.graphs[key] = entry
             static_in, static_out, graph = entry
-            for s, a in zip(static_in, args):
+            for s, a in zip(static_in, args, strict=True):
                 s.copy_(a, non_blocking=True)
             graph.replay()
             return static_out.clone()
 
-    def _capture(self, args: Sequence[Tensor]):
+    def _capture(self, args: Sequence[Tensor]) -> tuple[list[Tensor], Tensor, torch.cuda.CUDAGraph]:
         static_in = [a.clone() for a in args]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -118,7 +122,7 @@ class TorchEngine(Engine):
 
     def __init__(
         self,
-        model,
+        model: EgoVLPv2,
         device: torch.device,
         dtype: torch.dtype,
         *,
@@ -172,15 +176,16 @@ class TorchEngine(Engine):
     def _pad_video(self, video: Tensor, rows: int) -> Tensor:
         if rows == video.shape[0]:
             return video
-        pad = video.new_zeros((rows - video.shape[0],) + tuple(video.shape[1:]))
+        pad = video.new_zeros((rows - video.shape[0], *video.shape[1:]))
         return torch.cat([video, pad])
 
     def _run(self, kind: str, *args: Tensor) -> Tensor:
-        fn = {
+        fns: dict[str, Callable[..., Tensor]] = {
             "video": self.model.encode_video,
             "text": self.model.encode_text,
             "vtm": self.model.vtm_logits,
-        }[kind]
+        }
+        fn = fns[kind]
         if kind in self._graphs:
             return self._graphs[kind](*args)
         return fn(*args)
@@ -245,7 +250,7 @@ class OrtEngine(Engine):
         self.sessions: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def session(self, name: str):
+    def session(self, name: str) -> Any:  # an onnxruntime.InferenceSession
         with self._lock:
             if name not in self.sessions:
                 path = self.dir / f"{name}.onnx"
@@ -295,7 +300,7 @@ class TensorRTEngines(Engine):
         self.engines: dict[str, Any] = {}
         self.has_fusion = (export_dir / "vtm.engine").is_file()
 
-    def _engine(self, name: str):
+    def _engine(self, name: str) -> TensorRTEngine:
         if name not in self.engines:
             path = self.dir / f"{name}.engine"
             if not path.is_file():

@@ -33,7 +33,7 @@ def clip_label(i: int, item: Any) -> str:
     return f"clip {i}"
 
 
-def as_clip_spec(item: Any, i: int):
+def as_clip_spec(item: Any, i: int) -> ClipSpec | None:
     """A clip description -> ClipSpec, or None for pixel tensors."""
     if isinstance(item, ClipSpec):
         return item

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,8 +15,12 @@ from ..export.metadata import read_manifest
 from ..model_files import load_model_files, load_tokenizer, resolve_checkpoint
 from ..ops import fused_available
 from ..preprocessing import Preprocessing
+from ..video.reader import Backend
 from .api import PRECISIONS, Runtime
 from .engines import Engine, OrtEngine, TensorRTEngines, TorchEngine
+
+if TYPE_CHECKING:
+    from ..modeling.model import EgoVLPv2
 
 __all__ = ["BACKENDS", "PRECISIONS", "load"]
 
@@ -71,7 +75,7 @@ def load(
     text_batch_size: int | None = None,
     cuda_graphs: bool | None = None,
     onnx_dir: PathLike | None = None,
-    video_backend: str = "pyav",
+    video_backend: Backend = "pyav",
     decode_workers: int | None = None,
     cache_size: int = 4096,
     attention_impl: str | None = None,
@@ -227,7 +231,7 @@ def load(
             )
         )
 
-        def exporter(name: str, _model=model, _out=out) -> None:
+        def exporter(name: str, _model: EgoVLPv2 = model, _out: Path = out) -> None:
             # onnx and onnxscript (the `export` extra) are needed only here.
             from ..export.onnx_export import export_model
 

@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -167,7 +168,7 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
     return path
 
 
-def _pyarrow():
+def _pyarrow() -> tuple[ModuleType, ModuleType]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -216,6 +217,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 cols.get("path", [""] * table.num_rows),
                 cols.get("start", [None] * table.num_rows),
                 cols.get("end", [None] * table.num_rows),
+                strict=True,
             )
         ]
         emb = np.array(cols["embedding"], dtype=np.float32)
@@ -289,7 +291,7 @@ def merge_shards(manifest: str | os.PathLike | Sequence[str | os.PathLike]) -> E
         raise ValueError(f"{source}: no shards to merge")
     parts = [load_embeddings(f) for f in files]
     first = parts[0]
-    for f, p in zip(files[1:], parts[1:]):
+    for f, p in zip(files[1:], parts[1:], strict=True):
         if p.dim != first.dim:
             raise ValueError(f"{f}: dimension {p.dim} differs from {files[0]} ({first.dim})")
         check_compatible(first.model, p.model, str(f))
@@ -344,7 +346,7 @@ class FaissIndex:
         return idx[0][keep], scores[0][keep]
 
 
-def _faiss():
+def _faiss() -> ModuleType:
     try:
         import faiss
     except ImportError as exc:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
-from tokenizers.processors import RobertaProcessing
 from tokenizers.trainers import BpeTrainer
+
+from ..tokenizer import roberta_processing
 
 __all__ = ["SPECIAL_TOKENS", "train_bpe_tokenizer"]
 
@@ -42,12 +43,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | P
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = RobertaProcessing(
-        ("</s>", tok.token_to_id("</s>")),
-        ("<s>", tok.token_to_id("<s>")),
-        trim_offsets=True,
-        add_prefix_space=False,
-    )
+    tok.post_processor = roberta_processing(tok, "<s>", "</s>", "the trained vocabulary")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out))

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LEGACY_EXECUTION_KEYS, ModelConfig, preset
+from ..video.reader import Backend
+from ..video.sampling import Sampling
 from .losses import LossWeights
 
 __all__ = [
@@ -99,9 +101,9 @@ class DataConfig:
     metadata: str = "egoclip.csv"
     video_dir: str = "videos"
     num_frames: int = 4
-    sampling: str = "rand"
+    sampling: Sampling = "rand"
     image_size: int = 224
-    backend: str = "pyav"
+    backend: Backend = "pyav"
     train_augment: bool = False
     cache_clips: bool = False
     neg_seconds: float = 0.0
@@ -269,7 +271,7 @@ class TrainConfig:
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key, where)
     if tp is Any:
         return value
@@ -284,7 +286,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 f"{where}: {key}: expected a list of "
                 f"{len(typing.get_args(tp))} numbers, got {value!r}"
             )
-        return tuple(_coerce(v, a, key, where) for v, a in zip(value, typing.get_args(tp)))
+        return tuple(
+            _coerce(v, a, key, where) for v, a in zip(value, typing.get_args(tp), strict=True)
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key}: expected a mapping, got {value!r}")
@@ -301,7 +305,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
         return value
-    if tp is str:
+    # A Literal of strings (data.sampling, data.backend) is read as a string; validate() or
+    # the reader checks the value.
+    if tp is str or (
+        origin is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
+    ):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
         return value

@@ -78,7 +78,7 @@ class _GatherWithGrad(torch.autograd.Function):
     gathered tensor (``torch.distributed.nn.all_gather`` semantics)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, info: DistInfo) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, info: DistInfo) -> Tensor:
         ctx.info = info
         ctx.n = x.shape[0]
         parts = [torch.empty_like(x) for _ in range(info.world_size)]
@@ -86,7 +86,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(parts, 0)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         info = ctx.info
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=info.gather_group)

@@ -51,7 +51,7 @@ def egonce_positive_mask(mask_v: Tensor | None, mask_n: Tensor | None, n: int) -
     """
     ref = mask_v if mask_v is not None else mask_n
     eye = torch.eye(n, dtype=torch.float64, device=ref.device if ref is not None else None)
-    if mask_v is None and mask_n is None:
+    if ref is None:  # neither mask
         return eye > 0
     if mask_v is not None:
         _check_square("mask_v", mask_v, n)
@@ -60,7 +60,7 @@ def egonce_positive_mask(mask_v: Tensor | None, mask_n: Tensor | None, n: int) -
     if mask_v is not None and mask_n is not None:
         m = mask_v.double() * mask_n.double()
     else:
-        m = (mask_v if mask_v is not None else mask_n).double()
+        m = ref.double()  # the one mask given
     return (m + eye) > 0
 
 
@@ -72,7 +72,10 @@ def egonce_loss(
 ) -> tuple[Tensor, Tensor]:
     """EgoNCE (the original's loss, both directions, same positive mask in both).
 
-    ``loss = -mean_i log sum_j softmax(sim/T)_ij pos_ij - mean_i log sum_j softmax(sim^T/T)_ij pos_ij``
+    ::
+
+        loss = -mean_i log sum_j softmax(sim/T)_ij pos_ij
+               -mean_i log sum_j softmax(sim^T/T)_ij pos_ij
 
     The log of the positive softmax mass is computed as a difference of two logsumexps, which is
     the same quantity without the underflow of ``log(sum(softmax * pos))`` at small T.

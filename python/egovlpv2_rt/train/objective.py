@@ -128,7 +128,7 @@ class PretrainObjective(nn.Module):
             )
         return LossWeights(w.egonce, mlm, vtm)
 
-    def forward(self, batch: GlobalBatch) -> StepLosses:  # type: ignore[override]
+    def forward(self, batch: GlobalBatch) -> StepLosses:
         info, w = self.info, self.weights_at(batch.step)
         b = batch.video.shape[0]
         g = batch.input_ids.shape[0]
@@ -142,6 +142,7 @@ class PretrainObjective(nn.Module):
 
         need_sim = w.egonce != 0 or w.vtm != 0
         egonce = sim = pos = None
+        total: Tensor | None = None
         if need_sim:
             v_emb = self.model.encode_video(batch.video)
             t_emb = self.model.encode_text(ids[sl], am[sl])
@@ -155,10 +156,8 @@ class PretrainObjective(nn.Module):
             with torch.autocast(device_type=v_all.device.type, enabled=False):
                 sim = sim_matrix(t_all.to(acc), v_all.to(acc))
                 egonce, pos = egonce_loss(sim, batch.mask_v, batch.mask_n, self.temperature)
-
-        total = None
-        if w.egonce != 0:
-            total = w.egonce * egonce
+            if w.egonce != 0:
+                total = w.egonce * egonce
 
         mlm_value = None
         if w.mlm != 0:
@@ -171,6 +170,7 @@ class PretrainObjective(nn.Module):
 
         vtm_value = vtm_acc = None
         if w.vtm != 0:
+            assert sim is not None and pos is not None  # need_sim
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch.step)
             pairs = sample_vtm_pairs(sim.detach(), pos, self.temperature, gen).slice(
                 batch.offset, batch.offset + b
@@ -195,6 +195,7 @@ class PretrainObjective(nn.Module):
         loss = torch.zeros((), dtype=torch.float64)
         for wt, val in ((w.egonce, egonce), (w.mlm, mlm_value), (w.vtm, vtm_value)):
             if wt != 0:
+                assert val is not None  # computed whenever its weight is not 0
                 loss = loss + wt * val.detach().double().cpu()
         return StepLosses(
             total,

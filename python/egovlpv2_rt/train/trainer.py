@@ -347,7 +347,7 @@ def train(
         last_loss = float(losses.loss)
         if not np.isfinite(last_loss):
             raise FloatingPointError(f"step {step}: loss is {last_loss}")
-        if info.is_main:
+        if writer is not None and log_file is not None:  # the main process
             row = {
                 "step": step,
                 "epoch": data.sampler.position(step - 1)[0],

@@ -25,6 +25,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,17 +42,37 @@ from .errors import (
 )
 from .planning import plan_clip, split_seed
 from .probe import VideoInfo, probe
-from .reader import register_plan_reader
-from .sampling import ClipPlan, ClipSpec, EgoClipLayout, as_specs
-from .transforms import CropBox, EvalTransform, TrainTransform, make_transform
+from .reader import PlanReader, register_plan_reader
+from .sampling import (
+    ClipPlan,
+    ClipSpec,
+    EgoClipLayout,
+    OutOfRange,
+    Sampling,
+    ShortPolicy,
+    as_specs,
+)
+from .transforms import (
+    CropBox,
+    EvalTransform,
+    TrainParams,
+    TrainTransform,
+    TransformArg,
+    make_transform,
+)
 
 __all__ = ["DaliClipLoader", "dali_available", "read_plans"]
 
 log = logging.getLogger(__name__)
 
+# A transform as make_transform returns it.
+_Transform = EvalTransform | TrainTransform | None
+# DALI's (fn, pipeline_def, types), imported on first use (DALI is an optional extra).
+_DaliModules = tuple[Any, Any, Any]
+
 
 @functools.cache
-def _load():
+def _load() -> tuple[_DaliModules | None, str]:
     try:
         import nvidia.dali  # noqa: F401
         from nvidia.dali import fn, pipeline_def, types
@@ -70,16 +91,17 @@ def dali_available(device: str = "cpu") -> tuple[bool, str]:
     return True, ""
 
 
-def _require(device: str, path: str = "") -> tuple:
+def _require(device: str, path: str = "") -> _DaliModules:
     ok, why = dali_available(device)
-    if not ok:
+    mods = _load()[0]
+    if not ok or mods is None:  # (dali_available is False whenever mods is None)
         name = "dali" if device == "gpu" else "dali_cpu"
         raise BackendUnavailableError(
             f"backend '{name}' is unavailable: {why}; install nvidia-dali-cuda130 "
             "(the 'dali' extra) or use backend='pyav'",
             path,
         )
-    return _load()[0]
+    return mods
 
 
 def _rot_box_ccw(box: CropBox, height: int, width: int) -> tuple[CropBox, int, int]:
@@ -107,19 +129,30 @@ class _Sample:
     k: int  # quarter turns to apply to the output (display rotation)
     flip: bool
 
+    @property
+    def crop(self) -> CropBox:
+        """``box``, which every sample of a transform has."""
+        assert self.box is not None, "a sample without a transform has no crop box"
+        return self.box
 
-def _samples(plan: ClipPlan, tf, generator) -> tuple[list[_Sample], list[tuple[int, int]]]:
+
+def _samples(
+    plan: ClipPlan, tf: _Transform, generator: torch.Generator | None
+) -> tuple[list[_Sample], list[tuple[int, int]]]:
     """Split a plan by file; return samples and, per output frame, (sample, position)."""
     by_file: dict[str, list[int]] = {}
-    for f, i in zip(plan.files, plan.local.tolist()):
+    for f, i in zip(plan.files, plan.local.tolist(), strict=True):
         by_file.setdefault(f, [])
         if i not in by_file[f]:
             by_file[f].append(i)
     infos = {f: probe(f) for f in by_file}
     first = infos[plan.files[0]]
     dh, dw = first.display_size
-    params = tf.sample(dh, dw, generator) if isinstance(tf, TrainTransform) else None
-    samples, where = [], {}
+    params: TrainParams | None = None
+    if isinstance(tf, TrainTransform):
+        params = tf.sample(dh, dw, generator)
+    samples: list[_Sample] = []
+    where: dict[tuple[str, int], tuple[int, int]] = {}
     for f, frames in by_file.items():
         info = infos[f]
         frames = sorted(frames)
@@ -130,28 +163,30 @@ def _samples(plan: ClipPlan, tf, generator) -> tuple[list[_Sample], list[tuple[i
             (rh, rw), dbox = tf.geometry(ih, iw)
             box = to_coded(dbox, rh, rw, rot)
             resize_hw = (rw, rh) if rot in (90, 270) else (rh, rw)
-        elif isinstance(tf, TrainTransform):
+        elif params is not None:  # TrainTransform
             box = to_coded(params.box, ih, iw, rot)
             flip = params.flip
         for pos, i in enumerate(frames):
             where[(f, i)] = (len(samples), pos)
         samples.append(_Sample(info, tuple(frames), resize_hw, box, (rot // 90) % 4, flip))
-    order = [where[(f, i)] for f, i in zip(plan.files, plan.local.tolist())]
+    order = [where[(f, i)] for f, i in zip(plan.files, plan.local.tolist(), strict=True)]
     return samples, order
 
 
-_PIPES: dict[tuple, object] = {}
+_PIPES: dict[tuple, Any] = {}
 _PIPES_PID = os.getpid()
 _PIPES_LOCK = threading.Lock()
 
 
-def _kind(tf) -> str:
+def _kind(tf: _Transform) -> str:
     if tf is None:
         return "none"
     return "eval" if isinstance(tf, EvalTransform) else "train"
 
 
-def _build(device: str, tf, batch_size: int, num_threads: int, device_id: int | None):
+def _build(
+    device: str, tf: _Transform, batch_size: int, num_threads: int, device_id: int | None
+) -> Any:
     fn, pipeline_def, types = _require(device)
     kind = _kind(tf)
     decoder_device = "mixed" if device == "gpu" else "cpu"
@@ -163,11 +198,11 @@ def _build(device: str, tf, batch_size: int, num_threads: int, device_id: int | 
         prefetch_queue_depth=1,
         exec_dynamic=True,
     )
-    def clip_pipeline():
+    def clip_pipeline() -> Any:
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
         video = fn.decoders.video(encoded, device=decoder_device, frames=frames)  # [f, H, W, 3]
-        if kind == "none":
+        if tf is None:  # kind "none"
             return fn.transpose(video, perm=[0, 3, 1, 2])
         interp = {
             "interp_type": types.INTERP_LINEAR,
@@ -202,7 +237,9 @@ def _build(device: str, tf, batch_size: int, num_threads: int, device_id: int | 
     return pipe
 
 
-def _pipeline(device: str, tf, batch_size: int, num_threads: int, device_id: int | None):
+def _pipeline(
+    device: str, tf: _Transform, batch_size: int, num_threads: int, device_id: int | None
+) -> tuple[Any, tuple]:
     global _PIPES_PID
     key = (device, _kind(tf), tf, batch_size, num_threads, device_id)
     with _PIPES_LOCK:
@@ -215,12 +252,17 @@ def _pipeline(device: str, tf, batch_size: int, num_threads: int, device_id: int
         return pipe, key
 
 
-def _drop(key) -> None:
+def _drop(key: tuple) -> None:
     with _PIPES_LOCK:
         _PIPES.pop(key, None)
 
 
-def _feed(pipe, tf, samples: Sequence[_Sample], frames_override=None) -> None:
+def _feed(
+    pipe: Any,
+    tf: _Transform,
+    samples: Sequence[_Sample],
+    frames_override: list[np.ndarray] | None = None,
+) -> None:
     kind = _kind(tf)
     enc = [np.fromfile(s.info.path, dtype=np.uint8) for s in samples]
     frames = frames_override or [np.asarray(s.frames, dtype=np.int32) for s in samples]
@@ -230,14 +272,14 @@ def _feed(pipe, tf, samples: Sequence[_Sample], frames_override=None) -> None:
         pipe.feed_input("resize", [np.asarray(s.resize_hw, np.float32) for s in samples])
     if kind != "none":
         pipe.feed_input(
-            "crop_start", [np.asarray([s.box.top, s.box.left], np.float32) for s in samples]
+            "crop_start", [np.asarray([s.crop.top, s.crop.left], np.float32) for s in samples]
         )
         pipe.feed_input(
-            "crop_shape", [np.asarray([s.box.height, s.box.width], np.float32) for s in samples]
+            "crop_shape", [np.asarray([s.crop.height, s.crop.width], np.float32) for s in samples]
         )
 
 
-def _to_torch(out, i: int, device: str, raw: bool) -> Tensor:
+def _to_torch(out: Any, i: int, device: str, raw: bool) -> Tensor:
     t = out[i]
     if device == "cpu":
         return torch.from_numpy(np.array(t))
@@ -253,7 +295,9 @@ def _to_torch(out, i: int, device: str, raw: bool) -> Tensor:
     return dst
 
 
-def _run(samples: list[_Sample], device: str, tf, num_threads: int) -> list[Tensor | VideoError]:
+def _run(
+    samples: list[_Sample], device: str, tf: _Transform, num_threads: int
+) -> list[Tensor | VideoError]:
     """Decode + transform every sample; a failing batch is retried sample by sample."""
     device_id = torch.cuda.current_device() if device == "gpu" else None
     # Pipelines take batches up to their batch_size: round up so that few get built.
@@ -288,7 +332,7 @@ def _first_line(e: BaseException) -> str:
     return (lines[-1] if lines else type(e).__name__)[:300]
 
 
-def _postprocess(x: Tensor, s: _Sample, tf) -> Tensor:
+def _postprocess(x: Tensor, s: _Sample, tf: _Transform) -> Tensor:
     """Rotate to display orientation, then flip (train): [f, 3, h, w]."""
     if s.k:
         x = torch.rot90(x, k=s.k, dims=(2, 3))
@@ -300,8 +344,8 @@ def _postprocess(x: Tensor, s: _Sample, tf) -> Tensor:
 def read_plans(
     plans: Sequence[ClipPlan],
     device: str = "gpu",
-    transform=None,
-    short: str = "pad",
+    transform: _Transform = None,
+    short: ShortPolicy = "pad",
     dtype: torch.dtype = torch.float32,
     generator: torch.Generator | None = None,
     num_threads: int = 2,
@@ -317,7 +361,7 @@ def read_plans(
     _require(device, plans[0].files[0] if plans else "")
     flat: list[_Sample] = []
     layout: list[tuple[int, list[tuple[int, int]]]] = []
-    results: list[Tensor | VideoError | None] = [None] * len(plans)
+    results: dict[int, Tensor | VideoError] = {}  # plan number -> its clip or error
     for p, plan in enumerate(plans):
         try:
             samples, order = _samples(plan, transform, generator)
@@ -330,32 +374,48 @@ def read_plans(
         flat += samples
     outs = _run(flat, device, transform, num_threads) if flat else []
     for p, order in layout:
-        failed = [outs[a] for a, _ in order if isinstance(outs[a], VideoError)]
+        got = [outs[a] for a, _ in order]
+        failed = [o for o in got if isinstance(o, VideoError)]
+        decoded = [o for o in got if isinstance(o, Tensor)]
+        res: Tensor | VideoError
         if failed:
-            results[p] = _pad_or_fail(
+            res = _pad_or_fail(
                 plans[p], outs, flat, order, device, transform, short, num_threads, failed[0]
             )
-            if isinstance(results[p], VideoError):
-                continue
-        else:
-            frames = [_postprocess(outs[a], flat[a], transform)[b] for a, b in order]
-            results[p] = torch.stack(frames)
-        if transform is not None:
-            results[p] = results[p].to(dtype)
+        else:  # every frame decoded
+            frames = [
+                _postprocess(o, flat[a], transform)[b]
+                for o, (a, b) in zip(decoded, order, strict=True)
+            ]
+            res = torch.stack(frames)
+        if transform is not None and isinstance(res, Tensor):
+            res = res.to(dtype)
+        results[p] = res
     if not return_errors:
-        for r in results:
+        for r in results.values():
             if isinstance(r, VideoError):
                 raise r
-    return results
+    return [results[p] for p in range(len(plans))]
 
 
-def _pad_or_fail(plan, outs, flat, order, device, tf, short, num_threads, err):
+def _pad_or_fail(
+    plan: ClipPlan,
+    outs: list[Tensor | VideoError],
+    flat: list[_Sample],
+    order: list[tuple[int, int]],
+    device: str,
+    tf: _Transform,
+    short: ShortPolicy,
+    num_threads: int,
+    err: VideoError,
+) -> Tensor | VideoError:
     """Lax loading for DALI: find which frames decode one by one, then pad or raise."""
     good: list[Tensor] = []
     for a, b in order:
         s = flat[a]
-        if not isinstance(outs[a], VideoError):
-            good.append(_postprocess(outs[a], s, tf)[b])
+        out = outs[a]
+        if not isinstance(out, VideoError):
+            good.append(_postprocess(out, s, tf)[b])
             continue
         single = _Sample(s.info, (s.frames[b],), s.resize_hw, s.box, s.k, s.flip)
         (one,) = _run([single], device, tf, num_threads)
@@ -397,15 +457,15 @@ class DaliClipLoader:
         clips: Sequence,
         batch_size: int,
         num_frames: int = 4,
-        sampling: str = "uniform",
-        transform="eval",
+        sampling: Sampling = "uniform",
+        transform: TransformArg = "eval",
         device: str = "gpu",
         shard_id: int = 0,
         num_shards: int = 1,
         seed: int | None = None,
         layout: EgoClipLayout | None = None,
-        out_of_range: str = "clamp",
-        short: str = "pad",
+        out_of_range: OutOfRange = "clamp",
+        short: ShortPolicy = "pad",
         on_error: str = "skip",
         dtype: torch.dtype = torch.float32,
         num_threads: int = 2,
@@ -473,7 +533,7 @@ class DaliClipLoader:
                 else []
             )
             videos, kept = [], []
-            for i, o in zip(keep, outs):
+            for i, o in zip(keep, outs, strict=True):
                 if isinstance(o, VideoError):
                     self._fail(i, self.specs[i], o)
                 else:
@@ -495,10 +555,16 @@ class DaliClipLoader:
         self.failures.append((i, os.fspath(spec.path), describe_error(err)))
 
 
-def _plan_reader(device: str):
+def _plan_reader(device: str) -> PlanReader:
     """``read_plans`` on ``device`` as the reader's plan-reader interface."""
 
-    def read(plans, transform, short, dtype, generator):
+    def read(
+        plans: Sequence[ClipPlan],
+        transform: _Transform,
+        short: ShortPolicy,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
+    ) -> list[Tensor | VideoError]:
         return read_plans(plans, device, transform, short, dtype, generator, return_errors=True)
 
     return read

@@ -14,14 +14,17 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import VideoError, describe_error
-from .reader import read_clip
-from .sampling import EgoClipLayout, as_specs
+from .reader import Backend, read_clip
+from .sampling import EgoClipLayout, OutOfRange, Sampling, ShortPolicy, as_specs
+from .transforms import TransformArg
 
 __all__ = ["ClipFailure", "RobustClipLoader", "VideoClipDataset", "collate_clips"]
 
@@ -56,13 +59,13 @@ class VideoClipDataset(Dataset):
         self,
         clips: Sequence,
         num_frames: int = 4,
-        sampling: str = "uniform",
-        backend: str = "pyav",
-        transform="eval",
+        sampling: Sampling = "uniform",
+        backend: Backend = "pyav",
+        transform: TransformArg = "eval",
         seed: int | None = None,
         layout: EgoClipLayout | None = None,
-        out_of_range: str = "clamp",
-        short: str = "pad",
+        out_of_range: OutOfRange = "clamp",
+        short: ShortPolicy = "pad",
         on_error: str = "skip",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -91,7 +94,7 @@ class VideoClipDataset(Dataset):
             return None
         return int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict[str, Any] | ClipFailure:
         spec = self.specs[i]
         try:
             video = read_clip(
@@ -148,8 +151,8 @@ class RobustClipLoader:
         num_workers: int = 2,
         shuffle: bool = False,
         timeout: float = 600.0,
-        multiprocessing_context=None,
-        **kwargs,
+        multiprocessing_context: str | BaseContext | None = None,
+        **kwargs: Any,
     ) -> None:
         self.dataset = dataset
         self.loader = DataLoader(

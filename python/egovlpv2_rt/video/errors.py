@@ -44,7 +44,7 @@ class CorruptVideoError(VideoError):
 
 
 class NoVideoStreamError(VideoError):
-    """The container has no video stream (audio only, subtitles) or a video stream of zero frames."""
+    """The container has no video stream (audio only, subtitles) or one of zero frames."""
 
 
 class UnsupportedCodecError(VideoError):
@@ -88,6 +88,9 @@ class InsufficientFramesError(VideoError):
 
 class BackendUnavailableError(VideoError, ImportError):
     """The chosen backend's library is not installed or cannot be loaded here."""
+
+    # VideoError's (the file), not ImportError's (the module's file, or None).
+    path: str
 
 
 class ClipRangeWarning(UserWarning):

@@ -14,6 +14,7 @@ from .sampling import (
     EgoClipLayout,
     OutOfRange,
     Sampling,
+    Seed,
     ShortPolicy,
     plan_egoclip,
     plan_file,
@@ -22,7 +23,7 @@ from .sampling import (
 __all__ = ["frame_indices", "plan_clip", "split_seed"]
 
 
-def split_seed(seed) -> tuple[np.random.Generator | None, torch.Generator | None]:
+def split_seed(seed: int | None) -> tuple[np.random.Generator | None, torch.Generator | None]:
     """Independent generators for frame sampling and the train transform from one seed."""
     if seed is None:
         return None, None
@@ -39,7 +40,7 @@ def plan_clip(
     end_sec: float | None = None,
     num_frames: int = 4,
     sampling: Sampling = "uniform",
-    seed=None,
+    seed: Seed = None,
     *,
     layout: EgoClipLayout | None = None,
     out_of_range: OutOfRange = "clamp",

@@ -16,6 +16,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +28,10 @@ from .errors import (
     VideoError,
     VideoNotFoundError,
 )
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
 
 __all__ = ["VideoInfo", "clear_probe_cache", "probe"]
 
@@ -157,7 +163,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return info
 
 
-def import_av():
+def import_av() -> ModuleType:
     """The ``av`` module, or a BackendUnavailableError saying how to install it."""
     try:
         import av
@@ -169,7 +175,7 @@ def import_av():
     return av
 
 
-def _open(p: str):
+def _open(p: str) -> InputContainer:
     av = import_av()
     try:
         return av.open(p, metadata_errors="ignore")
@@ -185,7 +191,7 @@ def _probe_uncached(p: str) -> VideoInfo:
     container = _open(p)
     try:
         if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
             raise NoVideoStreamError(
                 f"{p}: no video stream (streams present: {', '.join(kinds)})", p
             )
@@ -266,7 +272,7 @@ def _one_frame(time_base: Fraction, fps: float) -> int:
     return max(1, round(1 / ((fps or 30.0) * float(time_base))))
 
 
-def _codec_name(stream) -> str:
+def _codec_name(stream: VideoStream) -> str:
     cc = stream.codec_context
     codec = getattr(cc, "codec", None) if cc is not None else None
     if codec is not None:

@@ -15,11 +15,20 @@ workers (fork or spawn). Decoding is single-threaded by default: workers give th
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import CorruptVideoError, UnsupportedCodecError
 from .probe import VideoInfo
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.packet import Packet
+    from av.video.codeccontext import VideoCodecContext
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
 
 __all__ = ["decode_pyav", "pyav_can_decode"]
 
@@ -39,7 +48,7 @@ def pyav_can_decode(codec: str) -> bool:
 
 
 def decode_pyav(
-    info: VideoInfo, indices, threads: int = 1, skip_nonref: bool = True
+    info: VideoInfo, indices: Iterable[int], threads: int = 1, skip_nonref: bool = True
 ) -> dict[int, np.ndarray]:
     """Decode the frames ``indices`` (presentation order) of ``info.path``.
 
@@ -80,13 +89,15 @@ def decode_pyav(
         container.close()
 
 
-def _to_rgb(frame) -> np.ndarray:
+def _to_rgb(frame: VideoFrame) -> np.ndarray:
     # Same swscale conversion as to_ndarray(format="rgb24"), several times faster (that path
     # sets up the scaler with automatic threading on every call).
     return frame.reformat(format="rgb24", threads=1).to_ndarray()
 
 
-def _decode_sequential(container, stream, wanted: list[int]) -> dict[int, np.ndarray]:
+def _decode_sequential(
+    container: InputContainer, stream: VideoStream, wanted: list[int]
+) -> dict[int, np.ndarray]:
     """Streams without timestamps: decode from the start and count frames."""
     import av
 
@@ -104,7 +115,13 @@ def _decode_sequential(container, stream, wanted: list[int]) -> dict[int, np.nda
     return out
 
 
-def _decode_seeking(container, stream, info: VideoInfo, wanted: list[int], skip_nonref: bool):
+def _decode_seeking(
+    container: InputContainer,
+    stream: VideoStream,
+    info: VideoInfo,
+    wanted: list[int],
+    skip_nonref: bool,
+) -> dict[int, np.ndarray]:
     import av
 
     cc = stream.codec_context
@@ -154,7 +171,9 @@ def _decode_seeking(container, stream, info: VideoInfo, wanted: list[int], skip_
     return out
 
 
-def _seek(container, stream, info: VideoInfo, k: int):
+def _seek(
+    container: InputContainer, stream: VideoStream, info: VideoInfo, k: int
+) -> Iterator[Packet] | None:
     """Position the demuxer on keyframe ``k`` (or an earlier one); return a packet iterator.
 
     Seeking to the keyframe's pts lands exactly on it with FFmpeg's mp4, Matroska/WebM and AVI
@@ -180,7 +199,12 @@ def _seek(container, stream, info: VideoInfo, k: int):
     return None
 
 
-def _drain(cc, pkt, pts_to_index: dict[int, int], out: dict[int, np.ndarray]) -> None:
+def _drain(
+    cc: VideoCodecContext,
+    pkt: Packet | None,
+    pts_to_index: dict[int, int],
+    out: dict[int, np.ndarray],
+) -> None:
     import av
 
     try:

@@ -27,10 +27,17 @@ from .errors import (
     VideoError,
 )
 from .planning import frame_indices, plan_clip, split_seed
-from .probe import probe
+from .probe import VideoInfo, probe
 from .pyav_backend import decode_pyav
-from .sampling import ClipPlan, EgoClipLayout, OutOfRange, Sampling, ShortPolicy, unique_per_file
-from .transforms import TrainTransform, make_transform
+from .sampling import (
+    ClipPlan,
+    EgoClipLayout,
+    OutOfRange,
+    Sampling,
+    ShortPolicy,
+    unique_per_file,
+)
+from .transforms import EvalTransform, TrainTransform, TransformArg, make_transform
 
 __all__ = [
     "BACKENDS",
@@ -48,7 +55,14 @@ BACKENDS: tuple[str, ...] = ("pyav", "torchcodec", "dali", "dali_cpu")
 
 # (plans, transform, short, dtype, generator) -> one clip tensor (or VideoError) per plan.
 PlanReader = Callable[
-    [Sequence[ClipPlan], object, str, torch.dtype, "torch.Generator | None"], list
+    [
+        Sequence[ClipPlan],
+        EvalTransform | TrainTransform | None,
+        ShortPolicy,
+        torch.dtype,
+        torch.Generator | None,
+    ],
+    list[Tensor | VideoError],
 ]
 _PLAN_READERS: dict[str, PlanReader] = {}
 
@@ -60,7 +74,9 @@ def register_plan_reader(backend: str, reader: PlanReader) -> None:
     _PLAN_READERS[backend] = reader
 
 
-def _decode_file(path: str, local: list[int], backend: str, threads: int):
+def _decode_file(
+    path: str, local: list[int], backend: str, threads: int
+) -> tuple[VideoInfo, dict[int, np.ndarray], bool]:
     """(info, {local index: uint8 HWC array}, rotation already applied?)."""
     info = probe(path)
     check_codec(info, backend)
@@ -103,7 +119,7 @@ def decode_clip(
         rotation[f] = 0 if rotated else info.rotation
         for i, a in frames.items():
             got[(f, i)] = a
-    keys = list(zip(plan.files, plan.local.tolist()))
+    keys = list(zip(plan.files, plan.local.tolist(), strict=True))
     ok = [k for k in keys if k in got]
     if not ok:
         raise CorruptVideoError(
@@ -135,7 +151,7 @@ def read_clip(
     num_frames: int = 4,
     sampling: Sampling = "uniform",
     backend: Backend = "pyav",
-    transform="eval",
+    transform: TransformArg = "eval",
     seed: int | None = None,
     *,
     layout: EgoClipLayout | None = None,

@@ -23,13 +23,16 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .errors import ClipRangeError, ClipRangeWarning, InsufficientFramesError
+
+if TYPE_CHECKING:
+    from .probe import VideoInfo
 
 __all__ = [
     "ClipPlan",
@@ -37,6 +40,7 @@ __all__ = [
     "EgoClipLayout",
     "OutOfRange",
     "Sampling",
+    "Seed",
     "ShortPolicy",
     "plan_egoclip",
     "plan_file",
@@ -46,6 +50,8 @@ __all__ = [
 Sampling = Literal["uniform", "rand"]
 OutOfRange = Literal["clamp", "raise"]
 ShortPolicy = Literal["pad", "raise"]
+# What seeds 'rand' sampling: an int, a generator, or None (fresh entropy).
+Seed = int | np.random.Generator | None
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ class ClipPlan:
 
 
 def segment_indices(
-    start: int, end: int, num_frames: int, sampling: Sampling = "uniform", seed=None
+    start: int, end: int, num_frames: int, sampling: Sampling = "uniform", seed: Seed = None
 ) -> np.ndarray:
     """The original's per-segment choice of F frames in ``[start, end)``.
 
@@ -168,12 +174,12 @@ def _check_short(path: str, available: int, num_frames: int, short: ShortPolicy)
 
 
 def plan_file(
-    info,
+    info: VideoInfo,
     start_sec: float | None,
     end_sec: float | None,
     num_frames: int,
     sampling: Sampling = "uniform",
-    seed=None,
+    seed: Seed = None,
     out_of_range: OutOfRange = "clamp",
     short: ShortPolicy = "pad",
 ) -> ClipPlan:
@@ -209,9 +215,9 @@ def plan_egoclip(
     end_sec: float | None,
     num_frames: int,
     layout: EgoClipLayout,
-    chunk_frames,
+    chunk_frames: Callable[[int], int],
     sampling: Sampling = "uniform",
-    seed=None,
+    seed: Seed = None,
     out_of_range: OutOfRange = "clamp",
     short: ShortPolicy = "pad",
 ) -> ClipPlan:
@@ -237,7 +243,9 @@ def plan_egoclip(
     idx = segment_indices(s, e, num_frames, sampling, seed)
     decode = np.maximum(idx - 1, 0) if layout.original_off_by_one else idx
     per_chunk = layout.frames_per_chunk
-    files, local, beyond = [], [], {}
+    files: list[str] = []
+    local: list[int] = []
+    beyond: dict[tuple[int, int], list[int]] = {}
     for g in decode.tolist():
         chunk, li = divmod(int(g), per_chunk)
         n = chunk_frames(chunk)
@@ -265,7 +273,7 @@ def plan_egoclip(
 def unique_per_file(plan: ClipPlan) -> dict[str, list[int]]:
     """Sorted distinct local frame indices to decode from each file of ``plan``."""
     out: dict[str, set[int]] = {}
-    for f, i in zip(plan.files, plan.local.tolist()):
+    for f, i in zip(plan.files, plan.local.tolist(), strict=True):
         out.setdefault(f, set()).add(int(i))
     return {f: sorted(v) for f, v in out.items()}
 

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import BackendUnavailableError, CorruptVideoError
 from .probe import VideoInfo
+
+if TYPE_CHECKING:
+    from torchcodec.decoders import VideoDecoder
 
 __all__ = ["decode_torchcodec", "torchcodec_available"]
 
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _load():
+def _load() -> tuple[type[VideoDecoder] | None, str]:
     try:
         from torchcodec.decoders import VideoDecoder
     except (ImportError, OSError, RuntimeError) as e:  # package or FFmpeg libraries missing
@@ -38,7 +43,9 @@ def torchcodec_available() -> tuple[bool, str]:
     return cls is not None, why
 
 
-def decode_torchcodec(info: VideoInfo, indices, threads: int = 1) -> dict[int, np.ndarray]:
+def decode_torchcodec(
+    info: VideoInfo, indices: Iterable[int], threads: int = 1
+) -> dict[int, np.ndarray]:
     """Decode frames ``indices`` of ``info.path``; returns ``{index: uint8 [H, W, 3]}``.
 
     The frames are in display orientation (rotation applied). Frames that fail to decode are

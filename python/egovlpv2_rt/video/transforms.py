@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ __all__ = [
     "CropBox",
     "EvalTransform",
     "TrainTransform",
+    "TransformArg",
     "resize_short_side",
 ]
 
@@ -105,7 +108,9 @@ _BLOCK = 32
 
 
 @functools.lru_cache(maxsize=256)
-def _bands(n_in: int, n_out: int, antialias: bool, dtype: torch.dtype):
+def _bands(
+    n_in: int, n_out: int, antialias: bool, dtype: torch.dtype
+) -> list[tuple[int, int, int, int, Tensor]]:
     m = resample_matrix(n_in, n_out, antialias, dtype)
     nz = m != 0
     bands = []
@@ -135,7 +140,7 @@ def _resize(x: Tensor, size: tuple[int, int], antialias: bool) -> Tensor:
     return x
 
 
-def _normalize(x: Tensor, mean, std) -> Tensor:
+def _normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
@@ -218,7 +223,9 @@ class TrainTransform:
     std: tuple[float, float, float] = IMAGENET_STD
     antialias: bool = True
 
-    def sample(self, height: int, width: int, generator: torch.Generator | None = None):
+    def sample(
+        self, height: int, width: int, generator: torch.Generator | None = None
+    ) -> TrainParams:
         """Draw the crop box and flip as torchvision ``RandomResizedCrop.get_params`` does."""
         g = generator
         area = height * width
@@ -247,7 +254,9 @@ class TrainTransform:
         flip = bool(torch.rand(1, generator=g).item() < self.flip_p)
         return TrainParams(box, flip)
 
-    def apply(self, frames: Tensor, params: TrainParams, dtype=torch.float32) -> Tensor:
+    def apply(
+        self, frames: Tensor, params: TrainParams, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         _check(frames)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         b = params.box
@@ -267,7 +276,11 @@ class TrainTransform:
         return self.apply(frames, params, dtype)
 
 
-def make_transform(transform) -> EvalTransform | TrainTransform | None:
+# A ``transform=`` argument: a name, a transform instance, or None (uint8 frames, no transform).
+TransformArg = Literal["eval", "train"] | EvalTransform | TrainTransform | None
+
+
+def make_transform(transform: TransformArg) -> EvalTransform | TrainTransform | None:
     """'eval' | 'train' | None | an EvalTransform/TrainTransform instance -> instance or None."""
     if transform is None or isinstance(transform, (EvalTransform, TrainTransform)):
         return transform
