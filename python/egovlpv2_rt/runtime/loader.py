@@ -3,6 +3,7 @@ backend (torch, onnxruntime, TensorRT), with its device, precision and batch siz
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..export.metadata import read_manifest
 from ..model_files import load_model_files, load_tokenizer, resolve_checkpoint
 from ..ops import fused_available
 from ..preprocessing import Preprocessing
+from ..tokenizer import RobertaTokenizer
 from ..video.reader import Backend
 from .api import PRECISIONS, Runtime
 from .engines import Engine, OrtEngine, TensorRTEngines, TorchEngine
@@ -124,39 +126,12 @@ def load(
     if vbs < 1 or tbs < 1:
         raise ValueError("batch sizes must be >= 1")
 
-    if files.export_dir is not None and backend != "torch":
-        manifest = read_manifest(files.export_dir)
-        cfg = ModelConfig.from_dict(manifest["config"])
-        prep = Preprocessing.from_dict(manifest["preprocessing"])
-        if num_frames is not None and num_frames != prep.num_frames:
-            raise ValueError(
-                f"num_frames={num_frames}, but the export in {files.export_dir} "
-                f"takes {prep.num_frames} frames per clip (frame count mismatch)"
-            )
-        exported = manifest.get("precision", "fp32")
-        if requested is not None and requested != exported:
-            raise ValueError(
-                f"precision {requested!r} requested, but the export in "
-                f"{files.export_dir} is {exported!r} (export it again with "
-                f"--precision {requested})"
-            )
-        precision = exported
-        if max_text_length is not None:
-            prep = Preprocessing(
-                **{**prep.to_dict(), "max_text_length": min(max_text_length, prep.max_text_length)}
-            )
-        tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
-        if backend == "onnxruntime":
-            engine: Engine = OrtEngine(
-                files.export_dir, dev, None, has_fusion="vtm" in manifest["graphs"]
-            )
-        else:
-            engine = TensorRTEngines(files.export_dir, dev)
+    def runtime(engine: Engine, cfg: ModelConfig, prep: Preprocessing, precision: str) -> Runtime:
         return Runtime(
             engine,
             config=cfg,
             preprocessing=prep,
-            tokenizer=tokenizer_obj,
+            tokenizer=_tokenizer_for(tok_path, prep, cfg),
             device=dev,
             precision=precision,
             video_batch_size=vbs,
@@ -167,17 +142,33 @@ def load(
             files=files,
         )
 
+    if files.export_dir is not None and backend != "torch":
+        manifest = read_manifest(files.export_dir)
+        cfg = ModelConfig.from_dict(manifest["config"])
+        prep = _export_preprocessing(manifest, files.export_dir, num_frames, max_text_length)
+        exported = manifest.get("precision", "fp32")
+        if requested is not None and requested != exported:
+            raise ValueError(
+                f"precision {requested!r} requested, but the export in {files.export_dir} is "
+                f"{exported!r} (export it again with --precision {requested})"
+            )
+        engine: Engine
+        if backend == "onnxruntime":
+            has_fusion = "vtm" in manifest["graphs"]
+            engine = OrtEngine(files.export_dir, dev, None, has_fusion=has_fusion)
+        else:
+            engine = TensorRTEngines(files.export_dir, dev)
+        return runtime(engine, cfg, prep, exported)
+
     if backend == "tensorrt":
         raise ValueError(
-            "backend 'tensorrt' needs an export folder with engines (build them "
-            "with `egovlpv2-export --format tensorrt --out DIR`, then "
-            "load(DIR, backend='tensorrt'))"
+            "backend 'tensorrt' needs an export folder with engines (build them with "
+            "`egovlpv2-export --format tensorrt --out DIR`, then load(DIR, backend='tensorrt'))"
         )
     if files.checkpoint is None:
         raise FileNotFoundError(
-            f"{files.export_dir}: an export folder without "
-            "model.safetensors serves backend='onnxruntime' or "
-            "'tensorrt' only"
+            f"{files.export_dir}: an export folder without model.safetensors serves "
+            "backend='onnxruntime' or 'tensorrt' only"
         )
     if attention_impl not in (None, "fused", "reference"):
         raise ValueError(f"attention_impl must be 'fused' or 'reference', got {attention_impl!r}")
@@ -195,102 +186,123 @@ def load(
         dtype=torch.float32,
         attention_impl=attention_impl or "auto",
     )
-    cfg = model.config
+    prep = _model_preprocessing(model.config, num_frames, max_text_length)
+    if backend == "onnxruntime":
+        engine = _onnxruntime_engine(
+            model, files.checkpoint, tok_path, prep, dev, precision, onnx_dir
+        )
+    else:
+        engine = _torch_engine(model, dev, precision, cuda_graphs, max(vbs, tbs), prep)
+    return runtime(engine, model.config, prep, precision)
+
+
+def _export_preprocessing(
+    manifest: dict[str, Any], export_dir: Path, num_frames: int | None, max_text_length: int | None
+) -> Preprocessing:
+    """An export folder's preprocessing; its frame count is fixed, its text length a maximum."""
+    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    if num_frames is not None and num_frames != prep.num_frames:
+        raise ValueError(
+            f"num_frames={num_frames}, but the export in {export_dir} takes {prep.num_frames} "
+            "frames per clip (frame count mismatch)"
+        )
+    if max_text_length is not None:
+        prep = dataclasses.replace(prep, max_text_length=min(max_text_length, prep.max_text_length))
+    return prep
+
+
+def _model_preprocessing(
+    cfg: ModelConfig, num_frames: int | None, max_text_length: int | None
+) -> Preprocessing:
+    """The preprocessing of a model: up to its frame count and text length."""
     frames = num_frames or cfg.video.num_frames
     if not 1 <= frames <= cfg.video.num_frames:
         raise ValueError(
-            f"num_frames={frames} is outside [1, {cfg.video.num_frames}] (the "
-            "model's maximum clip length; frame count mismatch)"
+            f"num_frames={frames} is outside [1, {cfg.video.num_frames}] (the model's maximum "
+            "clip length; frame count mismatch)"
         )
     limit = cfg.text.max_text_length
-    prep = Preprocessing.for_config(
+    return Preprocessing.for_config(
         cfg, num_frames=frames, max_text_length=min(max_text_length or limit, limit)
     )
-    tokenizer_obj = load_tokenizer(tok_path, prep.max_text_length)
-    if tokenizer_obj.vocab_size > cfg.text.vocab_size:
+
+
+def _tokenizer_for(path: Path | None, prep: Preprocessing, cfg: ModelConfig) -> RobertaTokenizer:
+    """The tokenizer at ``path``, checked against the model's vocabulary."""
+    tok = load_tokenizer(path, prep.max_text_length)
+    if tok.vocab_size > cfg.text.vocab_size:
         raise ValueError(
-            f"tokenizer {tok_path} has {tokenizer_obj.vocab_size} tokens but the "
-            f"model's vocabulary is {cfg.text.vocab_size}: wrong tokenizer for "
-            f"this checkpoint"
+            f"tokenizer {path} has {tok.vocab_size} tokens but the model's vocabulary is "
+            f"{cfg.text.vocab_size}: wrong tokenizer for this checkpoint"
         )
+    return tok
 
-    if backend == "onnxruntime":
-        if precision == "bf16" and dev.type == "cpu":
-            raise ValueError(
-                "onnxruntime on the CPU does not run bfloat16 graphs; use "
-                "precision 'fp32' or 'fp16'"
-            )
-        assert files.checkpoint is not None
-        out = (
-            Path(onnx_dir)
-            if onnx_dir is not None
-            else (
-                _cache_root()
-                / "onnx"
-                / f"{_checkpoint_key(files.checkpoint)}-f{frames}-{precision}"
-            )
+
+def _onnxruntime_engine(
+    model: EgoVLPv2,
+    checkpoint: Path,
+    tok_path: Path | None,
+    prep: Preprocessing,
+    dev: torch.device,
+    precision: str,
+    onnx_dir: PathLike | None,
+) -> OrtEngine:
+    """onnxruntime over graphs exported from ``model`` on first use (cached by checkpoint)."""
+    if precision == "bf16" and dev.type == "cpu":
+        raise ValueError(
+            "onnxruntime on the CPU does not run bfloat16 graphs; use precision 'fp32' or 'fp16'"
         )
+    frames = prep.num_frames
+    out = (
+        Path(onnx_dir)
+        if onnx_dir is not None
+        else _cache_root() / "onnx" / f"{_checkpoint_key(checkpoint)}-f{frames}-{precision}"
+    )
+    tokenizer_file = tok_path if tok_path is not None and tok_path.is_file() else None
 
-        def exporter(name: str, _model: EgoVLPv2 = model, _out: Path = out) -> None:
-            # onnx and onnxscript (the `export` extra) are needed only here.
-            from ..export.onnx_export import export_model
+    def exporter(name: str) -> None:
+        # onnx and onnxscript (the `export` extra) are needed only here.
+        from ..export.onnx_export import export_model
 
-            export_model(
-                _model,
-                _out,
-                graphs=(name,),
-                num_frames=frames,
-                precision=precision,
-                tokenizer_file=tok_path if tok_path and Path(tok_path).is_file() else None,
-                source_checkpoint=files.checkpoint,
-                max_text_length=prep.max_text_length,
-            )
-
-        engine = OrtEngine(out, dev, exporter, has_fusion=hasattr(model, "itm_score"))
-        return Runtime(
-            engine,
-            config=cfg,
-            preprocessing=prep,
-            tokenizer=tokenizer_obj,
-            device=dev,
+        export_model(
+            model,
+            out,
+            graphs=(name,),
+            num_frames=frames,
             precision=precision,
-            video_batch_size=vbs,
-            text_batch_size=tbs,
-            video_backend=video_backend,
-            decode_workers=workers,
-            cache_size=cache_size,
-            files=files,
+            tokenizer_file=tokenizer_file,
+            source_checkpoint=checkpoint,
+            max_text_length=prep.max_text_length,
         )
 
-    dtype = PRECISIONS[precision]
-    if dev.type == "cuda":
-        # Host-side value checks would synchronise (and break CUDA-graph capture).
-        model.check_finite_pixels = False
-    model = model.to(device=dev, dtype=dtype).eval()
+    return OrtEngine(out, dev, exporter, has_fusion=hasattr(model, "itm_score"))
+
+
+def _torch_engine(
+    model: EgoVLPv2,
+    dev: torch.device,
+    precision: str,
+    cuda_graphs: bool | None,
+    max_batch: int,
+    prep: Preprocessing,
+) -> TorchEngine:
+    """The PyTorch model on ``dev`` in ``precision`` (CUDA graphs by default on CUDA)."""
     use_graphs = (dev.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and dev.type != "cuda":
         raise ValueError("cuda_graphs=True needs a CUDA device")
-    engine = TorchEngine(
+    if dev.type == "cuda":
+        # Host-side value checks would synchronise (and break CUDA-graph capture).
+        model.check_finite_pixels = False
+    dtype = PRECISIONS[precision]
+    model = model.to(device=dev, dtype=dtype).eval()
+    cfg = model.config
+    return TorchEngine(
         model,
         dev,
         dtype,
         cuda_graphs=use_graphs,
-        max_batch=max(vbs, tbs),
+        max_batch=max_batch,
         max_text_length=prep.max_text_length,
         pad_token_id=cfg.text.pad_token_id,
         bos_token_id=cfg.text.bos_token_id,
-    )
-    return Runtime(
-        engine,
-        config=cfg,
-        preprocessing=prep,
-        tokenizer=tokenizer_obj,
-        device=dev,
-        precision=precision,
-        video_batch_size=vbs,
-        text_batch_size=tbs,
-        video_backend=video_backend,
-        decode_workers=workers,
-        cache_size=cache_size,
-        files=files,
     )
