@@ -174,92 +174,18 @@ class Emulator:
         lib.ego_emu_kernel_name.argtypes = [_I]
         lib.ego_emu_set_seed.argtypes = [ctypes.c_uint64]
         lib.ego_emu_set_async_mode.argtypes = [_I]
-        lib.ego_emu_divided_forward.argtypes = [
-            _I,
-            _P,
-            _I64,
-            _I64,
-            _I64,
-            _I64,
-            _I,
-            _I,
-            _I,
-            _I,
-            _F,
-            _P,
-            _P,
-            _P,
-        ]
-        lib.ego_emu_divided_backward.argtypes = [
-            _I,
-            _P,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _P,
-            _I64,
-            _I64,
-            _I,
-            _I,
-            _I,
-            _I,
-            _F,
-            _P,
-            _P,
-            _P,
-        ]
-        lib.ego_emu_cross_forward.argtypes = [
-            _I,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _I64,
-            _I64,
-            _I64,
-            _I64,
-            _I,
-            _I,
-            _F,
-            _P,
-            _P,
-            _P,
-        ]
-        lib.ego_emu_cross_backward.argtypes = [
-            _I,
-            _P,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _I64,
-            _I64,
-            _P,
-            _I64,
-            _P,
-            _P,
-            _I64,
-            _I64,
-            _I64,
-            _I,
-            _I,
-            _F,
-            _P,
-            _P,
-            _P,
-            _P,
-            _P,
-        ]
+        # One C signature per statement reads better packed than one type per line.
+        # fmt: off
+        lib.ego_emu_divided_forward.argtypes = [_I, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I, _F,
+                                                _P, _P, _P]
+        lib.ego_emu_divided_backward.argtypes = [_I, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I, _I,
+                                                 _I, _I, _F, _P, _P, _P]
+        lib.ego_emu_cross_forward.argtypes = [_I, _P, _I64, _I64, _P, _I64, _I64, _P, _I64, _I64,
+                                              _P, _I64, _I64, _I64, _I64, _I, _I, _F, _P, _P, _P]
+        lib.ego_emu_cross_backward.argtypes = [_I, _P, _P, _I64, _I64, _P, _I64, _I64, _P, _I64,
+                                               _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I, _I, _F,
+                                               _P, _P, _P, _P, _P]
+        # fmt: on
         lib.ego_emu_gate_residual.argtypes = [_I, _P, _P, _P, _I, _P, _I64]
         lib.ego_emu_launches_with_block.argtypes = [_I]
         self.lib = lib

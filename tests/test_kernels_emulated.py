@@ -428,282 +428,67 @@ def _divided_plans(
 BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
 
 
+# fmt: off
+DIVIDED_PLANS = [
+    # space, 16-bit, head dim 32/64: tensor cores for every pass; the CLS row from partials
+    pytest.param(BF16, 4, 49, 64, False, None, -1, True, (TC, CLS),
+                 (DELTA16, TC, FUSED, TC, CLS), id="space-bf16-d64"),
+    pytest.param(F16, 2, 16, 32, False, None, -1, True, (TC, CLS),
+                 (DELTA16, TC, FUSED, TC, CLS), id="space-f16-d32"),
+    # head dim 128: no tensor-core dK/dV kernel
+    pytest.param(BF16, 2, 16, 128, False, None, -1, True, (TC, CLS),
+                 (DELTA16, TC, FUSED, ROWS, CLS), id="space-bf16-d128"),
+    # no workspace: the CLS query and key as one row split over a CTA's warps
+    pytest.param(BF16, 4, 49, 64, False, None, 0, True, (TC, ROWS),
+                 (DELTA16, TC, ROWS, TC, ROWS), id="space-bf16-no-workspace"),
+    pytest.param(BF16, 4, 49, 64, False, None, 4, True, (TC, ROWS),
+                 (DELTA16, TC, ROWS, TC, ROWS), id="space-bf16-small-workspace"),
+    # a device without mma.sync: rows; the CLS partials need no tensor cores
+    pytest.param(BF16, 4, 49, 64, False, None, -1, False, (ROWS, CLS),
+                 (DELTA16, ROWS, FUSED, ROWS, CLS), id="space-bf16-no-mma"),
+    # [T, B, C] storage with 16-byte rows: still tensor cores
+    pytest.param(BF16, 2, 6, 32, False, (8, True), -1, True, (TC, CLS),
+                 (DELTA16, TC, FUSED, TC, CLS), id="space-bf16-transposed"),
+    # unaligned view (odd row pitch): rows, no CLS partials; delta stays on its own rows
+    pytest.param(BF16, 2, 6, 64, False, (1, False), -1, True, (ROWS, ROWS),
+                 (DELTA16, ROWS, ROWS, ROWS, ROWS), id="space-bf16-unaligned"),
+    # 4-byte rows (row pitch 2 mod 8): rows, in lane chunks (test_divided_plan_rows)
+    pytest.param(BF16, 2, 6, 64, False, (2, False), -1, True, (ROWS, ROWS),
+                 (DELTA16, ROWS, ROWS, ROWS, ROWS), id="space-bf16-4-byte-rows"),
+    # float32 and head dims off the tensor-core list: rows
+    pytest.param(F32, 4, 49, 64, False, None, -1, True, (ROWS, ROWS),
+                 (DELTA16, ROWS, ROWS, ROWS, ROWS), id="space-f32"),
+    pytest.param(BF16, 1, 40, 96, False, None, -1, True, (ROWS, ROWS),
+                 (DELTA, ROWS, ROWS, ROWS, ROWS), id="space-bf16-d96"),
+    # time, 16-bit, F <= 4, head dim 32/64, workspace: vector columns with the CLS partials;
+    # backward columns (dK, dV fused into the dQ pass)
+    pytest.param(BF16, 4, 49, 64, True, None, -1, True, (VEC_CLS, FUSED),
+                 (DELTA16, COLS, FUSED, FUSED, CLS), id="time-bf16-F4"),
+    pytest.param(F16, 1, 9, 32, True, None, -1, False, (VEC_CLS, FUSED),
+                 (DELTA16, COLS, FUSED, FUSED, CLS), id="time-f16-F1-no-mma"),
+    pytest.param(BF16, 4, 49, 64, True, None, 0, True, (COLS, ROWS),
+                 (DELTA16, COLS, ROWS, FUSED, ROWS), id="time-bf16-F4-no-workspace"),
+    # F <= 8: columns; the CLS row from partials of its own kernel
+    pytest.param(BF16, 8, 9, 64, True, None, -1, True, (COLS, CLS),
+                 (DELTA16, COLS, FUSED, FUSED, CLS), id="time-bf16-F8"),
+    pytest.param(F32, 4, 9, 64, True, None, -1, True, (COLS, ROWS),
+                 (DELTA16, COLS, ROWS, FUSED, ROWS), id="time-f32-F4"),
+    # F > 8 or head dim > 64: rows
+    pytest.param(BF16, 16, 9, 64, True, None, -1, True, (ROWS, CLS),
+                 (DELTA16, ROWS, FUSED, ROWS, CLS), id="time-bf16-F16"),
+    pytest.param(BF16, 4, 9, 128, True, None, -1, True, (ROWS, CLS),
+                 (DELTA16, ROWS, FUSED, ROWS, CLS), id="time-bf16-d128"),
+    pytest.param(F32, 4, 9, 96, True, None, -1, True, (ROWS, ROWS),
+                 (DELTA, ROWS, ROWS, ROWS, ROWS), id="time-f32-d96"),
+    pytest.param(BF16, 4, 9, 64, True, (1, False), -1, True, (COLS, ROWS),
+                 (DELTA16, COLS, ROWS, FUSED, ROWS), id="time-bf16-unaligned"),
+]
+# fmt: on
+
+
 @pytest.mark.parametrize(
     "dtype,frames,patches,head_dim,temporal,layout,workspace,has_mma,forward,backward",
-    [
-        # space, 16-bit, head dim 32/64: tensor cores for every pass; the CLS row from partials
-        pytest.param(
-            BF16,
-            4,
-            49,
-            64,
-            False,
-            None,
-            -1,
-            True,
-            (TC, CLS),
-            (DELTA16, TC, FUSED, TC, CLS),
-            id="space-bf16-d64",
-        ),
-        pytest.param(
-            F16,
-            2,
-            16,
-            32,
-            False,
-            None,
-            -1,
-            True,
-            (TC, CLS),
-            (DELTA16, TC, FUSED, TC, CLS),
-            id="space-f16-d32",
-        ),
-        # head dim 128: no tensor-core dK/dV kernel
-        pytest.param(
-            BF16,
-            2,
-            16,
-            128,
-            False,
-            None,
-            -1,
-            True,
-            (TC, CLS),
-            (DELTA16, TC, FUSED, ROWS, CLS),
-            id="space-bf16-d128",
-        ),
-        # no workspace: the CLS query and key as one row split over a CTA's warps
-        pytest.param(
-            BF16,
-            4,
-            49,
-            64,
-            False,
-            None,
-            0,
-            True,
-            (TC, ROWS),
-            (DELTA16, TC, ROWS, TC, ROWS),
-            id="space-bf16-no-workspace",
-        ),
-        pytest.param(
-            BF16,
-            4,
-            49,
-            64,
-            False,
-            None,
-            4,
-            True,
-            (TC, ROWS),
-            (DELTA16, TC, ROWS, TC, ROWS),
-            id="space-bf16-small-workspace",
-        ),
-        # a device without mma.sync: rows; the CLS partials need no tensor cores
-        pytest.param(
-            BF16,
-            4,
-            49,
-            64,
-            False,
-            None,
-            -1,
-            False,
-            (ROWS, CLS),
-            (DELTA16, ROWS, FUSED, ROWS, CLS),
-            id="space-bf16-no-mma",
-        ),
-        # [T, B, C] storage with 16-byte rows: still tensor cores
-        pytest.param(
-            BF16,
-            2,
-            6,
-            32,
-            False,
-            (8, True),
-            -1,
-            True,
-            (TC, CLS),
-            (DELTA16, TC, FUSED, TC, CLS),
-            id="space-bf16-transposed",
-        ),
-        # unaligned view (odd row pitch): rows, no CLS partials; delta stays on its own rows
-        pytest.param(
-            BF16,
-            2,
-            6,
-            64,
-            False,
-            (1, False),
-            -1,
-            True,
-            (ROWS, ROWS),
-            (DELTA16, ROWS, ROWS, ROWS, ROWS),
-            id="space-bf16-unaligned",
-        ),
-        # 4-byte rows (row pitch 2 mod 8): rows, in lane chunks (test_divided_plan_rows)
-        pytest.param(
-            BF16,
-            2,
-            6,
-            64,
-            False,
-            (2, False),
-            -1,
-            True,
-            (ROWS, ROWS),
-            (DELTA16, ROWS, ROWS, ROWS, ROWS),
-            id="space-bf16-4-byte-rows",
-        ),
-        # float32 and head dims off the tensor-core list: rows
-        pytest.param(
-            F32,
-            4,
-            49,
-            64,
-            False,
-            None,
-            -1,
-            True,
-            (ROWS, ROWS),
-            (DELTA16, ROWS, ROWS, ROWS, ROWS),
-            id="space-f32",
-        ),
-        pytest.param(
-            BF16,
-            1,
-            40,
-            96,
-            False,
-            None,
-            -1,
-            True,
-            (ROWS, ROWS),
-            (DELTA, ROWS, ROWS, ROWS, ROWS),
-            id="space-bf16-d96",
-        ),
-        # time, 16-bit, F <= 4, head dim 32/64, workspace: vector columns with the CLS partials;
-        # backward columns (dK, dV fused into the dQ pass)
-        pytest.param(
-            BF16,
-            4,
-            49,
-            64,
-            True,
-            None,
-            -1,
-            True,
-            (VEC_CLS, FUSED),
-            (DELTA16, COLS, FUSED, FUSED, CLS),
-            id="time-bf16-F4",
-        ),
-        pytest.param(
-            F16,
-            1,
-            9,
-            32,
-            True,
-            None,
-            -1,
-            False,
-            (VEC_CLS, FUSED),
-            (DELTA16, COLS, FUSED, FUSED, CLS),
-            id="time-f16-F1-no-mma",
-        ),
-        pytest.param(
-            BF16,
-            4,
-            49,
-            64,
-            True,
-            None,
-            0,
-            True,
-            (COLS, ROWS),
-            (DELTA16, COLS, ROWS, FUSED, ROWS),
-            id="time-bf16-F4-no-workspace",
-        ),
-        # F <= 8: columns; the CLS row from partials of its own kernel
-        pytest.param(
-            BF16,
-            8,
-            9,
-            64,
-            True,
-            None,
-            -1,
-            True,
-            (COLS, CLS),
-            (DELTA16, COLS, FUSED, FUSED, CLS),
-            id="time-bf16-F8",
-        ),
-        pytest.param(
-            F32,
-            4,
-            9,
-            64,
-            True,
-            None,
-            -1,
-            True,
-            (COLS, ROWS),
-            (DELTA16, COLS, ROWS, FUSED, ROWS),
-            id="time-f32-F4",
-        ),
-        # F > 8 or head dim > 64: rows
-        pytest.param(
-            BF16,
-            16,
-            9,
-            64,
-            True,
-            None,
-            -1,
-            True,
-            (ROWS, CLS),
-            (DELTA16, ROWS, FUSED, ROWS, CLS),
-            id="time-bf16-F16",
-        ),
-        pytest.param(
-            BF16,
-            4,
-            9,
-            128,
-            True,
-            None,
-            -1,
-            True,
-            (ROWS, CLS),
-            (DELTA16, ROWS, FUSED, ROWS, CLS),
-            id="time-bf16-d128",
-        ),
-        pytest.param(
-            F32,
-            4,
-            9,
-            96,
-            True,
-            None,
-            -1,
-            True,
-            (ROWS, ROWS),
-            (DELTA, ROWS, ROWS, ROWS, ROWS),
-            id="time-f32-d96",
-        ),
-        pytest.param(
-            BF16,
-            4,
-            9,
-            64,
-            True,
-            (1, False),
-            -1,
-            True,
-            (COLS, ROWS),
-            (DELTA16, COLS, ROWS, FUSED, ROWS),
-            id="time-bf16-unaligned",
-        ),
-    ],
+    DIVIDED_PLANS,
 )
 def test_divided_plan(
     emu, dtype, frames, patches, head_dim, temporal, layout, workspace, has_mma, forward, backward
@@ -788,20 +573,24 @@ def _cross_plans(
     )
 
 
+# fmt: off
+CROSS_PLANS = [
+    # 16-bit, head dim 32/64, 16-byte rows: tensor cores for every pass
+    pytest.param(BF16, 197, 30, 64, None, True, TC, (DELTA16, TC, TC), id="i2t-bf16-d64"),
+    pytest.param(F16, 30, 197, 32, 0, True, TC, (DELTA16, TC, TC), id="t2i-f16-d32-packed"),
+    # head dim 128: rows for dK/dV
+    pytest.param(BF16, 20, 9, 128, None, True, TC, (DELTA16, TC, ROWS), id="bf16-d128"),
+    # no mma.sync, float32, other head dims, unaligned k/v: rows
+    pytest.param(BF16, 20, 9, 64, None, False, ROWS, (DELTA16, ROWS, ROWS), id="bf16-no-mma"),
+    pytest.param(F32, 20, 9, 64, None, True, ROWS, (DELTA16, ROWS, ROWS), id="f32-d64"),
+    pytest.param(BF16, 7, 33, 40, None, True, ROWS, (DELTA, ROWS, ROWS), id="bf16-d40"),
+    pytest.param(BF16, 20, 9, 64, 1, True, ROWS, (DELTA16, ROWS, ROWS), id="bf16-unaligned"),
+]
+# fmt: on
+
+
 @pytest.mark.parametrize(
-    "dtype,len_q,len_k,head_dim,packed_pad,has_mma,forward,backward",
-    [
-        # 16-bit, head dim 32/64, 16-byte rows: tensor cores for every pass
-        pytest.param(BF16, 197, 30, 64, None, True, TC, (DELTA16, TC, TC), id="i2t-bf16-d64"),
-        pytest.param(F16, 30, 197, 32, 0, True, TC, (DELTA16, TC, TC), id="t2i-f16-d32-packed"),
-        # head dim 128: rows for dK/dV
-        pytest.param(BF16, 20, 9, 128, None, True, TC, (DELTA16, TC, ROWS), id="bf16-d128"),
-        # no mma.sync, float32, other head dims, unaligned k/v: rows
-        pytest.param(BF16, 20, 9, 64, None, False, ROWS, (DELTA16, ROWS, ROWS), id="bf16-no-mma"),
-        pytest.param(F32, 20, 9, 64, None, True, ROWS, (DELTA16, ROWS, ROWS), id="f32-d64"),
-        pytest.param(BF16, 7, 33, 40, None, True, ROWS, (DELTA, ROWS, ROWS), id="bf16-d40"),
-        pytest.param(BF16, 20, 9, 64, 1, True, ROWS, (DELTA16, ROWS, ROWS), id="bf16-unaligned"),
-    ],
+    "dtype,len_q,len_k,head_dim,packed_pad,has_mma,forward,backward", CROSS_PLANS
 )
 def test_cross_plan(emu, dtype, len_q, len_k, head_dim, packed_pad, has_mma, forward, backward):
     fwd, bwd = _cross_plans(emu, dtype, len_q, len_k, head_dim, packed_pad, has_mma)
