@@ -160,6 +160,11 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+def _rows(t: torch.Tensor) -> tuple[ctypes.c_void_p | None, int, int]:
+    """A [B, L, ...] view as the kernels take it: pointer, batch stride, row stride (elements)."""
+    return _ptr(t), t.stride(0), t.stride(1)
+
+
 class Emulator:
     """ctypes face of the emulator library; every call raises on a kernel or launch error.
 
@@ -237,9 +242,7 @@ class Emulator:
         lse = torch.full((b, heads, t), float("nan"), dtype=torch.float32)
         args = (
             DTYPE_CODE[qkv.dtype],
-            _ptr(qkv),
-            qkv.stride(0),
-            qkv.stride(1),
+            *_rows(qkv),
             b,
             t,
             heads,
@@ -280,9 +283,7 @@ class Emulator:
         args = (
             DTYPE_CODE[qkv.dtype],
             _ptr(grad_out),
-            _ptr(qkv),
-            qkv.stride(0),
-            qkv.stride(1),
+            *_rows(qkv),
             _ptr(out),
             _ptr(lse),
             b,
@@ -339,15 +340,9 @@ class Emulator:
         lse = torch.full((b, heads, lq), float("nan"), dtype=torch.float32)
         args = (
             DTYPE_CODE[q.dtype],
-            _ptr(q),
-            q.stride(0),
-            q.stride(1),
-            _ptr(k),
-            k.stride(0),
-            k.stride(1),
-            _ptr(v),
-            v.stride(0),
-            v.stride(1),
+            *_rows(q),
+            *_rows(k),
+            *_rows(v),
             _ptr(mask),
             0 if mask is None else mask.stride(0),
             b,
@@ -395,15 +390,9 @@ class Emulator:
         args = (
             DTYPE_CODE[q.dtype],
             _ptr(grad_attn),
-            _ptr(q),
-            q.stride(0),
-            q.stride(1),
-            _ptr(k),
-            k.stride(0),
-            k.stride(1),
-            _ptr(v),
-            v.stride(0),
-            v.stride(1),
+            *_rows(q),
+            *_rows(k),
+            *_rows(v),
             _ptr(mask),
             0 if mask is None else mask.stride(0),
             _ptr(attn),
