@@ -77,12 +77,12 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
-def error_exit(prog: str, exc: BaseException) -> int:
-    """Print ``prog: error: <one line>`` on stderr (the traceback too with EGOVLPV2_DEBUG);
-    return exit status 1."""
+def error_exit(prog: str, exc: BaseException, message: str | None = None) -> int:
+    """Print ``prog: error: <message>`` (default: ``exc`` as one line) on stderr, the traceback
+    too with EGOVLPV2_DEBUG; return exit status 1."""
     if os.environ.get("EGOVLPV2_DEBUG"):
         traceback.print_exception(exc)
-    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    print(f"{prog}: error: {message or one_line(exc)}", file=sys.stderr)
     return 1
 
 
@@ -99,10 +99,7 @@ def run_command(prog: str, command: str, func: Callable[[], int | None]) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in ("", "egovlpv2_rt"):
             return error_exit(prog, exc)  # a broken install, not an optional package
-        if os.environ.get("EGOVLPV2_DEBUG"):
-            traceback.print_exception(exc)
-        print(f"{prog}: error: {missing_dependency(exc, command)}", file=sys.stderr)
-        return 1
+        return error_exit(prog, exc, missing_dependency(exc, command))
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line, no traceback
         return error_exit(prog, exc)
 
