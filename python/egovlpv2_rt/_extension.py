@@ -25,6 +25,8 @@ from types import ModuleType
 
 import torch
 
+from .errors import EgoVLPv2Error
+
 __all__ = [
     "Extension",
     "ExtensionNotBuiltError",
@@ -41,7 +43,7 @@ _BUILD_HINT = (
 )
 
 
-class ExtensionNotBuiltError(ImportError):
+class ExtensionNotBuiltError(EgoVLPv2Error, ImportError):
     """The compiled part of egovlpv2_rt is missing or cannot be loaded."""
 
 

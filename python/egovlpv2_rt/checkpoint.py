@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .errors import InputError
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
 from .modeling.video import SpaceTimeBlock
 
@@ -52,7 +53,7 @@ POSITION_IDS_KEY = "text_model.embeddings.position_ids"
 PathLike = str | os.PathLike
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A state dict does not fit a model. ``missing``: keys the model needs and the checkpoint
     lacks; ``unexpected``: checkpoint keys the model does not have; ``mismatched``:
     ``(key, checkpoint shape, model shape)``."""

@@ -14,6 +14,7 @@ import torch
 
 from .checkpoint import CheckpointMismatchError, load_model
 from .config import ModelConfig
+from .errors import EgoVLPv2Error
 from .modeling import EgoVLPv2
 from .tokenizer import RobertaTokenizer
 
@@ -31,7 +32,7 @@ PathLike = str | os.PathLike
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
-class DefaultModelMissingError(FileNotFoundError):
+class DefaultModelMissingError(EgoVLPv2Error, FileNotFoundError):
     """The default model files are not inside the installed package."""
 
 

@@ -12,10 +12,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ..errors import EgoVLPv2Error
 from ..export.metadata import file_sha256
 from ..runtime import Runtime, load
 from ..runtime.store import model_fingerprint
-from ..video import VideoError
 
 __all__ = [
     "ArgParser",
@@ -69,7 +69,7 @@ def one_line(exc: BaseException) -> str:
         msg = f"missing key {msg}"
     if not msg:
         msg = type(exc).__name__
-    expected = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, VideoError)
+    expected = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, EgoVLPv2Error)
     if not isinstance(exc, expected):
         msg = f"{type(exc).__name__}: {msg}"
     if len(msg) > _MAX_ERROR:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ..errors import InputError
+
 __all__ = [
     "EGOCLIP_COLUMNS",
     "ClipRecord",
@@ -38,7 +40,7 @@ EGOCLIP_COLUMNS: tuple[str, ...] = (
 _Scalar = TypeVar("_Scalar", str, int, float)
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """A metadata file is malformed; the message names the file, the row and the field."""
 
 

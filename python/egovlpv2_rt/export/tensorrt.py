@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import EgoVLPv2Error
 from .graphs import GRAPHS
 from .metadata import Sidecar, file_sha256, read_sidecar, write_sidecar
 
@@ -42,7 +43,7 @@ INSTALL_HINT = (
 )
 
 
-class TensorRTUnavailableError(ImportError):
+class TensorRTUnavailableError(EgoVLPv2Error, ImportError):
     """The ``tensorrt`` Python package (>= 10) is not installed or cannot be loaded."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LEGACY_EXECUTION_KEYS, ModelConfig, preset
+from ..errors import InputError
 from ..video.reader import Backend
 from ..video.sampling import Sampling
 from .losses import LossWeights
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file is malformed; the message names the file and the key."""
 
 

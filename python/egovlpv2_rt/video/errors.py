@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..errors import EgoVLPv2Error
+
 __all__ = [
     "BackendUnavailableError",
     "ClipRangeError",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class VideoError(Exception):
+class VideoError(EgoVLPv2Error):
     """Base class of every error raised while reading a video clip.
 
     Attributes:
