@@ -9,6 +9,12 @@
 
 Distributed embedding: ``torchrun --nproc_per_node N -m egovlpv2_rt.cli embed --shard ...``
 writes one file per rank plus ``<out>.manifest.json``; ``index``/``search`` read the manifest.
+
+``embed`` checks its options, the clip list (duplicate ids, missing files) and the output folder
+before the first clip, holds a lock on its output (a second job writing it is refused), writes
+part files as it goes (``<out>.parts/``, see :mod:`egovlpv2_rt.runtime.embed_parts`) and with
+``--resume`` continues from them to the store an uninterrupted run writes. ``index`` checks
+every argument before it writes anything.
 """
 
 from __future__ import annotations
