@@ -537,3 +537,33 @@ def test_writers_failing_midway_keep_the_old_file(tmp_path, monkeypatch, tmp_pat
     assert csv_file.read_bytes() == old
     assert len(read_egoclip(csv_file)) == len(records)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.safetensors", "egoclip.csv"]
+
+
+def test_onnx_graph_write_failing_midway_keeps_the_old_graph(tmp_path, monkeypatch):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    import egovlpv2_rt.export.onnx_export as onnx_export
+
+    def graph(name: str) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        node = helper.make_node("Identity", ["x"], ["y"], name=name)
+        return helper.make_model(helper.make_graph([node], name, [x], [y]))
+
+    path = tmp_path / "text_encoder.onnx"
+    onnx_export._save_onnx(graph("old"), path)
+    old = path.read_bytes()
+    assert onnx.load(str(path)).graph.name == "old"
+
+    real_save = onnx.save_model
+
+    def save_then_fail(*args, **kwargs):  # the graph is written, then the export dies
+        real_save(*args, **kwargs)
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(onnx_export.onnx, "save_model", save_then_fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        onnx_export._save_onnx(graph("new"), path)
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text_encoder.onnx"]  # no staging folder
