@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..export.tensorrt import EngineProfile, build_engine, import_tensorrt, parse_range
+from ..files import atomic_write_with
 from ..model_files import load_model_files, resolve_checkpoint
 from ..tokenizer import RobertaTokenizer
 from .common import ArgParser, run_command
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     if tokenizer is not None and tokenizer.is_dir():
         # vocab.json + merges.txt: the export folder gets the same pipeline as one file.
         out.mkdir(parents=True, exist_ok=True)
-        RobertaTokenizer.from_directory(tokenizer).save(out / "tokenizer.json")
+        atomic_write_with(out / "tokenizer.json", RobertaTokenizer.from_directory(tokenizer).save)
         tokenizer = out / "tokenizer.json"
 
     def say(name: str) -> None:

@@ -9,6 +9,12 @@
 
 Distributed embedding: ``torchrun --nproc_per_node N -m egovlpv2_rt.cli embed --shard ...``
 writes one file per rank plus ``<out>.manifest.json``; ``index``/``search`` read the manifest.
+
+``embed`` checks its options, the clip list (duplicate ids, missing files) and the output folder
+before the first clip, holds a lock on its output (a second job writing it is refused), writes
+part files as it goes (``<out>.parts/``, see :mod:`egovlpv2_rt.runtime.embed_parts`) and with
+``--resume`` continues from them to the store an uninterrupted run writes. ``index`` checks
+every argument before it writes anything.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +34,13 @@ import torch
 from .._extension import build_info
 from .._version import __version__
 from ..data.egomcq import read_egomcq
+from ..errors import InputError
+from ..files import exclusive_output
 from ..progress import progress_bar
-from ..runtime import benchmark, default_model_dir
+from ..runtime import Runtime, benchmark, default_model_dir
+from ..runtime.embed_parts import EmbedParts, clip_list_sha256
 from ..runtime.store import (
+    SUFFIXES,
     EmbeddingSet,
     FaissIndex,
     build_faiss_index,
@@ -40,6 +51,7 @@ from ..runtime.store import (
     save_embeddings,
     shard_path,
     top_k,
+    validate_index_options,
     write_manifest,
 )
 from ..video import ClipSpec, VideoError
@@ -71,69 +83,177 @@ def _dist_env() -> tuple[int, int, int]:
     return env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
 
 
+def _check_embed_options(args: argparse.Namespace) -> None:
+    """Every number option of ``embed`` is positive (before any model or clip is read)."""
+    for name, value in (
+        ("--batch-size", args.batch_size),
+        ("--frames", args.frames),
+        ("--part-size", args.part_size),
+    ):
+        if value is not None and value < 1:
+            raise InputError(f"{name} {value}: must be a positive integer")
+
+
+def _check_unique_ids(clips: list[dict[str, Any]], source: str) -> None:
+    seen: dict[str, int] = {}
+    for i, c in enumerate(clips):
+        if c["id"] in seen:
+            raise InputError(
+                f"--videos {source}: clip id {c['id']!r} appears twice (clips {seen[c['id']] + 1}"
+                f" and {i + 1}); every clip needs its own id"
+            )
+        seen[c["id"]] = i
+
+
+def _check_clip_files(clips: list[dict[str, Any]]) -> None:
+    missing = [
+        c["path"] for c in clips if not os.path.exists(c["path"]) or os.path.isdir(c["path"])
+    ]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(
+            f"clip file not found: {missing[0]}{more}; fix the list or pass --skip-bad"
+        )
+
+
+def _check_writable(target: Path) -> None:
+    """Create ``target``'s folder and a temporary file in it, so a folder that cannot be
+    written fails now rather than after the clips are encoded."""
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(
+            f"--out {target}: cannot write in the folder {folder} ({exc.strerror or exc})"
+        ) from None
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    # Everything that can be checked is checked before the first clip is encoded.
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".parquet"):
-        raise ValueError(f"--out {out}: use a .safetensors or .parquet file name")
+        raise InputError(f"--out {out}: use a .safetensors or .parquet file name")
+    _check_embed_options(args)
     clips = read_clip_list(args.videos)
+    for c in clips:  # the job's identity and the store do not depend on the working directory
+        c["path"] = os.path.abspath(c["path"])
+    _check_unique_ids(clips, str(args.videos))
     rank, world, local_rank = _dist_env() if args.shard else (0, 1, 0)
-    target = out
+    target = shard_path(out, rank, world) if args.shard else out
+    mine = clips[rank::world]
+    if not args.skip_bad:
+        _check_clip_files(mine)
+    _check_writable(target)
+    with exclusive_output(target, what="embeddings file"):
+        return _embed_locked(args, out, target, clips, mine, rank, world, local_rank)
+
+
+def _embed_locked(
+    args: argparse.Namespace,
+    out: Path,
+    target: Path,
+    clips: list[dict[str, Any]],
+    mine: list[dict[str, Any]],
+    rank: int,
+    world: int,
+    local_rank: int,
+) -> int:
     device = args.device
     if args.shard:
-        target = shard_path(out, rank, world)
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if str(device) == "cpu":
             # Ranks on one machine share its cores.
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-        if rank == 0:
-            write_manifest(out, world, len(clips))
-        mine = clips[rank::world]
-    else:
-        mine = clips
     rt = runtime_from_args(args, device=device)
-    specs = [ClipSpec(c["path"], c["start"], c["end"]) for c in mine]
-    t0 = time.perf_counter()
-    rows, kept, failed = [], [], []
+    fingerprint = runtime_fingerprint(rt)
     bs = rt.video_batch_size
-    bar = progress_bar(len(specs), "embed clips", show_progress(args))
+    identity = {
+        "clips_sha256": clip_list_sha256(mine),
+        "clips": len(mine),
+        "model": fingerprint,
+        "backend": rt.backend,
+        "device_type": str(rt.device).split(":")[0],
+        "batch_size": bs,
+        "rank": rank,
+        "world_size": world,
+    }
+    parts = EmbedParts(target, identity, resume=args.resume)
     try:
-        for i in range(0, len(specs), bs):
-            chunk = list(range(i, min(i + bs, len(specs))))
-            try:
-                emb = rt.encode_video([specs[k] for k in chunk])
-                rows.append(emb)
-                kept += chunk
-            except VideoError:
-                if not args.skip_bad:
-                    raise
-                # Find the bad clips of this batch one by one.
-                for k in chunk:
-                    try:
-                        rows.append(rt.encode_video([specs[k]]))
-                        kept.append(k)
-                    except VideoError as exc:
-                        failed.append({"id": mine[k]["id"], "error": one_line(exc)})
-            bar.update(len(chunk))
+        return _embed_parts(args, rt, out, target, clips, mine, parts, rank, world)
+    except BaseException:
+        if not parts.parts:  # nothing saved: leave no folder that blocks the next run
+            parts.remove()
+        raise
+
+
+def _embed_parts(
+    args: argparse.Namespace,
+    rt: Runtime,
+    out: Path,
+    target: Path,
+    clips: list[dict[str, Any]],
+    mine: list[dict[str, Any]],
+    parts: EmbedParts,
+    rank: int,
+    world: int,
+) -> int:
+    bs = rt.video_batch_size
+    skipped = parts.results()[2]
+    if skipped and not args.skip_bad:
+        # Parts of a --skip-bad run left clips out; without it those clips must stop the job.
+        raise InputError(
+            f"{parts.dir}: the parts skipped {len(skipped)} clip(s) ({skipped[0]['id']}: "
+            f"{skipped[0]['error']}); pass --skip-bad to continue, or remove the folder"
+        )
+    if args.shard and rank == 0:
+        write_manifest(out, world, len(clips))
+    specs = [ClipSpec(c["path"], c["start"], c["end"]) for c in mine]
+    # A part holds whole batches, so a resumed job forms the same batches as an uninterrupted one.
+    part_clips = bs * max(1, -(-args.part_size // bs))
+    t0 = time.perf_counter()
+    resumed = parts.done
+    bar = progress_bar(len(specs), "embed clips", show_progress(args))
+    bar.update(resumed)
+    try:
+        for p0 in range(resumed, len(specs), part_clips):
+            p1 = min(p0 + part_clips, len(specs))
+            rows, kept, failed = _embed_range(rt, specs, mine, p0, p1, bs, args.skip_bad, bar)
+            parts.add(p1, rows, kept, failed)
     finally:
         bar.close()
-    if not kept:
+    kept_all, emb, failed_all = parts.results()
+    fingerprint = parts.identity["model"]
+    if emb is None:
+        parts.remove()
         raise ValueError(
             "no clip could be embedded"
-            + (f" ({len(failed)} failed; first: {failed[0]['error']})" if failed else "")
+            + (
+                f" ({len(failed_all)} failed; first: {failed_all[0]['error']})"
+                if failed_all
+                else ""
+            )
         )
     data = EmbeddingSet(
-        [mine[k]["id"] for k in kept],
-        np.concatenate(rows),
-        [{"path": mine[k]["path"], "start": mine[k]["start"], "end": mine[k]["end"]} for k in kept],
-        runtime_fingerprint(rt),
+        [mine[k]["id"] for k in kept_all],
+        emb,
+        [
+            {"path": mine[k]["path"], "start": mine[k]["start"], "end": mine[k]["end"]}
+            for k in kept_all
+        ],
+        fingerprint,
     )
     save_embeddings(target, data)
+    parts.remove()
     summary = {
         "out": str(target),
-        "clips": len(kept),
-        "failed": failed,
+        "clips": len(kept_all),
+        "failed": failed_all,
+        "resumed_from": resumed,
         "dim": data.dim,
         "seconds": round(time.perf_counter() - t0, 3),
         "backend": rt.backend,
@@ -144,13 +264,48 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
+        again = f"; {resumed} clips resumed from parts" if resumed else ""
         print(
-            f"embedded {len(kept)} clips -> {target} ({data.dim}-d, "
-            f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device})"
+            f"embedded {len(kept_all)} clips -> {target} ({data.dim}-d, "
+            f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device}{again})"
         )
-        for f in failed:
+        for f in failed_all:
             print(f"skipped {f['id']}: {f['error']}", file=sys.stderr)
     return 0
+
+
+def _embed_range(
+    rt: Runtime,
+    specs: list[ClipSpec],
+    mine: list[dict[str, Any]],
+    p0: int,
+    p1: int,
+    bs: int,
+    skip_bad: bool,
+    bar: Any,
+) -> tuple[list[np.ndarray], list[int], list[dict[str, str]]]:
+    """Encode clips ``[p0, p1)`` in batches of ``bs``: (embedding arrays, their list
+    positions, the failed clips)."""
+    rows: list[np.ndarray] = []
+    kept: list[int] = []
+    failed: list[dict[str, str]] = []
+    for i in range(p0, p1, bs):
+        chunk = list(range(i, min(i + bs, p1)))
+        try:
+            rows.append(rt.encode_video([specs[k] for k in chunk]))
+            kept += chunk
+        except VideoError:
+            if not skip_bad:
+                raise
+            # Find the bad clips of this batch one by one.
+            for k in chunk:
+                try:
+                    rows.append(rt.encode_video([specs[k]]))
+                    kept.append(k)
+                except VideoError as exc:
+                    failed.append({"id": mine[k]["id"], "error": one_line(exc)})
+        bar.update(len(chunk))
+    return rows, kept, failed
 
 
 # ------------------------------------------------------------------------------ search
@@ -221,14 +376,22 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    inputs = args.embeddings
-    data = load_embeddings(inputs[0]) if len(inputs) == 1 else merge_shards(inputs)
-    if args.merged:
-        save_embeddings(args.merged, data)
+    # Every argument is checked before anything is written.
     out = Path(args.out)
     if out.suffix != ".faiss":
-        raise ValueError(f"--out {out}: use a .faiss file name")
-    build_faiss_index(data, out, kind=args.kind, nlist=args.nlist)
+        raise InputError(f"--out {out}: use a .faiss file name")
+    if args.merged and Path(args.merged).suffix not in SUFFIXES:
+        raise InputError(f"--merged {args.merged}: use a .safetensors or .parquet file name")
+    if args.merged and Path(args.merged).resolve() == out.resolve():
+        raise InputError(f"--merged {args.merged}: the same file as --out")
+    inputs = args.embeddings
+    data = load_embeddings(inputs[0]) if len(inputs) == 1 else merge_shards(inputs)
+    validate_index_options(args.kind, args.nlist, len(data), out)
+    with exclusive_output(out, what="index"):
+        if args.merged:
+            with exclusive_output(args.merged, what="embeddings file"):
+                save_embeddings(args.merged, data)
+        build_faiss_index(data, out, kind=args.kind, nlist=args.nlist)
     summary = {
         "index": str(out),
         "kind": args.kind,
@@ -446,6 +609,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--skip-bad",
         action="store_true",
         help="skip unreadable clips (reported) instead of stopping",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same command from its parts (<out>.parts/)",
+    )
+    s.add_argument(
+        "--part-size",
+        type=int,
+        default=512,
+        help="clips per part file written while embedding (rounded up to whole batches)",
     )
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", action="store_true")

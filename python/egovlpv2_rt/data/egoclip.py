@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import InputError
+from ..files import atomic_output
 
 __all__ = [
     "EGOCLIP_COLUMNS",
@@ -175,9 +176,10 @@ def read_egoclip(path: str | Path) -> list[ClipRecord]:
 
 
 def write_egoclip(path: str | Path, records: Iterable[ClipRecord]) -> None:
-    """Write records as an EgoClip TSV (header + one row per clip)."""
+    """Write records as an EgoClip TSV (header + one row per clip), atomically: a record that
+    cannot be written leaves the old file and no temporary file."""
     path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(
             f,
             fieldnames=list(EGOCLIP_COLUMNS),

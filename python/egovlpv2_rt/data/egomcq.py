@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .egoclip import ClipRecord, MetadataError, record_from_mapping
 
 __all__ = ["INTER", "INTRA", "MCQItem", "read_egomcq", "write_egomcq"]
@@ -136,4 +137,4 @@ def write_egomcq(path: str | Path, items: Sequence[MCQItem]) -> None:
             "choices": {str(j): c.to_row() for j, c in enumerate(it.choices)},
             "types": int(it.type),
         }
-    Path(path).write_text(json.dumps(out, indent=1), encoding="utf-8")
+    atomic_write_text(path, json.dumps(out, indent=1))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
+from ..files import atomic_write_text
 from ..preprocessing import Preprocessing
 
 __all__ = [
@@ -77,7 +78,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def write_sidecar(path: str | os.PathLike, sidecar: Sidecar) -> Path:
     """Write ``sidecar`` as indented JSON; returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(asdict(sidecar), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(asdict(sidecar), indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ import onnx
 import torch
 
 from .._version import __version__
+from ..files import atomic_write_text, atomic_write_with, exclusive_output
 from ..modeling.model import EgoVLPv2
 from . import passes
 from .graphs import DUAL_GRAPHS, FUSION_GRAPHS, GRAPHS, build_graph, dynamic_shapes, example_inputs
@@ -62,6 +64,7 @@ __all__ = [
 
 # Protobuf's hard limit is 2 GiB; bigger graphs keep their weights in a side file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
+_TMP_DIR = ".tmpdir"  # staging folders of _save_onnx: .<name>.onnx.<random>.tmpdir
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -293,21 +296,7 @@ def export_graph(
     proto.producer_version = __version__
 
     path = out / f"{name}.onnx"
-    data_file = out / f"{name}.onnx.data"
-    if data_file.exists():
-        data_file.unlink()
-    if proto.ByteSize() > _EXTERNAL_DATA_BYTES:
-        onnx.save_model(
-            proto,
-            path,
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_file.name,
-        )
-        onnx.checker.check_model(str(path), full_check=True)
-    else:
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save_model(proto, path)
+    _save_onnx(proto, path)
     sidecar.sha256 = file_sha256(path)
     side_path = write_sidecar(out / f"{name}.json", sidecar)
     return ExportedGraph(
@@ -318,6 +307,47 @@ def export_graph(
         expected_attention_count(m, name),
         time.perf_counter() - t0,
     )
+
+
+def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    """Check and write ``proto`` to ``path`` (weights over 2 GB in ``<path>.data``).
+
+    The files are written into a private temporary folder beside ``path`` and renamed into
+    place, the data file before the graph that names it, so a failure leaves the old pair and
+    no partial file (the temporary folder is removed)."""
+    data_file = path.with_name(path.name + ".data")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=_TMP_DIR, dir=path.parent))
+    try:
+        staged, staged_data = tmp_dir / path.name, tmp_dir / data_file.name
+        if proto.ByteSize() > _EXTERNAL_DATA_BYTES:
+            onnx.save_model(
+                proto,
+                staged,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_file.name,
+            )
+            onnx.checker.check_model(str(staged), full_check=True)
+        else:
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save_model(proto, staged)
+        external = staged_data.exists()
+        for f in (staged_data, staged) if external else (staged,):
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if external:
+            os.replace(staged_data, data_file)
+        os.replace(staged, path)
+        if not external and data_file.exists():
+            data_file.unlink()  # the old graph's weights; the new graph holds its own
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Temporary folders of an export killed while it wrote (call under the export lock)."""
+    for d in out.glob(f".*{_TMP_DIR}"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def export_model(
@@ -340,6 +370,35 @@ def export_model(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_output(out / MANIFEST, what="export folder"):
+        _remove_stale_staging(out)
+        return _export_locked(
+            model,
+            out,
+            graphs=graphs,
+            num_frames=num_frames,
+            precision=precision,
+            opset=opset,
+            tokenizer_file=tokenizer_file,
+            source_checkpoint=source_checkpoint,
+            max_text_length=max_text_length,
+            progress=progress,
+        )
+
+
+def _export_locked(
+    model: EgoVLPv2,
+    out: Path,
+    *,
+    graphs: Sequence[str],
+    num_frames: int | None,
+    precision: str,
+    opset: int,
+    tokenizer_file: str | os.PathLike | None,
+    source_checkpoint: str | os.PathLike | None,
+    max_text_length: int | None,
+    progress,
+) -> list[ExportedGraph]:
     frames = num_frames or model.config.video.num_frames
     prep = Preprocessing.for_config(
         model.config, num_frames=frames, max_text_length=max_text_length
@@ -365,7 +424,7 @@ def export_model(
         if not src.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {src}")
         if src.resolve() != (out / "tokenizer.json").resolve():
-            shutil.copyfile(src, out / "tokenizer.json")
+            atomic_write_with(out / "tokenizer.json", lambda tmp: shutil.copyfile(src, tmp))
     _update_manifest(out, model, prep, precision, done)
     return done
 
@@ -395,7 +454,7 @@ def _update_manifest(
         "graphs": graphs,
         "tokenizer": "tokenizer.json" if (out / "tokenizer.json").is_file() else None,
     }
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def verify_onnx(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EgoVLPv2Error
+from ..files import atomic_write_bytes
 from .graphs import GRAPHS
 from .metadata import Sidecar, file_sha256, read_sidecar, write_sidecar
 
@@ -263,10 +264,9 @@ def build_engine(
         raise RuntimeError(
             f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)"
         )
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     if timing_cache is not None:
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     sidecar = engine_sidecar(
         source,
         engine_path.name,

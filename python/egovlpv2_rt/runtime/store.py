@@ -10,7 +10,21 @@ description (path, start, end) per row, plus the model fingerprint that made the
 - shards of a distributed ``embed --shard`` run: ``<stem>.shard-RRRRR-of-WWWWW<suffix>`` plus
   ``<stem>.manifest.json`` listing them; :func:`load_embeddings` on the manifest merges them;
 - FAISS index (``.faiss``, needs faiss-cpu): inner product over L2-normalised rows (cosine),
-  ``<index>.json`` beside it holds ids, clips and the fingerprint.
+  ``<index>.json`` beside it holds ids, clips, the fingerprint and the index file's SHA-256
+  (written after the index, so a pair torn by a crash is detected on load).
+
+Clip paths: in memory (what :func:`load_embeddings` returns and what writers take) they are
+absolute, or relative to the working directory of the caller. On disk they are stored relative
+to the folder of the file that records them (the store, the index's ``.json``), marked by
+``egovlpv2.paths = "relative-to-file"``, so a store and its videos can move together and
+``search --rerank`` works from any working directory. Files written before this marker
+(paths relative to the working directory of ``embed``): a relative path is resolved against
+the file's folder when a file exists there, else against the current working directory (so
+they keep working from the folder ``embed`` ran in).
+
+Every writer goes through :mod:`egovlpv2_rt.files` (unique temporary file in the target folder,
+fsync, rename; removed on failure). Safetensors stores are written byte-deterministically
+(sorted metadata), so equal content gives equal files.
 """
 
 from __future__ import annotations
@@ -27,6 +41,9 @@ from typing import Any
 import numpy as np
 
 from ..config import LEGACY_EXECUTION_KEYS
+from ..errors import InputError
+from ..export.metadata import file_sha256
+from ..files import atomic_output, atomic_write_text
 
 __all__ = [
     "EmbeddingSet",
@@ -40,12 +57,16 @@ __all__ = [
     "save_embeddings",
     "shard_path",
     "top_k",
+    "validate_index_options",
     "write_manifest",
+    "write_safetensors_deterministic",
 ]
 
 _META_IDS = "egovlpv2.ids"
 _META_CLIPS = "egovlpv2.clips"
 _META_MODEL = "egovlpv2.model"
+_META_PATHS = "egovlpv2.paths"
+_RELATIVE_TO_FILE = "relative-to-file"
 SUFFIXES = (".safetensors", ".parquet")
 
 
@@ -134,37 +155,108 @@ def _check_suffix(path: Path) -> None:
         )
 
 
+def _folder(path: Path) -> str:
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _paths_for_file(clips: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """Clip records with their paths made relative to ``path``'s folder (POSIX spelling)."""
+    folder = _folder(path)
+    out = []
+    for c in clips:
+        c = dict(c)
+        p = c.get("path")
+        if isinstance(p, str) and p:
+            c["path"] = Path(os.path.relpath(os.path.abspath(p), folder)).as_posix()
+        out.append(c)
+    return out
+
+
+def _paths_from_file(clips: list[dict[str, Any]], path: Path, marked: bool) -> list[dict[str, Any]]:
+    """Clip records with absolute paths: stored paths resolved against ``path``'s folder
+    (unmarked files: there if the clip exists, else against the working directory)."""
+    folder = _folder(path)
+    out = []
+    for c in clips:
+        c = dict(c) if isinstance(c, dict) else {}
+        p = c.get("path")
+        if isinstance(p, str) and p and not os.path.isabs(p):
+            beside = os.path.normpath(os.path.join(folder, p))
+            if marked or os.path.exists(beside):
+                c["path"] = beside
+            else:  # written before paths were stored relative to the file
+                c["path"] = os.path.abspath(p)
+        out.append(c)
+    return out
+
+
+def write_safetensors_deterministic(
+    path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file whose bytes depend only on the content: header keys and
+    metadata sorted (the ``safetensors`` package orders them by hash, differently per run).
+
+    ``tensors``: name -> float32 / int64 array (written little-endian, C order)."""
+    dtypes = {np.dtype("<f4"): "F32", np.dtype("<i8"): "I64"}
+    arrays = {}
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        if a.dtype not in dtypes:
+            raise TypeError(f"tensor {name!r}: dtype {a.dtype} is not float32 or int64")
+        header[name] = {
+            "dtype": dtypes[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        arrays[name] = a
+        offset += a.nbytes
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for name in sorted(arrays):
+            f.write(arrays[name].reshape(-1).view(np.uint8).data)
+
+
 def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
-    """Write ``data`` as safetensors or parquet (by suffix)."""
+    """Write ``data`` as safetensors or parquet (by suffix), atomically; clip paths are
+    stored relative to ``path``'s folder."""
     path = Path(path)
     _check_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file(
-            {"embeddings": np.ascontiguousarray(data.embeddings)},
-            str(tmp),
-            metadata={
-                _META_IDS: json.dumps(data.ids),
-                _META_CLIPS: json.dumps(data.clips),
-                _META_MODEL: json.dumps(data.model, sort_keys=True),
-            },
-        )
-    else:
-        pa, pq = _pyarrow()
-        table = pa.table(
-            {
-                "id": pa.array(data.ids, pa.string()),
-                "path": pa.array([str(c.get("path", "")) for c in data.clips], pa.string()),
-                "start": pa.array([c.get("start") for c in data.clips], pa.float64()),
-                "end": pa.array([c.get("end") for c in data.clips], pa.float64()),
-                "embedding": pa.array(list(data.embeddings), pa.list_(pa.float32())),
-            }
-        ).replace_schema_metadata({_META_MODEL: json.dumps(data.model, sort_keys=True)})
-        pq.write_table(table, str(tmp))
-    os.replace(tmp, path)  # atomic: readers never see a half-written file
+    clips = _paths_for_file(data.clips, path)
+    with atomic_output(path) as tmp:
+        if path.suffix == ".safetensors":
+            write_safetensors_deterministic(
+                tmp,
+                {"embeddings": data.embeddings},
+                {
+                    _META_IDS: json.dumps(data.ids),
+                    _META_CLIPS: json.dumps(clips),
+                    _META_MODEL: json.dumps(data.model, sort_keys=True),
+                    _META_PATHS: _RELATIVE_TO_FILE,
+                },
+            )
+        else:
+            pa, pq = _pyarrow()
+            table = pa.table(
+                {
+                    "id": pa.array(data.ids, pa.string()),
+                    "path": pa.array([str(c.get("path", "")) for c in clips], pa.string()),
+                    "start": pa.array([c.get("start") for c in clips], pa.float64()),
+                    "end": pa.array([c.get("end") for c in clips], pa.float64()),
+                    "embedding": pa.array(list(data.embeddings), pa.list_(pa.float32())),
+                }
+            ).replace_schema_metadata(
+                {
+                    _META_MODEL: json.dumps(data.model, sort_keys=True),
+                    _META_PATHS: _RELATIVE_TO_FILE,
+                }
+            )
+            pq.write_table(table, str(tmp))
     return path
 
 
@@ -197,10 +289,11 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 emb = f.get_tensor("embeddings")
             if _META_IDS not in meta:
                 raise ValueError("no clip ids in the metadata")
+            clips = json.loads(meta.get(_META_CLIPS, "null")) or [{} for _ in range(len(emb))]
             return EmbeddingSet(
                 json.loads(meta[_META_IDS]),
                 emb,
-                json.loads(meta.get(_META_CLIPS, "null")) or [{} for _ in range(len(emb))],
+                _paths_from_file(clips, path, meta.get(_META_PATHS) == _RELATIVE_TO_FILE),
                 json.loads(meta.get(_META_MODEL, "{}")),
             )
         _, pq = _pyarrow()
@@ -223,7 +316,10 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         emb = np.array(cols["embedding"], dtype=np.float32)
         if emb.ndim != 2:
             raise ValueError("embedding rows have different lengths")
-        return EmbeddingSet([str(i) for i in cols["id"]], emb, clips, model)
+        marked = meta.get(_META_PATHS.encode()) == _RELATIVE_TO_FILE.encode()
+        return EmbeddingSet(
+            [str(i) for i in cols["id"]], emb, _paths_from_file(clips, path, marked), model
+        )
     except (ValueError, KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not an egovlpv2 embeddings file ({exc})") from None
     except OSError as exc:
@@ -251,8 +347,8 @@ def write_manifest(out: str | os.PathLike, world_size: int, total_clips: int) ->
     """The manifest of a sharded run (written by rank 0; its content is known up front)."""
     path = manifest_path(out)
     shards = [shard_path(out, r, world_size).name for r in range(world_size)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    atomic_write_text(
+        path,
         json.dumps(
             {
                 "format_version": 1,
@@ -262,7 +358,7 @@ def write_manifest(out: str | os.PathLike, world_size: int, total_clips: int) ->
             },
             indent=1,
         )
-        + "\n"
+        + "\n",
     )
     return path
 
@@ -354,6 +450,39 @@ def _faiss() -> ModuleType:
     return faiss
 
 
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+def validate_index_options(kind: str, nlist: int | None, n: int, out: str | os.PathLike) -> int:
+    """Check the options of :func:`build_faiss_index` for ``n`` embeddings before anything is
+    written; returns the number of ivf cells (0 for other kinds).
+
+    Raises:
+        InputError: the output is not ``.faiss``, the kind is unknown, ``nlist`` is given for
+            another kind than ivf, is < 1 or exceeds ``n``.
+    """
+    out = Path(out)
+    if out.suffix != ".faiss":
+        raise InputError(
+            f"{out}: a FAISS index file name ends in .faiss (got {out.suffix or 'no suffix'!r})"
+        )
+    if kind not in INDEX_KINDS:
+        raise InputError(f"index kind must be 'flat', 'ivf' or 'hnsw', got {kind!r}")
+    if n < 1:
+        raise InputError("no embeddings to index")
+    _faiss()  # a missing faiss fails here, before any file is written
+    if kind != "ivf":
+        if nlist is not None:
+            raise InputError(f"--nlist {nlist}: only --kind ivf has cells (got --kind {kind})")
+        return 0
+    if nlist is not None and nlist < 1:
+        raise InputError(f"--nlist {nlist}: the number of ivf cells must be >= 1")
+    cells = nlist or max(1, round(np.sqrt(n)))
+    if cells > n:
+        raise InputError(f"--nlist {cells}: an ivf index needs nlist <= the {n} embeddings")
+    return int(cells)
+
+
 def build_faiss_index(
     data: EmbeddingSet,
     path: str | os.PathLike,
@@ -366,46 +495,49 @@ def build_faiss_index(
 
     ``kind``: ``"flat"`` (exact inner product), ``"ivf"`` (inverted lists over ``nlist``
     k-means cells, default ~sqrt(N); needs N >= nlist) or ``"hnsw"`` (graph, ``hnsw_m``
-    links). Rows are L2-normalised, so inner product = cosine similarity.
+    links). Rows are L2-normalised, so inner product = cosine similarity. Both files are
+    written atomically, the ``.json`` (holding the index file's SHA-256) after the index.
     """
-    faiss = _faiss()
     path = Path(path)
+    cells = validate_index_options(kind, nlist, len(data), path)
+    faiss = _faiss()
     x = np.ascontiguousarray(data.normalized(), dtype=np.float32)
     d = data.dim
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
-        cells = nlist or max(1, round(np.sqrt(len(data))))
-        if cells > len(data):
-            raise ValueError(f"ivf index: nlist {cells} exceeds the {len(data)} embeddings")
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
         index.train(x)
         index.nprobe = min(cells, 8)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
     else:
-        raise ValueError(f"index kind must be 'flat', 'ivf' or 'hnsw', got {kind!r}")
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.add(x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(path))
-    Path(str(path) + ".json").write_text(
+    with atomic_output(path) as tmp:
+        faiss.write_index(index, str(tmp))
+        sha = file_sha256(tmp)
+    side = Path(str(path) + ".json")
+    atomic_write_text(
+        side,
         json.dumps(
             {
                 "format_version": 1,
                 "kind": kind,
                 "ids": data.ids,
-                "clips": data.clips,
+                "clips": _paths_for_file(data.clips, side),
                 "model": data.model,
+                "paths": _RELATIVE_TO_FILE,
+                "index_sha256": sha,
             },
             indent=1,
         )
-        + "\n"
+        + "\n",
     )
     return path
 
 
 def load_faiss_index(path: str | os.PathLike) -> FaissIndex:
-    """Read an index written by :func:`build_faiss_index` (with its ``.json``)."""
+    """Read an index written by :func:`build_faiss_index` (with its ``.json``); an index and
+    ``.json`` that do not belong together (other count, other file hash) raise ``ValueError``."""
     faiss = _faiss()
     path = Path(path)
     side = Path(str(path) + ".json")
@@ -414,13 +546,24 @@ def load_faiss_index(path: str | os.PathLike) -> FaissIndex:
             raise FileNotFoundError(f"FAISS index file not found: {p}")
     try:
         info = json.loads(side.read_text())
+        if not isinstance(info, dict) or not isinstance(info.get("ids"), list):
+            raise ValueError(f"{side} has no 'ids' list")
         index = faiss.read_index(str(path))
-    except (json.JSONDecodeError, RuntimeError) as exc:
+    except (json.JSONDecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a readable FAISS index ({exc})") from None
     if index.ntotal != len(info["ids"]):
         raise ValueError(
             f"{path}: index holds {index.ntotal} vectors but {side} lists {len(info['ids'])} ids"
+            " (the pair does not belong together; rebuild it with egovlpv2 index)"
         )
+    want = info.get("index_sha256")
+    if want and file_sha256(path) != want:
+        raise ValueError(
+            f"{path}: the index file is not the one {side} describes (SHA-256 differs; an "
+            "interrupted or concurrent write?); rebuild it with egovlpv2 index"
+        )
+    clips = info.get("clips") or [{} for _ in range(index.ntotal)]
+    marked = info.get("paths") == _RELATIVE_TO_FILE
     return FaissIndex(
-        index, info["ids"], info.get("clips") or [{}] * index.ntotal, info.get("model", {})
+        index, info["ids"], _paths_from_file(clips, side, marked), info.get("model", {})
     )
