@@ -315,7 +315,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     proc = subprocess.Popen(
         _train_cmd(cut, 1), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    ckpt = cut_out / "checkpoints" / "last.pt"
+    ckpt = cut_out / "checkpoints" / "last.json"
     log = cut_out / "metrics.csv"
     deadline = time.time() + 180
     # Kill after step 3 is logged: past the step-2 checkpoint, mid-epoch (10 steps per epoch).
@@ -331,11 +331,21 @@ def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+    saved = json.loads(ckpt.read_text())["step"]
     assert 2 <= saved < steps
     assert not (cut_out / "model.safetensors").exists()
+    # What a kill inside a checkpoint write leaves: a temporary file, and a tensor file of a
+    # later step whose last.json was never written. The resume removes both.
+    stale = cut_out / "checkpoints" / ".last.json.k1ll3d.tmp"
+    stale.write_text("{")
+    orphan = cut_out / "checkpoints" / f"state-{saved + 1:08d}.safetensors"
+    orphan.write_bytes(b"torn")
 
     _run(_train_cmd(cut, 1, "--resume"))
+    assert sorted(p.name for p in (cut_out / "checkpoints").iterdir()) == [
+        "last.json",
+        f"state-{steps:08d}.safetensors",
+    ]
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(cut_out / "model.safetensors"))
     for k in a:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .errors import InputError
+from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
 from .modeling.video import SpaceTimeBlock
 
@@ -290,12 +291,14 @@ def save_safetensors(
     model: EgoVLPv2, path: PathLike, *, metadata: Mapping[str, str] | None = None
 ) -> None:
     """Write the state dict (original key names) and the model's config JSON (metadata key
-    ``egovlpv2_config``) to a self-describing safetensors file."""
+    ``egovlpv2_config``) to a self-describing safetensors file, atomically (a reader sees the
+    old file or the new one, never a torn one)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", CONFIG_METADATA_KEY: model.config.to_json()}
     if metadata:
         meta.update({str(k): str(v) for k, v in metadata.items()})
-    save_file(tensors, os.fspath(path), metadata=meta)
+    with atomic_output(path) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata=meta)
 
 
 # -- tower initialisation ------------------------------------------------------------------

@@ -18,6 +18,8 @@ from tokenizers.models import BPE
 from tokenizers.processors import RobertaProcessing
 from torch import Tensor
 
+from .files import atomic_write_with
+
 __all__ = ["RobertaTokenizer"]
 
 PathLike = str | os.PathLike
@@ -201,5 +203,5 @@ class RobertaTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, path: PathLike) -> None:
-        """Write the pipeline as one ``tokenizer.json``."""
-        self._tok.save(os.fspath(path))
+        """Write the pipeline as one ``tokenizer.json`` (atomically)."""
+        atomic_write_with(path, lambda tmp: self._tok.save(os.fspath(tmp)))
