@@ -23,12 +23,12 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .errors import InputError
+from .errors import InputError, UnsafeFileError
 from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
 from .modeling.video import SpaceTimeBlock
@@ -128,15 +128,47 @@ def _placeholder_globals(path: PathLike) -> list[_SafeGlobal]:
 
 def _torch_load(path: PathLike) -> Any:
     """``torch.load(weights_only=True)``. Objects of classes the safe unpickler does not know
-    (a training run's config object, ...) are loaded as inert placeholders, never imported."""
+    (a training run's config object, ...) are loaded as inert placeholders, never imported.
+
+    Raises:
+        UnsafeFileError: the pickle calls functions (``__reduce__``) the safe unpickler refuses.
+        InputError: not a file ``torch.save`` wrote (plain pickle, other zip, truncated, ...).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        stubs = _placeholder_globals(path)
-        if not stubs:
-            raise
-        with torch.serialization.safe_globals(stubs):
+        try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            stubs = _placeholder_globals(path)
+            if not stubs:
+                raise
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(
+            f"{path}: refused, loading it would run code from the file "
+            f"({_unpickler_reason(exc)}); if you trust its source, re-save its state dict "
+            "with safetensors.torch.save_file where you do and load that .safetensors file"
+        ) from None
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a non-torch file
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise InputError(
+            f"{path}: not a readable EgoVLPv2 checkpoint (torch.load, weights only: "
+            f"{type(exc).__name__}: {reason}); expected a .safetensors file or a "
+            ".pth/.pt/.bin written by torch.save"
+        ) from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what was refused (the rest of its
+    message is advice to load with ``weights_only=False``, which this package never does)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in str(exc).splitlines():
+        line = line.replace("WeightsUnpickler error:", "").strip()
+        if line and not line.startswith(boilerplate):
+            return line[:200]
+    return "objects the safe unpickler does not allow"
 
 
 def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
@@ -147,16 +179,24 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | No
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {path}")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except SafetensorError as exc:
+            raise InputError(
+                f"{path}: not a readable EgoVLPv2 checkpoint (not a safetensors file: {exc})"
+            ) from None
         config = None
         if CONFIG_METADATA_KEY in metadata:
             config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
         return tensors, config
     obj = _torch_load(path)
     if not isinstance(obj, Mapping):
-        raise TypeError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+        raise InputError(
+            f"{path}: not a readable EgoVLPv2 checkpoint (expected a dict of tensors, "
+            f"got {type(obj).__name__})"
+        )
     return dict(obj), None
 
 
