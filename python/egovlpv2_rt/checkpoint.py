@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .errors import InputError, UnsafeFileError
+from .errors import EgoVLPv2Error, InputError, UnsafeFileError
 from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
 from .modeling.video import SpaceTimeBlock
@@ -171,6 +171,15 @@ def _unpickler_reason(exc: BaseException) -> str:
     return "objects the safe unpickler does not allow"
 
 
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise InputError(
+            f"{path}: not a readable EgoVLPv2 checkpoint (not a safetensors file: {exc})"
+        ) from None
+
+
 def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
     """Read a checkpoint file: ``.safetensors`` (config from its metadata, if any) or a torch
     pickle (``.pth``/``.pt``/``.bin``, read with ``weights_only=True``). Returns the raw
@@ -182,14 +191,21 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | No
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
         except SafetensorError as exc:
             raise InputError(
                 f"{path}: not a readable EgoVLPv2 checkpoint (not a safetensors file: {exc})"
             ) from None
+        tensors = _load_safetensors(path)
         config = None
         if CONFIG_METADATA_KEY in metadata:
-            config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
+            try:
+                config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
+            except (ValueError, TypeError) as exc:  # JSONDecodeError, a field of a wrong type
+                if isinstance(exc, EgoVLPv2Error):
+                    raise  # the config's own error (it names the field)
+                raise InputError(
+                    f"{path}: its {CONFIG_METADATA_KEY!r} metadata is not a model config ({exc})"
+                ) from None
         return tensors, config
     obj = _torch_load(path)
     if not isinstance(obj, Mapping):
@@ -396,12 +412,21 @@ def _hf_weights(directory: Path) -> dict[str, Tensor]:
     index = directory / "model.safetensors.index.json"
     pickled = directory / "pytorch_model.bin"
     if single.is_file():
-        return load_file(str(single))
+        return _load_safetensors(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(
+                f"{index}: not a safetensors index ({type(exc).__name__}: {exc})"
+            ) from None
         out: dict[str, Tensor] = {}
         for shard in shards:
-            out.update(load_file(str(directory / shard)))
+            if Path(shard).name != shard:
+                raise InputError(f"{index}: shard {shard!r} is not a file name in {directory}")
+            out.update(_load_safetensors(directory / shard))
         return out
     if pickled.is_file():
         return _read_tensors(pickled, str(pickled))
@@ -422,7 +447,12 @@ def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadRepor
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a HF RoBERTa directory)")
-    hf = json.loads(config_path.read_text())
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(hf, dict):
+        raise InputError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
     ours = model.config.text
     diffs = [
         f"{name}: {hf.get(name)!r} in config.json, {getattr(ours, name)!r} in the model"
