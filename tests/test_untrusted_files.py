@@ -11,8 +11,11 @@ unpickled without restriction, so a reader that ran it would be caught.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -205,8 +208,17 @@ def test_resume_state_json_and_tensor_file_replaced_by_pickles(tmp_path, marker)
         load_training_state(sidecar)
 
 
-def test_train_resume_from_planted_pickle_via_cli(tmp_path, marker, capsys):
-    from egovlpv2_rt import cli
+def _env() -> dict:
+    import egovlpv2_rt
+
+    env = dict(os.environ)
+    pkg_root = str(Path(egovlpv2_rt.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root, env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_train_resume_from_planted_pickle_via_cli(tmp_path, marker):
     from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
     from egovlpv2_rt.train.bpe import train_bpe_tokenizer
 
@@ -231,9 +243,19 @@ def test_train_resume_from_planted_pickle_via_cli(tmp_path, marker, capsys):
     cfg_path = tmp_path / "train.json"
     cfg_path.write_text(json.dumps(cfg))
     planted = _torch_file(out / "checkpoints" / "last.pt", marker, step=1)
-    rc = cli.main(["train", "--config", str(cfg_path), "--resume", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert rc == 1
+    # A subprocess: the trainer sets process-wide torch settings (threads, denormals).
+    command = [sys.executable, "-m", "egovlpv2_rt.cli", "train", "--config", str(cfg_path)]
+    command += ["--resume", "--device", "cpu"]
+    res = subprocess.run(
+        command,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    err = res.stderr
+    assert res.returncode == 1
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{planted}: refused, reading it would run code from the file" in err
     assert not (out / "model.safetensors").exists()
