@@ -315,7 +315,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     proc = subprocess.Popen(
         _train_cmd(cut, 1), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    ckpt = cut_out / "checkpoints" / "last.pt"
+    ckpt = cut_out / "checkpoints" / "last.json"
     log = cut_out / "metrics.csv"
     deadline = time.time() + 180
     # Kill after step 3 is logged: past the step-2 checkpoint, mid-epoch (10 steps per epoch).
@@ -331,11 +331,21 @@ def test_sigkill_and_resume_matches_uninterrupted_run(dataset, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+    saved = json.loads(ckpt.read_text())["step"]
     assert 2 <= saved < steps
     assert not (cut_out / "model.safetensors").exists()
+    # What a kill inside a checkpoint write leaves: a temporary file, and a tensor file of a
+    # later step whose last.json was never written. The resume removes both.
+    stale = cut_out / "checkpoints" / ".last.json.k1ll3d.tmp"
+    stale.write_text("{")
+    orphan = cut_out / "checkpoints" / f"state-{saved + 1:08d}.safetensors"
+    orphan.write_bytes(b"torn")
 
     _run(_train_cmd(cut, 1, "--resume"))
+    assert sorted(p.name for p in (cut_out / "checkpoints").iterdir()) == [
+        "last.json",
+        f"state-{steps:08d}.safetensors",
+    ]
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(cut_out / "model.safetensors"))
     for k in a:
@@ -494,3 +504,104 @@ def test_default_model_reuses_only_a_matching_synthetic_split(tmp_path):
     with pytest.raises(ValueError, match=r"40 clips there, 48 asked"):
         synth_split(root, 3, SynthConfig(num_clips=48, size=32, num_mcq=2))
     synth_split(root, 3, cfg)
+
+
+def _cli_train(cfg_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "egovlpv2_rt.cli", "train", "--config", str(cfg_path)]
+    return subprocess.run(
+        [*cmd, "--device", "cpu", *extra],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_second_trainer_on_the_same_folder_is_refused(dataset, tmp_path):
+    from egovlpv2_rt.train.trainer import hold_run_folder
+
+    out = tmp_path / "run"
+    cfg = _write(_config(dataset, out, max_steps=1), tmp_path / "run.json")
+    with hold_run_folder(out):  # what a running trainer holds
+        res = _cli_train(cfg)
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert f"{out / 'training'}: another process is writing this training run" in res.stderr
+    assert not (out / "config.json").exists()
+    res = _cli_train(cfg)  # the lock went with its holder
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "model.safetensors").is_file()
+
+
+def _to_legacy_state(sidecar: Path) -> Path:
+    """Rewrite a run's state as egovlpv2-rt 0.1 wrote it: one torch pickle, numpy's and
+    python's RNG states as tuples."""
+    import numpy as np
+
+    from egovlpv2_rt.train.state import load_training_state
+
+    state = load_training_state(sidecar)
+    state["rng"] = [
+        {
+            "torch": r["torch"],
+            "numpy": (
+                r["numpy"]["bit_generator"],
+                np.asarray(r["numpy"]["key"], dtype=np.uint32),
+                r["numpy"]["pos"],
+                r["numpy"]["has_gauss"],
+                r["numpy"]["cached_gaussian"],
+            ),
+            "python": (
+                r["python"]["version"],
+                tuple(r["python"]["internal"]),
+                r["python"]["gauss_next"],
+            ),
+        }
+        for r in state["rng"]
+    ]
+    legacy = sidecar.with_name("last.pt")
+    torch.save(state, legacy)
+    tensors = sidecar.with_name(json.loads(sidecar.read_text())["tensors"]["file"])
+    sidecar.unlink()
+    tensors.unlink()
+    return legacy
+
+
+def test_resume_from_a_legacy_state_matches_and_cleans_a_killed_runs_litter(dataset, tmp_path):
+    steps = 3
+    full = _write(
+        _config(dataset, tmp_path / "full", max_steps=steps, dropout=0.1), tmp_path / "full.json"
+    )
+    _run(_train_cmd(full, 1))
+    cut_out = tmp_path / "cut"
+    cut = _write(_config(dataset, cut_out, max_steps=steps, dropout=0.1), tmp_path / "cut.json")
+    _run(_train_cmd(cut, 1, "--stop-after", "2"))
+    ckpt = cut_out / "checkpoints"
+    assert json.loads((ckpt / "last.json").read_text())["step"] == 2
+    _to_legacy_state(ckpt / "last.json")
+    # Temporaries a SIGKILL leaves (0.1 named them .last.pt.XXXX.tmp) and an orphan tensor file.
+    litter = [
+        ckpt / ".last.pt.k1ll3d.tmp",
+        ckpt / ".last.json.k1ll3d.tmp",
+        ckpt / ".state-00000004.safetensors.k1ll3d.tmp",
+        ckpt / "state-00000004.safetensors",
+        cut_out / ".model.safetensors.k1ll3d.tmp",
+        cut_out / ".metrics.csv.k1ll3d.tmp",
+    ]
+    for path in litter:
+        path.write_bytes(b"partial")
+
+    _run(_train_cmd(cut, 1, "--resume"))
+    assert [p.name for p in litter if p.exists()] == []
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "last.json",
+        "last.pt",
+        f"state-{steps:08d}.safetensors",
+    ]
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(cut_out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _losses(tmp_path / "full") == _losses(cut_out)

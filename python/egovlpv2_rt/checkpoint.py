@@ -23,12 +23,13 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .errors import InputError
+from .errors import EgoVLPv2Error, InputError, UnsafeFileError
+from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
 from .modeling.video import SpaceTimeBlock
 
@@ -127,15 +128,56 @@ def _placeholder_globals(path: PathLike) -> list[_SafeGlobal]:
 
 def _torch_load(path: PathLike) -> Any:
     """``torch.load(weights_only=True)``. Objects of classes the safe unpickler does not know
-    (a training run's config object, ...) are loaded as inert placeholders, never imported."""
+    (a training run's config object, ...) are loaded as inert placeholders, never imported.
+
+    Raises:
+        UnsafeFileError: the pickle calls functions (``__reduce__``) the safe unpickler refuses.
+        InputError: not a file ``torch.save`` wrote (plain pickle, other zip, truncated, ...).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        stubs = _placeholder_globals(path)
-        if not stubs:
-            raise
-        with torch.serialization.safe_globals(stubs):
+        try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            stubs = _placeholder_globals(path)
+            if not stubs:
+                raise
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeFileError(
+            f"{path}: refused, loading it would run code from the file "
+            f"({_unpickler_reason(exc)}); if you trust its source, re-save its state dict "
+            "with safetensors.torch.save_file where you do and load that .safetensors file"
+        ) from None
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a non-torch file
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise InputError(
+            f"{path}: not a readable EgoVLPv2 checkpoint (torch.load, weights only: "
+            f"{type(exc).__name__}: {reason}); expected a .safetensors file or a "
+            ".pth/.pt/.bin written by torch.save"
+        ) from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what was refused (the rest of its
+    message is advice to load with ``weights_only=False``, which this package never does)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in str(exc).splitlines():
+        line = line.replace("WeightsUnpickler error:", "").strip()
+        if line and not line.startswith(boilerplate):
+            return line[:200]
+    return "objects the safe unpickler does not allow"
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise InputError(
+            f"{path}: not a readable EgoVLPv2 checkpoint (not a safetensors file: {exc})"
+        ) from None
 
 
 def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
@@ -146,16 +188,31 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | No
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {path}")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except SafetensorError as exc:
+            raise InputError(
+                f"{path}: not a readable EgoVLPv2 checkpoint (not a safetensors file: {exc})"
+            ) from None
+        tensors = _load_safetensors(path)
         config = None
         if CONFIG_METADATA_KEY in metadata:
-            config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
+            try:
+                config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
+            except (ValueError, TypeError) as exc:  # JSONDecodeError, a field of a wrong type
+                if isinstance(exc, EgoVLPv2Error):
+                    raise  # the config's own error (it names the field)
+                raise InputError(
+                    f"{path}: its {CONFIG_METADATA_KEY!r} metadata is not a model config ({exc})"
+                ) from None
         return tensors, config
     obj = _torch_load(path)
     if not isinstance(obj, Mapping):
-        raise TypeError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+        raise InputError(
+            f"{path}: not a readable EgoVLPv2 checkpoint (expected a dict of tensors, "
+            f"got {type(obj).__name__})"
+        )
     return dict(obj), None
 
 
@@ -290,12 +347,14 @@ def save_safetensors(
     model: EgoVLPv2, path: PathLike, *, metadata: Mapping[str, str] | None = None
 ) -> None:
     """Write the state dict (original key names) and the model's config JSON (metadata key
-    ``egovlpv2_config``) to a self-describing safetensors file."""
+    ``egovlpv2_config``) to a self-describing safetensors file, atomically (a reader sees the
+    old file or the new one, never a torn one)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", CONFIG_METADATA_KEY: model.config.to_json()}
     if metadata:
         meta.update({str(k): str(v) for k, v in metadata.items()})
-    save_file(tensors, os.fspath(path), metadata=meta)
+    with atomic_output(path) as tmp:
+        save_file(tensors, os.fspath(tmp), metadata=meta)
 
 
 # -- tower initialisation ------------------------------------------------------------------
@@ -353,12 +412,21 @@ def _hf_weights(directory: Path) -> dict[str, Tensor]:
     index = directory / "model.safetensors.index.json"
     pickled = directory / "pytorch_model.bin"
     if single.is_file():
-        return load_file(str(single))
+        return _load_safetensors(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(
+                f"{index}: not a safetensors index ({type(exc).__name__}: {exc})"
+            ) from None
         out: dict[str, Tensor] = {}
         for shard in shards:
-            out.update(load_file(str(directory / shard)))
+            if Path(shard).name != shard:
+                raise InputError(f"{index}: shard {shard!r} is not a file name in {directory}")
+            out.update(_load_safetensors(directory / shard))
         return out
     if pickled.is_file():
         return _read_tensors(pickled, str(pickled))
@@ -379,7 +447,12 @@ def init_text_from_hf_roberta(model: EgoVLPv2, directory: PathLike) -> LoadRepor
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory}: no config.json (expected a HF RoBERTa directory)")
-    hf = json.loads(config_path.read_text())
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(hf, dict):
+        raise InputError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
     ours = model.config.text
     diffs = [
         f"{name}: {hf.get(name)!r} in config.json, {getattr(ours, name)!r} in the model"

@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import CheckpointMismatchError, load_model
 from .config import ModelConfig
-from .errors import EgoVLPv2Error
+from .errors import EgoVLPv2Error, InputError
 from .modeling import EgoVLPv2
 from .tokenizer import RobertaTokenizer
 
@@ -120,9 +120,11 @@ def load_model_files(
     except (CheckpointMismatchError, FileNotFoundError):
         raise
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{files.checkpoint}: {exc}") from exc
+        if isinstance(exc, EgoVLPv2Error) and os.fspath(files.checkpoint) in str(exc):
+            raise  # already names the file
+        raise InputError(f"{files.checkpoint}: {exc}") from exc
     except Exception as exc:  # safetensors and pickle raise their own types
-        raise ValueError(
+        raise InputError(
             f"{files.checkpoint}: not a readable EgoVLPv2 checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
 

@@ -18,6 +18,9 @@ from tokenizers.models import BPE
 from tokenizers.processors import RobertaProcessing
 from torch import Tensor
 
+from .errors import InputError
+from .files import atomic_write_with
+
 __all__ = ["RobertaTokenizer"]
 
 PathLike = str | os.PathLike
@@ -96,13 +99,18 @@ class RobertaTokenizer:
                 ("mask_token", "<mask>"),
             )
         }
-        model = BPE.from_file(
-            os.fspath(vocab_file),
-            os.fspath(merges_file),
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-        )
+        try:
+            model = BPE.from_file(
+                os.fspath(vocab_file),
+                os.fspath(merges_file),
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exception
+            raise InputError(
+                f"{vocab_file}, {merges_file}: not a readable vocab.json/merges.txt pair ({exc})"
+            ) from None
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -124,7 +132,10 @@ class RobertaTokenizer:
         """From a ``tokenizer.json`` (its own pre-tokenizer and post-processor are used)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"tokenizer.json: no such file {path}")
-        tok = Tokenizer.from_file(os.fspath(path))
+        try:
+            tok = Tokenizer.from_file(os.fspath(path))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exception
+            raise InputError(f"{path}: not a readable tokenizer.json ({exc})") from None
         tok.no_padding()
         tok.no_truncation()
         return cls(tok, **kwargs)
@@ -201,5 +212,5 @@ class RobertaTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, path: PathLike) -> None:
-        """Write the pipeline as one ``tokenizer.json``."""
-        self._tok.save(os.fspath(path))
+        """Write the pipeline as one ``tokenizer.json`` (atomically)."""
+        atomic_write_with(path, lambda tmp: self._tok.save(os.fspath(tmp)))

@@ -43,7 +43,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="experiment file (.json/.yaml)")
     p.add_argument(
-        "--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt"
+        "--resume",
+        action="store_true",
+        help="continue from <out_dir>/checkpoints/last.json (or a 0.1 run's last.pt)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_train)

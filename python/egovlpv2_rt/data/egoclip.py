@@ -157,6 +157,15 @@ def read_egoclip(path: str | Path) -> list[ClipRecord]:
     path = Path(path)
     if not path.is_file():
         raise MetadataError(f"{path}: EgoClip metadata file not found")
+    try:
+        return _read_egoclip_rows(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise MetadataError(
+            f"{path}: not a UTF-8 tab-separated EgoClip file ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _read_egoclip_rows(path: Path) -> list[ClipRecord]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = reader.fieldnames or []

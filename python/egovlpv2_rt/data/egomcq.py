@@ -55,7 +55,7 @@ def read_egomcq(path: str | Path, num_choices: int | None = 5) -> list[MCQItem]:
         raise MetadataError(f"{path}: EgoMCQ file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise MetadataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise MetadataError(

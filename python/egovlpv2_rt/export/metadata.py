@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
+from ..errors import InputError
 from ..files import atomic_write_text
 from ..preprocessing import Preprocessing
 
@@ -89,9 +90,9 @@ def read_sidecar(path: str | os.PathLike) -> Sidecar:
     if not path.is_file():
         raise FileNotFoundError(f"export sidecar not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise TypeError(f"{path}: expected a JSON object, got {type(data).__name__}")
     known = set(Sidecar.__dataclass_fields__)
@@ -149,9 +150,11 @@ def read_manifest(directory: str | os.PathLike) -> dict:
             "create one with egovlpv2-export"
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     for key in ("config", "preprocessing", "graphs"):
         if key not in data:
             raise ValueError(f"{path}: missing key {key!r}")

@@ -280,13 +280,16 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     _check_suffix(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                if "embeddings" not in f.keys():  # noqa: SIM118 - safe_open is no dict
-                    raise ValueError("no 'embeddings' tensor")
-                emb = f.get_tensor("embeddings")
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    meta = f.metadata() or {}
+                    if "embeddings" not in f.keys():  # noqa: SIM118 - safe_open is no dict
+                        raise ValueError("no 'embeddings' tensor")
+                    emb = f.get_tensor("embeddings")
+            except SafetensorError as exc:  # not a ValueError
+                raise ValueError(f"not a safetensors file: {exc}") from None
             if _META_IDS not in meta:
                 raise ValueError("no clip ids in the metadata")
             clips = json.loads(meta.get(_META_CLIPS, "null")) or [{} for _ in range(len(emb))]
@@ -320,8 +323,8 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         return EmbeddingSet(
             [str(i) for i in cols["id"]], emb, _paths_from_file(clips, path, marked), model
         )
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not an egovlpv2 embeddings file ({exc})") from None
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError/JSONDecodeError too
+        raise InputError(f"{path}: not an egovlpv2 embeddings file ({exc})") from None
     except OSError as exc:
         raise ValueError(f"{path}: unreadable embeddings file ({exc})") from None
 
@@ -372,8 +375,8 @@ def merge_shards(manifest: str | os.PathLike | Sequence[str | os.PathLike]) -> E
             info = json.loads(mpath.read_text())
             files = [mpath.parent / s for s in info["shards"]]
             total = info.get("total_clips")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{mpath}: not a shard manifest ({exc})") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: bad JSON/UTF-8
+            raise InputError(f"{mpath}: not a shard manifest ({exc})") from None
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise ValueError(
@@ -547,10 +550,10 @@ def load_faiss_index(path: str | os.PathLike) -> FaissIndex:
     try:
         info = json.loads(side.read_text())
         if not isinstance(info, dict) or not isinstance(info.get("ids"), list):
-            raise ValueError(f"{side} has no 'ids' list")
+            raise ValueError(f"{side} lists no 'ids'")
         index = faiss.read_index(str(path))
-    except (json.JSONDecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable FAISS index ({exc})") from None
+    except (ValueError, RuntimeError) as exc:  # ValueError: bad JSON/UTF-8 in the sidecar
+        raise InputError(f"{path}: not a readable FAISS index ({exc})") from None
     if index.ntotal != len(info["ids"]):
         raise ValueError(
             f"{path}: index holds {index.ntotal} vectors but {side} lists {len(info['ids'])} ids"

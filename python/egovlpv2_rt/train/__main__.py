@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from <out_dir>/checkpoints/last.pt when it exists",
+        help="continue from <out_dir>/checkpoints/last.json (or a 0.1 run's last.pt)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(

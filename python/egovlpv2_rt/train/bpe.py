@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
+from ..files import atomic_write_with
 from ..tokenizer import roberta_processing
 
 __all__ = ["SPECIAL_TOKENS", "train_bpe_tokenizer"]
@@ -44,7 +45,4 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | P
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
     tok.post_processor = roberta_processing(tok, "<s>", "</s>", "the trained vocabulary")
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out))
-    return out
+    return atomic_write_with(out_path, lambda tmp: tok.save(str(tmp)))

@@ -358,11 +358,12 @@ def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     if yaml_file:
         import yaml  # the `train` extra; a missing package is reported as such, not as bad YAML
     try:
+        text = path.read_text(encoding="utf-8")
+        # safe_load: YAML tags (!!python/object/apply:...) never construct objects or run code.
         data = yaml.safe_load(text) if yaml_file else json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parser error becomes a named ConfigError
         raise ConfigError(f"{path}: cannot parse ({e})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import torch
 
 from ..data.egoclip import read_egoclip
 from ..data.synthetic import SynthConfig, generate_dataset
+from ..files import atomic_write_text, atomic_write_with
 from ..model_files import default_model_dir
 from .bpe import train_bpe_tokenizer
 from .config import train_config_from_dict
@@ -71,7 +73,7 @@ def synth_split(root: Path, seed: int, cfg: SynthConfig) -> None:
     want = json.loads(json.dumps({"seed": seed, **dataclasses.asdict(cfg)}))
     if not (root / "egoclip.csv").is_file():
         generate_dataset(root, seed, cfg)
-        marker.write_text(json.dumps(want, indent=1))
+        atomic_write_text(marker, json.dumps(want, indent=1))
         return
     if marker.is_file():
         have = json.loads(marker.read_text())
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_dict["num_threads"] = 1
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "train_config.json"
-    cfg_path.write_text(json.dumps(cfg_dict, indent=1))
+    atomic_write_text(cfg_path, json.dumps(cfg_dict, indent=1))
     cfg = train_config_from_dict(cfg_dict, str(cfg_path))
     t0 = time.perf_counter()
     if args.nproc > 1:
@@ -348,16 +350,16 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    (run_dir / "results.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(run_dir / "results.json", json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     if not args.no_install:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "model.safetensors", out / "model.safetensors")
-        shutil.copyfile(tok_path, out / "tokenizer.json")
-        (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
-        (out / "train_config.json").write_text(json.dumps(cfg_dict, indent=1))
-        (out / "results.json").write_text(json.dumps(report, indent=1))
+        for src in (run_dir / "model.safetensors", tok_path):
+            atomic_write_with(out / src.name, functools.partial(shutil.copyfile, src))
+        atomic_write_text(out / "config.json", json.dumps(model.config.to_dict(), indent=1))
+        atomic_write_text(out / "train_config.json", json.dumps(cfg_dict, indent=1))
+        atomic_write_text(out / "results.json", json.dumps(report, indent=1))
     return 0
 
 

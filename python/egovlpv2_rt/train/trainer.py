@@ -9,11 +9,14 @@ shows a progress bar and writes checkpoints atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from ..config import ModelConfig
 from ..data.clips import ClipReader, clip_seed
 from ..data.collate import collate_text
 from ..data.egoclip import ClipRecord, read_egoclip, segment_ids
+from ..files import atomic_write_text, exclusive_output, remove_stale_temporaries
 from ..model_files import load_tokenizer
 from ..modeling.model import EgoVLPv2
 from .config import TrainConfig, load_train_config
@@ -35,7 +39,16 @@ from .distributed import DistInfo, init_distributed, shutdown_distributed
 from .objective import GlobalBatch, PretrainObjective
 from .optim import build_optimizer, build_scheduler
 from .sampler import GlobalBatchSampler
-from .state import atomic_torch_save, capture_rng, load_training_state, restore_rng
+from .state import (
+    LEGACY_STATE_NAME,
+    STATE_NAME,
+    capture_rng,
+    find_training_state,
+    load_training_state,
+    remove_unreferenced_tensor_files,
+    restore_rng,
+    save_training_state,
+)
 
 __all__ = ["TrainResult", "train", "train_from_file"]
 
@@ -210,15 +223,49 @@ def train(
 
     Args:
         cfg: the experiment.
-        resume: continue from ``<out_dir>/checkpoints/last.pt`` when it exists.
+        resume: continue from ``<out_dir>/checkpoints/last.json`` (or a 0.1 run's
+            ``last.pt``) when it exists.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         stop_after: stop (without a final checkpoint) after this many steps of this call;
             for tests that simulate an interrupted run.
 
     Returns:
         :class:`TrainResult`.
+
+    Raises:
+        OutputBusyError: another training job writes ``cfg.out_dir``.
+        UnsafeFileError: ``--resume`` met a state file that would need code to run to be read.
     """
     info = init_distributed(device)
+    # Rank 0 writes every file of the run, so it holds the run folder for the whole job.
+    with hold_run_folder(cfg.out_dir) if info.is_main else nullcontext():
+        return _train(cfg, info, resume, stop_after)
+
+
+RUN_LOCK_NAME = "training"
+CHECKPOINTS = "checkpoints"
+# The files the trainer writes into out_dir (checkpoints/ aside).
+RUN_OUTPUTS = ("config.json", "metrics.csv", "eval.jsonl", "model.safetensors", "tokenizer.json")
+
+
+@contextlib.contextmanager
+def hold_run_folder(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``<out_dir>/.training.lock`` (a second trainer on ``out_dir`` is refused with
+    :class:`~egovlpv2_rt.errors.OutputBusyError`); on entry remove what a killed run of the
+    folder left: temporary files of every output and tensor files no ``last.json`` names."""
+    out_dir = Path(out_dir)
+    with exclusive_output(out_dir / RUN_LOCK_NAME, what="training run"):
+        ckpt = out_dir / CHECKPOINTS
+        for name in RUN_OUTPUTS:
+            remove_stale_temporaries(out_dir / name)
+        # "state-*" is a glob: temporaries of every step's tensor file.
+        for name in (STATE_NAME, LEGACY_STATE_NAME, "state-*.safetensors"):
+            remove_stale_temporaries(ckpt / name)
+        remove_unreferenced_tensor_files(ckpt)
+        yield
+
+
+def _train(cfg: TrainConfig, info: DistInfo, resume: bool, stop_after: int | None) -> TrainResult:
     if info.device.type == "cpu":
         # Zero-initialised gates and time attention make denormal floats early in training;
         # on x86 they are ~100x slower, so flush them (an effect below 1e-38).
@@ -231,7 +278,8 @@ def train(
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
     out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    ckpt_dir = out_dir / CHECKPOINTS
+    ckpt_path = ckpt_dir / STATE_NAME
     # Same initial weights on every rank (DDP also broadcasts rank 0's).
     _seed_everything(cfg.seed)
     data = _Data(cfg, info)
@@ -274,15 +322,16 @@ def train(
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     step = 0
-    if resume and ckpt_path.is_file():
-        state = load_training_state(ckpt_path)
+    resume_from = find_training_state(ckpt_dir) if resume else None
+    if resume_from is not None:
+        state = load_training_state(resume_from)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         data.sampler.check_state(state["sampler"])
         if len(state["rng"]) != info.world_size:
             raise ValueError(
-                f"{ckpt_path}: saved by {len(state['rng'])} ranks, resumed with "
+                f"{resume_from}: saved by {len(state['rng'])} ranks, resumed with "
                 f"{info.world_size}; RNG streams cannot be continued exactly"
             )
         restore_rng(state["rng"][info.rank])
@@ -307,9 +356,9 @@ def train(
     bar = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         log_path = out_dir / "metrics.csv"
-        new = not (resume and log_path.is_file())
+        new = not (resume_from is not None and log_path.is_file())
         if not new:
             _truncate_log(log_path, step)
         log_file = log_path.open("w" if new else "a", newline="")
@@ -367,7 +416,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _save(ckpt_path, model, optimizer, scheduler, data, step, cfg, info)
+            _save(ckpt_dir, model, optimizer, scheduler, data, step, cfg, info)
         ev = cfg.eval
         if ev.egomcq and (
             (ev.every_steps > 0 and step % ev.every_steps == 0) or step == cfg.max_steps
@@ -418,19 +467,21 @@ def _f(x) -> float:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows after ``step`` (written by the interrupted run past its last checkpoint)."""
+    """Drop log rows after ``step`` (written by the interrupted run past its last checkpoint);
+    the log is rewritten atomically, so a kill now keeps the old one."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        for r in rows:
-            if int(r["step"]) <= step:
-                w.writerow(r)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+    w.writeheader()
+    for r in rows:
+        if int(r["step"]) <= step:
+            w.writerow(r)
+    atomic_write_text(path, text.getvalue())
 
 
 def _save(
-    path: Path,
+    directory: Path,
     model,
     optimizer,
     scheduler,
@@ -441,7 +492,8 @@ def _save(
 ) -> None:
     rng = _gather_rng(info)
     if info.is_main:
-        atomic_torch_save(
+        save_training_state(
+            directory,
             {
                 "step": step,
                 "model": model.state_dict(),
@@ -452,7 +504,6 @@ def _save(
                 "config": cfg.to_dict(),
                 "model_config": model.config.to_dict(),
             },
-            path,
         )
     if info.distributed:
         dist.barrier()
