@@ -40,12 +40,11 @@ def _seconds(text: str, what: str, spec: str) -> float:
     return value
 
 
-def check_range(start: float | None, end: float | None, spec: str) -> None:
-    """Both times given: END must be after START."""
+def check_range(start: float | None, end: float | None, label: str) -> None:
+    """Both times given: END must be after START (``label`` names the clip in the error)."""
     if start is not None and end is not None and end <= start:
         raise InputError(
-            f"clip {spec!r}: END ({end:g}) must be after START ({start:g}); "
-            f"expected {CLIP_SPEC_HELP}"
+            f"{label}: END ({end:g}) must be after START ({start:g}); expected {CLIP_SPEC_HELP}"
         )
 
 
@@ -67,7 +66,7 @@ def parse_clip_arg(text: str) -> tuple[str, float | None, float | None]:
     start_text, _, end_text = suffix.partition(":")
     start = _seconds(start_text, "START", text)
     end = _seconds(end_text, "END", text)
-    check_range(start, end, text)
+    check_range(start, end, f"clip {text!r}")
     return path, start, end
 
 
@@ -118,8 +117,7 @@ def _table_time(row: dict[str, Any], column: str, src: Path, row_no: int) -> flo
         return _seconds(value.strip(), column, f"{src}, row {row_no}")
     except InputError:
         raise InputError(
-            f"{src}, row {row_no}: start/end must be numbers of seconds >= 0; "
-            f"{column} is {value!r}"
+            f"{src}, row {row_no}: start/end must be numbers of seconds >= 0; {column} is {value!r}"
         ) from None
 
 
