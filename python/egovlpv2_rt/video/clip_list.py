@@ -72,7 +72,10 @@ def parse_clip_arg(text: str) -> tuple[str, float | None, float | None]:
 
 def clip_id(path: str, start: float | None, end: float | None) -> str:
     """The id of a clip in messages and embedding files: ``path`` or ``path@START:END``."""
-    return path if start is None else f"{path}@{start:g}:{end:g}"
+    if start is None and end is None:
+        return path
+    # A table may give only one end (to the end / from the start): that side stays empty.
+    return f"{path}@{'' if start is None else f'{start:g}'}:{'' if end is None else f'{end:g}'}"
 
 
 def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
