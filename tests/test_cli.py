@@ -571,7 +571,8 @@ def test_missing_files(model_dir, embeddings, tmp_path, capsys):
 
 
 def test_empty_query(embeddings, model_dir, capsys):
-    rc, _, err = run(
+    # A blank query is refused while the command line is parsed (usage error, exit 2).
+    for argv in (
         [
             "search",
             "--embeddings",
@@ -581,11 +582,13 @@ def test_empty_query(embeddings, model_dir, capsys):
             "--checkpoint",
             str(model_dir),
         ],
-        capsys,
-    )
-    _one_line_error(rc, err, "--query is empty")
-    rc, _, err = run(["mcq", "--query", "", "--candidates", "a.mp4", "b.mp4"], capsys)
-    _one_line_error(rc, err, "--query is empty")
+        ["mcq", "--query", "", "--candidates", "a.mp4", "b.mp4"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, err
+        assert err.count("\n") == 1 and "argument --query: is empty" in err, err
 
 
 def test_mismatched_frame_count(clip_list, model_dir, tmp_path, capsys):

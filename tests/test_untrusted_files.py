@@ -297,11 +297,11 @@ def test_shard_manifest_that_is_a_pickle(tmp_path, marker):
 
 def test_tokenizer_files_that_are_pickles(tmp_path, marker):
     tok = _plant(tmp_path / "a" / "tokenizer.json", marker)
-    with pytest.raises(InputError, match=r"tokenizer\.json: not a readable tokenizer\.json"):
+    with pytest.raises(InputError, match=r"tokenizer\.json: not a valid tokenizer\.json"):
         RobertaTokenizer.from_tokenizer_json(tok)
     _plant(tmp_path / "b" / "vocab.json", marker)
     _plant(tmp_path / "b" / "merges.txt", marker)
-    with pytest.raises(InputError, match=r"vocab\.json, .*merges\.txt: not a readable"):
+    with pytest.raises(InputError, match=r"vocab\.json, .*merges\.txt: not a valid"):
         RobertaTokenizer.from_directory(tmp_path / "b")
 
 
@@ -324,7 +324,7 @@ def test_yaml_train_config_with_python_tags(tmp_path, marker, text):
 @pytest.mark.parametrize("name", ["exp.json", "exp.yaml"])
 def test_train_config_that_is_a_pickle(tmp_path, marker, name):
     pytest.importorskip("yaml")
-    with pytest.raises(ConfigError, match=rf"{name}: cannot parse"):
+    with pytest.raises(ConfigError, match=rf"{name}: (cannot parse|not UTF-8 text)"):
         load_train_config(_plant(tmp_path / name, marker))
 
 

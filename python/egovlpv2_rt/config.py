@@ -14,9 +14,14 @@ reads the ``hparams`` layout of the golden ``<set>_config.json`` files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import InputError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -40,27 +45,130 @@ _T = TypeVar("_T", bound="DataclassInstance")
 
 def _require(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(message)
+        raise InputError(message)
+
+
+def _describe(value: Any) -> str:
+    """A value as the error messages show it: repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _positive_int(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
+        raise InputError(f"{_key(owner, name)} must be a positive int, got {_describe(value)}")
 
 
 def _probability(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{owner}.{name} must be a probability in [0, 1), got {value!r}")
+    if not _is_number(value) or not 0.0 <= float(value) < 1.0:
+        raise InputError(
+            f"{_key(owner, name)} must be a probability in [0, 1), got {_describe(value)}"
+        )
 
 
-def _from_dict(cls: type[_T], data: dict[str, Any], owner: str) -> _T:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise naming the key."""
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool: ``true`` in a config file is no number)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> annotated type (resolved once per class: the module uses postponed
+    annotations, so ``Field.type`` is a string)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+# Fields that count something (sizes, layers, heads): positive ints. Probabilities: [0, 1).
+_COUNTS = {
+    "VideoConfig": (
+        "img_size",
+        "patch_size",
+        "in_chans",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "num_frames",
+    ),
+    "TextConfig": (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    ),
+    "FusionConfig": (
+        "vocab_size",
+        "hidden_size",
+        "num_heads",
+        "num_layers",
+        "mlp_ratio",
+        "input_image_embed_size",
+        "input_text_embed_size",
+    ),
+    "ModelConfig": ("embed_dim", "projection_dim"),
+}
+_PROBABILITIES = {
+    "VideoConfig": ("drop_rate", "attn_drop_rate", "drop_path_rate"),
+    "TextConfig": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "FusionConfig": ("drop_rate", "mlm_prob"),
+}
+
+
+def _key(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
+
+
+def _check_types(cls: type, values: dict[str, Any], owner: str) -> None:
+    """Every value of ``values`` has its field's annotated type: bools are true/false (never a
+    string or a number), ints are ints (not bools, not 2.0: a count written as a float is
+    refused rather than guessed), floats are finite numbers, strings are strings. Sections
+    (nested configs) are checked by their own class. Raises ``InputError`` naming
+    ``owner.field``, the expected type and the value; counts must also be positive and
+    probabilities in [0, 1)."""
+    counts = _COUNTS.get(cls.__name__, ())
+    probabilities = _PROBABILITIES.get(cls.__name__, ())
+    for name, tp in _field_types(cls).items():
+        if name not in values:
+            continue
+        value = values[name]
+        if name in counts:
+            _positive_int(owner, name, value)
+            continue
+        if name in probabilities:
+            _probability(owner, name, value)
+            continue
+        if tp is bool:
+            ok, expected = isinstance(value, bool), "true or false"
+        elif tp is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            expected = "an int"
+        elif tp is float:
+            ok, expected = _is_number(value), "a finite number"
+        elif tp is str:
+            ok, expected = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise InputError(f"{_key(owner, name)} must be {expected}, got {_describe(value)}")
+
+
+def _from_dict(cls: type[_T], data: Any, owner: str) -> _T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and values of the wrong type raise
+    ``InputError`` naming ``owner.key``."""
     if not isinstance(data, dict):
-        raise TypeError(f"{owner}: expected a dict, got {type(data).__name__}")
+        raise InputError(f"{owner}: expected a mapping, got {_describe(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ValueError(f"{owner}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+        raise InputError(f"{owner}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+    _check_types(cls, data, owner)
     return cls(**data)
 
 
@@ -92,16 +200,7 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         o = "VideoConfig"
-        for name in (
-            "img_size",
-            "patch_size",
-            "in_chans",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "num_frames",
-        ):
-            _positive_int(o, name, getattr(self, name))
+        _check_types(VideoConfig, self.__dict__, o)
         _require(
             self.embed_dim % self.num_heads == 0,
             f"{o}.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})",
@@ -111,7 +210,9 @@ class VideoConfig:
             f"{o}.img_size ({self.img_size}) must be divisible by patch_size ({self.patch_size})",
         )
         _require(self.mlp_ratio > 0, f"{o}.mlp_ratio must be > 0, got {self.mlp_ratio}")
-        _require(self.layer_norm_eps > 0, f"{o}.layer_norm_eps must be > 0")
+        _require(
+            self.layer_norm_eps > 0, f"{o}.layer_norm_eps must be > 0, got {self.layer_norm_eps}"
+        )
         _require(
             self.time_init in ("zeros", "rand"),
             f"{o}.time_init must be 'zeros' or 'rand', got {self.time_init!r}",
@@ -120,8 +221,6 @@ class VideoConfig:
             self.attention_style == "frozen-in-time",
             f"{o}.attention_style: only 'frozen-in-time' exists, got {self.attention_style!r}",
         )
-        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-            _probability(o, name, getattr(self, name))
 
     @property
     def patches_per_frame(self) -> int:
@@ -154,16 +253,7 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         o = "TextConfig"
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
-            _positive_int(o, name, getattr(self, name))
+        _check_types(TextConfig, self.__dict__, o)
         _require(
             self.hidden_size % self.num_attention_heads == 0,
             f"{o}.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -190,9 +280,9 @@ class TextConfig:
             f"{o}.max_position_embeddings ({self.max_position_embeddings}) must exceed "
             f"pad_token_id + 1 ({self.pad_token_id + 1}): positions start after the pad id",
         )
-        _require(self.layer_norm_eps > 0, f"{o}.layer_norm_eps must be > 0")
-        _probability(o, "hidden_dropout_prob", self.hidden_dropout_prob)
-        _probability(o, "attention_probs_dropout_prob", self.attention_probs_dropout_prob)
+        _require(
+            self.layer_norm_eps > 0, f"{o}.layer_norm_eps must be > 0, got {self.layer_norm_eps}"
+        )
 
     @property
     def max_text_length(self) -> int:
@@ -225,16 +315,7 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         o = "FusionConfig"
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_heads",
-            "num_layers",
-            "mlp_ratio",
-            "input_image_embed_size",
-            "input_text_embed_size",
-        ):
-            _positive_int(o, name, getattr(self, name))
+        _check_types(FusionConfig, self.__dict__, o)
         _require(
             isinstance(self.num_fuse_block, int) and 0 <= self.num_fuse_block <= self.num_layers,
             f"{o}.num_fuse_block must be in [0, num_layers={self.num_layers}], "
@@ -245,9 +326,9 @@ class FusionConfig:
             f"{o}.hidden_size ({self.hidden_size}) must be divisible by num_heads "
             f"({self.num_heads})",
         )
-        _probability(o, "drop_rate", self.drop_rate)
-        _probability(o, "mlm_prob", self.mlm_prob)
-        _require(self.norm_eps > 0 and self.mlm_layer_norm_eps > 0, f"{o}: eps must be > 0")
+        for name in ("norm_eps", "mlm_layer_norm_eps"):
+            value = getattr(self, name)
+            _require(value > 0, f"{o}.{name} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -260,6 +341,7 @@ class LossConfig:
     verb: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(LossConfig, self.__dict__, "LossConfig")
         _require(
             self.temperature > 0, f"LossConfig.temperature must be > 0, got {self.temperature!r}"
         )
@@ -291,11 +373,10 @@ class ModelConfig:
             ("loss", LossConfig),
         ):
             if not isinstance(getattr(self, name), cls):
-                raise TypeError(
+                raise InputError(
                     f"{o}.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"
                 )
-        _positive_int(o, "embed_dim", self.embed_dim)
-        _positive_int(o, "projection_dim", self.projection_dim)
+        _check_types(ModelConfig, self.__dict__, o)
         _require(
             self.projection == "minimal",
             f"{o}.projection: only 'minimal' (Linear-ReLU-Linear-ReLU-Linear) is supported, "
@@ -352,15 +433,28 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``. Missing keys take defaults; unknown keys raise ``ValueError``.
+    def from_dict(cls, data: dict[str, Any], where: str | None = None) -> ModelConfig:
+        """Inverse of ``to_dict``. Missing keys take defaults; an unknown key, a value of the
+        wrong type (``qkv_bias: "false"``, ``num_frames: 2.5``) or out of range
+        (``num_frames: 0``) raises :class:`~egovlpv2_rt.errors.InputError` naming the dotted
+        key (``video.num_frames``), what was expected and the value, prefixed with ``where``
+        (the file it came from) when given.
 
         Configs saved by egovlpv2-rt 0.1 also hold the execution settings ``attention_impl``,
         ``check_finite_pixels`` and ``gradient_checkpointing``; they describe no part of the
         model and are dropped (pass them to ``EgoVLPv2(...)`` instead).
         """
+        try:
+            return cls._from_mapping(data)
+        except InputError as exc:
+            if where is None:
+                raise
+            raise InputError(f"{where}: {exc}") from None
+
+    @classmethod
+    def _from_mapping(cls, data: Any) -> ModelConfig:
         if not isinstance(data, dict):
-            raise TypeError(f"ModelConfig.from_dict: expected a dict, got {type(data).__name__}")
+            raise InputError(f"model config: expected a mapping, got {_describe(data)}")
         data = {k: v for k, v in data.items() if k not in LEGACY_EXECUTION_KEYS}
         subs = {
             "video": VideoConfig,
@@ -370,12 +464,25 @@ class ModelConfig:
         }
         for name, sub_cls in subs.items():
             if name in data:
-                data[name] = _from_dict(sub_cls, data[name], f"ModelConfig.{name}")
-        return _from_dict(cls, data, "ModelConfig")
+                data[name] = _from_dict(sub_cls, data[name], name)
+        # Top-level keys are named bare (``embed_dim``), sections by their key (``video.x``).
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names, key=str)
+        if unknown:
+            raise InputError(
+                f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(names)}"
+            )
+        _check_types(cls, {k: v for k, v in data.items() if k not in subs}, "")
+        return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, where: str | None = None) -> ModelConfig:
+        """``from_dict`` of a JSON text; text that is not JSON raises ``InputError`` too."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InputError(f"{where or 'model config'}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, where)
 
     @classmethod
     def from_golden_hparams(cls, hparams: dict[str, Any], **overrides: Any) -> ModelConfig:
@@ -457,5 +564,5 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     roberta-base, 6 fused layers, projection 4096) or ``"tiny"`` (the golden parity model).
     ``overrides`` replace top-level fields, e.g. ``preset("tiny", projection_dim=16)``."""
     if name not in PRESETS:
-        raise ValueError(f"preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
+        raise InputError(f"preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]().replace(**overrides)

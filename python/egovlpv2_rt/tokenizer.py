@@ -33,11 +33,28 @@ def roberta_processing(tok: Tokenizer, bos: str, eos: str, where: str) -> Robert
     for token in (bos, eos):
         token_id = tok.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"{where}: no special token {token!r}")
+            raise InputError(f"{where}: no special token {token!r}")
         ids[token] = token_id
     return RobertaProcessing(
         (eos, ids[eos]), (bos, ids[bos]), trim_offsets=True, add_prefix_space=False
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """``text`` must encode as UTF-8: a lone surrogate (what ``surrogateescape`` makes of bytes
+    that are not UTF-8, e.g. in ``sys.argv``) would otherwise fail deep in ``tokenizers``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{what}: not valid Unicode text ({exc.object[exc.start]!a} at position "
+            f"{exc.start}: bytes that were not UTF-8?)"
+        ) from None
 
 
 class RobertaTokenizer:
@@ -63,8 +80,10 @@ class RobertaTokenizer:
             raise TypeError(
                 f"tokenizer: expected tokenizers.Tokenizer, got {type(tokenizer).__name__}"
             )
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 (room for <s> and </s>), got {max_length}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+            raise InputError(
+                f"max_length must be an int >= 2 (room for <s> and </s>), got {max_length!r}"
+            )
         self._tok = tokenizer
         self.max_length = max_length
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
@@ -73,7 +92,7 @@ class RobertaTokenizer:
         for token in (bos_token, eos_token, pad_token):
             token_id = tokenizer.token_to_id(token)
             if token_id is None:
-                raise ValueError(f"the vocabulary has no special token {token!r}")
+                raise InputError(f"the vocabulary has no special token {token!r}")
             ids[token] = token_id
         self.bos_token_id, self.eos_token_id = ids[bos_token], ids[eos_token]
         self.pad_token_id = ids[pad_token]
@@ -107,9 +126,10 @@ class RobertaTokenizer:
                 end_of_word_suffix="",
                 fuse_unk=False,
             )
-        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exception
+        except Exception as exc:  # noqa: BLE001 - `tokenizers` raises a bare Exception
             raise InputError(
-                f"{vocab_file}, {merges_file}: not a readable vocab.json/merges.txt pair ({exc})"
+                f"{vocab_file}, {merges_file}: not a valid vocab.json + merges.txt pair "
+                f"({_first_line(exc)})"
             ) from None
         tok = Tokenizer(model)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -125,7 +145,10 @@ class RobertaTokenizer:
         if tok.token_to_id(specials["mask_token"]) is not None:
             added.append(AddedToken(specials["mask_token"], lstrip=True, special=True))
         tok.add_special_tokens(added)
-        return cls(tok, **kwargs)
+        try:
+            return cls(tok, **kwargs)
+        except ValueError as exc:
+            raise InputError(f"{vocab_file}: {exc}") from None
 
     @classmethod
     def from_tokenizer_json(cls, path: PathLike, **kwargs: Any) -> RobertaTokenizer:
@@ -134,11 +157,17 @@ class RobertaTokenizer:
             raise FileNotFoundError(f"tokenizer.json: no such file {path}")
         try:
             tok = Tokenizer.from_file(os.fspath(path))
-        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exception
-            raise InputError(f"{path}: not a readable tokenizer.json ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - `tokenizers` raises a bare Exception
+            raise InputError(
+                f"{path}: not a valid tokenizer.json ({_first_line(exc)}); expected the file "
+                "a `tokenizers` Tokenizer saves (as `egovlpv2_rt.train.bpe` writes it)"
+            ) from None
         tok.no_padding()
         tok.no_truncation()
-        return cls(tok, **kwargs)
+        try:
+            return cls(tok, **kwargs)
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from None
 
     @classmethod
     def from_directory(cls, directory: PathLike, **kwargs: Any) -> RobertaTokenizer:
@@ -172,15 +201,18 @@ class RobertaTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, Sequence) or not texts:
-            raise ValueError("texts: expected a non-empty string or sequence of strings")
+            raise InputError("texts: expected a non-empty string or sequence of strings")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}]: expected str, got {type(text).__name__}")
+            _check_unicode(text, f"texts[{i}]")
         if padding not in ("longest", "max_length"):
-            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+            raise InputError(f"padding must be 'longest' or 'max_length', got {padding!r}")
         limit = self.max_length if max_length is None else max_length
-        if limit < 2:
-            raise ValueError(f"max_length must be >= 2 (room for <s> and </s>), got {limit}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 2:
+            raise InputError(
+                f"max_length must be an int >= 2 (room for <s> and </s>), got {limit!r}"
+            )
         tok = self._tok
         if truncation:
             tok.enable_truncation(limit)
@@ -193,7 +225,7 @@ class RobertaTokenizer:
         lengths = [len(e.ids) for e in encodings]
         if max(lengths) > limit:
             worst = max(range(len(lengths)), key=lengths.__getitem__)
-            raise ValueError(
+            raise InputError(
                 f"texts[{worst}] has {lengths[worst]} tokens, more than max_length "
                 f"{limit}; pass truncation=True"
             )

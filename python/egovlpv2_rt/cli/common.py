@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,18 +18,26 @@ from ..errors import EgoVLPv2Error
 from ..export.metadata import file_sha256
 from ..runtime import Runtime, load
 from ..runtime.store import model_fingerprint
+from ..video.clip_list import parse_clip_arg
 
 __all__ = [
     "ArgParser",
     "add_model_options",
+    "at_least",
+    "bench_case",
+    "clip_spec",
     "error_exit",
     "missing_dependency",
+    "non_negative_int",
     "one_line",
+    "positive_float",
+    "positive_int",
     "print_json",
     "run_command",
     "runtime_fingerprint",
     "runtime_from_args",
     "show_progress",
+    "text_arg",
 ]
 
 _MAX_ERROR = 400
@@ -111,6 +121,96 @@ class ArgParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# ------------------------------------------------------------------------------ option types
+# ``type=`` functions: a bad value is refused while the command line is parsed, with one line
+# naming the option (argparse adds "argument --frames: ") and exit status 2.
+
+
+def _int(text: str) -> int:
+    # int() would also take " 3", "3_0" and "٣"; a count on the command line is ASCII digits.
+    if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(text)
+
+
+def at_least(minimum: int, what: str = "") -> Callable[[str], int]:
+    """An int option that must be >= ``minimum`` (``what`` says why, in the message)."""
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if value < minimum:
+            reason = f" ({what})" if what else ""
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {minimum}{reason}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """A count: an integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def text_arg(text: str) -> str:
+    """Text (a query, a question): not blank, and valid UTF-8. Arguments that are not UTF-8
+    reach Python as lone surrogates (``surrogateescape``); they are refused here rather than
+    deep in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(exc.object[exc.start]) - 0xDC00
+        shown = f"byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else "a lone surrogate"
+        raise argparse.ArgumentTypeError(
+            f"not valid UTF-8 text ({shown} at position {exc.start}); give the text in UTF-8"
+        ) from None
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a text")
+    return text
+
+
+def clip_spec(text: str) -> str:
+    """A clip: ``PATH`` or ``PATH@START:END``; the range is checked here (the string is kept)."""
+    try:
+        parse_clip_arg(text)
+    except EgoVLPv2Error as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def bench_case(text: str) -> str:
+    """A benchmark case: ``text_bN``, ``video_bN`` or ``score_bN`` with N >= 1."""
+    if not re.fullmatch(r"(text|video|score)_b[1-9][0-9]*", text):
+        raise argparse.ArgumentTypeError(
+            f"expected text_bN, video_bN or score_bN (N >= 1), got {text!r}"
+        )
+    return text
+
+
 # ------------------------------------------------------------------------------ model options
 
 
@@ -129,9 +229,9 @@ def add_model_options(p: argparse.ArgumentParser, *, backend: bool = True) -> No
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None)
     p.add_argument(
-        "--frames", type=int, default=None, help="frames per clip (default: the model's)"
+        "--frames", type=positive_int, default=None, help="frames per clip (default: the model's)"
     )
-    p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="clips per forward pass")
 
 
 def runtime_from_args(args: argparse.Namespace, **overrides: Any) -> Runtime:

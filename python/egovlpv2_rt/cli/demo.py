@@ -15,7 +15,14 @@ from ..data.egoclip import read_egoclip
 from ..data.egomcq import INTER, read_egomcq
 from ..data.synthetic import SynthConfig, generate_dataset
 from ..video import ClipSpec
-from .common import add_model_options, print_json, runtime_from_args
+from .common import (
+    add_model_options,
+    non_negative_int,
+    positive_int,
+    print_json,
+    runtime_from_args,
+    text_arg,
+)
 
 __all__ = ["add_subcommands", "cmd_demo"]
 
@@ -130,11 +137,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     add_model_options(s)
     s.add_argument("--out", default=None, help="folder for the clips (default: a temp folder)")
-    s.add_argument("--query", default=None, help="text query (default: a clip's narration)")
     s.add_argument(
-        "--clips", type=int, default=30, help="example clips (6 per video, at least 5 videos)"
+        "--query", default=None, type=text_arg, help="text query (default: a clip's narration)"
     )
-    s.add_argument("--top-k", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--clips",
+        type=positive_int,
+        default=30,
+        help="example clips (6 per video, at least 5 videos)",
+    )
+    s.add_argument("--top-k", type=positive_int, default=5)
+    s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_demo)

@@ -23,9 +23,18 @@ from ..export.tensorrt import EngineProfile, build_engine, import_tensorrt, pars
 from ..files import atomic_write_with
 from ..model_files import load_model_files, resolve_checkpoint
 from ..tokenizer import RobertaTokenizer
-from .common import ArgParser, run_command
+from .common import ArgParser, at_least, positive_float, positive_int, run_command
 
 __all__ = ["build_parser", "main", "profiles_from_args"]
+
+
+def _range_arg(text: str) -> str:
+    """``MIN:OPT:MAX`` or ``N``, checked here; the string is kept (profiles_from_args reads it)."""
+    try:
+        parse_range(text, "range")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("range: ")) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--frames",
-        type=int,
+        type=positive_int,
         default=None,
         help="frames per clip, fixed in the graph (default: the model's)",
     )
@@ -65,11 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="tensorrt: also build engines from the ONNX graphs (needs tensorrt)",
     )
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 18; default 18)")
+    p.add_argument(
+        "--opset", type=at_least(18), default=None, help="ONNX opset (>= 18; default 18)"
+    )
     p.add_argument(
         "--batch",
         action="append",
         default=None,
+        type=_range_arg,
         metavar="MIN:OPT:MAX",
         help="TensorRT profile batch range; repeat for several profiles (default 1:8:32)",
     )
@@ -77,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-length",
         action="append",
         default=None,
+        type=_range_arg,
         metavar="MIN:OPT:MAX",
         help="TensorRT profile text-length range, paired with --batch "
         "(default 4:16:min(32, model limit))",
@@ -87,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorRT timing cache file (read if present, then updated)",
     )
     p.add_argument(
-        "--workspace-gib", type=float, default=4.0, help="TensorRT builder workspace (GiB)"
+        "--workspace-gib",
+        type=positive_float,
+        default=4.0,
+        help="TensorRT builder workspace (GiB)",
     )
     p.add_argument(
         "--verify",

@@ -58,11 +58,15 @@ from ..video import ClipSpec, VideoError
 from ..video.clip_list import parse_clip_arg, read_clip_list
 from .common import (
     add_model_options,
+    bench_case,
+    clip_spec,
     one_line,
+    positive_int,
     print_json,
     runtime_fingerprint,
     runtime_from_args,
     show_progress,
+    text_arg,
 )
 
 __all__ = ["add_subcommands", "collect_info"]
@@ -631,8 +635,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="embeddings file, shard manifest, or FAISS index (.faiss)",
     )
-    s.add_argument("--query", required=True)
-    s.add_argument("--top-k", type=int, default=10)
+    s.add_argument("--query", required=True, type=text_arg)
+    s.add_argument("--top-k", type=positive_int, default=10)
     s.add_argument(
         "--rerank",
         choices=("none", "fusion", "ensemble"),
@@ -649,19 +653,25 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", required=True, help="index file (.faiss; ids in <out>.json)")
     s.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat")
-    s.add_argument("--nlist", type=int, default=None, help="ivf cells (default ~sqrt(N))")
+    s.add_argument("--nlist", type=positive_int, default=None, help="ivf cells (default ~sqrt(N))")
     s.add_argument("--merged", default=None, help="also write the merged embeddings to this file")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("mcq", help="answer a multiple-choice question over candidate clips")
-    s.add_argument("--query", default=None, help="question text")
+    s.add_argument("--query", default=None, type=text_arg, help="question text")
     s.add_argument(
-        "--candidates", nargs="+", default=None, help="candidate clips: path or path@START:END"
+        "--candidates",
+        nargs="+",
+        default=None,
+        type=clip_spec,
+        help="candidate clips: path or path@START:END",
     )
     s.add_argument("--egomcq", default=None, help="or: an egomcq.json file ...")
     s.add_argument("--video-dir", default=None, help="... its videos folder ...")
-    s.add_argument("--question", default=None, help="... and a question key (default: first)")
+    s.add_argument(
+        "--question", default=None, type=text_arg, help="... and a question key (default: first)"
+    )
     s.add_argument("--mode", choices=("dual", "fusion", "ensemble"), default="ensemble")
     add_model_options(s)
     s.add_argument("--json", action="store_true")
@@ -676,9 +686,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--cases",
         nargs="+",
         default=["text_b1", "video_b1", "video_b8"],
+        type=bench_case,
         help="text_bN, video_bN, score_bN",
     )
-    s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--repeats", type=positive_int, default=10)
     s.add_argument(
         "--warmup-graphs",
         action="store_true",

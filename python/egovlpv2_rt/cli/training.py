@@ -16,6 +16,7 @@ from ..data.synthetic import SynthConfig, generate_dataset
 from ..eval.egomcq import MODES, evaluate_egomcq
 from ..model_files import default_model_path, load_tokenizer
 from ..train.trainer import train_from_file
+from .common import at_least, non_negative_int, positive_int
 
 __all__ = ["add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
 
@@ -28,10 +29,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         description="Write videos/, egoclip.csv and egomcq.json.",
     )
     p.add_argument("--out", required=True, help="destination folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clips", type=int, default=480, help="number of narrated clips")
-    p.add_argument("--questions", type=int, default=100, help="EgoMCQ questions")
-    p.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--clips", type=positive_int, default=480, help="number of narrated clips")
+    p.add_argument("--questions", type=non_negative_int, default=100, help="EgoMCQ questions")
+    p.add_argument(
+        "--size",
+        type=_frame_size,
+        default=64,
+        help="frame size in pixels (a multiple of 16, >= 32)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser(
@@ -66,10 +72,22 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer", default=None, help="tokenizer.json (default: beside the checkpoint)"
     )
     p.add_argument("--mode", default="all", choices=("dual", "fusion", "ensemble", "all"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--max-length",
+        type=at_least(2, "room for <s> and </s>"),
+        default=16,
+        help="caption tokens",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
+
+
+def _frame_size(text: str) -> int:
+    size = at_least(32)(text)
+    if size % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 (>= 32), got {text!r}")
+    return size
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

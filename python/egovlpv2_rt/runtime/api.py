@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..errors import InputError
 from ..model_files import ModelFiles
 from ..ops import fused_available
 from ..preprocessing import Preprocessing
@@ -43,6 +44,7 @@ from .engines import Engine, batch_bucket, length_bucket
 from .inputs import (
     Output,
     as_clip_spec,
+    batch_size_or,
     check_texts,
     clip_label,
     flatten_clips,
@@ -51,6 +53,14 @@ from .inputs import (
 )
 
 __all__ = ["MCQ_MODES", "PRECISIONS", "MCQAnswer", "Runtime"]
+
+
+def _has_items(clips: Any) -> bool:
+    """False for an empty list or batch of candidates (reported as "need at least 2")."""
+    if isinstance(clips, (Tensor, np.ndarray)):
+        return clips.ndim != 5 or clips.shape[0] > 0
+    return not (isinstance(clips, Sequence) and not isinstance(clips, str) and len(clips) == 0)
+
 
 MCQ_MODES = ("dual", "fusion", "ensemble")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -246,7 +256,7 @@ class Runtime:
         """Clips -> retrieval embeddings ``[N, P]`` float32 (L2-normalised with
         ``normalize``). Clips are paths, ``(path, start, end)``, ClipSpecs, or pixels."""
         items = flatten_clips(clips)
-        bs = batch_size or self.video_batch_size
+        bs = batch_size_or(batch_size, self.video_batch_size)
         outs = []
         bar = progress_bar(len(items), "embed clips", progress)
         try:
@@ -274,7 +284,7 @@ class Runtime:
         sorted by token length and run in batches; results are cached by string (LRU of
         ``cache_size`` entries) unless ``cache=False``."""
         texts = check_texts(texts)
-        bs = batch_size or self.text_batch_size
+        bs = batch_size_or(batch_size, self.text_batch_size)
         found: dict[str, Tensor] = {}
         if cache and self.cache_size > 0:
             with self._cache_lock:
@@ -368,7 +378,7 @@ class Runtime:
         self._require_fusion()
         texts = check_texts(texts)
         items = flatten_clips(clips)
-        bs = batch_size or self.video_batch_size
+        bs = batch_size_or(batch_size, self.video_batch_size)
         pixels = self.read_clips(items)
         ids, mask = self.tokenize(texts)
         if not all_pairs:
@@ -407,23 +417,25 @@ class Runtime:
         """
         if mode not in MCQ_MODES:
             raise ValueError(f"mode must be one of {MCQ_MODES}, got {mode!r}")
-        (query,) = check_texts([query] if isinstance(query, str) else query, "query")
-        items = flatten_clips(candidates)
+        queries = check_texts([query] if isinstance(query, str) else query, "query")
+        if len(queries) != 1:
+            raise InputError(f"query: expected one question, got {len(queries)}")
+        (query,) = queries
+        bs = batch_size_or(batch_size, self.video_batch_size)
+        items = flatten_clips(candidates) if _has_items(candidates) else []
         if len(items) < 2:
-            raise ValueError(f"mcq: need at least 2 candidates, got {len(items)}")
+            raise InputError(f"mcq: need at least 2 candidates, got {len(items)}")
         pixels = self.read_clips(items)
         dual = fusion = None
         if mode in ("dual", "ensemble"):
             t = l2_normalize(self.encode_text([query], output="torch"))
-            v = self._embed_pixels(pixels, batch_size or self.video_batch_size)
+            v = self._embed_pixels(pixels, bs)
             dual = (l2_normalize(v) @ t[0]).numpy()
         if mode in ("fusion", "ensemble"):
             self._require_fusion()
             ids, mask = self.tokenize([query])
             n = len(items)
-            fusion = self._vtm_probs(
-                pixels, ids.repeat(n, 1), mask.repeat(n, 1), batch_size or self.video_batch_size
-            ).numpy()
+            fusion = self._vtm_probs(pixels, ids.repeat(n, 1), mask.repeat(n, 1), bs).numpy()
         scores = {"dual": dual, "fusion": fusion}.get(mode)
         if mode == "ensemble":
             assert dual is not None and fusion is not None

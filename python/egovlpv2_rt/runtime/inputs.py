@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..video import ClipSpec
 
 __all__ = [
     "Output",
     "as_clip_spec",
+    "batch_size_or",
     "check_texts",
     "clip_label",
     "flatten_clips",
@@ -41,7 +43,7 @@ def as_clip_spec(item: Any, i: int) -> ClipSpec | None:
         return ClipSpec(os.fspath(item))
     if isinstance(item, dict):
         if "path" not in item:
-            raise ValueError(f"clip {i}: a dict clip needs a 'path' key, got {sorted(item)}")
+            raise InputError(f"clip {i}: a dict clip needs a 'path' key, got {sorted(item)}")
         return ClipSpec(
             os.fspath(item["path"]),
             item.get("start_sec", item.get("start")),
@@ -71,10 +73,12 @@ def flatten_clips(clips: Any) -> list[Any]:
     """Accept one clip, a list of clips, or a batch tensor [B, F, 3, S, S]."""
     if isinstance(clips, (Tensor, np.ndarray)):
         if clips.ndim == 5:
+            if clips.shape[0] == 0:
+                raise InputError("clips: an empty batch [0, F, 3, S, S]; give at least one clip")
             return list(clips)
         if clips.ndim == 4:
             return [clips]
-        raise ValueError(
+        raise InputError(
             f"clips: a pixel tensor must be [F, 3, S, S] or [B, F, 3, S, S], got "
             f"shape {tuple(clips.shape)}"
         )
@@ -92,7 +96,7 @@ def flatten_clips(clips: Any) -> list[Any]:
             f"clips: expected a clip or a sequence of clips, got {type(clips).__name__}"
         )
     if len(clips) == 0:
-        raise ValueError("clips: empty; give at least one clip")
+        raise InputError("clips: empty; give at least one clip")
     return list(clips)
 
 
@@ -101,18 +105,37 @@ def _is_spec(x: Any) -> bool:
 
 
 def check_texts(texts: Any, what: str = "texts") -> list[str]:
+    """Captions as a list of non-blank strings; an empty batch, a blank caption or text that is
+    not valid Unicode (lone surrogates: bytes that were not UTF-8, decoded with
+    ``surrogateescape``) raise ``InputError`` naming ``what[i]``."""
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, Sequence) or len(texts) == 0:
-        raise ValueError(f"{what}: expected a non-empty string or list of strings")
+        raise InputError(f"{what}: expected a non-empty string or list of strings")
     out = []
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"{what}[{i}]: expected str, got {type(t).__name__}")
         if not t.strip():
-            raise ValueError(f"{what}[{i}]: empty text; give a caption or query")
+            raise InputError(f"{what}[{i}]: empty text; give a caption or query")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"{what}[{i}]: not valid Unicode text ({exc.object[exc.start]!a} at position "
+                f"{exc.start}: bytes that were not UTF-8?)"
+            ) from None
         out.append(t)
     return out
+
+
+def batch_size_or(batch_size: Any, default: int) -> int:
+    """``batch_size`` if given (a positive int), else ``default``."""
+    if batch_size is None:
+        return default
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int (or None), got {batch_size!r}")
+    return batch_size
 
 
 def to_output(x: Tensor, output: Output) -> Any:

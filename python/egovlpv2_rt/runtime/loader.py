@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..config import ModelConfig
+from ..errors import InputError
 from ..export.metadata import read_manifest
 from ..model_files import load_model_files, load_tokenizer, resolve_checkpoint
 from ..ops import fused_available
@@ -42,6 +43,16 @@ def _resolve_device(device: Any) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     return dev
+
+
+def _check_counts(**counts: Any) -> None:
+    """Each count is None (the default) or a positive int: 0 is refused here, where it is
+    given, instead of being read as "the default" or failing later."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{name} must be a positive int (or None), got {value!r}")
 
 
 def _cache_root() -> Path:
@@ -110,6 +121,17 @@ def load(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_counts(
+        num_frames=num_frames,
+        max_text_length=max_text_length,
+        video_batch_size=video_batch_size,
+        text_batch_size=text_batch_size,
+        decode_workers=decode_workers,
+    )
+    if max_text_length == 1:
+        raise InputError("max_text_length must be >= 2 (room for <s> and </s>), got 1")
+    if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
+        raise InputError(f"cache_size must be an int >= 0 (0: no cache), got {cache_size!r}")
     dev = _resolve_device(device)
     requested = precision
     precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
@@ -144,7 +166,7 @@ def load(
 
     if files.export_dir is not None and backend != "torch":
         manifest = read_manifest(files.export_dir)
-        cfg = ModelConfig.from_dict(manifest["config"])
+        cfg = ModelConfig.from_dict(manifest["config"], where=str(files.export_dir / "export.json"))
         prep = _export_preprocessing(manifest, files.export_dir, num_frames, max_text_length)
         exported = manifest.get("precision", "fp32")
         if requested is not None and requested != exported:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -219,11 +220,17 @@ class TrainConfig:
 
         def need(cond: bool, key: str, msg: str) -> None:
             if not cond:
-                raise ConfigError(f"{where}: {key}: {msg}")
+                value: Any = self
+                for part in key.split("."):
+                    value = getattr(value, part)
+                raise ConfigError(f"{where}: {key}: {msg}, got {value!r}")
 
         need(self.global_batch_size >= 2, "global_batch_size", "must be >= 2 (contrastive loss)")
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(self.seed >= 0, "seed", "must be >= 0")
+        need(self.num_threads >= 0, "num_threads", "must be >= 0 (0: the default)")
         need(self.amp in ("auto", "bf16", "off"), "amp", "must be 'auto', 'bf16' or 'off'")
         need(
             self.attention_impl in ("auto", "fused", "reference"),
@@ -241,8 +248,21 @@ class TrainConfig:
             "must be 'uniform' or 'rand'",
         )
         need(self.data.num_frames >= 1, "data.num_frames", "must be >= 1")
+        need(self.data.image_size >= 1, "data.image_size", "must be >= 1")
+        need(
+            self.data.max_text_length >= 2,
+            "data.max_text_length",
+            "must be >= 2 (room for <s> and </s>)",
+        )
         need(self.data.neg_seconds >= 0, "data.neg_seconds", "must be >= 0")
+        need(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        need(self.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0: at the end only)")
         need(self.optim.lr > 0, "optim.lr", "must be > 0")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        need(all(0 <= b < 1 for b in self.optim.betas), "optim.betas", "must both be in [0, 1)")
+        need(self.optim.eps > 0, "optim.eps", "must be > 0")
+        need(self.optim.lr_mult_head > 0, "optim.lr_mult_head", "must be > 0")
+        need(self.optim.lr_mult_cross_modal > 0, "optim.lr_mult_cross_modal", "must be > 0")
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: off)")
@@ -299,18 +319,23 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: {key}: expected true/false, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(float(value))
+        ):
+            raise ConfigError(f"{where}: {key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
         return value
-    # A Literal of strings (data.sampling, data.backend) is read as a string; validate() or
-    # the reader checks the value.
-    if tp is str or (
-        origin is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
-    ):
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected one of {list(choices)}, got {value!r}")
+        return value
+    if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
         return value
@@ -341,7 +366,7 @@ def train_config_from_dict(data: dict[str, Any], where: str = "config") -> Train
     cfg.validate(where)
     try:
         cfg.model.build()
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # InputError from ModelConfig, naming the key
         raise ConfigError(f"{where}: model: {e}") from None
     return cfg
 
@@ -358,11 +383,16 @@ def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     if yaml_file:
         import yaml  # the `train` extra; a missing package is reported as such, not as bad YAML
     try:
-        text = path.read_text(encoding="utf-8")
         # safe_load: YAML tags (!!python/object/apply:...) never construct objects or run code.
         data = yaml.safe_load(text) if yaml_file else json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parser error becomes a named ConfigError
