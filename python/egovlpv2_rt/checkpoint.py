@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .errors import EgoVLPv2Error, InputError, UnsafeFileError
+from .errors import InputError, UnsafeFileError
 from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
 from .modeling.video import SpaceTimeBlock
@@ -198,14 +198,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], ModelConfig | No
         tensors = _load_safetensors(path)
         config = None
         if CONFIG_METADATA_KEY in metadata:
-            try:
-                config = ModelConfig.from_json(metadata[CONFIG_METADATA_KEY])
-            except (ValueError, TypeError) as exc:  # JSONDecodeError, a field of a wrong type
-                if isinstance(exc, EgoVLPv2Error):
-                    raise  # the config's own error (it names the field)
-                raise InputError(
-                    f"{path}: its {CONFIG_METADATA_KEY!r} metadata is not a model config ({exc})"
-                ) from None
+            # Errors name the file and the metadata key (and the field, for a bad value).
+            config = ModelConfig.from_json(
+                metadata[CONFIG_METADATA_KEY], f"{path}: its {CONFIG_METADATA_KEY!r} metadata"
+            )
         return tensors, config
     obj = _torch_load(path)
     if not isinstance(obj, Mapping):
