@@ -133,8 +133,12 @@ def test_embed_validates_everything_before_the_first_clip(
             argv[argv.index(option) + 1] = value
         else:
             argv += [option, value]
-        rc, _, err = _run(argv, capsys)
-        _one_line_error(rc, err, f"{option} {value}: must be a positive integer")
+        with pytest.raises(SystemExit) as usage:
+            cli.main(argv)
+        rc, err = usage.value.code, capsys.readouterr().err
+        # Counts are refused by the parser: a usage error (exit 2), before anything is read.
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"argument {option}: must be a positive integer, got '{value}'" in err, err
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     rc, _, err = _run(_embed_argv(lst, blocker / "sub" / "e.safetensors", model_dir), capsys)

@@ -87,17 +87,6 @@ def _dist_env() -> tuple[int, int, int]:
     return env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
 
 
-def _check_embed_options(args: argparse.Namespace) -> None:
-    """Every number option of ``embed`` is positive (before any model or clip is read)."""
-    for name, value in (
-        ("--batch-size", args.batch_size),
-        ("--frames", args.frames),
-        ("--part-size", args.part_size),
-    ):
-        if value is not None and value < 1:
-            raise InputError(f"{name} {value}: must be a positive integer")
-
-
 def _check_unique_ids(clips: list[dict[str, Any]], source: str) -> None:
     seen: dict[str, int] = {}
     for i, c in enumerate(clips):
@@ -140,7 +129,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".parquet"):
         raise InputError(f"--out {out}: use a .safetensors or .parquet file name")
-    _check_embed_options(args)
     clips = read_clip_list(args.videos)
     for c in clips:  # the job's identity and the store do not depend on the working directory
         c["path"] = os.path.abspath(c["path"])
@@ -621,7 +609,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--part-size",
-        type=int,
+        type=positive_int,
         default=512,
         help="clips per part file written while embedding (rounded up to whole batches)",
     )
