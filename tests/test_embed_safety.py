@@ -471,7 +471,6 @@ def test_index_with_bad_arguments_writes_nothing(tmp_path, capsys):
     before = sorted(p.name for p in tmp_path.iterdir())
     merged = ["--merged", str(tmp_path / "m.safetensors")]
     cases = [
-        (["--kind", "ivf", "--nlist", "-2"], "--nlist -2", "must be >= 1"),
         (["--kind", "ivf", "--nlist", "9"], "--nlist 9", "<= the 5 embeddings"),
         (["--nlist", "2"], "--nlist 2", "only --kind ivf"),
         (["--kind", "ivf", "--merged", str(tmp_path / "m.npy")], "--merged", ".safetensors"),
@@ -485,6 +484,24 @@ def test_index_with_bad_arguments_writes_nothing(tmp_path, capsys):
         ["index", "--embeddings", str(emb), "--out", str(tmp_path / "i.index"), *merged], capsys
     )
     _one_line_error(rc, err, "--out", ".faiss")
+    # A negative count is a usage error of the parser (exit 2), before anything is read.
+    with pytest.raises(SystemExit) as usage:
+        cli.main(
+            [
+                "index",
+                "--embeddings",
+                str(emb),
+                "--out",
+                str(tmp_path / "i.faiss"),
+                "--kind",
+                "ivf",
+                "--nlist",
+                "-2",
+                *merged,
+            ]
+        )
+    assert usage.value.code == 2
+    assert "argument --nlist: must be a positive integer" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == before
 
 
