@@ -218,7 +218,7 @@ def check_text(
         # Token range and mask values in one host read.
         not01 = _not_01(attention_mask)
         lo, hi, mask_bad = torch.stack(
-            [input_ids.min(), input_ids.max(), not01.any().to(input_ids.dtype)]
+            [input_ids.min(), input_ids.max(), not01.any().to(input_ids.device, input_ids.dtype)]
         ).tolist()
         if lo < 0 or hi >= cfg.vocab_size:
             bad = lo if lo < 0 else hi
