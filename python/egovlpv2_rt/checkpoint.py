@@ -9,6 +9,9 @@ needs only the original's own fixes: unwrap ``'state_dict'``, strip the Distribu
 ``align_corners=True`` when it has fewer; ``FrozenInTime._inflate_positional_embeds``).
 
 Everything is loaded with ``torch.load(weights_only=True)``: no code from a checkpoint runs.
+Every tensor that is loaded into a model is checked once against the model's own tensor of that
+name (:func:`~egovlpv2_rt.modeling.validation.check_weights`): floating point where the model's
+is, and finite; otherwise :class:`WeightsError` names the tensor and the file.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from .config import ModelConfig
 from .errors import InputError, UnsafeFileError
 from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
+from .modeling.validation import WeightsError, check_weights
 from .modeling.video import SpaceTimeBlock
 
 __all__ = [
     "CONFIG_METADATA_KEY",
     "CheckpointMismatchError",
     "LoadReport",
+    "WeightsError",
     "init_text_from_hf_roberta",
     "init_video_from_timm",
     "load_checkpoint",
@@ -282,14 +287,21 @@ def load_checkpoint(
     checkpoint: PathLike | Mapping[str, Any],
     *,
     strict: bool = True,
+    source: str | None = None,
 ) -> LoadReport:
     """Load a released ``.pth``, a safetensors file or an in-memory state dict into ``model``.
 
     Applies ``prepare_state_dict``. A missing ``text_model.embeddings.position_ids`` (newer
     transformers do not save it) is filled with ``arange``. With ``strict`` (default) any missing
-    or unexpected key raises ``CheckpointMismatchError``; shape mismatches always raise.
+    or unexpected key raises ``CheckpointMismatchError``; shape mismatches always raise. A
+    tensor that is not finite, or not floating point where the model's is, raises
+    ``WeightsError`` naming it. ``source`` names an in-memory state dict in errors (default: the
+    path, or ``"state dict"``).
     """
-    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    if source is None:
+        source = (
+            os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+        )
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint, _ = read_checkpoint(checkpoint)
     report = LoadReport()
@@ -304,6 +316,7 @@ def load_checkpoint(
         sd[POSITION_IDS_KEY].cpu(), model_sd[POSITION_IDS_KEY].cpu()
     ):
         raise ValueError(f"{source}: {POSITION_IDS_KEY} is not arange(max_position_embeddings)")
+    check_weights(sd, {k: v.dtype for k, v in model_sd.items()}, source)
     model.load_state_dict({k: v for k, v in sd.items() if k in model_sd}, strict=False)
     report.loaded = [k for k in model_sd if k in sd]
     report.missing, report.unexpected = missing, unexpected
@@ -333,7 +346,7 @@ def load_model(
             "egovlpv2_rt.config.preset('base'))"
         )
     model = EgoVLPv2(config, attention_impl=attention_impl)
-    load_checkpoint(model, state)
+    load_checkpoint(model, state, source=os.fspath(path))
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)
     return model.eval()
@@ -383,6 +396,9 @@ def _copy_into(
     missing, _, mismatched = _compare(model_sd, mapped, expected)
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    check_weights(
+        {k: mapped[k] for k in expected}, {k: model_sd[k].dtype for k in expected}, source
+    )
     with torch.no_grad():
         for key in expected:
             model_sd[key].copy_(mapped[key])

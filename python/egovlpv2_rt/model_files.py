@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointMismatchError, load_model
+from .checkpoint import CheckpointMismatchError, WeightsError, load_model
 from .config import ModelConfig
 from .errors import EgoVLPv2Error, InputError
 from .modeling import EgoVLPv2
@@ -117,8 +117,8 @@ def load_model_files(
         return load_model(
             files.checkpoint, config, attention_impl=attention_impl, dtype=dtype, device=device
         )
-    except (CheckpointMismatchError, FileNotFoundError):
-        raise
+    except (CheckpointMismatchError, WeightsError, FileNotFoundError):
+        raise  # their messages name the file already
     except (ValueError, TypeError) as exc:
         if isinstance(exc, EgoVLPv2Error) and os.fspath(files.checkpoint) in str(exc):
             raise  # already names the file

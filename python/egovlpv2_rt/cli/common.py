@@ -14,6 +14,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import numpy as np
+import torch
+
 from ..errors import EgoVLPv2Error
 from ..export.metadata import file_sha256
 from ..runtime import Runtime, load
@@ -26,7 +29,9 @@ __all__ = [
     "at_least",
     "bench_case",
     "clip_spec",
+    "dumps_json",
     "error_exit",
+    "json_safe",
     "missing_dependency",
     "non_negative_int",
     "one_line",
@@ -265,8 +270,33 @@ def runtime_fingerprint(rt: Runtime) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ output
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, Inf; Python, numpy or a 0-d tensor) replaced
+    by None, numpy scalars and arrays as Python numbers and lists, tuples as lists; recursive
+    over dicts, lists and tuples. Other objects are returned unchanged."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return json_safe(obj.tolist())
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.detach().cpu().tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    """Strict JSON text of ``obj`` (indented): non-finite numbers become ``null`` (the JSON
+    schemas of the commands say so), so the output never holds the bare ``NaN``/``Infinity``
+    that strict parsers refuse; ``allow_nan=False`` guards that nothing slips through."""
+    return json.dumps(json_safe(obj), indent=1, allow_nan=False)
+
+
 def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=1, default=float))
+    """Print ``obj`` as strict JSON (:func:`dumps_json`): NaN/Inf become ``null``."""
+    print(dumps_json(obj))
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -15,7 +15,6 @@ on stderr with exit status 1 (2 for command-line usage errors).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ..export.tensorrt import EngineProfile, build_engine, import_tensorrt, pars
 from ..files import atomic_write_with
 from ..model_files import load_model_files, resolve_checkpoint
 from ..tokenizer import RobertaTokenizer
-from .common import ArgParser, at_least, positive_float, positive_int, run_command
+from .common import ArgParser, at_least, positive_float, positive_int, print_json, run_command
 
 __all__ = ["build_parser", "main", "profiles_from_args"]
 
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:
         return rc
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print_json(summary)
     else:
         for g in summary["graphs"]:
             print(

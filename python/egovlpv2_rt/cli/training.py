@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..data.synthetic import SynthConfig, generate_dataset
 from ..eval.egomcq import MODES, evaluate_egomcq
 from ..model_files import default_model_path, load_tokenizer
 from ..train.trainer import train_from_file
-from .common import at_least, non_negative_int, positive_int
+from .common import at_least, non_negative_int, positive_int, print_json
 
 __all__ = ["add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
 
@@ -130,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     acc = {m: res.accuracy[m] for m in (MODES if args.mode == "all" else (args.mode,))}
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc}, indent=1))
+        print_json({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc})
     else:
         print(f"EgoMCQ on {data} ({ckpt.name})")
         print(f"{'mode':<10}{'inter %':>10}{'intra %':>10}")

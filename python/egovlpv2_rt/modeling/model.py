@@ -101,7 +101,12 @@ class EgoVLPv2(nn.Module):
       device and dtype, else plain PyTorch; a warning when the extension is not built at all),
       ``"fused"`` or ``"reference"``; switch later with :meth:`set_attention_impl`;
     - ``gradient_checkpointing``: recompute each block/layer in the backward pass (training);
-    - ``check_finite_pixels``: reject NaN/Inf pixels (a host sync on GPU; off in hot loops).
+    - ``check_finite_pixels``: reject NaN/Inf pixels with an ``InputError`` naming the batch
+      rows (one fused reduction and one host read per call; a sync on GPU, so callers that
+      check their pixels elsewhere, like the runtime, or run hot loops switch it off).
+
+    Token ids (in the vocabulary) and attention masks (only 0 and 1) are always checked in
+    eager mode, with one host read per call for both.
     """
 
     def __init__(

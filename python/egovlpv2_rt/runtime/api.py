@@ -14,6 +14,13 @@ Inputs are clips (a path, ``(path, start_sec, end_sec)``, a :class:`~egovlpv2_rt
 or pixels ``[F, 3, S, S]`` / ``[B, F, 3, S, S]``) and captions (strings). Captions are batched
 by token length and their embeddings cached by string. Outputs are numpy arrays (default) or
 torch tensors, float32, on the CPU.
+
+Every clip's pixels are checked after preprocessing, on the exact tensor the engine receives,
+whatever the backend: floating point and finite (``check_finite_pixels``, on by default; one
+fused per-clip reduction over each batch while it is still on the CPU, so no device sync and no
+effect on CUDA graphs). A clip with a NaN or Inf pixel raises
+:class:`~egovlpv2_rt.errors.InputError` naming the clip instead of coming out as a NaN
+embedding.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import InputError
 from ..model_files import ModelFiles
+from ..modeling.validation import nonfinite_rows
 from ..ops import fused_available
 from ..preprocessing import Preprocessing
 from ..progress import progress_bar
@@ -95,7 +103,9 @@ class Runtime:
     """Inference over one backend; create with :func:`load`.
 
     Attributes: ``backend``, ``device``, ``precision``, ``config`` (ModelConfig),
-    ``preprocessing`` (frames, image size, text length), ``tokenizer``.
+    ``preprocessing`` (frames, image size, text length), ``tokenizer``,
+    ``check_finite_pixels`` (refuse clips with NaN/Inf pixels; the caller's switch, see
+    :func:`~egovlpv2_rt.runtime.load`).
     """
 
     def __init__(
@@ -113,8 +123,10 @@ class Runtime:
         decode_workers: int,
         cache_size: int,
         files: ModelFiles | None = None,
+        check_finite_pixels: bool = True,
     ) -> None:
         self._engine = engine
+        self.check_finite_pixels = bool(check_finite_pixels)
         self.backend = engine.name
         self.config = config
         self.preprocessing = preprocessing
@@ -195,9 +207,35 @@ class Runtime:
 
     def read_clips(self, clips: Any, *, progress: bool = False) -> Tensor:
         """Clips -> ``[N, F, 3, S, S]`` float32 pixels (CPU); paths are decoded in parallel
-        (``decode_workers`` threads) with uniform frame sampling and the eval transform."""
-        items = flatten_clips(clips)
-        specs = [as_clip_spec(item, i) for i, item in enumerate(items)]
+        (``decode_workers`` threads) with uniform frame sampling and the eval transform. With
+        ``check_finite_pixels`` (default), a clip whose pixels hold a NaN or an Inf raises
+        :class:`~egovlpv2_rt.errors.InputError` naming it."""
+        return self._read_clips(flatten_clips(clips), 0, progress)
+
+    def _check_model_input(self, pixels: Tensor, items: list[Any], offset: int) -> Tensor:
+        """The engine's input: float, and finite unless the caller switched that off. One
+        reduction per clip over the whole batch and one read of its [N] result (CPU tensor)."""
+        if not pixels.is_floating_point():
+            raise InputError(
+                f"clips {offset}..{offset + len(items) - 1}: pixels after preprocessing have "
+                f"dtype {pixels.dtype}; the model takes floating point pixels"
+            )
+        if self.check_finite_pixels:
+            bad = nonfinite_rows(pixels)
+            if bad:
+                names = "; ".join(clip_label(offset + i, items[i]) for i in bad[:5])
+                more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+                raise InputError(
+                    f"{names}{more}: pixels contain NaN or Inf after preprocessing (a bad "
+                    "input tensor or transform); the model would return NaN embeddings. "
+                    "load(..., check_finite_pixels=False) lets them through"
+                )
+        return pixels
+
+    def _read_clips(self, items: list[Any], offset: int, progress: bool = False) -> Tensor:
+        """``read_clips`` of ``items``, which are clips ``offset, offset + 1, ...`` of the
+        caller's list (error messages use those numbers)."""
+        specs = [as_clip_spec(item, offset + i) for i, item in enumerate(items)]
         p = self.preprocessing
 
         def decode(i: int) -> Tensor:
@@ -205,7 +243,7 @@ class Runtime:
             if spec is None:
                 x = items[i]
                 x = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
-                return self._check_pixels(x.detach().cpu(), clip_label(i, items[i]))
+                return self._check_pixels(x.detach().cpu(), clip_label(offset + i, items[i]))
             return read_clip(
                 spec.path,
                 spec.start_sec,
@@ -232,7 +270,7 @@ class Runtime:
         finally:
             bar.close()
         self.stats.clips_decoded += paths
-        return torch.stack(out)
+        return self._check_model_input(torch.stack(out), items, offset)
 
     def tokenize(self, texts: Any) -> tuple[Tensor, Tensor]:
         """Captions -> (input_ids, attention_mask) ``[N, L]`` int64, padded to the longest,
@@ -254,7 +292,9 @@ class Runtime:
         progress: bool = False,
     ) -> Any:
         """Clips -> retrieval embeddings ``[N, P]`` float32 (L2-normalised with
-        ``normalize``). Clips are paths, ``(path, start, end)``, ClipSpecs, or pixels."""
+        ``normalize``). Clips are paths, ``(path, start, end)``, ClipSpecs, or pixels. A clip
+        with a NaN/Inf pixel raises :class:`~egovlpv2_rt.errors.InputError` naming it (unless
+        ``check_finite_pixels`` is off: then its embedding is NaN)."""
         items = flatten_clips(clips)
         bs = batch_size_or(batch_size, self.video_batch_size)
         outs = []
@@ -262,7 +302,7 @@ class Runtime:
         try:
             for start in range(0, len(items), bs):
                 chunk = items[start : start + bs]
-                pixels = self.read_clips(chunk)
+                pixels = self._read_clips(chunk, start)
                 outs.append(self._engine.video(pixels).float().cpu())
                 bar.update(len(chunk))
         finally:

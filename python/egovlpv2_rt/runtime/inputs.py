@@ -30,9 +30,21 @@ Output = Literal["numpy", "torch"]
 
 
 def clip_label(i: int, item: Any) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return f"clip {i} ({os.fspath(item)})"
-    return f"clip {i}"
+    """``clip i`` and, for a clip read from a file, ``(path[@start:end])``."""
+    spec = item if isinstance(item, ClipSpec) else None
+    if spec is None and not isinstance(item, (Tensor, np.ndarray)):
+        try:
+            spec = as_clip_spec(item, i)
+        except (TypeError, ValueError):
+            spec = None
+    if spec is None:
+        return f"clip {i}"
+    where = os.fspath(spec.path)
+    if spec.start_sec is not None or spec.end_sec is not None:
+        start = "" if spec.start_sec is None else f"{spec.start_sec:g}"
+        end = "" if spec.end_sec is None else f"{spec.end_sec:g}"
+        where += f"@{start}:{end}"
+    return f"clip {i} ({where})"
 
 
 def as_clip_spec(item: Any, i: int) -> ClipSpec | None:

@@ -92,6 +92,7 @@ def load(
     decode_workers: int | None = None,
     cache_size: int = 4096,
     attention_impl: str | None = None,
+    check_finite_pixels: bool = True,
 ) -> Runtime:
     """Load a model for inference.
 
@@ -118,6 +119,11 @@ def load(
         cache_size: text embeddings kept in the LRU cache (0 disables it).
         attention_impl: torch backend: ``"fused"`` (custom ops) or ``"reference"`` (plain
             PyTorch); default fused where the ops are built for the device and precision.
+        check_finite_pixels: refuse a clip whose pixels hold a NaN or an Inf after
+            preprocessing (:class:`~egovlpv2_rt.errors.InputError` naming the clip), on every
+            backend. On by default; ``False`` is for callers that guarantee their inputs and
+            want to skip one pass over each batch: NaN pixels then give NaN embeddings and
+            scores. The switch is the caller's and is never saved with a model.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -162,6 +168,7 @@ def load(
             decode_workers=workers,
             cache_size=cache_size,
             files=files,
+            check_finite_pixels=check_finite_pixels,
         )
 
     if files.export_dir is not None and backend != "torch":
@@ -312,9 +319,10 @@ def _torch_engine(
     use_graphs = (dev.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and dev.type != "cuda":
         raise ValueError("cuda_graphs=True needs a CUDA device")
-    if dev.type == "cuda":
-        # Host-side value checks would synchronise (and break CUDA-graph capture).
-        model.check_finite_pixels = False
+    # The Runtime checks pixels itself, on the CPU before the copy to the device, naming the
+    # clip; the model's own check would repeat it (and sync the device, on CUDA) and would
+    # override a caller's check_finite_pixels=False.
+    model.check_finite_pixels = False
     dtype = PRECISIONS[precision]
     model = model.to(device=dev, dtype=dtype).eval()
     cfg = model.config
