@@ -3,7 +3,11 @@
 #   1. environment report (GPU, torch, nvcc, cmake, ninja, Python packages);
 #   2. build: `pip install --no-build-isolation --no-deps .` for the GPU present only
 #      (TORCH_CUDA_ARCH_LIST = its compute capability), CUDA required, ninja on every core;
-#   3. the GPU tests (tests/test_ops_cuda.py, tests/test_train_gpu.py, marker gpu);
+#   3. the GPU tests (tests/test_ops_cuda.py, tests/test_train_gpu.py, marker gpu), then a
+#      subset of tests/test_ops_cuda.py under `compute-sanitizer --tool memcheck` and
+#      `--tool racecheck` (log sanitizer.log; the tools' summary lines, "ERROR SUMMARY: N errors"
+#      and "RACECHECK SUMMARY: N hazards", go into summary.txt and the table printed last, and
+#      from there into bench/RESULTS.md, "CUDA kernels under compute-sanitizer");
 #   4. the GPU benchmark (bench/bench_ops_gpu.py, --json, with the cross-attention kernel profile);
 #   5. the DALI GPU tests (tests/test_video*.py, marker gpu) when DALI is importable.
 # Full logs go to LOG_DIR; a short table is printed last. Each step gets a share of an overall
@@ -154,6 +158,66 @@ fi
 step gpu-tests 230 "$py" -m pytest tests/test_ops_cuda.py tests/test_train_gpu.py -m gpu -q -rfEs \
   -p no:cacheprovider --junitxml="$log_dir/gpu-tests.xml" --durations=15
 
+# ---- 3b. the CUDA op tests under compute-sanitizer (issue 14) ---------------------------------
+# memcheck (out-of-bounds and misaligned global/shared/local accesses, device faults) and racecheck
+# (shared-memory hazards) on a quick subset of tests/test_ops_cuda.py that still reaches every
+# kernel: both ops, forward and backward, float32 (SIMT) and float16/bfloat16 (tensor cores),
+# space and time, F = 1 and 8, head_dim 32/64/96/128, strided qkv, masked and unmasked
+# cross-attention (785 queries x 32 keys and 32 x 785 among them) with the gate/residual
+# epilogue: 55 tests (the 82 GPU tests took 20 s on an H100 without the tools, which slow
+# kernels 10-100x). Time: estimated 1-2 min per tool, capped at 300 s for the step; with the
+# other steps (about 3 min in runs 1-4) the script stays inside its 450 s budget (< 8 min). Under memcheck the caching allocator is off
+# (PYTORCH_NO_CUDA_MEMORY_CACHING=1), so each tensor is its own allocation and a read past its
+# end is caught instead of landing in a neighbouring cached block. One log, sanitizer.log; the
+# tools' summary lines are copied into summary.txt. A runtime that cannot run the sanitizer (the
+# probe, a tiny torch CUDA program under memcheck, fails) is reported, not counted as a failure.
+sanitizer_tests="(divided_matches_float64 and (B5-F1-N4 or B3-F8-N4 or B3-F4-N4-d32 or \
+B1-F4-N196-d96 or B1-F8-N196-d128)) or divided_reads_any_strides or \
+(cross_core_matches_float64 and (i2t or t2i or d32 or d96 or d128)) or \
+gated_cross_attention_autograd"
+cuda_sanitizer() {
+  local san=$1 rc=0
+  echo "compute-sanitizer: $san ($("$san" --version | tail -1))"
+  echo "== probe (memcheck on a tiny torch CUDA program)"
+  local probe=0
+  timeout 90 "$san" --tool memcheck --error-exitcode 86 "$py" -c \
+    "import torch; x = torch.ones(256, device='cuda'); print('probe sum', float((x * 2).sum()))" \
+    || probe=$?
+  if ((probe != 0)); then
+    echo "SANITIZER-UNSUPPORTED: compute-sanitizer cannot run a CUDA program on this machine" \
+      "(probe rc=$probe, output above); the CUDA op tests were not run under it"
+    return 0
+  fi
+  local args=(-m pytest tests/test_ops_cuda.py -m gpu -q -rfEs -p no:cacheprovider
+    -k "$sanitizer_tests")
+  echo "== memcheck"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$san" --tool memcheck --target-processes all \
+    --error-exitcode 86 --print-limit 100 "$py" "${args[@]}" || rc=$?
+  echo "memcheck rc=$rc"
+  echo "== racecheck"
+  local rc2=0
+  "$san" --tool racecheck --racecheck-report analysis --target-processes all \
+    --error-exitcode 86 --print-limit 100 "$py" "${args[@]}" || rc2=$?
+  echo "racecheck rc=$rc2"
+  return $((rc != 0 ? rc : rc2))
+}
+san=$(command -v compute-sanitizer || true)
+for cand in "$(dirname "$(command -v nvcc 2>/dev/null || echo /nonexistent/nvcc)")" \
+  "${CUDA_HOME:-/usr/local/cuda}/bin" /usr/local/cuda/bin; do
+  if [[ -z "$san" && -x "$cand/compute-sanitizer" ]]; then san=$cand/compute-sanitizer; fi
+done
+if [[ -z "$san" ]]; then
+  printf '%-14s %-8s %5s s  %s\n' sanitizer SKIPPED 0 \
+    "compute-sanitizer not found (PATH, nvcc's folder, \$CUDA_HOME/bin)" | tee -a "$summary"
+else
+  export sanitizer_tests
+  step sanitizer 300 bash -c "$(declare -f cuda_sanitizer); py=$(printf %q "$py"); \
+cuda_sanitizer $(printf %q "$san")"
+  grep -E "^== |SANITIZER-UNSUPPORTED|ERROR SUMMARY|RACECHECK SUMMARY|^(memcheck|racecheck) rc=|\
+^[0-9]+ (passed|failed|errors?|skipped)" "$log_dir/sanitizer.log" 2>/dev/null \
+    | sed 's/^/    /' | tee -a "$summary"
+fi
+
 # ---- 4. benchmark ----------------------------------------------------------------------------
 step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json" --compile-limit 100 \
   --profile-cross
@@ -188,6 +252,9 @@ grep -E "^torch " "$log_dir/env.log" 2>/dev/null
 echo "-- gpu tests:"
 grep -E "^(FAILED|ERROR)" "$log_dir/gpu-tests.log" 2>/dev/null | head -15
 tail -1 "$log_dir/gpu-tests.log" 2>/dev/null
+echo "-- compute-sanitizer (memcheck, racecheck):"
+grep -E "SANITIZER-UNSUPPORTED|ERROR SUMMARY|RACECHECK SUMMARY|^(memcheck|racecheck) rc=" \
+  "$log_dir/sanitizer.log" 2>/dev/null
 echo "-- runtime (tests, then bench_runtime base bf16 and default fp16):"
 grep -vE "^\s*$|warn" "$log_dir/runtime.log" 2>/dev/null | tail -40
 if [[ -f "$log_dir/dali-tests.log" ]]; then

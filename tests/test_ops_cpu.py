@@ -5,10 +5,13 @@ err = max|fused - reference| / max|reference|, per output and per gradient.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -589,3 +592,64 @@ def test_every_compiled_cpu_variant(isa):
     rank = {"baseline": 0, "avx2": 1, "avx512": 2}
     assert active in compiled and rank[active] <= rank[isa]
     assert float(worst) <= 1.0
+
+
+_LOADED_FROM = textwrap.dedent(
+    """
+    import json, sys, torch, egovlpv2_rt
+    from egovlpv2_rt import _extension, ops
+    qkv = torch.randn(1, 1 + 2 * 3, 3 * 8, dtype=torch.float64, generator=torch.manual_seed(0))
+    err = None
+    if _extension.loaded() is not None:
+        fused = ops.divided_space_time_attention(qkv, 2, 2, False, 0.5, impl="fused")
+        ref = ops.divided_space_time_attention(qkv, 2, 2, False, 0.5, impl="reference")
+        err = (fused - ref).abs().max().item()
+    print(json.dumps({
+        "c": getattr(sys.modules.get("egovlpv2_rt._C"), "__file__", None),
+        "libraries": egovlpv2_rt.build_info().get("libraries"),
+        "error": _extension.load_error(),
+        "err": err,
+    }))
+    """
+)
+
+
+def _load_with_extension_dir(folder) -> dict:
+    env = dict(os.environ, EGOVLPV2_EXTENSION_DIR=str(folder))
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED_FROM],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_extension_dir_loads_the_build_in_that_folder(tmp_path):
+    # make sanitize tests a separate build this way (scripts/sanitize_ops.sh).
+    ext = egovlpv2_rt._extension.load()
+    c_copy = tmp_path / Path(ext.module.__file__).name
+    ops_copy = tmp_path / ext.cpu_library.name
+    shutil.copy2(ext.module.__file__, c_copy)
+    shutil.copy2(ext.cpu_library, ops_copy)
+    got = _load_with_extension_dir(tmp_path)
+    assert got["error"] is None
+    assert got["c"] == str(c_copy)
+    assert got["libraries"] == [str(ops_copy)]
+    assert got["err"] <= 1e-12
+
+
+def test_extension_dir_missing_files_names_the_variable_and_folder(tmp_path):
+    empty = _load_with_extension_dir(tmp_path)
+    assert (
+        f"EGOVLPV2_EXTENSION_DIR={tmp_path.resolve()} holds no compiled module _C"
+        in (empty["error"])
+    )
+    assert empty["libraries"] is None  # build_info of a package without its extension
+    # _C alone: the op library is looked for in that folder only, not in the package.
+    ext = egovlpv2_rt._extension.load()
+    shutil.copy2(ext.module.__file__, tmp_path / Path(ext.module.__file__).name)
+    partial = _load_with_extension_dir(tmp_path)
+    assert f"the op library _ops_cpu.so is not in {tmp_path.resolve()};" in partial["error"]

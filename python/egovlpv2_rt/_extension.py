@@ -11,12 +11,18 @@ The op libraries are plain shared libraries on the LibTorch stable ABI, loaded w
 (``import egovlpv2_rt`` makes it). A source tree that was never built has none of the files:
 the package still imports (the ``reference`` implementations work) and every use of a fused op
 raises :class:`ExtensionNotBuiltError` saying how to build.
+
+``EGOVLPV2_EXTENSION_DIR=<folder>`` loads all three from that folder instead, and only from
+there: a build made apart from the installed package (``make sanitize`` builds the extension with
+AddressSanitizer into ``build/sanitize/``) is then tested with the same Python sources.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +47,8 @@ _BUILD_HINT = (
     "build the package from the repository root with `pip install --no-build-isolation .` "
     "(against the installed torch) or `pip install .`"
 )
+# A folder holding a separate build of all three files, used instead of the package's own.
+_DIR_VARIABLE = "EGOVLPV2_EXTENSION_DIR"
 
 
 class ExtensionNotBuiltError(EgoVLPv2Error, ImportError):
@@ -110,14 +118,44 @@ def _load_library(path: Path) -> None:
         ) from exc
 
 
-def _load() -> Extension:
+def _import_c_from(folder: Path) -> ModuleType:
+    """``egovlpv2_rt._C`` from ``folder`` (the value of EGOVLPV2_EXTENSION_DIR)."""
+    candidates = (folder / f"_C{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    found = next((c for c in candidates if c.is_file()), None)
+    spec = None
+    if found is not None:
+        spec = importlib.util.spec_from_file_location("egovlpv2_rt._C", found)
+    if spec is None or spec.loader is None:
+        raise ExtensionNotBuiltError(
+            f"egovlpv2_rt: {_DIR_VARIABLE}={folder} holds no compiled module _C "
+            f"(expected _C.*.so, e.g. from `cmake --build {folder}`); unset {_DIR_VARIABLE} "
+            "to use the installed extension"
+        )
+    module = importlib.util.module_from_spec(spec)
     try:
-        module = importlib.import_module("egovlpv2_rt._C")
+        spec.loader.exec_module(module)
     except ImportError as exc:
         raise ExtensionNotBuiltError(
-            f"egovlpv2_rt's compiled extension (egovlpv2_rt._C) is not there ({exc}); {_BUILD_HINT}"
+            f"egovlpv2_rt: cannot import {found} ({_DIR_VARIABLE}): {exc}"
         ) from exc
-    dirs = _package_dirs()
+    sys.modules["egovlpv2_rt._C"] = module
+    return module
+
+
+def _load() -> Extension:
+    folder = os.environ.get(_DIR_VARIABLE)
+    if folder:
+        dirs = [Path(folder).resolve()]
+        module = _import_c_from(dirs[0])
+    else:
+        try:
+            module = importlib.import_module("egovlpv2_rt._C")
+        except ImportError as exc:
+            raise ExtensionNotBuiltError(
+                f"egovlpv2_rt's compiled extension (egovlpv2_rt._C) is not there ({exc}); "
+                f"{_BUILD_HINT}"
+            ) from exc
+        dirs = _package_dirs()
     cpu_library = _find_library(dirs, "_ops_cpu")
     if cpu_library is None:
         searched = ", ".join(str(d) for d in dirs)
