@@ -129,3 +129,21 @@ def golden_manifest() -> Path:
     if not path.is_file():
         pytest.fail(f"missing {path}")
     return path
+
+
+def _subnormals_representable() -> bool:
+    return sys.float_info.min / 2 != 0.0
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_denormal_flush():
+    """A test (the package code it runs) must leave the processor's flush-to-zero state as it
+    found it: a library call that left it on would change its caller's arithmetic."""
+    before = _subnormals_representable()
+    yield
+    after = _subnormals_representable()
+    if after != before:
+        import torch
+
+        torch.set_flush_denormal(not before)
+        pytest.fail("the test left denormal flushing switched " + ("off" if after else "on"))

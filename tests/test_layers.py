@@ -24,6 +24,7 @@ FLOORS = {
     "egovlpv2_rt.progress": 0,
     "egovlpv2_rt.errors": 0,
     "egovlpv2_rt.files": 0,
+    "egovlpv2_rt.denormals": 0,
     "egovlpv2_rt.ops": 1,
     "egovlpv2_rt.modeling": 2,
     "egovlpv2_rt.checkpoint": 2,

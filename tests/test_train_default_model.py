@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.data.egomcq import read_egomcq
 from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
+from egovlpv2_rt.denormals import flushing_denormals
 from egovlpv2_rt.eval.egomcq import evaluate_egomcq
 from egovlpv2_rt.tokenizer import RobertaTokenizer
 from egovlpv2_rt.train.default_model import (
@@ -32,10 +32,13 @@ def shipped():
                 f"the default model file {DEFAULT_DIR / name} is missing; build it with "
                 "python -m egovlpv2_rt.train.default_model"
             )
-    torch.set_flush_denormal(True)
-    return load_model(weights), RobertaTokenizer.from_tokenizer_json(
-        DEFAULT_DIR / "tokenizer.json", max_length=MAX_TEXT_LENGTH
-    )
+    with flushing_denormals():
+        yield (
+            load_model(weights),
+            RobertaTokenizer.from_tokenizer_json(
+                DEFAULT_DIR / "tokenizer.json", max_length=MAX_TEXT_LENGTH
+            ),
+        )
 
 
 def test_default_model_files_and_architecture(shipped):

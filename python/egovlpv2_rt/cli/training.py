@@ -8,10 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import load_model
 from ..data.synthetic import SynthConfig, generate_dataset
+from ..denormals import flushing_denormals
 from ..eval.egomcq import MODES, evaluate_egomcq
 from ..model_files import default_model_path, load_tokenizer
 from ..train.trainer import train_from_file
@@ -112,21 +111,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not (data / "egomcq.json").is_file():
         raise FileNotFoundError(f"--data: {data / 'egomcq.json'} not found")
-    torch.set_flush_denormal(True)
     model = load_model(ckpt)
     tok = load_tokenizer(tok_path, args.max_length)
     modes = MODES if args.mode == "all" else (args.mode,)
     if args.mode == "ensemble":
         modes = MODES
-    res = evaluate_egomcq(
-        model,
-        data / "egomcq.json",
-        data / "videos",
-        tok,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        modes=modes,
-    )
+    with flushing_denormals():
+        res = evaluate_egomcq(
+            model,
+            data / "egomcq.json",
+            data / "videos",
+            tok,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            modes=modes,
+        )
     acc = {m: res.accuracy[m] for m in (MODES if args.mode == "all" else (args.mode,))}
     if args.json:
         print_json({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc})

@@ -31,6 +31,7 @@ from ..config import ModelConfig
 from ..data.clips import ClipReader, clip_seed
 from ..data.collate import collate_text
 from ..data.egoclip import ClipRecord, read_egoclip, segment_ids
+from ..denormals import flushing_denormals
 from ..files import atomic_write_text, exclusive_output, remove_stale_temporaries
 from ..model_files import load_tokenizer
 from ..modeling.model import EgoVLPv2
@@ -266,10 +267,13 @@ def hold_run_folder(out_dir: str | Path) -> Iterator[None]:
 
 
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool, stop_after: int | None) -> TrainResult:
-    if info.device.type == "cpu":
-        # Zero-initialised gates and time attention make denormal floats early in training;
-        # on x86 they are ~100x slower, so flush them (an effect below 1e-38).
-        torch.set_flush_denormal(True)
+    with flushing_denormals(info.device.type == "cpu"):
+        return _train_flushing(cfg, info, resume, stop_after)
+
+
+def _train_flushing(
+    cfg: TrainConfig, info: DistInfo, resume: bool, stop_after: int | None
+) -> TrainResult:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
