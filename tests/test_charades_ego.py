@@ -419,3 +419,12 @@ def test_missing_video_folder_is_named(tmp_path):
     _one_line_error(
         lambda: CharadesEgoFiles.locate(tmp_path), str(tmp_path), "CharadesEgo_v1_480", "videos"
     )
+
+
+def test_more_frames_than_the_model_holds_is_refused_before_reading(tiny, synth):
+    model, tok = tiny
+    _one_line_error(
+        lambda: evaluate_charades_ego(model, synth["root"], tok, num_frames=32, metric=len),
+        "num_frames=32",
+        "video.num_frames=4",
+    )

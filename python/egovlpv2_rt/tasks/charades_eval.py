@@ -230,6 +230,12 @@ def score_charades_ego(
     vc = model.config.video
     tf = transform if transform is not None else eval_transform(vc.img_size)
     frames = num_frames or vc.num_frames
+    if frames > vc.num_frames:
+        raise InputError(
+            f"num_frames={frames} is more than the model's video.num_frames={vc.num_frames}; "
+            "load the checkpoint with a config of that many frames (the temporal embedding is "
+            "resized on load)"
+        )
     text = embed_class_names(model, tokenizer, [c.name for c in classes], max_length=max_length)
     starts: Sequence[int] = range(0, len(videos), batch_size)
     if progress:
