@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from egovlpv2_rt.errors import InputError
 from egovlpv2_rt.eval.metrics import (
+    charades_class_ap,
+    charades_map,
     egomcq_accuracy,
     ek100_mir_metrics,
     mean_average_precision,
@@ -121,6 +124,88 @@ def test_metric_bad_input():
         mean_average_precision(np.zeros((1, 2)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="square"):
         t2v_ranks(np.zeros((2, 3)))
+
+
+# -- Charades-Ego mAP ---------------------------------------------------------------------
+
+
+def test_charades_map_hand_worked():
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.5],  # v0: class 0
+            [0.8, 0.7, 0.5],  # v1: class 1
+            [0.3, 0.2, 0.5],  # v2: classes 0 and 1
+            [0.95, 0.6, 0.2],  # v3: no label -> left out (as the original's -inf scores)
+            [0.1, 0.9, 0.4],  # v4: class 1
+        ]
+    )
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0], [0, 1, 0]])
+    # Class 0 over v0, v1, v2, v4 by score: v0 (+), v1, v2 (+), v4; precision at the positive
+    # ranks 1 and 3: 1/1 and 2/3; AP = (1 + 2/3) / 2 = 5/6. (Had v3 stayed in, ranked first,
+    # AP would be (1/2 + 2/4) / 2 = 1/2.)
+    # Class 1: v4 (+), v1 (+), v2 (+), v0; AP = (1/1 + 2/2 + 3/3) / 3 = 1.
+    # Class 2: no positive -> NaN, ignored. mAP = (5/6 + 1) / 2 = 11/12 -> 91.666...%.
+    ap = charades_class_ap(scores, targets)
+    assert ap[0] == pytest.approx(5 / 6, abs=1e-15) and ap[1] == 1.0 and math.isnan(ap[2])
+    assert charades_map(scores, targets) == pytest.approx(100 * 11 / 12, abs=1e-12)
+    # Tensors and bool targets give the same number.
+    assert charades_map(torch.tensor(scores), torch.tensor(targets == 1)) == pytest.approx(
+        100 * 11 / 12, abs=1e-12
+    )
+
+
+def test_charades_map_ties_rank_by_video_index():
+    # Equal scores in each class: the lower video index ranks first (stable sort). Class 0's
+    # positive is v1, ranked 2nd: AP 1/2; class 1's is v0, ranked 1st: AP 1.
+    ap = charades_class_ap([[0.5, 0.0], [0.5, 0.0]], [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(ap, [0.5, 1.0])
+    assert charades_map([[0.5, 0.0], [0.5, 0.0]], [[0, 1], [1, 0]]) == 75.0
+
+
+def _brute_force_class_ap(s: np.ndarray, t: np.ndarray, c: int) -> float:
+    labelled = [v for v in range(s.shape[0]) if t[v].sum() > 0]
+    ranking = sorted(labelled, key=lambda v: (-s[v, c], v))
+    hits, total = 0, 0.0
+    for k, v in enumerate(ranking, start=1):
+        if t[v, c] == 1:
+            hits += 1
+            total += hits / k
+    return total / hits if hits else float("nan")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_charades_map_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    videos, classes = 40, 9
+    # Few distinct values, so that many scores tie.
+    scores = rng.integers(0, 6, size=(videos, classes)).astype(np.float64) / 5
+    targets = (rng.random((videos, classes)) < 0.2).astype(np.int64)
+    targets[rng.random(videos) < 0.2] = 0  # videos without labels
+    targets[:, 3] = 0  # a class without positives
+    want = [_brute_force_class_ap(scores, targets, c) for c in range(classes)]
+    got = charades_class_ap(scores, targets)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
+    assert math.isnan(got[3])
+    assert charades_map(scores, targets) == pytest.approx(
+        100 * np.mean([a for a in want if not math.isnan(a)]), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("scores", "targets", "message"),
+    [
+        (np.zeros((3, 2)), np.zeros((3, 3)), r"scores \(3, 2\) and targets \(3, 3\) must have"),
+        (np.zeros(3), np.zeros(3), r"scores must be 2-D \[videos, classes\], got shape \(3,\)"),
+        (np.full((2, 2), np.nan), np.eye(2), "scores contains NaN"),
+        (np.zeros((2, 2)), np.array([[1, 0], [0, 0.5]]), r"0.5 at \[video 1, class 1\]"),
+        (np.zeros((2, 2)), np.array([[1, 0], [0, 2]]), "multi-hot"),
+        (np.zeros((2, 2)), np.zeros((2, 2)), "no class has a positive video"),
+        (np.zeros((2, 2)), [["a", "b"], ["c", "d"]], "targets is not a numeric array"),
+    ],
+)
+def test_charades_map_bad_input(scores, targets, message):
+    with pytest.raises(InputError, match=message):
+        charades_map(scores, targets)
 
 
 # -- EgoMCQ scoring with a model, and the eval CLI ------------------------------------------

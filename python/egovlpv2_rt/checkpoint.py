@@ -16,6 +16,7 @@ is, and finite; otherwise :class:`WeightsError` names the tensor and the file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -30,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .config import ModelConfig, preset
 from .errors import InputError, UnsafeFileError
 from .files import atomic_output
 from .modeling.model import EgoVLPv2, init_time_attention_zeros
@@ -41,7 +42,10 @@ __all__ = [
     "CONFIG_METADATA_KEY",
     "CheckpointMismatchError",
     "LoadReport",
+    "ProjectorMismatchError",
     "WeightsError",
+    "detect_projection",
+    "infer_config",
     "init_text_from_hf_roberta",
     "init_video_from_timm",
     "load_checkpoint",
@@ -88,6 +92,45 @@ class CheckpointMismatchError(InputError):
                 )
             )
         super().__init__("\n".join(lines))
+
+
+# How each projector kind shows in a state dict (see config.PROJECTIONS).
+_PROJECTOR_KEYS = {"minimal": "txt_proj.0/2/4, vid_proj.0/2/4", "small": "txt_proj.1, vid_proj.0"}
+_PROJECTOR_PRESETS = {"minimal": "base", "small": "base-smallproj"}
+
+
+class ProjectorMismatchError(CheckpointMismatchError):
+    """The checkpoint's retrieval projector (``txt_proj``/``vid_proj``) is of another kind than
+    the model's config says. One line: the file, both kinds and the keys that tell them."""
+
+    def __init__(self, source: str, checkpoint_kind: str, config_kind: str) -> None:
+        self.source = source
+        self.checkpoint_kind = checkpoint_kind
+        self.config_kind = config_kind
+        self.missing, self.unexpected, self.mismatched = [], [], []
+        InputError.__init__(
+            self,
+            f"{source}: checkpoint has the {checkpoint_kind!r} projector "
+            f"({_PROJECTOR_KEYS[checkpoint_kind]}), config says {config_kind!r}; build the "
+            f"model with projection={checkpoint_kind!r} (preset "
+            f"{_PROJECTOR_PRESETS[checkpoint_kind]!r} for the full-size model)",
+        )
+
+
+def detect_projection(keys: Iterable[str]) -> str | None:
+    """The projector kind a state dict's keys (``module.`` already stripped) carry:
+    ``"minimal"`` (``txt_proj.0.weight``, ``txt_proj.2.*``, ``txt_proj.4.*``, same for
+    ``vid_proj``), ``"small"`` (``txt_proj.1.*``, ``vid_proj.0.bias``), or None when it has no
+    projector keys or keys of both kinds (the key comparison then names them)."""
+    names = set(keys)
+    minimal = any(
+        f"{tower}.{i}.weight" in names for tower in ("txt_proj", "vid_proj") for i in (2, 4)
+    ) or ("txt_proj.0.weight" in names)
+    # The minimal projector's first Linear has no bias, so vid_proj.0.bias is small-only.
+    small = "txt_proj.1.weight" in names or "vid_proj.0.bias" in names
+    if minimal == small:
+        return None
+    return "minimal" if minimal else "small"
 
 
 @dataclass
@@ -295,8 +338,9 @@ def load_checkpoint(
     transformers do not save it) is filled with ``arange``. With ``strict`` (default) any missing
     or unexpected key raises ``CheckpointMismatchError``; shape mismatches always raise. A
     tensor that is not finite, or not floating point where the model's is, raises
-    ``WeightsError`` naming it. ``source`` names an in-memory state dict in errors (default: the
-    path, or ``"state dict"``).
+    ``WeightsError`` naming it; a projector of the other kind (``"minimal"`` keys into a
+    ``"small"`` model or the reverse) raises ``ProjectorMismatchError`` naming both. ``source``
+    names an in-memory state dict in errors (default: the path, or ``"state dict"``).
     """
     if source is None:
         source = (
@@ -306,6 +350,9 @@ def load_checkpoint(
         checkpoint, _ = read_checkpoint(checkpoint)
     report = LoadReport()
     sd = prepare_state_dict(checkpoint, model.config.video.num_frames, report=report)
+    kind = detect_projection(sd)
+    if kind is not None and kind != model.config.projection:
+        raise ProjectorMismatchError(source, kind, model.config.projection)
     model_sd = model.state_dict()
     if POSITION_IDS_KEY in model_sd and POSITION_IDS_KEY not in sd:
         sd[POSITION_IDS_KEY] = model_sd[POSITION_IDS_KEY].clone()
@@ -323,6 +370,57 @@ def load_checkpoint(
     return report
 
 
+def infer_config(checkpoint: Mapping[str, Any]) -> ModelConfig | None:
+    """The released configuration a state dict with no stored config has, or None.
+
+    The released ``.pth`` files carry no egovlpv2 config. Their projector kind (from the keys,
+    :func:`detect_projection`) picks the preset, ``"base"`` (``EgoVLPv2.pth``) or
+    ``"base-smallproj"`` (``EgoVLPv2_smallproj*.pth``, ``EK-100_finetune.pth``,
+    ``Charades-Ego_finetune.pth``); ``projection_dim``, the frame count (the length of
+    ``video_model.temporal_embed``) and the heads present (``itm_score``, ``mlm_score``) are
+    read from the tensors. The result is returned only when every key and shape of the state
+    dict is that model's; anything else (another architecture) gives None.
+    """
+    sd = _unwrapped(checkpoint)
+    if not all(isinstance(v, Tensor) for v in sd.values()):
+        return None  # prepare_state_dict names the entry when the caller loads it
+    kind = detect_projection(sd)
+    if kind is None or TEMPORAL_KEY not in sd or sd[TEMPORAL_KEY].dim() != 3:
+        return None
+    first = sd.get("txt_proj.1.weight" if kind == "small" else "txt_proj.0.weight")
+    if first is None or first.dim() != 2:
+        return None
+    tasks = ["EgoNCE"]
+    tasks += ["ITM"] if "itm_score.fc.weight" in sd else []
+    tasks += ["MLM"] if "mlm_score.decoder.weight" in sd else []
+    try:
+        base = preset(
+            _PROJECTOR_PRESETS[kind],
+            projection_dim=int(first.shape[0]),
+            task_names="_".join(tasks),
+        )
+        config = base.replace(
+            video=dataclasses.replace(base.video, num_frames=int(sd[TEMPORAL_KEY].shape[1]))
+        )
+        with torch.device("meta"):
+            model_sd = EgoVLPv2(config, attention_impl="reference").state_dict()
+    except InputError:
+        return None
+    if POSITION_IDS_KEY not in sd:
+        model_sd.pop(POSITION_IDS_KEY, None)
+    missing, unexpected, mismatched = _compare(model_sd, sd)
+    return None if missing or unexpected or mismatched else config
+
+
+def _unwrapped(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """``checkpoint['state_dict']`` if present, with ``module.`` prefixes stripped (values as
+    they are: :func:`prepare_state_dict` checks them)."""
+    sd: Any = checkpoint
+    if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    return {str(k).removeprefix("module."): v for k, v in sd.items()}
+
+
 def load_model(
     path: PathLike,
     config: ModelConfig | None = None,
@@ -334,16 +432,20 @@ def load_model(
     """Build an ``EgoVLPv2`` and load ``path`` into it (eval mode).
 
     The config is ``config`` if given, else the one stored in a safetensors file's metadata
-    (``save_safetensors`` writes it); a ``.pth`` file needs ``config`` (e.g. ``preset("base")``).
+    (``save_safetensors`` writes it), else that of a released checkpoint recognised by its keys
+    and shapes (:func:`infer_config`: ``base`` or ``base-smallproj`` at the file's frame
+    count); any other file needs ``config`` (e.g. ``preset("base", ...)``). To run a 4-frame
+    pre-trained file at 16 or 32 frames pass that config: the temporal embedding is resized.
     ``attention_impl``: ``"auto"`` (default; fused ops where they run), ``"fused"`` or
     ``"reference"``, as for ``EgoVLPv2``.
     """
     state, stored = read_checkpoint(path)
-    config = config or stored
+    config = config or stored or infer_config(state)
     if config is None:
         raise ValueError(
             f"{path}: the file stores no config; pass config= (e.g. "
-            "egovlpv2_rt.config.preset('base'))"
+            "egovlpv2_rt.config.preset('base')): its keys and shapes are not those of a "
+            "released EgoVLPv2 model ('base' or 'base-smallproj')"
         )
     model = EgoVLPv2(config, attention_impl=attention_impl)
     load_checkpoint(model, state, source=os.fspath(path))

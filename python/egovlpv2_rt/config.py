@@ -4,7 +4,9 @@ Four dataclasses describe the architecture (``VideoConfig``, ``TextConfig``, ``F
 ``LossConfig``) and ``ModelConfig`` groups them with the projection size. A config says what the
 model *is* and is saved with its weights; how it runs (attention implementation, gradient
 checkpointing, pixel checks) is the caller's choice, given to ``EgoVLPv2(...)`` and never saved.
-Two presets exist: ``base`` (the released model) and ``tiny`` (the golden parity configuration).
+Presets: ``base`` (the released model), ``base-smallproj`` (its 256-d "small" projector
+variant, used by the EK-100 and Charades-Ego checkpoints), ``tiny`` (the golden parity
+configuration) and ``tiny-smallproj``.
 
 Every config is JSON-able (``to_dict`` / ``from_dict``); unknown keys are rejected by name so a
 typo in a config file cannot silently fall back to a default. ``ModelConfig.from_golden_hparams``
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRESETS",
+    "PROJECTIONS",
     "FusionConfig",
     "LossConfig",
     "ModelConfig",
@@ -37,6 +40,11 @@ __all__ = [
 ]
 
 TASKS = ("EgoNCE", "ITM", "MLM")
+# Retrieval projector kinds of the released checkpoints. "minimal" (EgoVLPv2.pth,
+# 768-4096-4096-4096): Linear(no bias)-ReLU-Linear-ReLU-Linear in both towers. "small"
+# (EgoVLPv2_smallproj*.pth and the EK-100 / Charades-Ego fine-tuned files, 768-256): text
+# ReLU-Linear (the ReLU comes first, as in the original's model_epic_charades.py), video Linear.
+PROJECTIONS = ("minimal", "small")
 # Execution settings that configs of egovlpv2-rt 0.1 stored beside the architecture.
 LEGACY_EXECUTION_KEYS = ("attention_impl", "check_finite_pixels", "gradient_checkpointing")
 
@@ -378,8 +386,9 @@ class ModelConfig:
                 )
         _check_types(ModelConfig, self.__dict__, o)
         _require(
-            self.projection == "minimal",
-            f"{o}.projection: only 'minimal' (Linear-ReLU-Linear-ReLU-Linear) is supported, "
+            self.projection in PROJECTIONS,
+            f"{o}.projection must be 'minimal' (Linear-ReLU-Linear-ReLU-Linear, EgoVLPv2.pth) "
+            f"or 'small' (text ReLU-Linear, video Linear, EgoVLPv2_smallproj.pth), "
             f"got {self.projection!r}",
         )
         tasks = self.task_names.split("_")
@@ -556,12 +565,28 @@ def _tiny() -> ModelConfig:
     )
 
 
-PRESETS = {"base": _base, "tiny": _tiny}
+def _base_smallproj() -> ModelConfig:
+    # EgoVLPv2_smallproj.pth / _epoch1.pth, EK-100_finetune.pth, Charades-Ego_finetune.pth.
+    return ModelConfig(projection="small", projection_dim=256)
+
+
+def _tiny_smallproj() -> ModelConfig:
+    return _tiny().replace(projection="small", projection_dim=16)
+
+
+PRESETS = {
+    "base": _base,
+    "base-smallproj": _base_smallproj,
+    "tiny": _tiny,
+    "tiny-smallproj": _tiny_smallproj,
+}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """Named configuration: ``"base"`` (released EgoVLPv2: ViT-B/16 224 px, 4 frames,
-    roberta-base, 6 fused layers, projection 4096) or ``"tiny"`` (the golden parity model).
+    roberta-base, 6 fused layers, projection "minimal" 4096), ``"base-smallproj"`` (the same
+    with the "small" 256-d projector of the EK-100 / Charades-Ego checkpoints), ``"tiny"`` (the
+    golden parity model) or ``"tiny-smallproj"`` (tiny with a 16-d "small" projector).
     ``overrides`` replace top-level fields, e.g. ``preset("tiny", projection_dim=16)``."""
     if name not in PRESETS:
         raise InputError(f"preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")

@@ -1,4 +1,5 @@
-"""Evaluation metrics: EgoMCQ accuracy, text-video retrieval ranks, EK-100 MIR mAP and nDCG.
+"""Evaluation metrics: EgoMCQ accuracy, text-video retrieval ranks, EK-100 MIR mAP and nDCG,
+Charades-Ego mAP.
 
 All functions take numpy arrays or torch tensors and compute in float64 numpy.
 """
@@ -7,7 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = [
+    "charades_class_ap",
+    "charades_map",
     "egomcq_accuracy",
     "ek100_mir_metrics",
     "mean_average_precision",
@@ -172,3 +177,87 @@ def ek100_mir_metrics(sim_video_text: object, relevancy: object) -> dict[str, fl
     out["mAP_AVG"] = (out["mAP_V2T"] + out["mAP_T2V"]) / 2
     out["nDCG_AVG"] = (out["nDCG_V2T"] + out["nDCG_T2V"]) / 2
     return out
+
+
+def charades_class_ap(scores: object, targets: object) -> np.ndarray:
+    """Per-class average precision of Charades-Ego, as the original's ``charades_map`` / ``map``
+    (the "approximate version" of the official Charades matlab script), as a fraction.
+
+    Videos without any label are left out (the original sets their scores to -inf, which with
+    finite scores ranks them below every positive: the same APs). For each class the remaining
+    videos are ranked by descending score and ``AP = sum of precision@k at the ranks k of the
+    positives / number of positives``. Ties are ranked by video index (a stable sort); the
+    original's default ``np.argsort`` leaves the order of ties unspecified.
+
+    Args:
+        scores: ``[videos, classes]`` finite scores (higher = more likely).
+        targets: ``[videos, classes]`` multi-hot labels, every value 0 or 1 (bool or number).
+
+    Returns:
+        ``[classes]`` float64 AP in [0, 1]; NaN for a class without any positive video.
+
+    Raises:
+        InputError: shapes that are not equal 2-D, non-finite scores, targets other than 0/1.
+    """
+    s = _checked(scores, "scores")
+    t = _checked(targets, "targets")
+    if s.shape != t.shape:
+        raise InputError(
+            f"charades_map: scores {s.shape} and targets {t.shape} must have the same shape "
+            "[videos, classes]"
+        )
+    bad = ~((t == 0) | (t == 1))
+    if bad.any():
+        v, c = np.argwhere(bad)[0]
+        raise InputError(
+            f"charades_map: targets must be multi-hot (0 or 1), got {float(t[v, c])!r} at "
+            f"[video {v}, class {c}] ({int(bad.sum())} such value(s))"
+        )
+    labelled = t.sum(axis=1) > 0
+    s, t = s[labelled], t[labelled]
+    order = np.argsort(-s, axis=0, kind="stable")
+    ranked = np.take_along_axis(t, order, axis=0)  # [videos, classes], 1 at positive ranks
+    precision = np.cumsum(ranked, axis=0) / np.arange(1, ranked.shape[0] + 1)[:, None]
+    n_pos = ranked.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision * ranked).sum(axis=0) / n_pos
+    ap[n_pos == 0] = np.nan
+    return ap
+
+
+def charades_map(scores: object, targets: object) -> float:
+    """Charades-Ego mAP in percent: the mean of :func:`charades_class_ap` over the classes
+    with at least one positive video (``nanmean``), times 100.
+
+    Args:
+        scores: ``[videos, classes]`` finite scores, e.g. cosine similarity of each test video
+            to each class-name embedding.
+        targets: ``[videos, classes]`` multi-hot labels (0/1).
+
+    Raises:
+        InputError: bad shapes or values (see :func:`charades_class_ap`), or no class with a
+            positive video (the mean is undefined).
+    """
+    ap = charades_class_ap(scores, targets)
+    if not np.any(np.isfinite(ap)):
+        raise InputError(
+            "charades_map: no class has a positive video (targets are all 0); mAP is undefined"
+        )
+    return float(100.0 * np.nanmean(ap))
+
+
+def _checked(x: object, name: str) -> np.ndarray:
+    """``x`` as a float64 [videos, classes] array, or ``InputError`` naming it."""
+    try:
+        a = (
+            x.detach().cpu().double().numpy()
+            if hasattr(x, "detach")
+            else np.asarray(x, dtype=np.float64)
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"charades_map: {name} is not a numeric array ({exc})") from None
+    if a.ndim != 2:
+        raise InputError(f"charades_map: {name} must be 2-D [videos, classes], got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"charades_map: {name} contains NaN or infinite values")
+    return a

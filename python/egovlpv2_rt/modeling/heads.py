@@ -6,7 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ITMHead", "MLMHead", "Pooler", "projection"]
+from ..config import PROJECTIONS
+
+__all__ = [
+    "PROJECTIONS",
+    "ITMHead",
+    "MLMHead",
+    "Pooler",
+    "projection",
+    "text_projection",
+    "video_projection",
+]
 
 
 def projection(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -21,6 +31,31 @@ def projection(in_dim: int, out_dim: int) -> nn.Sequential:
         nn.ReLU(),
         nn.Linear(out_dim, out_dim),
     )
+
+
+def text_projection(kind: str, in_dim: int, out_dim: int) -> nn.Sequential:
+    """``txt_proj`` of projector ``kind``: [..., in_dim] -> [..., out_dim].
+
+    ``"minimal"``: :func:`projection` (keys ``0.weight``, ``2.*``, ``4.*``); ``"small"``:
+    ReLU - Linear (keys ``1.weight``, ``1.bias``).
+    """
+    if kind == "minimal":
+        return projection(in_dim, out_dim)
+    if kind == "small":
+        return nn.Sequential(nn.ReLU(), nn.Linear(in_dim, out_dim))
+    raise ValueError(f"projection kind must be one of {PROJECTIONS}, got {kind!r}")
+
+
+def video_projection(kind: str, in_dim: int, out_dim: int) -> nn.Sequential:
+    """``vid_proj`` of projector ``kind``: [..., in_dim] -> [..., out_dim].
+
+    ``"minimal"``: :func:`projection`; ``"small"``: one Linear (keys ``0.weight``, ``0.bias``).
+    """
+    if kind == "minimal":
+        return projection(in_dim, out_dim)
+    if kind == "small":
+        return nn.Sequential(nn.Linear(in_dim, out_dim))
+    raise ValueError(f"projection kind must be one of {PROJECTIONS}, got {kind!r}")
 
 
 class Pooler(nn.Module):

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import _extension
 from ..config import ModelConfig, preset
 from ..ops import IMPLS
-from .heads import ITMHead, MLMHead, Pooler, projection
+from .heads import ITMHead, MLMHead, Pooler, text_projection, video_projection
 from .text import RobertaTextModel, TextLayer, additive_key_mask
 from .validation import check_batch_match, check_text, check_video
 from .video import DividedAttention, SpaceTimeBlock, SpaceTimeTransformer
@@ -137,8 +137,8 @@ class EgoVLPv2(nn.Module):
         self.video_model = SpaceTimeTransformer(
             v, num_fuse_block=f.num_fuse_block, text_dim=f.input_text_embed_size, impl=impl
         )
-        self.txt_proj = projection(t.hidden_size, config.projection_dim)
-        self.vid_proj = projection(v.embed_dim, config.projection_dim)
+        self.txt_proj = text_projection(config.projection, t.hidden_size, config.projection_dim)
+        self.vid_proj = video_projection(config.projection, v.embed_dim, config.projection_dim)
         if self.has_fusion:
             self.cross_modal_text_transform = nn.Linear(f.input_text_embed_size, f.hidden_size)
             self.cross_modal_video_transform = nn.Linear(f.input_image_embed_size, f.hidden_size)
@@ -161,7 +161,7 @@ class EgoVLPv2(nn.Module):
         check_finite_pixels: bool = True,
         **overrides: Any,
     ) -> EgoVLPv2:
-        """``EgoVLPv2(preset(name, **overrides), ...)``; names: ``"base"``, ``"tiny"``."""
+        """``EgoVLPv2(preset(name, **overrides), ...)``; names: see ``config.PRESETS``."""
         return cls(
             preset(name, **overrides),
             attention_impl=attention_impl,

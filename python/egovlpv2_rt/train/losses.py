@@ -1,4 +1,6 @@
-"""Pre-training objectives of EgoVLPv2: EgoNCE, masked language modelling, video-text matching.
+"""Objectives of EgoVLPv2: EgoNCE, masked language modelling and video-text matching
+(pre-training), the adaptive max-margin ranking loss (EK-100 MIR) and the symmetric InfoNCE
+``NormSoftmaxLoss`` (Charades-Ego), with their all-gathered forms for multi-process training.
 
 Shapes use ``N`` for the (global) batch, ``B`` for a local batch, ``L`` for tokens, ``V`` for
 the vocabulary. Similarity matrices are ``[texts, videos]`` (rows are texts), as the original's
@@ -7,25 +9,39 @@ the vocabulary. Similarity matrices are ``[texts, videos]`` (rows are texts), as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..modeling.model import sim_matrix
+from .distributed import DistInfo, all_gather_no_grad, all_gather_with_grad
+
 __all__ = [
     "EGONCE_TEMPERATURE",
+    "MIR_MARGIN",
+    "NORM_SOFTMAX_TEMPERATURE",
     "LossWeights",
     "VTMPairs",
+    "adaptive_max_margin_ranking_loss",
     "combine_losses",
     "egonce_loss",
     "egonce_positive_mask",
+    "gathered_max_margin_loss",
+    "gathered_norm_softmax_loss",
     "mlm_loss",
+    "norm_softmax_loss",
     "sample_vtm_pairs",
     "vtm_negative_weights",
 ]
 
 EGONCE_TEMPERATURE = 0.05
+# EK-100 MIR: the original's config sets margin 0.2 (the class default is 0.4).
+MIR_MARGIN = 0.2
+# Charades-Ego: NormSoftmaxLoss(temperature=0.05).
+NORM_SOFTMAX_TEMPERATURE = 0.05
 
 
 def _check_square(name: str, t: Tensor, n: int | None = None) -> None:
@@ -296,3 +312,130 @@ def combine_losses(
     if total is None:
         raise ValueError("no loss term was computed")
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# Downstream retrieval losses (EK-100 MIR, Charades-Ego)
+# --------------------------------------------------------------------------------------------
+
+
+def adaptive_max_margin_ranking_loss(
+    sim: Tensor, weights: Tensor, margin: float = MIR_MARGIN
+) -> Tensor:
+    """The original's ``AdaptiveMaxMarginRankingLoss(margin, fix_norm=True)`` (EK-100 MIR).
+
+    A bidirectional hinge whose margin is scaled per row by the relevancy of the positive pair;
+    the diagonal is excluded and every off-diagonal pair is a negative (no relevancy masking,
+    as in the original)::
+
+        loss = mean over i != j of  relu(w_i m - (S_ii - S_ij))  and  relu(w_i m - (S_ii - S_ji))
+
+    that is ``2 N (N - 1)`` terms averaged. Both terms of pair ``(i, j)`` use the row's weight
+    ``w_i``.
+
+    Args:
+        sim: ``[N, N]`` float, ``N >= 2``: ``S = cos(text, video)``, rows are texts, columns
+            videos (``sim_matrix(text_embeds, video_embeds)``).
+        weights: ``[N]`` relevancy of each row's positive pair (1 for a clip's own narration).
+        margin: the base margin ``m`` (0.2 for EK-100).
+
+    Returns:
+        scalar in ``sim``'s dtype.
+    """
+    _check_square("sim", sim)
+    if not sim.is_floating_point():
+        raise TypeError(f"sim must be a floating tensor, got {sim.dtype}")
+    n = sim.shape[0]
+    if n < 2:
+        raise ValueError(f"the max-margin loss needs N >= 2 pairs (no negatives), got N = {n}")
+    if weights.shape != (n,):
+        raise ValueError(f"weights must be [{n}] (one per row of sim), got {tuple(weights.shape)}")
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number, got {margin}")
+    w = weights.to(device=sim.device, dtype=sim.dtype).detach()[:, None]
+    diag = sim.diagonal()[:, None]
+    off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
+    to_videos = F.relu(w * margin - (diag - sim))  # [i, j]: S_ij, text i against video j
+    to_texts = F.relu(w * margin - (diag - sim.t()))  # [i, j]: S_ji, video i against text j
+    return (to_videos[off].sum() + to_texts[off].sum()) / (2 * n * (n - 1))
+
+
+def norm_softmax_loss(sim: Tensor, temperature: float = NORM_SOFTMAX_TEMPERATURE) -> Tensor:
+    """The original's ``NormSoftmaxLoss`` (Charades-Ego): symmetric InfoNCE on ``sim``::
+
+        loss = -mean_i log softmax(S / T)_ii - mean_j log softmax(S^T / T)_jj
+
+    Other pairs of one batch are negatives even when they share a class, as in the original.
+
+    Args:
+        sim: ``[N, N]`` float cosine similarities, rows texts, columns videos.
+        temperature: ``T`` (0.05).
+
+    Returns:
+        scalar in ``sim``'s dtype.
+    """
+    _check_square("sim", sim)
+    if not sim.is_floating_point():
+        raise TypeError(f"sim must be a floating tensor, got {sim.dtype}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = sim / temperature
+    i_diag = F.log_softmax(logits, dim=1).diagonal()
+    j_diag = F.log_softmax(logits.t(), dim=1).diagonal()
+    return -i_diag.mean() - j_diag.mean()
+
+
+def _gathered_sim(text_embeds: Tensor, video_embeds: Tensor, info: DistInfo) -> Tensor:
+    """``sim_matrix`` of the all-gathered embeddings ``[world * B, P]`` each, in float32 or
+    wider even under autocast (at temperature 0.05 bf16 logits lose their resolution)."""
+    if text_embeds.dim() != 2 or text_embeds.shape != video_embeds.shape:
+        raise ValueError(
+            "text_embeds and video_embeds must both be [B, P], got "
+            f"{tuple(text_embeds.shape)} and {tuple(video_embeds.shape)}"
+        )
+    t_all = all_gather_with_grad(text_embeds, info)
+    v_all = all_gather_with_grad(video_embeds, info)
+    acc = torch.promote_types(t_all.dtype, torch.float32)
+    with torch.autocast(device_type=t_all.device.type, enabled=False):
+        return sim_matrix(t_all.to(acc), v_all.to(acc))
+
+
+def gathered_max_margin_loss(
+    text_embeds: Tensor,
+    video_embeds: Tensor,
+    weights: Tensor,
+    info: DistInfo,
+    margin: float = MIR_MARGIN,
+) -> Tensor:
+    """:func:`adaptive_max_margin_ranking_loss` over the batch gathered across ranks, as the
+    original trains EK-100 MIR (``N = world * B``).
+
+    Args:
+        text_embeds, video_embeds: ``[B, P]`` this rank's embeddings (pair ``b`` is row ``b``);
+            every rank passes the same ``B``.
+        weights: ``[B]`` this rank's relevancies, gathered without gradient.
+        info: the process group (a single process: no gathering).
+
+    Returns:
+        the global loss, identical on every rank. Its gradient for this rank's rows is
+        ``world_size`` times that of the same loss computed in one process on the global batch
+        (the all-gather's backward sums the identical per-rank losses); DDP's gradient average
+        turns it back into the one-process gradient.
+    """
+    sim = _gathered_sim(text_embeds, video_embeds, info)
+    w_all = all_gather_no_grad(weights.to(sim.device), info)
+    with torch.autocast(device_type=sim.device.type, enabled=False):
+        return adaptive_max_margin_ranking_loss(sim, w_all, margin)
+
+
+def gathered_norm_softmax_loss(
+    text_embeds: Tensor,
+    video_embeds: Tensor,
+    info: DistInfo,
+    temperature: float = NORM_SOFTMAX_TEMPERATURE,
+) -> Tensor:
+    """:func:`norm_softmax_loss` over the batch gathered across ranks (Charades-Ego); shapes
+    and gradient scale as :func:`gathered_max_margin_loss`."""
+    sim = _gathered_sim(text_embeds, video_embeds, info)
+    with torch.autocast(device_type=sim.device.type, enabled=False):
+        return norm_softmax_loss(sim, temperature)
