@@ -10,9 +10,8 @@ positive and videos without a label are left out there).
 Two steps, so that a caller can keep the raw numbers: :func:`score_charades_ego` returns the
 score matrix and targets (:class:`CharadesEgoScores`), :func:`evaluate_charades_ego` reads the
 files, scores and applies the metric. The metric is a parameter (any
-``(scores, targets) -> percent`` function; default ``eval.metrics.charades_map``, looked up at
-call time), so the plumbing can be checked against an independent computation of the same
-matrix.
+``(scores, targets) -> percent`` function; default ``eval.metrics.charades_map``), so the
+plumbing can be checked against an independent computation of the same matrix.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EgoVLPv2Error, InputError
+from ..errors import InputError
+from ..eval.metrics import charades_map
 from ..modeling.model import EgoVLPv2, sim_matrix
 from ..video.reader import Backend
 from ..video.transforms import EvalTransform
@@ -262,16 +262,6 @@ def score_charades_ego(
     )
 
 
-def _charades_map() -> Metric:
-    # Looked up at call time: eval.metrics.charades_map is the task's metric.
-    from ..eval import metrics
-
-    fn = getattr(metrics, "charades_map", None)
-    if fn is None:
-        raise EgoVLPv2Error("egovlpv2_rt.eval.metrics.charades_map is not available")
-    return fn
-
-
 def evaluate_charades_ego(
     model: EgoVLPv2,
     data_dir: str | Path,
@@ -316,7 +306,7 @@ def evaluate_charades_ego(
         transform=transform,
         progress=progress,
     )
-    fn = metric if metric is not None else _charades_map()
+    fn = metric if metric is not None else charades_map
     labelled = raw.targets.sum(axis=1) > 0
     return CharadesEgoResult(
         map=float(fn(raw.scores, raw.targets)),
