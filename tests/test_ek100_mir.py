@@ -428,3 +428,31 @@ def test_evaluation_equals_metrics_on_independent_similarity(synth, tmp_path_fac
         assert got[k] == pytest.approx(want[k], abs=1e-9), k
     assert 0 < got["mAP_AVG"] < 100 and 0 < got["nDCG_AVG"] <= 100
     np.testing.assert_allclose(res.sim, ((cos + 1) / 2).numpy(), atol=1e-6)
+
+
+def test_dali_cpu_reads_the_ek100_plan_and_transform(tmp_path):
+    """The plan and transform reach DALI as they reach PyAV (DALI's CPU decoder: VP9)."""
+    from egovlpv2_rt.tasks.ek100_video import read_ek100_clip
+    from egovlpv2_rt.video.dali_backend import dali_available
+    from egovlpv2_rt.video.planning import split_seed
+
+    ok, why = dali_available("cpu")
+    if not ok:
+        pytest.skip(f"DALI is not importable here: {why}")
+    v = write_video(tmp_path / "v.webm", 60, width=80, height=64, codec="libvpx-vp9")
+    for train in (False, True):
+        rng = split_seed(9)[0]
+        plan = plan_ek100_clip(v, 0.2, 1.7, num_frames=8, train=train, rng=rng)
+        raw = read_plan(plan, "dali_cpu", None)
+        assert [read_frame_code(f.numpy()) for f in raw] == plan.indices.tolist()
+        dali = read_ek100_clip(v, 0.2, 1.7, train=train, num_frames=8, backend="dali_cpu", seed=9)
+        ref = read_ek100_clip(v, 0.2, 1.7, train=train, num_frames=8, backend="pyav", seed=9)
+        assert dali.shape == ref.shape == (8, 3, 224, 224)
+        tf = ek100_transform(train)
+        gen = split_seed(9)[1]
+        want = tf(raw, generator=gen) if train else tf(raw)
+        # DALI's resampling against the torch transform of the same decoded frames: the video
+        # package's TRANSFORM_MAX (its ImageNet std, 0.229 * 255, is EK-100's 58.395 to 0.1%).
+        assert (dali - want).abs().max().item() <= 5e-3
+        # The same clip on both backends: the same frames, so only resampling differs.
+        assert (dali - ref).abs().mean().item() <= 0.04
