@@ -47,6 +47,7 @@ __all__ = [
     "frame_indices",
     "plan_clip",
     "read_clip",
+    "read_plan",
     "register_plan_reader",
 ]
 
@@ -200,15 +201,44 @@ def read_clip(
         out_of_range=out_of_range,
         short=short,
     )
+    return read_plan(plan, backend, tf, gen, short=short, dtype=dtype, threads=threads)
+
+
+def read_plan(
+    plan: ClipPlan,
+    backend: Backend = "pyav",
+    transform: TransformArg = "eval",
+    generator: torch.Generator | None = None,
+    *,
+    short: ShortPolicy = "pad",
+    dtype: torch.dtype = torch.float32,
+    threads: int = 1,
+) -> Tensor:
+    """Decode and transform the frames of an already made plan on any backend.
+
+    This is ``read_clip`` after its planning step, for callers whose frame choice is not the
+    package's sampling rule (a task's own sampler builds the :class:`ClipPlan`; every backend,
+    DALI included, then decodes exactly those frames).
+
+    Args:
+        plan: the frames to decode (``files``/``local`` per output position).
+        backend, transform, short, dtype, threads: as :func:`read_clip`.
+        generator: draws the train transform's crop (None: nondeterministic).
+
+    Returns:
+        As :func:`read_clip`: ``[F, 3, S, S]`` of ``dtype`` with a transform, uint8
+        ``[F, 3, H, W]`` without.
+    """
+    tf = make_transform(transform)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend in ("dali", "dali_cpu"):
         if backend not in _PLAN_READERS:
             raise BackendUnavailableError(
                 f"backend {backend!r}: its module egovlpv2_rt.video.dali_backend is not loaded",
-                os.fspath(path),
+                plan.files[0],
             )
-        (clip,) = _PLAN_READERS[backend]([plan], tf, short, dtype, gen)
+        (clip,) = _PLAN_READERS[backend]([plan], tf, short, dtype, generator)
         if isinstance(clip, VideoError):
             raise clip
         return clip
@@ -216,5 +246,5 @@ def read_clip(
     if tf is None:
         return frames
     if isinstance(tf, TrainTransform):
-        return tf(frames, generator=gen, dtype=dtype)
+        return tf(frames, generator=generator, dtype=dtype)
     return tf(frames, dtype=dtype)
