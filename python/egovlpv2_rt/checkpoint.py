@@ -428,6 +428,7 @@ def load_model(
     attention_impl: str = "auto",
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    num_frames: int | None = None,
 ) -> EgoVLPv2:
     """Build an ``EgoVLPv2`` and load ``path`` into it (eval mode).
 
@@ -437,8 +438,13 @@ def load_model(
     count); any other file needs ``config`` (e.g. ``preset("base", ...)``). To run a 4-frame
     pre-trained file at 16 or 32 frames pass that config: the temporal embedding is resized.
     ``attention_impl``: ``"auto"`` (default; fused ops where they run), ``"fused"`` or
-    ``"reference"``, as for ``EgoVLPv2``.
+    ``"reference"``, as for ``EgoVLPv2``. ``num_frames``: run the model at this many frames
+    (the config's ``video.num_frames`` replaced; the temporal embedding resized on load).
     """
+    if num_frames is not None and (
+        not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1
+    ):
+        raise InputError(f"num_frames must be a positive int, got {num_frames!r}")
     state, stored = read_checkpoint(path)
     config = config or stored or infer_config(state)
     if config is None:
@@ -447,6 +453,8 @@ def load_model(
             "egovlpv2_rt.config.preset('base')): its keys and shapes are not those of a "
             "released EgoVLPv2 model ('base' or 'base-smallproj')"
         )
+    if num_frames is not None and num_frames != config.video.num_frames:
+        config = config.replace(video=dataclasses.replace(config.video, num_frames=num_frames))
     model = EgoVLPv2(config, attention_impl=attention_impl)
     load_checkpoint(model, state, source=os.fspath(path))
     if dtype is not None or device is not None:

@@ -7,34 +7,52 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import load_model
 from ..data.synthetic import SynthConfig, generate_dataset
 from ..denormals import flushing_denormals
+from ..errors import InputError
 from ..eval.egomcq import MODES, evaluate_egomcq
 from ..model_files import default_model_path, load_tokenizer
+from ..tasks.charades_ego import evaluate_charades_ego, synthesize_charades_ego
+from ..tasks.ek100_mir import evaluate_ek100_mir
+from ..tasks.ek100_synth import synthesize_ek100_mir
 from ..train.trainer import train_from_file
 from .common import at_least, non_negative_int, positive_int, print_json
 
-__all__ = ["add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
+__all__ = ["EVAL_TASKS", "SYNTH_TASKS", "add_subcommands", "cmd_eval", "cmd_synth", "cmd_train"]
+
+EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego")
+SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego")
+# The original's protocols: 16 frames for EK-100 MIR, 32 for Charades-Ego; captions and class
+# names tokenised to 30 tokens at evaluation.
+TASK_FRAMES = {"ek100_mir": 16, "charades_ego": 32}
+TASK_TEXT_LENGTH = 30
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``synth``, ``train`` and ``eval`` on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "synth",
-        help="write a synthetic EgoClip/EgoMCQ dataset",
-        description="Write videos/, egoclip.csv and egomcq.json.",
+        help="write a synthetic dataset (EgoClip/EgoMCQ, EK-100 MIR or Charades-Ego)",
+        description="Write a synthetic dataset in the task's own file formats: egoclip "
+        "(videos/, egoclip.csv, egomcq.json), ek100_mir (retrieval_annotations/ and "
+        "videos/P../*.MP4 as EPIC-KITCHENS-100) or charades_ego (the official CSVs, "
+        "Charades_v1_classes.txt and videos/).",
     )
+    p.add_argument("--task", default="egoclip", choices=SYNTH_TASKS)
     p.add_argument("--out", required=True, help="destination folder")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--clips", type=positive_int, default=480, help="number of narrated clips")
-    p.add_argument("--questions", type=non_negative_int, default=100, help="EgoMCQ questions")
+    p.add_argument("--clips", type=positive_int, default=None, help="egoclip: narrated clips (480)")
+    p.add_argument(
+        "--questions", type=non_negative_int, default=None, help="egoclip: EgoMCQ questions (100)"
+    )
     p.add_argument(
         "--size",
         type=_frame_size,
-        default=64,
-        help="frame size in pixels (a multiple of 16, >= 32)",
+        default=None,
+        help="egoclip: frame size in pixels (a multiple of 16, >= 32; 64)",
     )
     p.set_defaults(func=cmd_synth)
 
@@ -56,12 +74,24 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a model (EgoMCQ)",
-        description="EgoMCQ accuracy (inter / intra) in dual, fusion and ensemble modes.",
+        help="evaluate a model (EgoMCQ, EK-100 MIR, Charades-Ego)",
+        description="egomcq: accuracy (inter / intra) in dual, fusion and ensemble modes; "
+        "ek100_mir: mAP and nDCG (V2T, T2V, average) on the test split; charades_ego: mAP "
+        "over the classes on the test split. Zero-shot or fine-tuned: any checkpoint.",
     )
-    p.add_argument("--task", default="egomcq", choices=("egomcq",))
+    p.add_argument("--task", default="egomcq", choices=EVAL_TASKS)
     p.add_argument(
-        "--data", required=True, help="folder with egomcq.json and videos/ (as written by synth)"
+        "--data",
+        required=True,
+        help="egomcq: folder with egomcq.json and videos/; ek100_mir: folder with "
+        "retrieval_annotations/ and videos/; charades_ego: folder with the CharadesEgo CSVs, "
+        "Charades_v1_classes.txt and the videos (as written by synth --task)",
+    )
+    p.add_argument(
+        "--frames",
+        type=positive_int,
+        default=None,
+        help="frames per clip (default: ek100_mir 16, charades_ego 32, egomcq the model's)",
     )
     p.add_argument(
         "--checkpoint", default=None, help="model .safetensors (default: the shipped default model)"
@@ -69,13 +99,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="tokenizer.json (default: beside the checkpoint)"
     )
-    p.add_argument("--mode", default="all", choices=("dual", "fusion", "ensemble", "all"))
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=("dual", "fusion", "ensemble", "all"),
+        help="egomcq only (default: all)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument(
         "--max-length",
         type=at_least(2, "room for <s> and </s>"),
-        default=16,
-        help="caption tokens",
+        default=None,
+        help="caption tokens (default: egomcq 16, ek100_mir and charades_ego 30, at most "
+        "the model's)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
@@ -88,8 +124,28 @@ def _frame_size(text: str) -> int:
     return size
 
 
+def _only_for(args: argparse.Namespace, task: str, options: dict[str, str]) -> None:
+    """Refuse options of another task (given, but meaningless for ``args.task``)."""
+    given = [flag for dest, flag in options.items() if getattr(args, dest) is not None]
+    if args.task != task and given:
+        raise InputError(f"{', '.join(given)}: only for --task {task}, not {args.task}")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
-    cfg = SynthConfig(num_clips=args.clips, num_mcq=args.questions, size=args.size)
+    _only_for(args, "egoclip", {"clips": "--clips", "questions": "--questions", "size": "--size"})
+    if args.task == "ek100_mir":
+        paths = synthesize_ek100_mir(args.out, args.seed)
+        print(f"wrote a synthetic EK-100 MIR split under {args.out}")
+        return 0
+    if args.task == "charades_ego":
+        paths = synthesize_charades_ego(args.out, args.seed)
+        print(f"wrote a synthetic Charades-Ego dataset under {paths['root']}")
+        return 0
+    cfg = SynthConfig(
+        num_clips=480 if args.clips is None else args.clips,
+        num_mcq=100 if args.questions is None else args.questions,
+        size=64 if args.size is None else args.size,
+    )
     paths = generate_dataset(args.out, args.seed, cfg)
     print(f"wrote {paths['egoclip']}, {paths['egomcq']} and {paths['videos']}/")
     return 0
@@ -102,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _only_for(args, "egomcq", {"mode": "--mode"})
     ckpt = Path(args.checkpoint) if args.checkpoint else default_model_path()
     if not ckpt.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {ckpt}")
@@ -109,24 +166,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not tok_path.exists():
         raise FileNotFoundError(f"--tokenizer: no such file {tok_path}")
     data = Path(args.data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data: no such folder {data}")
+    if args.task == "egomcq":
+        return _eval_egomcq(args, ckpt, tok_path, data)
+    frames = args.frames or TASK_FRAMES[args.task]
+    model = load_model(ckpt, num_frames=frames)
+    limit = model.config.text.max_text_length
+    max_length = min(args.max_length or TASK_TEXT_LENGTH, limit)
+    tok = load_tokenizer(tok_path, max_length)
+    with flushing_denormals():
+        if args.task == "ek100_mir":
+            scores: dict[str, Any] = evaluate_ek100_mir(
+                model, tok, data, batch_size=args.batch_size, max_length=max_length
+            ).as_dict()
+        else:
+            scores = evaluate_charades_ego(
+                model, data, tok, batch_size=args.batch_size, max_length=max_length
+            ).as_dict()
+    if args.json:
+        print_json(
+            {"checkpoint": str(ckpt), "task": args.task, "frames": frames, "metrics": scores}
+        )
+    else:
+        print(f"{args.task} on {data} ({ckpt.name}, {frames} frames)")
+        for name, value in scores.items():
+            text = f"{value:.2f}" if isinstance(value, float) else str(value)
+            print(f"  {name:<18}{text:>10}")
+    return 0
+
+
+def _eval_egomcq(args: argparse.Namespace, ckpt: Path, tok_path: Path, data: Path) -> int:
     if not (data / "egomcq.json").is_file():
         raise FileNotFoundError(f"--data: {data / 'egomcq.json'} not found")
-    model = load_model(ckpt)
-    tok = load_tokenizer(tok_path, args.max_length)
-    modes = MODES if args.mode == "all" else (args.mode,)
-    if args.mode == "ensemble":
-        modes = MODES
+    mode = args.mode or "all"
+    max_length = args.max_length or 16
+    model = load_model(ckpt, num_frames=args.frames)
+    tok = load_tokenizer(tok_path, max_length)
+    modes = MODES if mode in ("all", "ensemble") else (mode,)
     with flushing_denormals():
         res = evaluate_egomcq(
             model,
             data / "egomcq.json",
             data / "videos",
             tok,
-            max_length=args.max_length,
+            max_length=max_length,
             batch_size=args.batch_size,
             modes=modes,
         )
-    acc = {m: res.accuracy[m] for m in (MODES if args.mode == "all" else (args.mode,))}
+    acc = {m: res.accuracy[m] for m in (MODES if mode == "all" else (mode,))}
     if args.json:
         print_json({"checkpoint": str(ckpt), "task": "egomcq", "accuracy": acc})
     else:

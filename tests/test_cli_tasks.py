@@ -1,0 +1,75 @@
+"""``egovlpv2 synth/eval --task ek100_mir|charades_ego``: the CLI reports what the task's own
+evaluation computes on the same model, at the original's frame counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from egovlpv2_rt import cli
+from egovlpv2_rt.checkpoint import load_model
+from egovlpv2_rt.model_files import default_model_path, load_tokenizer
+from egovlpv2_rt.tasks.charades_ego import evaluate_charades_ego
+from egovlpv2_rt.tasks.ek100_mir import evaluate_ek100_mir
+
+
+def _strict(text: str) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    assert cli.main(["synth", "--task", "ek100_mir", "--out", str(root / "ek"), "--seed", "3"]) == 0
+    assert (
+        cli.main(["synth", "--task", "charades_ego", "--out", str(root / "ch"), "--seed", "3"]) == 0
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("task", "folder", "frames"), [("ek100_mir", "ek", 16), ("charades_ego", "ch", 32)]
+)
+def test_eval_task_equals_the_task_evaluation(datasets, capsys, task, folder, frames):
+    capsys.readouterr()
+    data = datasets / folder
+    assert cli.main(["eval", "--task", task, "--data", str(data), "--json"]) == 0
+    out = _strict(capsys.readouterr().out)
+    assert out["task"] == task and out["frames"] == frames
+    ckpt = default_model_path()
+    model = load_model(ckpt, num_frames=frames)
+    assert model.config.video.num_frames == frames
+    length = min(30, model.config.text.max_text_length)
+    tok = load_tokenizer(ckpt.parent / "tokenizer.json", length)
+    if task == "ek100_mir":
+        want = evaluate_ek100_mir(model, tok, data, batch_size=8, max_length=length).as_dict()
+    else:
+        want = evaluate_charades_ego(model, data, tok, batch_size=8, max_length=length).as_dict()
+    assert out["metrics"] == pytest.approx(want, rel=1e-9)
+    assert 0.0 < out["metrics"]["mAP_AVG" if task == "ek100_mir" else "mAP"] <= 100.0
+
+
+def test_options_of_another_task_are_refused(datasets, capsys):
+    capsys.readouterr()
+    rc = cli.main(
+        ["eval", "--task", "charades_ego", "--data", str(datasets / "ch"), "--mode", "dual"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert "--mode: only for --task egomcq, not charades_ego" in err
+    rc = cli.main(["synth", "--task", "ek100_mir", "--out", str(datasets / "x"), "--size", "64"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--size: only for --task egoclip, not ek100_mir" in err
+    assert not (datasets / "x").exists()
+
+
+def test_load_model_at_another_frame_count():
+    model = load_model(default_model_path(), num_frames=16)
+    assert model.config.video.num_frames == 16
+    assert model.video_model.temporal_embed.shape[1] == 16
+    with pytest.raises(ValueError, match="num_frames must be a positive int, got 0"):
+        load_model(default_model_path(), num_frames=0)
