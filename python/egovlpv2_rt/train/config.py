@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import LEGACY_EXECUTION_KEYS, ModelConfig, preset
 from ..errors import InputError
@@ -40,8 +40,13 @@ __all__ = [
     "ModelSection",
     "OptimConfig",
     "TrainConfig",
+    "build_config",
     "load_train_config",
+    "read_config_mapping",
 ]
+
+
+T = TypeVar("T")
 
 
 class ConfigError(InputError):
@@ -380,6 +385,23 @@ def load_train_config(path: str | Path) -> TrainConfig:
     Raises:
         ConfigError: unreadable file, unknown key (named with its dotted path) or a bad value.
     """
+    return train_config_from_dict(read_config_mapping(path), str(path))
+
+
+def build_config(cls: type[T], data: Any, where: str) -> T:
+    """The dataclass ``cls`` from a plain mapping, every key and value checked as for
+    :class:`TrainConfig` (:class:`ConfigError` naming ``where``, the dotted key, the expected
+    type and the value)."""
+    out: T = _build(cls, data, "", where)
+    return out
+
+
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping of a JSON or YAML config file (an empty file is ``{}``).
+
+    Raises:
+        ConfigError: a missing, unreadable or unparsable file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -397,4 +419,4 @@ def load_train_config(path: str | Path) -> TrainConfig:
         data = yaml.safe_load(text) if yaml_file else json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parser error becomes a named ConfigError
         raise ConfigError(f"{path}: cannot parse ({e})") from None
-    return train_config_from_dict(data if data is not None else {}, str(path))
+    return data if data is not None else {}

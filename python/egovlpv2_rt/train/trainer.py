@@ -1,10 +1,14 @@
-"""The pre-training loop: ``python -m egovlpv2_rt.train --config FILE [--resume]``, or under
-``torchrun --nproc_per_node N`` for data-parallel training (NCCL on GPU, gloo on CPU).
+"""The training loop, and pre-training as its first job: ``python -m egovlpv2_rt.train --config
+FILE [--resume]``, or under ``torchrun --nproc_per_node N`` for data-parallel training (NCCL on
+GPU, gloo on CPU).
 
-Per step: build the global batch's captions, masks and MLM targets on every rank; read this
-rank's clips; run :class:`PretrainObjective` (DDP-wrapped when distributed) under bf16 autocast
-on GPU; clip the gradient norm; AdamW step; scheduler step. Rank 0 writes a CSV metrics log,
-shows a progress bar and writes checkpoints atomically.
+:func:`run_job` runs any :class:`~.job.TrainingJob`. Per step: the job builds this rank's batch;
+its objective (DDP-wrapped when distributed) runs under bf16 autocast on GPU; clip the gradient
+norm; AdamW step; scheduler step. Rank 0 writes a CSV metrics log, shows a progress bar, writes
+checkpoints atomically and runs the job's evaluation.
+
+:class:`PretrainJob`: build the global batch's captions, masks and MLM targets on every rank,
+read this rank's clips, :class:`PretrainObjective` (EgoNCE + MLM + VTM), EgoMCQ evaluation.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from ..model_files import load_tokenizer
 from ..modeling.model import EgoVLPv2
 from .config import TrainConfig, load_train_config
 from .distributed import DistInfo, init_distributed, shutdown_distributed
+from .job import LoopSettings, TrainingJob
 from .objective import GlobalBatch, PretrainObjective
 from .optim import build_optimizer, build_scheduler
 from .sampler import GlobalBatchSampler
@@ -51,20 +56,21 @@ from .state import (
     save_training_state,
 )
 
-__all__ = ["TrainResult", "train", "train_from_file"]
+__all__ = ["PretrainJob", "TrainResult", "log_fields", "run_job", "train", "train_from_file"]
 
-LOG_FIELDS = (
-    "step",
-    "epoch",
-    "lr",
-    "loss",
-    "egonce",
-    "mlm",
-    "vtm",
-    "vtm_acc",
-    "grad_norm",
-    "seconds",
-)
+# metrics.csv: these columns, the job's own between "loss" and "grad_norm".
+LEADING_FIELDS = ("step", "epoch", "lr", "loss")
+TRAILING_FIELDS = ("grad_norm", "seconds")
+PRETRAIN_LOG_FIELDS = ("egonce", "mlm", "vtm", "vtm_acc")
+LOG_FIELDS = (*LEADING_FIELDS, *PRETRAIN_LOG_FIELDS, *TRAILING_FIELDS)
+
+
+def log_fields(job_fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns of ``metrics.csv`` for a job's own ``log_fields``."""
+    clash = sorted(set(job_fields) & {*LEADING_FIELDS, *TRAILING_FIELDS})
+    if clash or len(set(job_fields)) != len(job_fields):
+        raise ValueError(f"job log fields {job_fields} repeat a column (clash: {clash})")
+    return (*LEADING_FIELDS, *job_fields, *TRAILING_FIELDS)
 
 
 @dataclass
@@ -217,10 +223,107 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
+class PretrainJob(TrainingJob):
+    """Pre-training (EgoNCE + MLM + VTM on EgoClip-format data, EgoMCQ evaluation) as a
+    :class:`~.job.TrainingJob`."""
+
+    log_fields = PRETRAIN_LOG_FIELDS
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, dtype: torch.dtype) -> None:
+        self.cfg = cfg
+        self.data = _Data(cfg, info)
+        self.sampler = self.data.sampler
+        self.tokenizer = self.data.tokenizer
+        mc = _model_config(cfg, self.data.tokenizer.vocab_size)
+        # Pixels come from the package's own decoder: the finite check would only add a host sync.
+        model = EgoVLPv2(
+            mc,
+            attention_impl=cfg.attention_impl,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            check_finite_pixels=False,
+        )
+        if cfg.init_scale != 1.0:
+            scale_initialisation(model, cfg.init_scale)
+        if cfg.gate_init != 0.0:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.endswith(("alpha_i2t", "alpha_t2i")):
+                        p.fill_(cfg.gate_init)
+        model = model.to(device=info.device, dtype=dtype)
+        model.train()
+        self.model = model
+        objective = PretrainObjective(
+            model,
+            cfg.loss.weights(),
+            cfg.loss.temperature,
+            info,
+            cfg.seed,
+            cfg.loss.mlm_start_step,
+            cfg.loss.vtm_start_step,
+            cfg.loss.mlm_stop_step,
+        )
+        self.objective = objective
+        self.find_unused_parameters = not objective.every_term_every_step
+
+    def batch(self, step: int, device: torch.device, dtype: torch.dtype) -> GlobalBatch:
+        return self.data.batch(step, device, dtype)
+
+    def log_values(self, losses: Any) -> Mapping[str, float]:
+        return {
+            "egonce": _f(losses.egonce),
+            "mlm": _f(losses.mlm),
+            "vtm": _f(losses.vtm),
+            "vtm_acc": _f(losses.vtm_accuracy),
+        }
+
+    @property
+    def has_evaluation(self) -> bool:
+        return bool(self.cfg.eval.egomcq)
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> Mapping[str, Any]:
+        """EgoMCQ accuracy (``eval.egomcq``)."""
+        from ..eval.egomcq import evaluate_egomcq
+
+        cfg = self.cfg
+        ev = cfg.eval
+        video_dir = ev.video_dir or str(Path(ev.egomcq).parent / "videos")
+        assert isinstance(model, EgoVLPv2)
+        res = evaluate_egomcq(
+            model,
+            ev.egomcq,
+            video_dir,
+            self.data.tokenizer,
+            num_frames=cfg.data.num_frames,
+            max_length=cfg.data.max_text_length,
+            batch_size=ev.batch_size,
+            backend=cfg.data.backend,
+        )
+        return {"egomcq": res.accuracy}
+
+
+def pretrain_loop_settings(cfg: TrainConfig) -> LoopSettings:
+    """The loop part of a pre-training experiment."""
+    return LoopSettings(
+        out_dir=cfg.out_dir,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+        optim=cfg.optim,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval.every_steps,
+        amp=cfg.amp,
+        precision=cfg.precision,
+        deterministic=cfg.deterministic,
+        num_threads=cfg.num_threads,
+        progress=cfg.progress,
+        config=cfg.to_dict(),
+    )
+
+
 def train(
     cfg: TrainConfig, *, resume: bool = False, device: str = "auto", stop_after: int | None = None
 ) -> TrainResult:
-    """Run (or resume) the experiment ``cfg``.
+    """Run (or resume) the pre-training experiment ``cfg``.
 
     Args:
         cfg: the experiment.
@@ -237,10 +340,39 @@ def train(
         OutputBusyError: another training job writes ``cfg.out_dir``.
         UnsafeFileError: ``--resume`` met a state file that would need code to run to be read.
     """
+    return run_job(
+        pretrain_loop_settings(cfg),
+        lambda info, dtype: PretrainJob(cfg, info, dtype),
+        resume=resume,
+        device=device,
+        stop_after=stop_after,
+    )
+
+
+JobFactory = Callable[[DistInfo, torch.dtype], TrainingJob]
+
+
+def run_job(
+    loop: LoopSettings,
+    make_job: JobFactory,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Run (or resume) the job ``make_job(info, dtype)`` with the loop ``loop``.
+
+    ``make_job`` is called once per process after every RNG is seeded with ``loop.seed``; it
+    returns the job with its model on ``info.device`` in ``dtype``. Arguments and errors as
+    :func:`train`.
+    """
     info = init_distributed(device)
     # Rank 0 writes every file of the run, so it holds the run folder for the whole job.
-    with hold_run_folder(cfg.out_dir) if info.is_main else nullcontext():
-        return _train(cfg, info, resume, stop_after)
+    with (
+        hold_run_folder(loop.out_dir) if info.is_main else nullcontext(),
+        flushing_denormals(info.device.type == "cpu"),
+    ):
+        return _run(loop, make_job, info, resume, stop_after)
 
 
 RUN_LOCK_NAME = "training"
@@ -266,65 +398,38 @@ def hold_run_folder(out_dir: str | Path) -> Iterator[None]:
         yield
 
 
-def _train(cfg: TrainConfig, info: DistInfo, resume: bool, stop_after: int | None) -> TrainResult:
-    with flushing_denormals(info.device.type == "cpu"):
-        return _train_flushing(cfg, info, resume, stop_after)
-
-
-def _train_flushing(
-    cfg: TrainConfig, info: DistInfo, resume: bool, stop_after: int | None
+def _run(
+    loop: LoopSettings,
+    make_job: JobFactory,
+    info: DistInfo,
+    resume: bool,
+    stop_after: int | None,
 ) -> TrainResult:
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    if cfg.deterministic:
+    if loop.num_threads > 0:
+        torch.set_num_threads(loop.num_threads)
+    if loop.deterministic:
         torch.use_deterministic_algorithms(True)
         if info.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(loop.out_dir)
     ckpt_dir = out_dir / CHECKPOINTS
     ckpt_path = ckpt_dir / STATE_NAME
+    dtype = torch.float64 if loop.precision == "float64" else torch.float32
     # Same initial weights on every rank (DDP also broadcasts rank 0's).
-    _seed_everything(cfg.seed)
-    data = _Data(cfg, info)
-    mc = _model_config(cfg, data.tokenizer.vocab_size)
-    dtype = torch.float64 if cfg.precision == "float64" else torch.float32
-    # Pixels come from the package's own decoder: the finite check would only add a host sync.
-    model = EgoVLPv2(
-        mc,
-        attention_impl=cfg.attention_impl,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        check_finite_pixels=False,
-    )
-    if cfg.init_scale != 1.0:
-        scale_initialisation(model, cfg.init_scale)
-    if cfg.gate_init != 0.0:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith(("alpha_i2t", "alpha_t2i")):
-                    p.fill_(cfg.gate_init)
-    model = model.to(device=info.device, dtype=dtype)
-    model.train()
-    weights = cfg.loss.weights()
-    objective = PretrainObjective(
-        model,
-        weights,
-        cfg.loss.temperature,
-        info,
-        cfg.seed,
-        cfg.loss.mlm_start_step,
-        cfg.loss.vtm_start_step,
-        cfg.loss.mlm_stop_step,
-    )
-    runner: torch.nn.Module = objective
+    _seed_everything(loop.seed)
+    job = make_job(info, dtype)
+    model = job.model
+    fields = log_fields(tuple(job.log_fields))
+    runner: torch.nn.Module = job.objective
     if info.distributed:
         runner = torch.nn.parallel.DistributedDataParallel(
-            objective,
+            job.objective,
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=not objective.every_term_every_step,
+            find_unused_parameters=job.find_unused_parameters,
         )
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    optimizer = build_optimizer(model, loop.optim)
+    scheduler = build_scheduler(optimizer, loop.optim, loop.max_steps)
     step = 0
     resume_from = find_training_state(ckpt_dir) if resume else None
     if resume_from is not None:
@@ -332,7 +437,7 @@ def _train_flushing(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        data.sampler.check_state(state["sampler"])
+        job.sampler.check_state(state["sampler"])
         if len(state["rng"]) != info.world_size:
             raise ValueError(
                 f"{resume_from}: saved by {len(state['rng'])} ranks, resumed with "
@@ -342,17 +447,17 @@ def _train_flushing(
         step = int(state["step"])
     else:
         # Ranks draw different dropout masks.
-        torch.manual_seed(clip_seed("dropout", cfg.seed, info.rank))
+        torch.manual_seed(clip_seed("dropout", loop.seed, info.rank))
 
     # "auto": bf16 autocast on CUDA, float32 on the CPU. "bf16" on the CPU autocasts the Linears
     # (the C++ attention kernels stay float32); for the width-64 default model it was slower
     # (383 vs 312 ms a step on an AMX Xeon, bench/bench_train_step.py: the casts cost more
     # than the small matmuls save).
     use_bf16 = dtype == torch.float32 and (
-        cfg.amp == "bf16" or (cfg.amp == "auto" and info.device.type == "cuda")
+        loop.amp == "bf16" or (loop.amp == "auto" and info.device.type == "cuda")
     )
-    if cfg.amp == "bf16" and dtype != torch.float32:
-        raise ValueError(f"amp 'bf16' needs precision 'float32', got {cfg.precision!r}")
+    if loop.amp == "bf16" and dtype != torch.float32:
+        raise ValueError(f"amp 'bf16' needs precision 'float32', got {loop.precision!r}")
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     log_file = None
@@ -360,34 +465,35 @@ def _train_flushing(
     bar = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        atomic_write_text(out_dir / "config.json", json.dumps(loop.config, indent=1))
         log_path = out_dir / "metrics.csv"
         new = not (resume_from is not None and log_path.is_file())
         if not new:
-            _truncate_log(log_path, step)
+            _truncate_log(log_path, step, fields)
         log_file = log_path.open("w" if new else "a", newline="")
-        writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+        writer = csv.DictWriter(log_file, fieldnames=fields)
         if new:
             writer.writeheader()
-        if cfg.progress:
+        if loop.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True)
+            bar = tqdm(total=loop.max_steps, initial=step, desc="train", dynamic_ncols=True)
 
     t0 = time.perf_counter()
     last_loss = float("nan")
     done_here = 0
+    grad_clip = loop.optim.grad_clip
     params = [p for p in model.parameters() if p.requires_grad]
-    while step < cfg.max_steps:
+    while step < loop.max_steps:
         if stop_after is not None and done_here >= stop_after:
             break
-        batch = data.batch(step, info.device, dtype)
+        batch = job.batch(step, info.device, dtype)
         with autocast:
             losses = runner(batch)
         losses.total.backward()
         grad_norm = (
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            if cfg.optim.grad_clip > 0
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if grad_clip > 0
             else torch.linalg.vector_norm(
                 torch.stack([p.grad.norm() for p in params if p.grad is not None])
             )
@@ -403,65 +509,53 @@ def _train_flushing(
         if writer is not None and log_file is not None:  # the main process
             row = {
                 "step": step,
-                "epoch": data.sampler.position(step - 1)[0],
+                "epoch": job.sampler.position(step - 1)[0],
                 "lr": optimizer.param_groups[0]["lr"],
                 "loss": last_loss,
-                "egonce": _f(losses.egonce),
-                "mlm": _f(losses.mlm),
-                "vtm": _f(losses.vtm),
-                "vtm_acc": _f(losses.vtm_accuracy),
+                **job.log_values(losses),
                 "grad_norm": float(grad_norm),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             writer.writerow(row)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if step % loop.log_every == 0 or step == loop.max_steps:
                 log_file.flush()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _save(ckpt_dir, model, optimizer, scheduler, data, step, cfg, info)
-        ev = cfg.eval
-        if ev.egomcq and (
-            (ev.every_steps > 0 and step % ev.every_steps == 0) or step == cfg.max_steps
+        if step % loop.checkpoint_every == 0 or step == loop.max_steps:
+            _save(ckpt_dir, model, optimizer, scheduler, job, step, loop, info)
+        if job.has_evaluation and (
+            (loop.eval_every > 0 and step % loop.eval_every == 0) or step == loop.max_steps
         ):
-            _evaluate(cfg, model, data, step, out_dir, info)
+            _evaluate(job, model, step, out_dir, info)
     if bar is not None:
         bar.close()
     if log_file is not None:
         log_file.close()
     weights_path = None
-    if info.is_main and step >= cfg.max_steps:
+    if info.is_main and step >= loop.max_steps:
         weights_path = out_dir / "model.safetensors"
+        assert isinstance(model, EgoVLPv2)
         save_safetensors(model, weights_path, metadata={"steps": str(step)})
-        data.tokenizer.save(out_dir / "tokenizer.json")
+        job.tokenizer.save(out_dir / "tokenizer.json")
     if info.distributed:
         dist.barrier()
     return TrainResult(step, last_loss, ckpt_path, weights_path, time.perf_counter() - t0)
 
 
 def _evaluate(
-    cfg: TrainConfig, model: EgoVLPv2, data: _Data, step: int, out_dir: Path, info: DistInfo
+    job: TrainingJob, model: torch.nn.Module, step: int, out_dir: Path, info: DistInfo
 ) -> None:
-    """EgoMCQ on rank 0 (``eval.egomcq``); appends a JSON line to ``<out_dir>/eval.jsonl``."""
+    """The job's evaluation on rank 0; appends a JSON line to ``<out_dir>/eval.jsonl``."""
     if info.is_main:
-        from ..eval.egomcq import evaluate_egomcq
-
-        ev = cfg.eval
-        video_dir = ev.video_dir or str(Path(ev.egomcq).parent / "videos")
-        res = evaluate_egomcq(
-            model,
-            ev.egomcq,
-            video_dir,
-            data.tokenizer,
-            num_frames=cfg.data.num_frames,
-            max_length=cfg.data.max_text_length,
-            batch_size=ev.batch_size,
-            backend=cfg.data.backend,
-        )
-        model.train()
+        try:
+            res = dict(job.evaluate(model, step))
+        finally:
+            model.train()
+        if "step" in res:
+            raise ValueError(f"{type(job).__name__}.evaluate returned a 'step' entry: {res}")
         with (out_dir / "eval.jsonl").open("a") as f:
-            f.write(json.dumps({"step": step, "egomcq": res.accuracy}) + "\n")
+            f.write(json.dumps({"step": step, **res}) + "\n")
     if info.distributed:
         dist.barrier()
 
@@ -470,13 +564,13 @@ def _f(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def _truncate_log(path: Path, step: int, fields: tuple[str, ...] = LOG_FIELDS) -> None:
     """Drop log rows after ``step`` (written by the interrupted run past its last checkpoint);
     the log is rewritten atomically, so a kill now keeps the old one."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+    w = csv.DictWriter(text, fieldnames=fields)
     w.writeheader()
     for r in rows:
         if int(r["step"]) <= step:
@@ -489,9 +583,9 @@ def _save(
     model,
     optimizer,
     scheduler,
-    data: _Data,
+    job: TrainingJob,
     step: int,
-    cfg: TrainConfig,
+    loop: LoopSettings,
     info: DistInfo,
 ) -> None:
     rng = _gather_rng(info)
@@ -503,9 +597,9 @@ def _save(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "sampler": data.sampler.state_dict(),
+                "sampler": job.sampler.state_dict(),
                 "rng": rng,
-                "config": cfg.to_dict(),
+                "config": loop.config,
                 "model_config": model.config.to_dict(),
             },
         )
