@@ -73,3 +73,59 @@ def test_load_model_at_another_frame_count():
     assert model.video_model.temporal_embed.shape[1] == 16
     with pytest.raises(ValueError, match="num_frames must be a positive int, got 0"):
         load_model(default_model_path(), num_frames=0)
+
+
+def _finetune_config(path, task, data, out, steps):
+    frames = 4  # the shipped model's own count: fast; the adapters resize like any other
+    loss = "{name: max_margin, margin: 0.2}" if task == "ek100_mir" else "{name: infonce}"
+    path.write_text(
+        f"task: {task}\n"
+        "model: {init_checkpoint: default, tokenizer: default}\n"
+        f"data: {{root: {data}, num_frames: {frames}, image_size: 64, max_text_length: 16}}\n"
+        "optim: {lr: 1.0e-4}\n"
+        f"loss: {loss}\n"
+        f"eval: {{every_steps: {steps}, batch_size: 4}}\n"
+        f"max_steps: {steps}\nglobal_batch_size: 4\ncheckpoint_every: {steps}\n"
+        f"seed: 5\nout_dir: {out}\nprogress: false\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(("task", "folder"), [("ek100_mir", "ek"), ("charades_ego", "ch")])
+def test_finetune_task_runs_and_reports_its_evaluation(datasets, tmp_path, capsys, task, folder):
+    out = tmp_path / "run"
+    cfg = _finetune_config(tmp_path / "ft.yaml", task, datasets / folder, out, steps=2)
+    assert cli.main(["finetune", "--task", task, "--config", str(cfg)]) == 0
+    assert "steps=2" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2]
+    # The run's own evaluation equals the task's evaluation of the weights it wrote.
+    model = load_model(out / "model.safetensors")
+    assert model.config.video.num_frames == 4
+    tok = load_tokenizer(out / "tokenizer.json", 16)
+    if task == "ek100_mir":
+        want = evaluate_ek100_mir(model, tok, datasets / folder, batch_size=4).as_dict()
+        assert rows[0]["mAP_AVG"] == pytest.approx(want["mAP_AVG"], rel=1e-9)
+    else:
+        want = evaluate_charades_ego(model, datasets / folder, tok, batch_size=4).as_dict()
+        assert rows[0]["mAP"] == pytest.approx(want["mAP"], rel=1e-9)
+
+
+def test_finetune_task_must_match_the_config(datasets, tmp_path, capsys):
+    cfg = _finetune_config(tmp_path / "ft.yaml", "ek100_mir", datasets / "ek", tmp_path / "r", 2)
+    assert cli.main(["finetune", "--task", "charades_ego", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "task is 'ek100_mir', but --task charades_ego was given" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("task", ["ek100_mir", "charades_ego"])
+def test_shipped_quick_start_configs_load(task):
+    from importlib.resources import files
+
+    from egovlpv2_rt.train.finetune_config import load_finetune_config
+
+    path = files("egovlpv2_rt") / "configs" / "finetune" / f"{task}_synthetic.yaml"
+    cfg = load_finetune_config(str(path))
+    assert cfg.task == task and cfg.model.init_checkpoint == "default"
+    assert cfg.data.num_frames == {"ek100_mir": 16, "charades_ego": 32}[task]

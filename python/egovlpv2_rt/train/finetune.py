@@ -21,19 +21,18 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint, read_checkpoint
+from ..checkpoint import infer_config, load_checkpoint, read_checkpoint
 from ..config import ModelConfig, preset
-from ..model_files import load_tokenizer
+from ..model_files import default_model_path, load_tokenizer
 from ..modeling.model import EgoVLPv2, sim_matrix
 from ..tokenizer import RobertaTokenizer
 from .config import ConfigError
 from .distributed import DistInfo, all_gather_no_grad, all_gather_with_grad, shutdown_distributed
 from .finetune_config import FinetuneConfig, FinetuneLoss, load_finetune_config
 from .job import LoopSettings, TrainingJob
-from .losses import egonce_loss
+from .losses import adaptive_max_margin_ranking_loss, norm_softmax_loss
 from .sampler import GlobalBatchSampler
 from .trainer import TrainResult, run_job
 
@@ -97,31 +96,18 @@ class FinetuneTask(Protocol):
 # scalar. The diagonal holds the positive pairs.
 PairLoss = Callable[[Tensor, Tensor], Tensor]
 
-
-def _max_margin(sim: Tensor, weights: Tensor, margin: float) -> Tensor:
-    """The original's ``AdaptiveMaxMarginRankingLoss(margin, fix_norm=True)``: mean over
-    ``i != j`` of ``relu(w_i m - (S_ii - S_ij))`` and ``relu(w_i m - (S_ii - S_ji))``.
-    (Same definition as the smallproj branch's ``losses.adaptive_max_margin_ranking_loss``,
-    which replaces it when both are merged.)"""
-    n = sim.shape[0]
-    w = weights.to(device=sim.device, dtype=sim.dtype).detach()[:, None]
-    diag = sim.diagonal()[:, None]
-    off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
-    to_videos = F.relu(w * margin - (diag - sim))
-    to_texts = F.relu(w * margin - (diag - sim.t()))
-    return (to_videos[off].sum() + to_texts[off].sum()) / (2 * n * (n - 1))
+# model.init_checkpoint / model.tokenizer value naming the model shipped with the package.
+DEFAULT = "default"
 
 
 def pair_loss(section: FinetuneLoss) -> PairLoss:
     """The configured loss: ``max_margin`` (EK-100 MIR) or ``infonce`` (Charades-Ego)."""
     if section.name == "max_margin":
         margin = section.margin
-        return lambda sim, w: _max_margin(sim, w, margin)
+        return lambda sim, w: adaptive_max_margin_ranking_loss(sim, w, margin)
     if section.name == "infonce":
         temperature = section.temperature
-        # EgoNCE without verb/noun masks is the symmetric InfoNCE of NormSoftmaxLoss: only the
-        # diagonal is positive, -mean log softmax(S/T)_ii - mean log softmax(S^T/T)_jj.
-        return lambda sim, w: egonce_loss(sim, None, None, temperature)[0]
+        return lambda sim, w: norm_softmax_loss(sim, temperature)
     raise ValueError(f"loss.name must be 'max_margin' or 'infonce', got {section.name!r}")
 
 
@@ -244,12 +230,23 @@ class FinetuneJob(TrainingJob):
             )
         self.local_batch = cfg.global_batch_size // info.world_size
         self.sampler = GlobalBatchSampler(len(items), cfg.global_batch_size, cfg.seed)
-        tok_path = Path(cfg.model.tokenizer)
+        # "default": the model shipped with the package (a quick start needs no path).
+        tok_path = (
+            default_model_path().parent / "tokenizer.json"
+            if cfg.model.tokenizer == DEFAULT
+            else Path(cfg.model.tokenizer)
+        )
         if not tok_path.exists():
             raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {tok_path}")
         self.tokenizer = load_tokenizer(tok_path, cfg.data.max_text_length)
-        state, stored = read_checkpoint(cfg.model.init_checkpoint)
-        mc = finetune_model_config(cfg, stored)
+        init = (
+            default_model_path()
+            if cfg.model.init_checkpoint == DEFAULT
+            else cfg.model.init_checkpoint
+        )
+        state, stored = read_checkpoint(init)
+        # A released .pth stores no config: recognised by its keys, else model.preset.
+        mc = finetune_model_config(cfg, stored or infer_config(state))
         if mc.text.vocab_size != self.tokenizer.vocab_size:
             raise ConfigError(
                 f"the model's text.vocab_size {mc.text.vocab_size} != the tokenizer's "

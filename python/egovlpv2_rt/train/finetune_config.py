@@ -47,12 +47,13 @@ class FinetuneModel:
     """Where the weights start and how the model runs.
 
     Attributes:
-        init_checkpoint: a released ``.pth`` or a safetensors file (required). Its 4-frame
+        init_checkpoint: a released ``.pth`` or a safetensors file (required; ``default``: the
+            model shipped with the package). Its 4-frame
             temporal embedding is resized to ``data.num_frames`` as the checkpoint loader does.
         preset: the model preset of a file that stores no config (a released ``.pth``, e.g.
             ``base-smallproj``); ignored when the file stores its config.
         tokenizer: ``tokenizer.json``, or a folder with it or ``vocab.json`` + ``merges.txt``
-            (required).
+            (required; ``default``: the shipped model's).
         attention_impl: ``auto`` | ``fused`` | ``reference``.
         gradient_checkpointing: recompute each block in the backward pass (the original's
             fine-tuning uses it).
