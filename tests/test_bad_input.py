@@ -75,7 +75,7 @@ def _required_args(parser: argparse.ArgumentParser, skip: argparse.Action) -> li
     out: list[str] = []
     for a in parser._actions:
         if a.required and a is not skip and a.option_strings:
-            out += [a.option_strings[0], "a.mp4"]
+            out += [a.option_strings[0], str(next(iter(a.choices))) if a.choices else "a.mp4"]
     return out
 
 

@@ -497,6 +497,7 @@ def test_every_command_is_wired():
         "info",
         "synth",
         "train",
+        "finetune",
         "eval",
     }
 
