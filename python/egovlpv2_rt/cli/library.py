@@ -324,9 +324,7 @@ def _rank(
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    query = args.query.strip()
-    if not query:
-        raise ValueError("--query is empty; give a text to search for")
+    query = args.query.strip()  # not blank: checked by the parser (text_arg)
     library = _load_library(args.embeddings)
     rt = runtime_from_args(args)
     check_compatible(library.model, runtime_fingerprint(rt), args.embeddings)
@@ -434,8 +432,8 @@ def cmd_mcq(args: argparse.Namespace) -> int:
     if args.egomcq:
         query, cands, answer_key = _mcq_from_file(args)
     else:
-        if args.query is None or not args.query.strip():
-            raise ValueError("--query is empty; give the question text (or --egomcq FILE)")
+        if args.query is None:  # a blank one is refused by the parser (text_arg)
+            raise ValueError("--query: give the question text (or --egomcq FILE)")
         if not args.candidates or len(args.candidates) < 2:
             raise ValueError("--candidates: give at least 2 clips (path or path@START:END)")
         query = args.query.strip()

@@ -19,9 +19,8 @@ from ..tasks.charades_ego import evaluate_charades_ego, synthesize_charades_ego
 from ..tasks.ek100_mir import evaluate_ek100_mir
 from ..tasks.ek100_synth import synthesize_ek100_mir
 from ..tasks.finetune_tasks import FINETUNE_TASKS, finetune_task
-from ..train.distributed import shutdown_distributed
-from ..train.finetune import finetune
-from ..train.finetune_config import load_finetune_config
+from ..train.finetune import FinetuneTask, finetune_from_file
+from ..train.finetune_config import FinetuneConfig
 from ..train.trainer import train_from_file
 from .common import at_least, non_negative_int, positive_int, print_json
 
@@ -186,13 +185,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    cfg = load_finetune_config(args.config)
-    if cfg.task != args.task:
-        raise InputError(f"{args.config}: task is {cfg.task!r}, but --task {args.task} was given")
-    try:
-        result = finetune(cfg, finetune_task(cfg), resume=args.resume, device=args.device)
-    finally:
-        shutdown_distributed()
+    def task_of(cfg: FinetuneConfig) -> FinetuneTask:
+        if cfg.task != args.task:
+            raise InputError(
+                f"{args.config}: task is {cfg.task!r}, but --task {args.task} was given"
+            )
+        return finetune_task(cfg)
+
+    result = finetune_from_file(args.config, task_of, resume=args.resume, device=args.device)
     print(result.summary(), file=sys.stderr)
     return 0
 

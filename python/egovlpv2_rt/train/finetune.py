@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import infer_config, load_checkpoint, read_checkpoint
 from ..config import ModelConfig, preset
-from ..model_files import default_model_path, load_tokenizer
+from ..model_files import default_model_dir, default_model_path, load_tokenizer
 from ..modeling.model import EgoVLPv2, sim_matrix
 from ..tokenizer import RobertaTokenizer
 from .config import ConfigError
@@ -232,9 +232,7 @@ class FinetuneJob(TrainingJob):
         self.sampler = GlobalBatchSampler(len(items), cfg.global_batch_size, cfg.seed)
         # "default": the model shipped with the package (a quick start needs no path).
         tok_path = (
-            default_model_path().parent / "tokenizer.json"
-            if cfg.model.tokenizer == DEFAULT
-            else Path(cfg.model.tokenizer)
+            default_model_dir() if cfg.model.tokenizer == DEFAULT else Path(cfg.model.tokenizer)
         )
         if not tok_path.exists():
             raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {tok_path}")
