@@ -38,9 +38,15 @@ __all__ = [
     "SHAPES",
     "VERBS",
     "VERB_CLASSES",
+    "Action",
+    "SceneObject",
     "SynthConfig",
     "generate_dataset",
+    "make_video",
     "narration_words",
+    "render_frame",
+    "simulate_action",
+    "write_video",
 ]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -102,7 +108,9 @@ class SynthConfig:
 
 
 @dataclass
-class _Obj:
+class SceneObject:
+    """One object on the table: its kind, centre (pixels), angle (radians), scale, held."""
+
     shape: str
     colour: str
     x: float
@@ -113,7 +121,9 @@ class _Obj:
 
 
 @dataclass
-class _Action:
+class Action:
+    """One action: a verb (``VERBS``) on object ``obj`` (an index into the scene's objects)."""
+
     verb: str
     obj: int
     direction: str = ""  # "left" / "right" for move
@@ -132,7 +142,7 @@ def narration_words(verb: str, colour: str, shape: str, direction: str = "") -> 
 # ------------------------------------------------------------------------------ rendering
 
 
-def _shape_mask(xx: np.ndarray, yy: np.ndarray, o: _Obj, half: float) -> np.ndarray:
+def _shape_mask(xx: np.ndarray, yy: np.ndarray, o: SceneObject, half: float) -> np.ndarray:
     c, s = math.cos(o.angle), math.sin(o.angle)
     dx, dy = xx - o.x, yy - o.y
     u = c * dx + s * dy
@@ -149,14 +159,16 @@ def _shape_mask(xx: np.ndarray, yy: np.ndarray, o: _Obj, half: float) -> np.ndar
     return (v >= -h) & (v <= h) & (np.abs(u) <= t * h * 1.1)
 
 
-def _render(
+def render_frame(
     size: int,
     bg: np.ndarray,
     specks: np.ndarray,
-    objs: Sequence[_Obj],
+    objs: Sequence[SceneObject],
     hand: tuple[float, float] | None,
     noise: np.ndarray,
 ) -> np.ndarray:
+    """One frame [size, size, 3] uint8 RGB: background ``bg`` (3,), ``specks`` [k, 4] (x, y,
+    radius, brightness), the objects, the hand at ``hand`` (or none) and additive ``noise``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = np.empty((size, size, 3), np.float32)
     img[:] = bg
@@ -175,17 +187,17 @@ def _render(
         img[m | arm] = HAND_RGB
     for o in objs:
         if o.held:
-            sh = _Obj(o.shape, o.colour, o.x + 2, o.y + 4, o.angle, 1.0)
+            sh = SceneObject(o.shape, o.colour, o.x + 2, o.y + 4, o.angle, 1.0)
             img[_shape_mask(xx, yy, sh, half)] *= 0.7  # a soft shadow under a lifted object
             img[_shape_mask(xx, yy, o, half)] = COLOURS[o.colour]
     img += noise
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _plan_action(rng: np.random.Generator, objs: list[_Obj], size: int) -> _Action:
+def _plan_action(rng: np.random.Generator, objs: list[SceneObject], size: int) -> Action:
     held = [i for i, o in enumerate(objs) if o.held]
     if held:
-        return _Action("put down", held[0])
+        return Action("put down", held[0])
     i = int(rng.integers(len(objs)))
     o = objs[i]
     options = ["pick up", "move", "move"]
@@ -193,12 +205,12 @@ def _plan_action(rng: np.random.Generator, objs: list[_Obj], size: int) -> _Acti
         options.append("rotate")
     verb = options[int(rng.integers(len(options)))]
     if verb != "move":
-        return _Action(verb, i)
+        return Action(verb, i)
     step = size * 0.22
     dirs = [
         d for d, dx in (("left", -step), ("right", step)) if size * 0.12 <= o.x + dx <= size * 0.88
     ]
-    return _Action("move", i, dirs[int(rng.integers(len(dirs)))])
+    return Action("move", i, dirs[int(rng.integers(len(dirs)))])
 
 
 def _hand_path(
@@ -211,22 +223,26 @@ def _hand_path(
     return at
 
 
-def _simulate(
-    rng: np.random.Generator, cfg: SynthConfig, objs: list[_Obj], act: _Action, frames_per_clip: int
-) -> list[tuple[list[_Obj], tuple[float, float] | None]]:
+def simulate_action(
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    objs: list[SceneObject],
+    act: Action,
+    frames_per_clip: int,
+) -> list[tuple[list[SceneObject], tuple[float, float] | None]]:
     """Frames (object states, hand position) of one action; updates ``objs`` to the end state."""
     size = cfg.size
     o = objs[act.obj]
     x0, y0, a0, s0 = o.x, o.y, o.angle, o.scale
     rest = (size * 0.5 + rng.uniform(-6, 6), size * 1.1)
-    out: list[tuple[list[_Obj], tuple[float, float] | None]] = []
+    out: list[tuple[list[SceneObject], tuple[float, float] | None]] = []
     step = size * 0.22
     lift = size * 0.10
     for k in range(frames_per_clip):
         frac = (k + 0.5) / frames_per_clip
         a = min(max((frac - 0.3) / 0.5, 0.0), 1.0)  # action progress 0..1 over 30%..80%
         a = a * a * (3 - 2 * a)
-        cur = _Obj(o.shape, o.colour, x0, y0, a0, s0, o.held)
+        cur = SceneObject(o.shape, o.colour, x0, y0, a0, s0, o.held)
         if act.verb == "move":
             cur.x = x0 + (step if act.direction == "right" else -step) * a
         elif act.verb == "pick up":
@@ -242,14 +258,15 @@ def _simulate(
             r = (frac - 0.85) / 0.15
             hand = (grip[0] + (rest[0] - grip[0]) * r, grip[1] + (rest[1] - grip[1]) * r)
         frame_objs = [cur if j == act.obj else objs[j] for j in range(len(objs))]
-        out.append(([_Obj(**vars(fo)) for fo in frame_objs], hand))
+        out.append(([SceneObject(**vars(fo)) for fo in frame_objs], hand))
     end = out[-1][0][act.obj]
     o.x, o.y, o.angle, o.scale = end.x, end.y, end.angle, end.scale
     o.held = act.verb == "pick up"
     return out
 
 
-def _write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str) -> None:
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str) -> None:
+    """Encode ``frames`` ([H, W, 3] uint8 RGB) with PyAV; ``libx264`` is written lossless."""
     import av  # PyAV: imported here so that reading metadata does not need it
 
     with av.open(str(path), "w") as container:
@@ -274,9 +291,11 @@ def _write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str)
 # ------------------------------------------------------------------------------ dataset
 
 
-def _make_video(
+def make_video(
     rng: np.random.Generator, cfg: SynthConfig, uid: str
 ) -> tuple[list[np.ndarray], list[ClipRecord], set[str]]:
+    """One video of ``cfg.clips_per_video`` back-to-back narrated actions: its frames, one
+    EgoClip record per action and the names ("red square") of its objects."""
     size = cfg.size
     shapes = list(rng.permutation(len(SHAPES))[: cfg.objects_per_video])
     colours = list(rng.permutation(len(COLOURS))[: cfg.objects_per_video])
@@ -284,7 +303,7 @@ def _make_video(
     # One row of the table per object, so that a move to the left or right never collides.
     ys = np.linspace(0.25, 0.70, cfg.objects_per_video) * size
     objs = [
-        _Obj(
+        SceneObject(
             SHAPES[s],
             cnames[c],
             float(size * rng.uniform(0.2, 0.8)),
@@ -309,9 +328,9 @@ def _make_video(
         act = _plan_action(rng, objs, size)
         o = objs[act.obj]
         text = narration_words(act.verb, o.colour, o.shape, act.direction)
-        for fobjs, hand in _simulate(rng, cfg, objs, act, fpc):
+        for fobjs, hand in simulate_action(rng, cfg, objs, act, fpc):
             noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
-            frames.append(_render(size, bg, specks, fobjs, hand, noise))
+            frames.append(render_frame(size, bg, specks, fobjs, hand, noise))
         start = k * fpc / cfg.fps
         end = (k + 1) * fpc / cfg.fps
         records.append(
@@ -408,8 +427,8 @@ def generate_dataset(
     scenes: list[set[str]] = []
     for i in range(num_videos):
         uid = f"synth{seed}_{i:04d}"
-        frames, records, scene = _make_video(rng, cfg, uid)
-        _write_video(vdir / f"{uid}.mp4", frames, cfg.fps, cfg.codec)
+        frames, records, scene = make_video(rng, cfg, uid)
+        write_video(vdir / f"{uid}.mp4", frames, cfg.fps, cfg.codec)
         all_records.extend(records)
         per_video.append(records)
         scenes.append(scene)

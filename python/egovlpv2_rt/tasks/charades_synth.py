@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.synthetic import COLOURS, SHAPES, SynthConfig
-from ..data.synthetic import _Action as Action
-from ..data.synthetic import _Obj as Obj
-from ..data.synthetic import _render as render
-from ..data.synthetic import _simulate as simulate
-from ..data.synthetic import _write_video as write_video
+from ..data.synthetic import COLOURS, SHAPES, Action, SynthConfig, write_video
+from ..data.synthetic import SceneObject as Obj
+from ..data.synthetic import render_frame as render
+from ..data.synthetic import simulate_action as simulate
 from ..files import atomic_write_text
 from .charades_data import CHARADES_COLUMNS, CLASSES_FILE, SPLIT_FILES
 
@@ -71,8 +69,8 @@ class CharadesSynthConfig:
         codec: PyAV encoder ('libx264' is lossless here; 'libvpx-vp9' for the DALI CPU decoder).
     """
 
-    train_videos: int = 24
-    test_videos: int = 12
+    train_videos: int = 48
+    test_videos: int = 40
     actions_per_video: tuple[int, int] = (2, 4)
     colours: tuple[str, ...] = ("red", "blue")
     shapes: tuple[str, ...] = ("square", "circle", "triangle")

@@ -36,8 +36,8 @@ import numpy as np
 
 from ..data.synthetic import NOUN_CLASSES as _SHAPE_NOUNS
 from ..data.synthetic import VERB_CLASSES, SynthConfig
-from ..data.synthetic import _make_video as _world_video  # the world's renderer, one video
-from ..data.synthetic import _write_video as _world_write  # its deterministic lossless writer
+from ..data.synthetic import make_video as _world_video  # the world's renderer, one video
+from ..data.synthetic import write_video as _world_write  # its deterministic lossless writer
 from ..files import atomic_write_bytes, atomic_write_text
 from .ek100_data import CLIP_COLUMNS
 
