@@ -29,7 +29,14 @@ from .text import RobertaTextModel, TextLayer, additive_key_mask
 from .validation import check_batch_match, check_text, check_video
 from .video import DividedAttention, SpaceTimeBlock, SpaceTimeTransformer
 
-__all__ = ["EgoVLPv2", "FusionOutput", "TextOutput", "VideoOutput", "sim_matrix"]
+__all__ = [
+    "EgoVLPv2",
+    "FusionOutput",
+    "TextOutput",
+    "VideoFusionCache",
+    "VideoOutput",
+    "sim_matrix",
+]
 
 Traces = dict[str, Tensor]
 
@@ -66,6 +73,40 @@ class FusionOutput:
     text_states: Tensor
     video_cls: Tensor | None
     traces: Traces = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VideoFusionCache:
+    """The query-independent work of the fusion path for B videos (inference).
+
+    ``tokens``: [B, 1+F*N, D] entering the first fused block; ``space`` and ``i2t_query``:
+    that block's space-attention output and i2t queries (``text_free_part``); ``t2i_key``,
+    ``t2i_value``: [B, 1+F*N, H] the first fused text layer's keys and values of ``tokens``;
+    ``num_frames``: F.
+    """
+
+    tokens: Tensor
+    space: Tensor
+    i2t_query: Tensor
+    t2i_key: Tensor
+    t2i_value: Tensor
+    num_frames: int
+
+    def tile(self, times: int) -> VideoFusionCache:
+        """The B rows repeated ``times`` times (row ``r * B + b`` = row b), to pair every video
+        with ``times`` texts."""
+
+        def rep(t: Tensor) -> Tensor:
+            return t.repeat(times, 1, 1)
+
+        return VideoFusionCache(
+            rep(self.tokens),
+            rep(self.space),
+            rep(self.i2t_query),
+            rep(self.t2i_key),
+            rep(self.t2i_value),
+            self.num_frames,
+        )
 
 
 def sim_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -358,6 +399,92 @@ class EgoVLPv2(nn.Module):
         video_feats = self.cross_modal_video_pooler(self.cross_modal_video_transform(video_cls))
         logits = self.itm_score(torch.cat([text_feats, video_feats], dim=-1))
         return FusionOutput(logits, h, video_cls, traces or {})
+
+    # -- fusion in two stages: query-independent prefix, then the fused layers -----------------
+    def _require_fusion(self) -> None:
+        if not self.has_fusion:
+            raise RuntimeError(
+                f"this model has no fusion layers (task_names={self.config.task_names!r})"
+            )
+
+    @torch.no_grad()
+    def video_fusion_cache(self, video: Tensor) -> VideoFusionCache:
+        """The query-independent work of the fusion path for ``video`` (inference).
+
+        video: [B, F, 3, H, W] float, the model's dtype. Returns a :class:`VideoFusionCache`:
+        the embedding with the fusion path's own CLS (``self.cls_token``) through the unfused
+        blocks, and the parts of the first fused block and text layer that read only it.
+        """
+        self._require_fusion()
+        self._check_video(video)
+        u = self.config.num_unfused_layers
+        x = self.video_model.embed(video, cls_token=self.cls_token)
+        for blk in self.video_model.blocks[:u]:
+            x = blk(x, video.shape[1])
+        first_block = cast("SpaceTimeBlock", self.video_model.blocks[u])
+        first_layer = cast("TextLayer", self.text_model.encoder.layer[u])
+        space, query = first_block.text_free_part(x, video.shape[1])
+        key, value = first_layer.video_keys(x)
+        return VideoFusionCache(x, space, query, key, value, video.shape[1])
+
+    def fusion_text_prefix(
+        self, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The text states entering the first fused layer (they depend on the text alone).
+
+        input_ids: [B, L] int64; attention_mask: [B, L] 0/1. Returns (states [B, L, H],
+        additive key mask [B, L] in the states' dtype).
+        """
+        self._require_fusion()
+        check_text(input_ids, attention_mask, self.config.text)
+        h = self.text_model.embeddings(input_ids)
+        key_mask = additive_key_mask(attention_mask, h.dtype)
+        for layer in self.text_model.encoder.layer[: self.config.num_unfused_layers]:
+            h = self._call(layer, h, key_mask)
+        return h, key_mask
+
+    @torch.no_grad()
+    def fused_video_cls(
+        self, cache: VideoFusionCache, text_prefix: Tensor, key_mask: Tensor
+    ) -> Tensor:
+        """The fused video CLS of pairs (cache row i, text_prefix[i]) (inference).
+
+        Equals ``forward_fusion(video, ids, mask).video_cls`` for the same inputs, computed
+        with less work: the query-independent parts come from ``cache``; the last fused block
+        runs its space attention, i2t cross-attention and MLP for the CLS token only, and the
+        last text layer (which only the text outputs read) is skipped. Callers compute the
+        cache once per video and the text prefix once per query, then pair them freely
+        (:meth:`VideoFusionCache.tile`), e.g. every window of a clip with every query.
+
+        cache: B rows from :meth:`video_fusion_cache`; text_prefix, key_mask: [B, L, H] and
+        [B, L] from :meth:`fusion_text_prefix`. Returns [B, D], after the fusion path's final
+        norm (``self.norm``), no projection.
+        """
+        self._require_fusion()
+        if self.training:
+            raise RuntimeError("fused_video_cls is for inference: call model.eval()")
+        if text_prefix.dim() != 3 or key_mask.dim() != 2:
+            raise ValueError(
+                "expected text_prefix [B, L, H] and key_mask [B, L], got "
+                f"{tuple(text_prefix.shape)}, {tuple(key_mask.shape)}"
+            )
+        if not cache.tokens.shape[0] == text_prefix.shape[0] == key_mask.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: cache {cache.tokens.shape[0]}, text_prefix "
+                f"{text_prefix.shape[0]}, key_mask {key_mask.shape[0]}"
+            )
+        blocks = cast("list[SpaceTimeBlock]", self.video_model.blocks)
+        layers = cast("list[TextLayer]", self.text_model.encoder.layer)
+        u, nf, h = self.config.num_unfused_layers, cache.num_frames, text_prefix
+        if u == len(blocks) - 1:
+            return self.norm(blocks[u].cls_forward(cache.tokens, nf, h, key_mask))[:, 0]
+        x = blocks[u].text_part(cache.tokens, cache.space, cache.i2t_query, h, key_mask)
+        h = layers[u](h, key_mask, video_kv=(cache.t2i_key, cache.t2i_value))
+        for i in range(u + 1, len(blocks) - 1):
+            x_next = blocks[i](x, nf, h, key_mask)
+            h = layers[i](h, key_mask, x)
+            x = x_next
+        return self.norm(blocks[-1].cls_forward(x, nf, h, key_mask))[:, 0]
 
     def vtm_logits(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Video-text matching logits [B, 2] (index 1 = match) for pairs (video[i], text[i])."""

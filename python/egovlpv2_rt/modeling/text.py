@@ -155,18 +155,34 @@ class TextLayer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = Output(cfg)
 
-    def forward(self, h: Tensor, key_mask: Tensor | None, video: Tensor | None = None) -> Tensor:
-        """h: [B, L, H]; key_mask: [B, L] additive; video: [B, T, Dv] raw video stream or None.
-        Returns [B, L, H]."""
+    def video_keys(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """The t2i keys and values of ``video`` [B, T, Dv] (they do not depend on the text):
+        ([B, T, H], [B, T, H]), for ``forward(..., video_kv=)``."""
+        cross = self.crossattention_t2i
+        return cross.self.key(video), cross.self.value(video)
+
+    def forward(
+        self,
+        h: Tensor,
+        key_mask: Tensor | None,
+        video: Tensor | None = None,
+        *,
+        video_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """h: [B, L, H]; key_mask: [B, L] additive; video: [B, T, Dv] raw video stream or None;
+        video_kv: :meth:`video_keys` of the video instead of ``video``. Returns [B, L, H]."""
         a = self.attention.output(self.attention.self(h, key_mask))
-        if video is not None:
+        if video is not None or video_kv is not None:
             if not self.has_cross:
                 raise RuntimeError("this text layer has no t2i cross-attention parameters")
             cross = self.crossattention_t2i
+            if video_kv is None:
+                assert video is not None
+                video_kv = self.video_keys(video)
             a = gated_cross_attention(
                 cross.self.query(a),
-                cross.self.key(video),
-                cross.self.value(video),
+                video_kv[0],
+                video_kv[1],
                 None,
                 cross.output.dense,
                 self.alpha_t2i,

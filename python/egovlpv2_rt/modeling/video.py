@@ -7,6 +7,8 @@ Tokens: index 0 is CLS, index ``1 + f*N + n`` is patch ``n`` of frame ``f`` (fra
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from .. import ops
@@ -105,19 +107,40 @@ class DividedAttention(nn.Module):
     ) -> Tensor:
         """x: [B, 1+F*N, D]; text: [B, L, Dt] raw text states or None; text_key_mask: [B, L]
         additive. Returns [B, 1+F*N, D] (after ``proj``, before the block residual)."""
-        out = ops.divided_space_time_attention(
-            self.qkv(x), self.num_heads, num_frames, self.temporal, self.scale, impl=self.impl
+        s = self.proj_drop(
+            self.proj(
+                ops.divided_space_time_attention(
+                    self.qkv(x),
+                    self.num_heads,
+                    num_frames,
+                    self.temporal,
+                    self.scale,
+                    impl=self.impl,
+                )
+            )
         )
-        s = self.proj_drop(self.proj(out))
         if text is None:
             return s
         if not self.has_cross:
             raise RuntimeError("this attention has no i2t cross-attention parameters")
+        return self.i2t(s, self.i2t_query(s), text, text_key_mask)
+
+    def i2t_query(self, s: Tensor) -> Tensor:
+        """The i2t queries ``qkv_i2t(norm_i2t_i(s))`` of the space attention's output s
+        [B, T, D] (they do not depend on the text). Returns [B, T, D]."""
+        return self.qkv_i2t(self.norm_i2t_i(s))
+
+    def i2t(self, s: Tensor, q: Tensor, text: Tensor, text_key_mask: Tensor | None) -> Tensor:
+        """``s + alpha_i2t * proj_i2t(softmax(q k^T) v)`` with k, v from ``text`` [B, L, Dt].
+
+        s: [B, T, D] space-attention output; q: [B, T, D] from :meth:`i2t_query`;
+        text_key_mask: [B, L] additive. Returns [B, T, D].
+        """
         dim = s.shape[-1]
         kv = self.qkv_text_i2t(text)
         # k, v stay strided views of the packed projection; the op reads them in place.
         return gated_cross_attention(
-            self.qkv_i2t(self.norm_i2t_i(s)),
+            q,
             kv[..., :dim],
             kv[..., dim:],
             text_key_mask,
@@ -131,6 +154,36 @@ class DividedAttention(nn.Module):
             attn_dropout=self.attn_drop_i2t,
             out_dropout=self.proj_drop_i2t,
         )
+
+    def cls_forward(
+        self,
+        x: Tensor,
+        text: Tensor | None = None,
+        text_key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The CLS row of :meth:`forward` of the space attention, computed alone.
+
+        x: [B, 1+F*N, D] (the attention's normed input). The CLS query attends to every token,
+        so only k and v are projected for all tokens and q for CLS alone. Returns [B, 1, D].
+        Inference only (no attention dropout): the last fused block, whose patch outputs
+        nothing reads.
+        """
+        if self.temporal:
+            raise RuntimeError("cls_forward is the space attention's CLS row")
+        dim = x.shape[-1]
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :1], w[:dim], None if b is None else b[:dim])
+        kv = F.linear(x, w[dim:], None if b is None else b[dim:])
+        qh, kh, vh = (
+            rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)
+            for t in (q * self.scale, kv[..., :dim], kv[..., dim:])
+        )
+        probs = torch.matmul(qh, kh.transpose(-1, -2)).softmax(dim=-1)
+        out = rearrange(torch.matmul(probs, vh), "b h n d -> b n (h d)")
+        s = self.proj(out)
+        if text is None:
+            return s
+        return self.i2t(s, self.i2t_query(s), text, text_key_mask)
 
 
 class SpaceTimeBlock(nn.Module):
@@ -162,6 +215,40 @@ class SpaceTimeBlock(nn.Module):
         t = x + self.timeattn(self.norm3(x), num_frames)
         x = x + self.drop_path(self.attn(self.norm1(t), num_frames, text, text_key_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def text_free_part(self, x: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
+        """What a fused block computes before it reads the text (inference): the time and space
+        attentions and the i2t queries. x: [B, 1+F*N, D]. Returns (s, q), both [B, 1+F*N, D],
+        for :meth:`text_part`."""
+        t = x + self.timeattn(self.norm3(x), num_frames)
+        s = self.attn(self.norm1(t), num_frames)
+        return s, self.attn.i2t_query(s)
+
+    def text_part(
+        self, x: Tensor, s: Tensor, q: Tensor, text: Tensor, text_key_mask: Tensor | None
+    ) -> Tensor:
+        """The rest of the fused block (inference): ``forward(x, F, text, mask)`` equals
+        ``text_part(x, *text_free_part(x, F), text, mask)``, so a video's text-free part can be
+        paired with many texts. x, s, q: [B, 1+F*N, D]; text: [B, L, Dt]. Returns x's shape."""
+        x = x + self.attn.i2t(s, q, text, text_key_mask)
+        return x + self.mlp(self.norm2(x))
+
+    def cls_forward(
+        self,
+        x: Tensor,
+        num_frames: int,
+        text: Tensor | None = None,
+        text_key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The CLS token of :meth:`forward` alone (inference): x [B, 1+F*N, D] -> [B, 1, D].
+
+        The time attention still runs on every token (the space attention's keys read it);
+        the space attention's patch queries, its i2t cross-attention and the MLP run for CLS
+        only, which saves most of a block when nothing reads the patch outputs.
+        """
+        t = x + self.timeattn(self.norm3(x), num_frames)
+        c = x[:, :1] + self.attn.cls_forward(self.norm1(t), text, text_key_mask)
+        return c + self.mlp(self.norm2(c))
 
 
 class SpaceTimeTransformer(nn.Module):
