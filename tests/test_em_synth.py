@@ -204,6 +204,7 @@ def test_a_repeated_action_gets_no_query():
         ({"size": 40}, "EMSynthConfig.size: expected a multiple of 16, >= 32, got 40"),
         ({"action_seconds": 0.5}, "EMSynthConfig.action_seconds: expected >= 0.666"),
         ({"idle_seconds": (0.8, 0.4)}, "EMSynthConfig.idle_seconds: expected (min, max)"),
+        ({"idle_seconds": ("0.4", 0.8)}, "EMSynthConfig.idle_seconds: expected (min, max)"),
         ({"gap_seconds": (0.0, 1.0)}, "EMSynthConfig.gap_seconds: expected (min, max), one frame"),
         ({"codec": "libvpx-vp9"}, "EMSynthConfig.codec: expected 'libx264', got 'libvpx-vp9'"),
     ],

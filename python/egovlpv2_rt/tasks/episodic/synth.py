@@ -31,6 +31,7 @@ one encoder thread); uids are UUID-shaped strings drawn from the same generator.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,17 +138,27 @@ class EMSynthConfig:
             raise bad("size", self.size, "a multiple of 16, >= 32")
         if isinstance(self.fps, bool) or not isinstance(self.fps, int) or self.fps < 1:
             raise bad("fps", self.fps, "an integer >= 1")
-        if not self.action_seconds * self.fps >= 4:
+        a = self.action_seconds
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 4 <= a * self.fps < 1e6:
             raise bad("action_seconds", self.action_seconds, f">= {4 / self.fps} (4 frames)")
-        lo, hi = self.idle_seconds
-        if not 0 <= lo <= hi:
+        if not _seconds_pair(self.idle_seconds) or self.idle_seconds[0] < 0:
             raise bad("idle_seconds", self.idle_seconds, "(min, max) with 0 <= min <= max")
-        lo, hi = self.gap_seconds
-        if not 0 < lo <= hi or round(lo * self.fps) < 1:
+        if not _seconds_pair(self.gap_seconds) or round(self.gap_seconds[0] * self.fps) < 1:
             raise bad("gap_seconds", self.gap_seconds, "(min, max), one frame <= min <= max")
         if self.codec != "libx264":
             # Other encoders are lossy or thread-timing dependent: not the same files per seed.
             raise bad("codec", self.codec, "'libx264'")
+
+
+def _seconds_pair(v: object) -> bool:
+    """A (min, max) tuple of finite real numbers with min <= max."""
+    return (
+        isinstance(v, tuple)
+        and len(v) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        and all(math.isfinite(x) for x in v)
+        and v[0] <= v[1]
+    )
 
 
 def synthetic_moment_labels(cfg: EMSynthConfig) -> list[str]:
