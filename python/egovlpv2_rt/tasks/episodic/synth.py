@@ -18,10 +18,11 @@ Files (what :mod:`~.metadata`'s readers read; the realistic extra fields are wri
   every answer is unambiguous. Templates: "when did I pick up / put down / rotate the red
   square?", "when did I move the red square to the left?", "where was the red square before I
   picked it up?" (answer: the pick-up), "where did I put the red square?" (answer: the
-  put-down). The answer span is the action's span, clip-relative. Queries are split over one or
-  two annotations per clip. With ``blank_queries`` each file has one entry without query text,
-  as the released files do (val: no ``query`` key; test: ``""``), which readers skip. The test
-  file's queries carry the text only.
+  put-down; not asked when that object is also moved in the clip). The answer span is the
+  action's span, clip-relative. Queries are split over one or two annotations per clip. With
+  ``blank_queries`` each file has one entry without query text, as the released files do (val:
+  no ``query`` key; test: ``""``), which readers skip. The test file's queries carry the text
+  only.
 
 The same clips and videos serve both tasks. Everything is drawn from
 ``numpy.random.default_rng(seed)``: one seed, the same files (videos are written lossless with
@@ -259,6 +260,8 @@ def _queries(
         if keys.count(key) > 1:
             continue  # ambiguous: "when did I pick up the red square?" would have two answers
         options = _TEMPLATES[ev.verb]
+        if ev.verb == "put down" and any(k[0] == "move" and k[2] == ev.obj for k in keys):
+            options = options[:1]  # "where did I put it?" could also mean where it was moved
         template, text = options[int(rng.integers(len(options)))]
         query = text.format(o=ev.obj, d=ev.direction)
         if not annotated:
