@@ -1,11 +1,11 @@
 """A synthetic Charades-Ego dataset in the official file formats.
 
 The world is the package's synthetic table top (``data/synthetic.py``: coloured shapes, a hand,
-the same renderer and action simulation). Each video shows a few actions separated by idle
-spells; an action class is a verb and an object, named like Charades' classes ("Picking up a red
-circle"). Verbs: picking up, putting down, moving (left or right: one class, since the
-Charades-Ego train transform flips frames horizontally), rotating (not for circles, which look
-the same rotated).
+the same renderer and action simulation); each video is a :class:`~.table_video.TableVideo`
+showing a few actions separated by idle spells. An action class is a verb and an object, named
+like Charades' classes ("Picking up a red circle"). Verbs: picking up, putting down, moving
+(left or right: one class, since the Charades-Ego train transform flips frames horizontally),
+rotating (not for circles, which look the same rotated).
 
 Files (what :func:`~egovlpv2_rt.tasks.charades_data.read_charades_csv` and friends read):
 
@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.synthetic import COLOURS, SHAPES, Action, SynthConfig, write_video
-from ..data.synthetic import SceneObject as Obj
-from ..data.synthetic import render_frame as render
-from ..data.synthetic import simulate_action as simulate
+from ..data.synthetic import COLOURS, SHAPES, SceneObject, write_video
 from ..files import atomic_write_text
 from .charades_data import CHARADES_COLUMNS, CLASSES_FILE, SPLIT_FILES
+from .table_video import TableVideo
 
 __all__ = ["CharadesSynthConfig", "synthesize_charades_ego", "synthetic_classes"]
 
@@ -119,67 +117,28 @@ def synthetic_classes(cfg: CharadesSynthConfig) -> list[str]:
     ]
 
 
-def _plan(rng: np.random.Generator, objs: list[Obj], size: int) -> Action:
-    held = [i for i, o in enumerate(objs) if o.held]
-    if held:
-        return Action("put down", held[0])
-    i = int(rng.integers(len(objs)))
-    o = objs[i]
-    step = size * 0.22
-    dirs = [
-        d for d, dx in (("left", -step), ("right", step)) if size * 0.12 <= o.x + dx <= size * 0.88
-    ]
-    options = ["pick up"] + (["move"] if dirs else []) + ([] if o.shape == "circle" else ["rotate"])
-    verb = options[int(rng.integers(len(options)))]
-    direction = dirs[int(rng.integers(len(dirs)))] if verb == "move" else ""
-    return Action(verb, i, direction)
-
-
 def _video(
     rng: np.random.Generator, cfg: CharadesSynthConfig, classes: list[str]
-) -> tuple[list[np.ndarray], list[tuple[int, float, float]], list[Obj]]:
+) -> tuple[list[np.ndarray], list[tuple[int, float, float]], list[SceneObject]]:
     """(frames, [(class index, start s, end s)], objects) of one video."""
-    size = cfg.size
-    k = cfg.objects_per_video
-    colours = [cfg.colours[int(i)] for i in rng.permutation(len(cfg.colours))[:k]]
-    shapes = [cfg.shapes[int(i)] for i in rng.permutation(len(cfg.shapes))[:k]]
-    ys = rng.permutation(np.linspace(0.3, 0.7, k) * size) if k > 1 else np.array([0.5 * size])
-    objs = [
-        Obj(s, c, float(size * rng.uniform(0.3, 0.7)), float(y), float(rng.uniform(0, 0.3)))
-        for s, c, y in zip(shapes, colours, ys, strict=True)
-    ]
-    bg = rng.uniform(50, 150, size=3).astype(np.float32)
-    specks = np.array(
-        [
-            (rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, 3), rng.uniform(0.75, 1.25))
-            for _ in range(6)
-        ],
-        np.float32,
+    video = TableVideo(
+        rng,
+        size=cfg.size,
+        fps=cfg.fps,
+        colours=cfg.colours,
+        shapes=cfg.shapes,
+        objects=cfg.objects_per_video,
+        action_seconds=cfg.action_seconds,
     )
-    sim_cfg = SynthConfig(size=size, fps=cfg.fps, clip_seconds=cfg.action_seconds)
-    per_action = max(4, round(cfg.fps * cfg.action_seconds))
-    frames: list[np.ndarray] = []
     labels: list[tuple[int, float, float]] = []
-
-    def idle() -> None:
-        n = round(cfg.fps * float(rng.uniform(*cfg.idle_seconds)))
-        still = [Obj(**vars(o)) for o in objs]
-        for _ in range(n):
-            noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
-            frames.append(render(size, bg, specks, still, None, noise))
-
     for _ in range(int(rng.integers(cfg.actions_per_video[0], cfg.actions_per_video[1] + 1))):
-        idle()
-        act = _plan(rng, objs, size)
-        o = objs[act.obj]
+        video.idle(rng, cfg.idle_seconds)
+        act, start, end = video.act(rng)
+        o = video.objs[act.obj]
         cls = classes.index(f"{VERB_NAMES[act.verb]} a {o.colour} {o.shape}")
-        start = len(frames)
-        for fobjs, hand in simulate(rng, sim_cfg, objs, act, per_action):
-            noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
-            frames.append(render(size, bg, specks, fobjs, hand, noise))
-        labels.append((cls, start / cfg.fps, len(frames) / cfg.fps))
-    idle()
-    return frames, labels, objs
+        labels.append((cls, start / cfg.fps, end / cfg.fps))
+    video.idle(rng, cfg.idle_seconds)
+    return video.frames, labels, video.objs
 
 
 def _row(
@@ -187,7 +146,7 @@ def _row(
     vid: str,
     labels: list[tuple[int, float, float]],
     classes: list[str],
-    objs: list[Obj],
+    objs: list[SceneObject],
     length: float,
     labelled: bool,
 ) -> list[str]:
