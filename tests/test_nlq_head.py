@@ -458,3 +458,47 @@ def test_learns_synthetic_queries_far_above_random_spans():
     assert trained["R@1_IoU0.3"] > 70.0
     assert trained["R@1_IoU0.5"] > random["R@1_IoU0.5"] + 40.0
     assert log["train_loss"][-1]["loss"] < log["train_loss"][0]["loss"]
+
+
+# -- torchrun: 2 gloo processes ------------------------------------------------------------------
+
+
+def _ddp_config() -> NLQHeadConfig:
+    return _config(max_steps=3, drop_rate=0.0, batch_size=8)
+
+
+def _ddp_samples():
+    # Equal clip lengths: every rank's loss normalisers are equal, so the DDP-averaged gradient
+    # is the one-process gradient of the global batch.
+    dicts = synthetic_feature_dicts(16, 6, max_pos_len=MAX_POS, windows=(24, 24))
+    return [parse_nlq_feature_dict(d, f"ddp{i}", MAX_POS) for i, d in enumerate(dicts)]
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model, log = train_nlq_head(_ddp_samples(), _ddp_config(), out_dir=f"{out_dir}/head")
+        assert log["world_size"] == 2
+        assert log["samples_seen_by_rank"] == 3 * 4  # half of each global batch of 8
+        torch.save(model.state_dict(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_equals_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    one, log = train_nlq_head(_ddp_samples(), _ddp_config())
+    assert log["samples_seen_by_rank"] == 3 * 8
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # the ranks stay in sync
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(r0[k], v, atol=1e-5, rtol=1e-4, msg=k)
+    # Only rank 0 wrote the head, and it loads.
+    loaded = load_nlq_head(tmp_path / "head")
+    assert all(torch.equal(loaded.state_dict()[k], r0[k]) for k in r0)

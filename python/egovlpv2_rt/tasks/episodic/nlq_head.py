@@ -403,6 +403,7 @@ def _train(
         "steps": total,
         "world_size": world,
         "train_samples": len(train_samples),
+        "samples_seen_by_rank": 0,
         "train_loss": [],
         "val": [],
     }
@@ -420,6 +421,7 @@ def _train(
                     continue
                 idx = idx[rank::world]
             batch = collate_nlq([train_samples[i] for i in idx]).to(device)
+            log["samples_seen_by_rank"] += len(idx)
             h, start, end = runner(batch.video, batch.v_mask, batch.text, batch.q_mask)
             loc = span_loss(start, end, batch.s_ind, batch.e_ind)
             hl = highlight_loss(h, batch.highlight, batch.v_mask)
