@@ -18,6 +18,7 @@ from ..model_files import default_model_path, load_tokenizer
 from ..tasks.charades_ego import evaluate_charades_ego, synthesize_charades_ego
 from ..tasks.ek100_mir import evaluate_ek100_mir
 from ..tasks.ek100_synth import synthesize_ek100_mir
+from ..tasks.episodic.synth import EMSynthConfig, synthesize_episodic
 from ..tasks.finetune_tasks import FINETUNE_TASKS, finetune_task
 from ..train.finetune import FinetuneTask, finetune_from_file
 from ..train.finetune_config import FinetuneConfig
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego")
-SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego")
+SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego", "nlq", "mq")
 FINETUNE_TASK_NAMES = tuple(FINETUNE_TASKS)
 # The original's protocols: 16 frames for EK-100 MIR, 32 for Charades-Ego; captions and class
 # names tokenised to 30 tokens at evaluation.
@@ -51,7 +52,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         description="Write a synthetic dataset in the task's own file formats: egoclip "
         "(videos/, egoclip.csv, egomcq.json), ek100_mir (retrieval_annotations/ and "
         "videos/P../*.MP4 as EPIC-KITCHENS-100) or charades_ego (the official CSVs, "
-        "Charades_v1_classes.txt and videos/).",
+        "Charades_v1_classes.txt and videos/), nlq / mq (one Ego4D episodic-memory dataset "
+        "for both: videos/, nlq_{split}.json and moments_{split}.json).",
     )
     p.add_argument("--task", default="egoclip", choices=SYNTH_TASKS)
     p.add_argument("--out", required=True, help="destination folder")
@@ -158,6 +160,9 @@ def _only_for(args: argparse.Namespace, task: str, options: dict[str, str]) -> N
         raise InputError(f"{', '.join(given)}: only for --task {task}, not {args.task}")
 
 
+SYNTH_FPS = EMSynthConfig().fps
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     _only_for(args, "egoclip", {"clips": "--clips", "questions": "--questions", "size": "--size"})
     if args.task == "ek100_mir":
@@ -167,6 +172,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.task == "charades_ego":
         paths = synthesize_charades_ego(args.out, args.seed)
         print(f"wrote a synthetic Charades-Ego dataset under {paths['root']}")
+        return 0
+    if args.task in ("nlq", "mq"):
+        # One dataset serves both: the same videos and clips, nlq_*.json and moments_*.json.
+        paths = synthesize_episodic(args.out, args.seed)
+        print(
+            f"wrote a synthetic Ego4D episodic-memory dataset under {paths['root']}: "
+            f"videos/ ({SYNTH_FPS} fps: extract features with --fps video), "
+            "nlq_{train,val,test_unannotated}.json, moments_{train,val,test_unannotated}.json"
+        )
         return 0
     cfg = SynthConfig(
         num_clips=480 if args.clips is None else args.clips,

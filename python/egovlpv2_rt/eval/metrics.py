@@ -9,14 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from .detection import detection_map, moment_recall
+from .grounding import nlq_recall
 
 __all__ = [
     "charades_class_ap",
     "charades_map",
+    "detection_map",
     "egomcq_accuracy",
     "ek100_mir_metrics",
     "mean_average_precision",
+    "moment_recall",
     "ndcg",
+    "nlq_recall",
     "retrieval_metrics",
     "t2v_ranks",
     "v2t_ranks",
