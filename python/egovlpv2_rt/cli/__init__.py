@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from ..video.clip_list import parse_clip_arg, read_clip_list
-from . import demo, episodic, library, training
+from . import demo, episodic, heads, library, training
 from .common import ArgParser, error_exit, one_line, run_command
 
 __all__ = ["build_parser", "error_exit", "main", "one_line", "parse_clip_arg", "read_clip_list"]
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
-    for group in (demo, library, training, episodic):
+    for group in (demo, library, training, episodic, heads):
         group.add_subcommands(sub)
     return p
 

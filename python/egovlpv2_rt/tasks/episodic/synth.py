@@ -91,8 +91,8 @@ class EMSynthConfig:
         codec: PyAV encoder ('libx264' is lossless here).
     """
 
-    train_videos: int = 12
-    val_videos: int = 4
+    train_videos: int = 36
+    val_videos: int = 12
     test_videos: int = 2
     clips_per_video: tuple[int, int] = (1, 2)
     actions_per_clip: tuple[int, int] = (3, 5)
