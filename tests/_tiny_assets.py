@@ -77,3 +77,34 @@ def synthetic_clips(factory) -> tuple[Path, list]:
     if not (d / "egoclip.csv").is_file():
         generate_dataset(d, 7, SynthConfig(num_clips=25, clips_per_video=5, size=32, num_mcq=4))
     return d, read_egoclip(d / "egoclip.csv")
+
+
+def tiny_episodic_dir(factory) -> dict[str, Path]:
+    """A small synthetic Ego4D episodic-memory dataset (32 px, 6 fps, a few clips per split)."""
+    from egovlpv2_rt.tasks.episodic.synth import EMSynthConfig, synthesize_episodic
+
+    cfg = EMSynthConfig(
+        train_videos=3,
+        val_videos=1,
+        test_videos=1,
+        clips_per_video=(1, 2),
+        actions_per_clip=(2, 3),
+        colours=("red", "blue"),
+        shapes=("square", "circle"),
+        objects_per_video=2,
+        size=32,
+        fps=6,
+        action_seconds=1.0,
+        idle_seconds=(0.4, 0.8),
+        gap_seconds=(0.5, 1.0),
+    )
+    d = factory.getbasetemp() / "egovlpv2-tiny" / "episodic"
+    paths = {
+        "root": d,
+        "videos": d / "videos",
+        **{f"{k}_{s}": d / f"{f}_{s}.json" for k, f in (("nlq", "nlq"), ("moments", "moments"))
+           for s in ("train", "val", "test_unannotated")},
+    }  # fmt: skip
+    if not (d / "moments_test_unannotated.json").is_file():
+        paths = synthesize_episodic(d, 5, config=cfg)
+    return paths

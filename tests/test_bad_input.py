@@ -40,6 +40,7 @@ BAD_VALUES = {
 BAD_BY_NAME = {
     "_frame_size": ["40", "16", "x"],
     "_range_arg": ["0:1:2", "4:2:8", "1:2", "x"],
+    "_fps": ["0", "-25", "nan", "vid"],
 }
 
 
@@ -122,6 +123,10 @@ def test_every_valued_option_is_checked_at_parse_time():
         ("synth", "--size"),
         ("demo", "--top-k"),
         ("train", "--device"),
+        ("features", "--fps"),
+        ("features", "--window-batch"),
+        ("train-head", "--epochs"),
+        ("eval-head", "--baseline-seed"),
         ("egovlpv2-export", "--opset"),
         ("egovlpv2-export", "--batch"),
         ("egovlpv2-export", "--workspace-gib"),

@@ -499,6 +499,9 @@ def test_every_command_is_wired():
         "train",
         "finetune",
         "eval",
+        "features",
+        "train-head",
+        "eval-head",
     }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_assets import tiny_model_dir
+from _tiny_assets import tiny_episodic_dir, tiny_model_dir
 
 from egovlpv2_rt.checkpoint import load_model
 from egovlpv2_rt.errors import InputError
@@ -25,28 +25,11 @@ from egovlpv2_rt.tasks.episodic.features import (
     nlq_clip_features_one_pass,
 )
 from egovlpv2_rt.tasks.episodic.metadata import read_moments, read_nlq
-from egovlpv2_rt.tasks.episodic.synth import EMSynthConfig, synthesize_episodic
-
-SYNTH = EMSynthConfig(
-    train_videos=3,
-    val_videos=1,
-    test_videos=1,
-    clips_per_video=(1, 2),
-    actions_per_clip=(2, 3),
-    colours=("red", "blue"),
-    shapes=("square", "circle"),
-    objects_per_video=2,
-    size=32,
-    fps=6,
-    action_seconds=1.0,
-    idle_seconds=(0.4, 0.8),
-    gap_seconds=(0.5, 1.0),
-)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    return synthesize_episodic(tmp_path_factory.mktemp("em"), 5, config=SYNTH)
+    return tiny_episodic_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

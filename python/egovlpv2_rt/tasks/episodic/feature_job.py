@@ -36,7 +36,12 @@ import torch
 
 from ..._version import __version__
 from ...errors import InputError
-from ...files import atomic_write_bytes, atomic_write_text, exclusive_output
+from ...files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    exclusive_output,
+    remove_stale_temporaries,
+)
 from ...modeling.model import EgoVLPv2
 from ...tokenizer import RobertaTokenizer
 from ...video.errors import VideoError
@@ -270,6 +275,9 @@ def _one_clip(
         targets = [out / f"{clip.clip_uid}.pt"]
     else:
         targets = [out / nlq_feature_name(sid) for sid, _ in queries]
+    for target in targets:
+        # A killed run's half-written temporaries (this rank owns the clip and holds its lock).
+        remove_stale_temporaries(target)
     if all(t.is_file() for t in targets):
         run.existing += 1
         return
