@@ -90,15 +90,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--window-batch", type=int, default=32)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--amp", default="off", choices=("off", "bf16"), help="autocast dtype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = _model(args.model, args.image_size)
+    model = _model(args.model, args.image_size).to(args.device)
     tok = load_tokenizer(default_model_dir() / "tokenizer.json", 30)
     cfg = model.config.video
-    video = torch.randn(args.windows, 4, 3, cfg.img_size, cfg.img_size)
+    video = torch.randn(args.windows, 4, 3, cfg.img_size, cfg.img_size, device=args.device)
     queries = (QUERIES * 4)[: args.queries]
-    settings = FeatureSettings(task="nlq", window_batch=args.window_batch, amp="off")
+    settings = FeatureSettings(task="nlq", window_batch=args.window_batch, amp=args.amp)
 
     def ours() -> object:
         return nlq_clip_features(model, tok, video, None, queries, settings)
@@ -117,7 +119,8 @@ def main() -> None:
     g_one, g_ours = _gflop(one_pass), _gflop(ours)
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), egovlpv2_rt {egovlpv2_rt.__version__}"
+        f"{args.threads} thread(s), egovlpv2_rt {egovlpv2_rt.__version__}, device "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, amp {args.amp}"
     )
     print(
         f"# model {args.model} (width {model.config.embed_dim}, {cfg.img_size} px, "

@@ -227,7 +227,9 @@ step bench 200 "$py" bench/bench_ops_gpu.py --json "$log_dir/bench.json" --compi
 runtime_check() {
   "$py" -m pytest tests/test_runtime.py -m gpu -q -rfEs -p no:cacheprovider || return $?
   "$py" bench/bench_runtime.py --device cuda --precision bf16 --model base || return $?
-  "$py" bench/bench_runtime.py --device cuda --precision fp16 --model default
+  "$py" bench/bench_runtime.py --device cuda --precision fp16 --model default || return $?
+  # EgoNLQ fused features: cached prefix vs one pass per query, base model, bf16 (issue 16).
+  "$py" bench/bench_features.py --device cuda --amp bf16 --model base --windows 64 --reps 3
 }
 step runtime 150 bash -c "$(declare -f runtime_check); py=$py; runtime_check"
 
@@ -255,7 +257,7 @@ tail -1 "$log_dir/gpu-tests.log" 2>/dev/null
 echo "-- compute-sanitizer (memcheck, racecheck):"
 grep -E "SANITIZER-UNSUPPORTED|ERROR SUMMARY|RACECHECK SUMMARY|^(memcheck|racecheck) rc=" \
   "$log_dir/sanitizer.log" 2>/dev/null
-echo "-- runtime (tests, then bench_runtime base bf16 and default fp16):"
+echo "-- runtime (tests, bench_runtime base bf16 and default fp16, bench_features base bf16):"
 grep -vE "^\s*$|warn" "$log_dir/runtime.log" 2>/dev/null | tail -40
 if [[ -f "$log_dir/dali-tests.log" ]]; then
   echo "-- dali tests:"

@@ -67,15 +67,17 @@ def test_nlq_files_hold_the_original_keys_and_values(data, model_dir, tmp_path):
     assert manifest["settings"]["frames_per_window"] == 4
     rec = torch.load(tmp_path / "feat_0.pt", weights_only=True)
     assert set(rec) == {
-        "fused_video_features", "dual_text_features", "text_token.attention_mask",
+        "fused_video_features", "dual_text_features", "text_token",
         "sample_id", "vid", "s_time", "e_time", "duration", "query", "s_ind", "e_ind",
         "v_len", "annotation_uid", "query_idx",
     }  # fmt: skip
     q = meta.queries[0]
     clip = next(c for c in meta.clips if c.clip_uid == q.clip_uid)
     assert rec["vid"] == q.clip_uid and rec["query"] == q.query.strip().lower()
-    assert rec["duration"] == pytest.approx(clip.duration)
-    assert (rec["s_time"], rec["e_time"]) == pytest.approx((q.start_sec, q.end_sec))
+    # The original's loader reads these as 0-d tensors (feature["s_ind"].item()).
+    assert rec["s_ind"].dtype == torch.int64 and rec["s_ind"].dim() == 0
+    assert rec["duration"].item() == pytest.approx(clip.duration)
+    assert (rec["s_time"].item(), rec["e_time"].item()) == pytest.approx((q.start_sec, q.end_sec))
     # The fused features equal the original's one pass per query over the clip's windows.
     model = load_model(model_dir / "model.safetensors", num_frames=4)
     tok = load_tokenizer(model_dir / "tokenizer.json", model.config.text.max_text_length)
@@ -85,11 +87,12 @@ def test_nlq_files_hold_the_original_keys_and_values(data, model_dir, tmp_path):
     ref = nlq_clip_features_one_pass(model, tok, video, win, [q.query], settings)
     n, d = rec["fused_video_features"].shape
     assert n == len(win) and d == model.config.embed_dim
-    assert rec["v_len"] == n and 0 <= rec["s_ind"] <= rec["e_ind"] < n
+    assert rec["v_len"].item() == n and 0 <= rec["s_ind"].item() <= rec["e_ind"].item() < n
     torch.testing.assert_close(rec["fused_video_features"], ref.fused[0], rtol=1e-5, atol=1e-5)
     assert rec["dual_text_features"].shape == (1, *ref.text.shape[1:])
     torch.testing.assert_close(rec["dual_text_features"][0], ref.text[0])
-    assert rec["text_token.attention_mask"].dtype == torch.int64
+    assert rec["text_token"]["attention_mask"].dtype == torch.int64
+    assert rec["text_token"]["attention_mask"].shape == (1, ref.text.shape[1])
 
 
 def test_mq_files_are_one_tensor_per_clip(data, model_dir, tmp_path):

@@ -3,14 +3,15 @@
 Output folder:
 
 - MQ: ``{clip_uid}.pt``, a float32 tensor ``[N_win, P]`` (the original's ``features_mq``);
-- NLQ: ``feat_{sample_id}.pt`` per query, a dict with ``fused_video_features`` float32
-  ``[N_win, D]``, ``dual_text_features`` float32 ``[1, L, H]``, ``text_token.attention_mask``
-  int64 ``[1, L]`` and ``sample_id, vid, s_time, e_time, duration, query, s_ind, e_ind, v_len,
-  annotation_uid, query_idx`` (the original's ``saved_features``). ``sample_id`` is the query's
-  position in the metadata file (queries without text skipped); ``vid`` the clip uid; times are
-  seconds from the clip's start, ``duration`` the clip's length; ``s_ind, e_ind`` the VSLNet grid
-  cells of the answer for ``v_len = min(max_pos_len, N_win)`` cells. Queries of an unannotated
-  split have no answer: ``s_time = e_time = -1.0`` and ``s_ind = e_ind = -1``;
+- NLQ: ``feat_{sample_id}.pt`` per query, a dict with ``fused_video_features`` float32 ``[N_win,
+  D]``, ``dual_text_features`` float32 ``[1, L, H]``, ``text_token`` = ``{"attention_mask":
+  int64 [1, L]}`` and ``sample_id, vid, s_time, e_time, duration, query, s_ind, e_ind, v_len,
+  annotation_uid, query_idx`` (the original's ``saved_features``, in its layout: numbers are 0-d
+  tensors, int64 or float64, as its loader reads them). ``sample_id`` is the query's position in
+  the metadata file (queries without text skipped); ``vid`` the clip uid; times are seconds from
+  the clip's start, ``duration`` the clip's length; ``s_ind, e_ind`` the VSLNet grid cells of
+  the answer for ``v_len = min(max_pos_len, N_win)`` cells. Queries of an unannotated split have
+  no answer: ``s_time = e_time = -1.0`` and ``s_ind = e_ind = -1``;
 - ``manifest.json``: the checkpoint (path, SHA-256), the metadata file (path, SHA-256), the
   settings that change the numbers, counts, and the clips that failed with why.
 
@@ -119,22 +120,33 @@ def _nlq_record(
         s_time = max(0.0, float(query.start_sec))
         e_time = min(float(query.end_sec), duration)
         s_ind, e_ind = time_to_index(s_time, e_time, v_len, duration)
+    # The layout and value types of the original's files (its loader reads them unchanged:
+    # feature["text_token"]["attention_mask"], feature["s_ind"].item(), ...): numbers as the
+    # 0-d tensors its batch-of-one DataLoader produced, strings as strings.
     return {
         "fused_video_features": fused.contiguous(),
         "dual_text_features": text[None].contiguous(),
-        "text_token.attention_mask": mask[None].contiguous(),
-        "sample_id": sample_id,
+        "sample_id": _int(sample_id),
         "vid": clip.clip_uid,
-        "s_time": s_time,
-        "e_time": e_time,
-        "duration": duration,
+        "s_time": _float(s_time),
+        "e_time": _float(e_time),
+        "duration": _float(duration),
         "query": query.query.strip().lower(),
-        "s_ind": int(s_ind),
-        "e_ind": int(e_ind),
-        "v_len": int(v_len),
+        "s_ind": _int(s_ind),
+        "e_ind": _int(e_ind),
+        "v_len": _int(v_len),
         "annotation_uid": query.annotation_uid,
-        "query_idx": int(query.query_idx),
+        "query_idx": _int(query.query_idx),
+        "text_token": {"attention_mask": mask[None].contiguous()},
     }
+
+
+def _int(value: int) -> torch.Tensor:
+    return torch.tensor(int(value), dtype=torch.int64)
+
+
+def _float(value: float) -> torch.Tensor:
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def _video_path(videos: Path, clip: EMClip) -> Path:
