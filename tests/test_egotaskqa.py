@@ -133,3 +133,36 @@ def test_majority_baseline():
     assert acc["All"] == pytest.approx(200 / 3)
     assert acc["Open"] == 100.0 and acc["Binary"] == 50.0
     assert acc["descriptive"] == 50.0 and acc["predictive"] == 100.0
+
+
+# -- synthetic data ------------------------------------------------------------------------------
+
+def _small_config():
+    from egovlpv2_rt.tasks.egotaskqa_synth import EgoTaskQASynthConfig
+
+    return EgoTaskQASynthConfig(clips=(4, 2, 2), actions_per_clip=(3, 3), size=32, fps=4)
+
+
+def test_synth_same_seed_same_bytes(tmp_path):
+    from egovlpv2_rt.tasks.egotaskqa_synth import synthesize_egotaskqa
+
+    a = synthesize_egotaskqa(tmp_path / "a", 3, _small_config())
+    b = synthesize_egotaskqa(tmp_path / "b", 3, _small_config())
+    files = sorted(p.relative_to(a["root"]) for p in a["root"].rglob("*") if p.is_file())
+    assert len(files) == 3 + 2 + 8  # 3 question files, answers, tags, 8 clips
+    for rel in files:
+        assert (a["root"] / rel).read_bytes() == (b["root"] / rel).read_bytes(), rel
+    c = synthesize_egotaskqa(tmp_path / "c", 4, _small_config())
+    assert c["train"].read_bytes() != a["train"].read_bytes()
+    cats, types = set(), set()
+    for split in ("train", "val", "test"):
+        sp = load_taskqa_split(a["root"], split)
+        ans = [sp.answers[it.answer] for it in sp.items]
+        assert ans.count("yes") == ans.count("no")  # balanced binary answers
+        for it in sp.items:
+            assert (it.type == "verify") == (sp.answers[it.answer] in ("yes", "no"))
+            assert it.reasoning == (it.category, it.semantic, it.type, "direct")
+            assert (sp.video_root / f"{it.interval}.mp4").is_file()
+        cats |= {it.category for it in sp.items}
+        types |= {it.type for it in sp.items}
+    assert cats == {"descriptive", "predictive"} and types == {"query", "verify"}
