@@ -67,9 +67,9 @@ def question_text(question: str) -> str:
     return question.strip().lower()
 
 
-def question_length(model: EgoVLPv2) -> int:
-    """30 tokens, capped at the model's text length."""
-    return min(MAX_QUESTION_LENGTH, model.config.text.max_text_length)
+def question_length(model: EgoVLPv2, max_text_length: int = MAX_QUESTION_LENGTH) -> int:
+    """``max_text_length`` (30) tokens, capped at the model's text length."""
+    return min(max_text_length, model.config.text.max_text_length)
 
 
 class TaskQAModel(nn.Module):
@@ -210,12 +210,13 @@ def predict_answers(
     batch_size: int = 8,
     backend: Backend = "pyav",
     indices: Sequence[int] | None = None,
+    max_text_length: int = MAX_QUESTION_LENGTH,
 ) -> Tensor:
     """Answer indices ``[N]`` int64 of the split's questions (deterministic clips)."""
     model.eval()
     cfg = model.backbone.config
     p = next(model.parameters())
-    length = question_length(model.backbone)
+    length = question_length(model.backbone, max_text_length)
     idx = list(range(len(split))) if indices is None else list(indices)
     out = []
     for b in range(0, len(idx), batch_size):
@@ -256,12 +257,14 @@ def evaluate_egotaskqa(
     video_root: str | Path | None = None,
     batch_size: int = 8,
     backend: Backend = "pyav",
+    max_text_length: int = MAX_QUESTION_LENGTH,
 ) -> dict[str, float]:
     """Accuracy (percent) of ``model`` on split ``split`` of ``data_dir``: ``All``, ``Open``,
     ``Binary`` and one entry per tag of ``all_reasoning_types.txt``. Frames are sampled
     uniformly (the same numbers on every run).
 
-    ``video_root``: the clip folder (default ``{data_dir}/videos``).
+    ``video_root``: the clip folder (default ``{data_dir}/videos``); ``max_text_length``: the
+    question tokens (that of training; capped at the model's text length).
     """
     data = load_taskqa_split(data_dir, split, video_root)
     if model.num_answers != len(data.answers):
@@ -269,6 +272,13 @@ def evaluate_egotaskqa(
             f"the model answers over {model.num_answers} entries, {data_dir}/answer_set.txt "
             f"has {len(data.answers)}"
         )
-    pred = predict_answers(model, data, tokenizer, batch_size=batch_size, backend=backend)
+    pred = predict_answers(
+        model,
+        data,
+        tokenizer,
+        batch_size=batch_size,
+        backend=backend,
+        max_text_length=max_text_length,
+    )
     target = torch.tensor([it.answer for it in data.items], dtype=torch.int64)
     return taskqa_accuracy(pred, target, data.items, data.reasoning_types)

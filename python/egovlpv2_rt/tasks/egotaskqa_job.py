@@ -247,19 +247,26 @@ class EgoTaskQAJob(TrainingJob):
         self.local_batch = cfg.global_batch_size // info.world_size
         self.sampler = GlobalBatchSampler(len(train), cfg.global_batch_size, cfg.seed)
         fc = cfg.as_finetune_config()
-        tok_path = (
-            default_model_dir() if cfg.model.tokenizer == DEFAULT else Path(cfg.model.tokenizer)
-        )
-        if not tok_path.exists():
-            raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {tok_path}")
-        self.tokenizer = load_tokenizer(tok_path, cfg.data.max_text_length)
         init = (
             default_model_path()
             if cfg.model.init_checkpoint == DEFAULT
             else cfg.model.init_checkpoint
         )
         state, stored = read_checkpoint(init)
-        mc = finetune_model_config(fc, stored or infer_config(state))
+        stored = stored or infer_config(state)
+        # The question length is capped at the model's text length (18 for the shipped model).
+        if stored is not None:
+            self.text_length = min(cfg.data.max_text_length, stored.text.max_text_length)
+        else:
+            self.text_length = cfg.data.max_text_length
+        fc.data = dataclasses.replace(fc.data, max_text_length=self.text_length)
+        mc = finetune_model_config(fc, stored)
+        tok_path = (
+            default_model_dir() if cfg.model.tokenizer == DEFAULT else Path(cfg.model.tokenizer)
+        )
+        if not tok_path.exists():
+            raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {tok_path}")
+        self.tokenizer = load_tokenizer(tok_path, self.text_length)
         if cfg.encoder == "fusion" and "ITM" not in mc.task_names:
             raise ConfigError(
                 f"encoder 'fusion' needs a model with fusion layers and an ITM head; "
@@ -297,7 +304,7 @@ class EgoTaskQAJob(TrainingJob):
         )
         tok = self.tokenizer(
             [question_text(it.question) for it in items],
-            max_length=d.max_text_length,
+            max_length=self.text_length,
             padding="max_length",
             truncation=True,
         )
@@ -326,6 +333,7 @@ class EgoTaskQAJob(TrainingJob):
             video_root=_video_root(self.cfg),
             batch_size=self.cfg.eval.batch_size,
             backend=self.cfg.data.backend,
+            max_text_length=self.text_length,
         )
         return {f"val/{k}": v for k, v in res.items()}
 
