@@ -271,3 +271,21 @@ def test_config_errors(synth_root, tmp_path):
         egotaskqa_config_from_dict(_job_config(synth_root, tmp_path, loss={"name": "x"}))
     cfg = egotaskqa_config_from_dict(_job_config(synth_root, tmp_path, encoder="dual"))
     assert cfg.encoder == "dual" and cfg.data.max_text_length == 30
+
+
+def test_shipped_configs_load():
+    from importlib.resources import files
+
+    from egovlpv2_rt.tasks.egotaskqa_job import load_egotaskqa_config
+
+    d = files("egovlpv2_rt") / "configs" / "finetune"
+    full = load_egotaskqa_config(str(d / "egotaskqa.yaml"))
+    assert (full.optim.lr, full.optim.betas, full.optim.warmup_fraction) == (
+        2e-4,
+        (0.9, 0.999),
+        0.1,
+    )
+    assert (full.epochs, full.global_batch_size, full.data.num_frames) == (36, 64, 16)
+    assert (full.encoder, full.dropout, full.data.max_text_length) == ("fusion", 0.2, 30)
+    quick = load_egotaskqa_config(str(d / "egotaskqa_synthetic.yaml"))
+    assert quick.model.init_checkpoint == "default" and quick.data.image_size == 64
