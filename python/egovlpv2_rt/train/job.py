@@ -25,11 +25,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import save_safetensors
+from ..modeling.model import EgoVLPv2
 from .config import OptimConfig
 
 __all__ = ["LoopSettings", "ResumableSampler", "StepLossesLike", "TrainingJob"]
@@ -104,6 +107,14 @@ class TrainingJob(abc.ABC):
         """Evaluate ``model`` (rank 0 only; the loop puts it back in training mode after).
         Returns JSON values for ``eval.jsonl``."""
         raise NotImplementedError(f"{type(self).__name__} has no evaluation")
+
+    def save_weights(self, model: nn.Module, path: Path, step: int) -> None:
+        """Write the final weights (rank 0, after the last step): an EgoVLPv2 as a
+        self-describing safetensors file; a job whose model wraps one (a task head) overrides
+        this."""
+        if not isinstance(model, EgoVLPv2):
+            raise TypeError(f"{type(self).__name__}: override save_weights for a {type(model)}")
+        save_safetensors(model, path, metadata={"steps": str(step)})
 
 
 @dataclass

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import save_safetensors
 from ..config import ModelConfig
 from ..data.clips import ClipReader, clip_seed
 from ..data.collate import collate_text
@@ -535,8 +534,7 @@ def _run(
     weights_path = None
     if info.is_main and step >= loop.max_steps:
         weights_path = out_dir / "model.safetensors"
-        assert isinstance(model, EgoVLPv2)
-        save_safetensors(model, weights_path, metadata={"steps": str(step)})
+        job.save_weights(model, weights_path, step)
         job.tokenizer.save(out_dir / "tokenizer.json")
     if info.distributed:
         dist.barrier()
