@@ -69,13 +69,23 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="score a trained head on a feature folder, beside a random baseline",
         description="nlq: Recall@{1,3,5} at IoU {0.3,0.5} and mIoU (the Ego4D NLQ metric); "
         "mq: detection mAP at tIoU 0.1..0.5 and their average, Recall@{1,5}x at tIoU "
-        "{0.3,0.5,0.7}. The same metric of a seeded random baseline is reported beside.",
+        "{0.3,0.5,0.7}. The same metric of a seeded random baseline (the mean of "
+        "--baseline-draws draws) is reported beside.",
     )
     p.add_argument("--task", required=True, choices=("nlq", "mq"))
     p.add_argument("--checkpoint", required=True, help="the head's folder or .safetensors")
     p.add_argument("--features", required=True, help="feature folder of the evaluated split")
     p.add_argument("--metadata", default=None, help="mq: moments_{split}.json of that split")
-    p.add_argument("--baseline-seed", type=non_negative_int, default=0)
+    p.add_argument(
+        "--baseline-seed", type=non_negative_int, default=0, help="first seed of the draws"
+    )
+    p.add_argument(
+        "--baseline-draws",
+        type=positive_int,
+        default=50,
+        help="random baselines averaged (seeds baseline-seed ...); one draw on a small split "
+        "varies by several points",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_head)
 
@@ -143,6 +153,10 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mean(draws: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+
+
 def cmd_eval_head(args: argparse.Namespace) -> int:
     if args.task == "nlq":
         if args.metadata is not None:
@@ -152,7 +166,11 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
         samples = load_nlq_features(args.features, max_pos_len=max_pos_len)
         scores = evaluate_nlq_head(model, samples)
         gt = np.array([[s.s_time, s.e_time] for s in samples], dtype=np.float64).reshape(-1, 2)
-        baseline = nlq_recall(random_spans(samples, 5, args.baseline_seed), gt)
+        draws = [
+            nlq_recall(random_spans(samples, 5, args.baseline_seed + i), gt)
+            for i in range(args.baseline_draws)
+        ]
+        baseline = _mean(draws)
         count = {"queries": len(samples)}
     else:
         head = load_mq_head(args.checkpoint)
@@ -160,9 +178,14 @@ def cmd_eval_head(args: argparse.Namespace) -> int:
         features = Path(args.features)
         scores = evaluate_mq_head(head, clips, features, head.labels)
         gts = ground_truth_records(clips)
-        rand = random_detections(clips, head.labels, args.baseline_seed, head.config.max_detections)
-        baseline = detection_map(rand, gts) | moment_recall(rand, gts)
+        per_clip = head.config.max_detections
+        draws = []
+        for i in range(args.baseline_draws):
+            rand = random_detections(clips, head.labels, args.baseline_seed + i, per_clip)
+            draws.append(detection_map(rand, gts) | moment_recall(rand, gts))
+        baseline = _mean(draws)
         count = {"clips": len(clips), "moments": len(gts)}
+    count["baseline_draws"] = args.baseline_draws
     if args.json:
         print_json({"task": args.task, **count, "metrics": scores, "random_baseline": baseline})
         return 0
