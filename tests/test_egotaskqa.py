@@ -289,3 +289,34 @@ def test_shipped_configs_load():
     assert (full.encoder, full.dropout, full.data.max_text_length) == ("fusion", 0.2, 30)
     quick = load_egotaskqa_config(str(d / "egotaskqa_synthetic.yaml"))
     assert quick.model.init_checkpoint == "default" and quick.data.image_size == 64
+
+
+def test_cli_synth_finetune_eval(synth_root, tmp_path, capsys):
+    """``egovlpv2 finetune --task egotaskqa`` then ``eval --task egotaskqa`` on the test split."""
+    import json
+
+    import yaml
+
+    from egovlpv2_rt.cli import main
+
+    cfg = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "python/egovlpv2_rt/configs/finetune"
+         / "egotaskqa_synthetic.yaml").read_text()
+    )  # fmt: skip
+    cfg["data"]["root"] = str(synth_root)
+    cfg["data"]["num_frames"] = 4
+    cfg["max_steps"] = 2
+    cfg["eval"]["every_steps"] = 0
+    cfg["out_dir"] = str(tmp_path / "run")
+    cfg["progress"] = False
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", "--task", "egotaskqa", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "run" / "model.safetensors"
+    args = ["eval", "--task", "egotaskqa", "--data", str(synth_root), "--checkpoint", str(ckpt)]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test" and {"All", "Open", "Binary"} <= set(report["accuracy"])
+    assert all(0.0 <= v <= 100.0 for v in report["accuracy"].values())
+    assert main([*args, "--frames", "8"]) == 1
+    assert "--frames" in capsys.readouterr().err

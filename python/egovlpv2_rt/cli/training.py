@@ -16,6 +16,9 @@ from ..errors import InputError
 from ..eval.egomcq import MODES, evaluate_egomcq
 from ..model_files import default_model_path, load_tokenizer
 from ..tasks.charades_ego import evaluate_charades_ego, synthesize_charades_ego
+from ..tasks.egotaskqa import evaluate_egotaskqa, load_taskqa_model
+from ..tasks.egotaskqa_job import finetune_egotaskqa_from_file
+from ..tasks.egotaskqa_synth import synthesize_egotaskqa
 from ..tasks.ek100_mir import evaluate_ek100_mir
 from ..tasks.ek100_synth import synthesize_ek100_mir
 from ..tasks.episodic.synth import EMSynthConfig, synthesize_episodic
@@ -35,9 +38,9 @@ __all__ = [
     "cmd_train",
 ]
 
-EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego")
-SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego", "nlq", "mq")
-FINETUNE_TASK_NAMES = tuple(FINETUNE_TASKS)
+EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego", "egotaskqa")
+SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego", "nlq", "mq", "egotaskqa")
+FINETUNE_TASK_NAMES = (*FINETUNE_TASKS, "egotaskqa")
 # The original's protocols: 16 frames for EK-100 MIR, 32 for Charades-Ego; captions and class
 # names tokenised to 30 tokens at evaluation.
 TASK_FRAMES = {"ek100_mir": 16, "charades_ego": 32}
@@ -53,7 +56,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "(videos/, egoclip.csv, egomcq.json), ek100_mir (retrieval_annotations/ and "
         "videos/P../*.MP4 as EPIC-KITCHENS-100) or charades_ego (the official CSVs, "
         "Charades_v1_classes.txt and videos/), nlq / mq (one Ego4D episodic-memory dataset "
-        "for both: videos/, nlq_{split}.json and moments_{split}.json).",
+        "for both: videos/, nlq_{split}.json and moments_{split}.json), egotaskqa "
+        "(formatted_{split}_qas_encode.json, answer_set.txt, all_reasoning_types.txt, videos/).",
     )
     p.add_argument("--task", default="egoclip", choices=SYNTH_TASKS)
     p.add_argument("--out", required=True, help="destination folder")
@@ -106,7 +110,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a model (EgoMCQ, EK-100 MIR, Charades-Ego)",
         description="egomcq: accuracy (inter / intra) in dual, fusion and ensemble modes; "
         "ek100_mir: mAP and nDCG (V2T, T2V, average) on the test split; charades_ego: mAP "
-        "over the classes on the test split. Zero-shot or fine-tuned: any checkpoint.",
+        "over the classes on the test split; egotaskqa: accuracy (All, Open, Binary, per "
+        "reasoning type) on the test split of a fine-tuned EgoTaskQA model. Zero-shot or "
+        "fine-tuned: any checkpoint.",
     )
     p.add_argument("--task", default="egomcq", choices=EVAL_TASKS)
     p.add_argument(
@@ -173,6 +179,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         paths = synthesize_charades_ego(args.out, args.seed)
         print(f"wrote a synthetic Charades-Ego dataset under {paths['root']}")
         return 0
+    if args.task == "egotaskqa":
+        paths = synthesize_egotaskqa(args.out, args.seed)
+        print(f"wrote a synthetic EgoTaskQA dataset under {paths['root']}")
+        return 0
     if args.task in ("nlq", "mq"):
         # One dataset serves both: the same videos and clips, nlq_*.json and moments_*.json.
         paths = synthesize_episodic(args.out, args.seed)
@@ -199,6 +209,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if args.task == "egotaskqa":  # its own job: a QA head on the fusion encoder
+        qa = finetune_egotaskqa_from_file(args.config, resume=args.resume, device=args.device)
+        print(qa.summary(), file=sys.stderr)
+        return 0
+
     def task_of(cfg: FinetuneConfig) -> FinetuneTask:
         if cfg.task != args.task:
             raise InputError(
@@ -224,6 +239,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data: no such folder {data}")
     if args.task == "egomcq":
         return _eval_egomcq(args, ckpt, tok_path, data)
+    if args.task == "egotaskqa":
+        return _eval_egotaskqa(args, ckpt, tok_path, data)
     frames = args.frames or TASK_FRAMES[args.task]
     model = load_model(ckpt, num_frames=frames)
     limit = model.config.text.max_text_length
@@ -247,6 +264,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name, value in scores.items():
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
             print(f"  {name:<18}{text:>10}")
+    return 0
+
+
+def _eval_egotaskqa(args: argparse.Namespace, ckpt: Path, tok_path: Path, data: Path) -> int:
+    if args.frames is not None:
+        raise InputError("--frames: egotaskqa runs at the frame count its model was trained with")
+    model = load_taskqa_model(ckpt)
+    max_length = min(
+        args.max_length or TASK_TEXT_LENGTH, model.backbone.config.text.max_text_length
+    )
+    tok = load_tokenizer(tok_path, max_length)
+    with flushing_denormals():
+        scores = evaluate_egotaskqa(
+            model, data, "test", tok, batch_size=args.batch_size, max_text_length=max_length
+        )
+    if args.json:
+        print_json(
+            {"checkpoint": str(ckpt), "task": "egotaskqa", "split": "test", "accuracy": scores}
+        )
+    else:
+        print(f"egotaskqa on {data} test split ({ckpt.name})")
+        for name, value in scores.items():
+            print(f"  {name:<24}{value:>8.2f}")
     return 0
 
 

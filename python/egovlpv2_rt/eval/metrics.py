@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError
 from .detection import detection_map, moment_recall
 from .grounding import nlq_recall
+from .taskqa import majority_answer, majority_baseline, taskqa_accuracy
 
 __all__ = [
     "charades_class_ap",
@@ -18,11 +19,14 @@ __all__ = [
     "detection_map",
     "egomcq_accuracy",
     "ek100_mir_metrics",
+    "majority_answer",
+    "majority_baseline",
     "mean_average_precision",
     "moment_recall",
     "ndcg",
     "nlq_recall",
     "retrieval_metrics",
+    "taskqa_accuracy",
     "t2v_ranks",
     "v2t_ranks",
 ]
