@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError
 from .detection import detection_map, moment_recall
 from .grounding import nlq_recall
+from .qfvs import qfvs_f1
 from .taskqa import majority_answer, majority_baseline, taskqa_accuracy
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "moment_recall",
     "ndcg",
     "nlq_recall",
+    "qfvs_f1",
     "retrieval_metrics",
     "taskqa_accuracy",
     "t2v_ranks",
