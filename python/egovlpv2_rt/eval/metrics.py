@@ -28,8 +28,8 @@ __all__ = [
     "nlq_recall",
     "qfvs_f1",
     "retrieval_metrics",
-    "taskqa_accuracy",
     "t2v_ranks",
+    "taskqa_accuracy",
     "v2t_ranks",
 ]
 
