@@ -23,6 +23,7 @@ from ..tasks.ek100_mir import evaluate_ek100_mir
 from ..tasks.ek100_synth import synthesize_ek100_mir
 from ..tasks.episodic.synth import EMSynthConfig, synthesize_episodic
 from ..tasks.finetune_tasks import FINETUNE_TASKS, finetune_task
+from ..tasks.qfvs_synth import synthesize_qfvs
 from ..train.finetune import FinetuneTask, finetune_from_file
 from ..train.finetune_config import FinetuneConfig
 from ..train.trainer import train_from_file
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego", "egotaskqa")
-SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego", "nlq", "mq", "egotaskqa")
+SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego", "nlq", "mq", "egotaskqa", "qfvs")
 FINETUNE_TASK_NAMES = (*FINETUNE_TASKS, "egotaskqa")
 # The original's protocols: 16 frames for EK-100 MIR, 32 for Charades-Ego; captions and class
 # names tokenised to 30 tokens at evaluation.
@@ -57,7 +58,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "videos/P../*.MP4 as EPIC-KITCHENS-100) or charades_ego (the official CSVs, "
         "Charades_v1_classes.txt and videos/), nlq / mq (one Ego4D episodic-memory dataset "
         "for both: videos/, nlq_{split}.json and moments_{split}.json), egotaskqa "
-        "(formatted_{split}_qas_encode.json, answer_set.txt, all_reasoning_types.txt, videos/).",
+        "(formatted_{split}_qas_encode.json, answer_set.txt, all_reasoning_types.txt, videos/), "
+        "qfvs (Dense_per_shot_tags/, Oracle_Summaries/, videos/ as UT Egocentric).",
     )
     p.add_argument("--task", default="egoclip", choices=SYNTH_TASKS)
     p.add_argument("--out", required=True, help="destination folder")
@@ -178,6 +180,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.task == "charades_ego":
         paths = synthesize_charades_ego(args.out, args.seed)
         print(f"wrote a synthetic Charades-Ego dataset under {paths['root']}")
+        return 0
+    if args.task == "qfvs":
+        paths = synthesize_qfvs(args.out, args.seed)
+        print(f"wrote a synthetic QFVS dataset (UT Egocentric layout) under {paths['root']}")
         return 0
     if args.task == "egotaskqa":
         paths = synthesize_egotaskqa(args.out, args.seed)
