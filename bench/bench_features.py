@@ -22,6 +22,7 @@ model (``default``) and/or a preset with a given image size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -39,6 +40,7 @@ except ImportError:  # a source tree that is not installed
     import egovlpv2_rt
 
 from egovlpv2_rt.checkpoint import load_model
+from egovlpv2_rt.config import preset
 from egovlpv2_rt.model_files import default_model_dir, load_tokenizer
 from egovlpv2_rt.modeling.model import EgoVLPv2
 from egovlpv2_rt.tasks.episodic.features import (
@@ -62,7 +64,8 @@ QUERIES = [
 def _model(name: str, image_size: int) -> EgoVLPv2:
     if name == "default":
         return load_model(default_model_dir() / "model.safetensors").eval()
-    return EgoVLPv2.from_preset(name, img_size=image_size).eval()
+    cfg = preset(name)
+    return EgoVLPv2(cfg.replace(video=dataclasses.replace(cfg.video, img_size=image_size))).eval()
 
 
 def _best(fn: Callable[[], object], reps: int) -> float:
