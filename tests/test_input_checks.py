@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _tiny_assets import synthetic_clips, tiny_config, tiny_model_dir
+from _tiny_assets import synthetic_clips, tiny_config, tiny_episodic_dir, tiny_model_dir
 from safetensors.torch import load_file, save_file
 
 from egovlpv2_rt import cli
@@ -325,7 +325,7 @@ def _run_json(argv: list[str], capsys):
     return strict_loads(out)
 
 
-def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, capsys):
+def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, tmp_path_factory, capsys):
     root, records = synth
     model = ["--checkpoint", str(model_dir), "--device", "cpu"]
     clips = [
@@ -364,7 +364,21 @@ def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, capsys):
         ],
         capsys,
     )
+    em = tiny_episodic_dir(tmp_path_factory)
+    feats, meta = tmp_path / "mq", str(em["moments_val"])
+    videos, weights = str(em["videos"]), str(model_dir / "model.safetensors")
+    features = ["features", "--task", "mq", "--metadata", meta, "--videos", videos]
+    ran["features"] = _run_json(
+        [*features, "--out", str(feats), "--fps", "video", "--checkpoint", weights], capsys
+    )
+    head = ["--features", str(feats), "--metadata", meta]
+    train = ["train-head", "--task", "mq", *head, "--out", str(tmp_path / "h"), "--epochs", "1"]
+    assert cli.main(train) == 0
+    capsys.readouterr()
+    evaluate = ["eval-head", "--task", "mq", "--checkpoint", str(tmp_path / "h"), *head]
+    ran["eval-head"] = _run_json([*evaluate, "--baseline-draws", "1"], capsys)
     assert set(ran) == _json_commands(cli.build_parser())  # every command with --json ran
+    assert ran["features"]["complete"] and ran["eval-head"]["clips"] >= 1
     assert ran["embed"]["clips"] == 3 and len(ran["search"]["results"]) == 3
     assert ran["index"]["clips"] == 3 and len(ran["mcq"]["candidates"]) == 2
     assert set(ran["eval"]["accuracy"]["dual"]) >= {"inter", "intra"}
