@@ -65,6 +65,12 @@ def test_nlq_files_hold_the_original_keys_and_values(data, model_dir, tmp_path):
     assert manifest["files_written"] == len(meta.queries) == len(_digests(tmp_path))
     assert manifest["complete"] and manifest["failed"] == []
     assert manifest["settings"]["frames_per_window"] == 4
+    # The effective query length: 30 asked, capped at the tiny model's text limit.
+    limit = load_model(model_dir / "model.safetensors").config.text.max_text_length
+    assert manifest["settings"]["query_max_length"] == min(30, limit)
+    assert torch.load(tmp_path / "feat_0.pt", weights_only=True)["dual_text_features"].shape[
+        1
+    ] == min(30, limit)
     rec = torch.load(tmp_path / "feat_0.pt", weights_only=True)
     assert set(rec) == {
         "fused_video_features", "dual_text_features", "text_token",

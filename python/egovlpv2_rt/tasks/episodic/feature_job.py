@@ -208,10 +208,15 @@ def extract_features(
         raise InputError(f"--videos {videos}: not a folder")
     if model.training:
         raise InputError("the model must be in eval mode")
+    numerics = settings.numerics()
+    if settings.task == "nlq":
+        # What the files hold: the query length capped at the model's text limit.
+        limit = model.config.text.max_text_length
+        numerics["query_max_length"] = min(settings.query_max_length, limit)
     expected: dict[str, Any] = {
         "format": FORMAT,
         "task": settings.task,
-        "settings": settings.numerics(),
+        "settings": numerics,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_of(checkpoint),
         "metadata": str(metadata),
