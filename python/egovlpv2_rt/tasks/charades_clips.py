@@ -33,7 +33,7 @@ from torch import Tensor
 from ..video.dataset import ClipFailure, VideoClipDataset
 from ..video.reader import Backend, read_clip
 from ..video.sampling import ClipSpec, OutOfRange
-from ..video.transforms import EvalTransform, TrainTransform
+from ..video.transforms import EvalTransform, TrainTransform, scaled_eval_transform
 from .charades_data import CharadesVideo, Segment
 
 __all__ = [
@@ -58,8 +58,7 @@ def train_transform(size: int = 224) -> TrainTransform:
 
 def eval_transform(size: int = 224) -> EvalTransform:
     """``Resize(256) + CenterCrop(256) + Resize(224)`` (sizes scaled by ``size / 224``)."""
-    outer = size * 256 // 224
-    return EvalTransform(resize=outer, crop=outer, size=size)
+    return scaled_eval_transform(size)
 
 
 def video_path(video_root: str | Path, video_id: str) -> Path:

@@ -37,6 +37,7 @@ __all__ = [
     "TrainTransform",
     "TransformArg",
     "resize_short_side",
+    "scaled_eval_transform",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -278,6 +279,13 @@ class TrainTransform:
 
 # A ``transform=`` argument: a name, a transform instance, or None (uint8 frames, no transform).
 TransformArg = Literal["eval", "train"] | EvalTransform | TrainTransform | None
+
+
+def scaled_eval_transform(size: int = 224) -> EvalTransform:
+    """The original's test transform ``Resize(256) + CenterCrop(256) + Resize(224)`` with the
+    sizes scaled by ``size / 224`` (for a model of input size ``size``)."""
+    outer = size * 256 // 224
+    return EvalTransform(resize=outer, crop=outer, size=size)
 
 
 def make_transform(transform: TransformArg) -> EvalTransform | TrainTransform | None:

@@ -35,7 +35,7 @@ from ...tokenizer import RobertaTokenizer
 from ...video.probe import probe
 from ...video.reader import Backend, read_plan
 from ...video.sampling import ClipPlan
-from ...video.transforms import EvalTransform
+from ...video.transforms import scaled_eval_transform
 from .windows import (
     ASSUMED_FPS,
     MQ_FRAMES_PER_WINDOW,
@@ -113,13 +113,6 @@ class FeatureSettings:
         return d
 
 
-def eval_transform(size: int) -> EvalTransform:
-    """The original's test transform ``Resize(256) + CenterCrop(256) + Resize(224)`` with the
-    sizes scaled to the model's input ``size``."""
-    outer = size * 256 // 224
-    return EvalTransform(resize=outer, crop=outer, size=size)
-
-
 def clip_windows(
     video: str | Path, video_start_sec: float, video_end_sec: float, settings: FeatureSettings
 ) -> np.ndarray:
@@ -147,7 +140,7 @@ def read_windows(
     """Decode and transform windows [n, F] of ``video``: float [n, F, 3, size, size]."""
     flat = windows.reshape(-1).astype(np.int64)
     plan = ClipPlan(flat, (str(video),) * len(flat), flat, (int(flat.min()), int(flat.max()) + 1))
-    frames = read_plan(plan, backend, eval_transform(size), short="raise", dtype=dtype)
+    frames = read_plan(plan, backend, scaled_eval_transform(size), short="raise", dtype=dtype)
     return frames.reshape(*windows.shape, *frames.shape[1:])
 
 
