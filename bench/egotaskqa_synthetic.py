@@ -1,6 +1,7 @@
 """EgoTaskQA learning check on synthetic data (CPU): fine-tune the shipped default model with
 ``configs/finetune/egotaskqa_synthetic.yaml`` (encoder fusion or dual, a seed), then print one
-JSON line per split (val, test) with the accuracy and the majority-answer baseline.
+JSON line per split (val, test) with the accuracy of the step chosen on val (best.safetensors)
+and the majority-answer baseline.
 
     python -m egovlpv2_rt.cli synth --task egotaskqa --out /tmp/taskqa  # or synthesize_egotaskqa
     python bench/egotaskqa_synthetic.py /tmp/taskqa --encoder fusion --seed 0 --out runs/tq_f0
@@ -13,12 +14,13 @@ import dataclasses
 import json
 import time
 from importlib.resources import files
+from pathlib import Path
 
 from egovlpv2_rt.eval.taskqa import majority_baseline
 from egovlpv2_rt.model_files import default_model_dir, load_tokenizer
 from egovlpv2_rt.tasks.egotaskqa import evaluate_egotaskqa, load_taskqa_model
 from egovlpv2_rt.tasks.egotaskqa_data import load_taskqa_split
-from egovlpv2_rt.tasks.egotaskqa_job import finetune_egotaskqa, load_egotaskqa_config
+from egovlpv2_rt.tasks.egotaskqa_job import finetune_egotaskqa, load_egotaskqa_config, read_best
 
 
 def main() -> None:
@@ -27,6 +29,9 @@ def main() -> None:
     ap.add_argument("--encoder", choices=("fusion", "dual"), default="fusion")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0, help="0: the config's")
+    ap.add_argument("--lr", type=float, default=0.0, help="0: the config's")
+    ap.add_argument("--lr-mult-head", type=float, default=0.0, help="0: the config's")
+    ap.add_argument("--splits", default="val,test", help="splits to evaluate, comma-separated")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     path = files("egovlpv2_rt") / "configs" / "finetune" / "egotaskqa_synthetic.yaml"
@@ -39,15 +44,22 @@ def main() -> None:
         progress=False,
         max_steps=args.max_steps or cfg.max_steps,
         data=dataclasses.replace(cfg.data, root=args.data),
+        optim=dataclasses.replace(
+            cfg.optim,
+            lr=args.lr or cfg.optim.lr,
+            lr_mult_head=args.lr_mult_head or cfg.optim.lr_mult_head,
+        ),
     )
     t0 = time.perf_counter()
     res = finetune_egotaskqa(cfg, device="cpu")
     seconds = time.perf_counter() - t0
     assert res.weights is not None
-    model = load_taskqa_model(res.weights)
+    best = read_best(args.out)  # the step chosen on val; test is scored with it, once
+    assert best is not None
+    model = load_taskqa_model(Path(args.out) / "best.safetensors")
     tok = load_tokenizer(default_model_dir(), cfg.data.max_text_length)
     train = load_taskqa_split(args.data, "train")
-    for split in ("val", "test"):
+    for split in args.splits.split(","):
         sp = load_taskqa_split(args.data, split)
         acc = evaluate_egotaskqa(
             model, args.data, split, tok, max_text_length=cfg.data.max_text_length
@@ -58,7 +70,9 @@ def main() -> None:
             sp.items,
             sp.reasoning_types,
         )
-        line = {"encoder": args.encoder, "seed": args.seed, "split": split}
+        line = {"encoder": args.encoder, "seed": args.seed, "split": split, "data": args.data}
+        line |= {"lr": cfg.optim.lr, "lr_mult_head": cfg.optim.lr_mult_head}
+        line |= {"max_steps": cfg.max_steps, "best_step": best["step"]}
         print(json.dumps({**line, "acc": acc, "majority": base, "train_seconds": seconds}))
 
 

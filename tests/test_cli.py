@@ -502,6 +502,8 @@ def test_every_command_is_wired():
         "features",
         "train-head",
         "eval-head",
+        "prepare",
+        "summarize",
     }
 
 

@@ -27,9 +27,10 @@ def _raw(**kw) -> dict:
         "interval": "clip_0",
         "question": "What did I pick up? ",
         "answer_encode": 2,
-        "type": "query",
-        "category": "object",
+        "type": ["descriptive"],
+        "category": ["world"],
         "semantic": "object",
+        "structural": "query",
         "reasoning_type": "descriptive$query",
         "extra": 1,
     }
@@ -37,13 +38,25 @@ def _raw(**kw) -> dict:
 
 
 def test_reader_reads_items(tmp_path):
-    d = _write_folder(tmp_path / "qa", [_raw(), _raw(answer_encode=0, type="verify")])
+    # The release's field shapes: type and category lists; structural given, or read from
+    # the tags when absent; a bare string label is accepted as one label.
+    verify = {k: v for k, v in _raw(answer_encode=0).items() if k != "structural"}
+    verify["reasoning_type"] = "descriptive$verify"
+    d = _write_folder(tmp_path / "qa", [_raw(), verify, _raw(type="descriptive")])
     split = load_taskqa_split(d, "val")
     assert split.answers == ("yes", "no", "cup")
     assert split.items[0] == TaskQAItem(
-        "clip_0", "What did I pick up? ", 2, "query", "object", "object", ("descriptive", "query")
+        "clip_0",
+        "What did I pick up? ",
+        2,
+        "query",
+        ("descriptive", "query"),
+        ("descriptive",),
+        ("world",),
+        "object",
     )
-    assert split.items[1].answer == 0 and split.items[1].type == "verify"
+    assert split.items[1].answer == 0 and split.items[1].structural == "verify"
+    assert split.items[2].type == ("descriptive",)
     assert split.video_path(split.items[0]) == d / "videos" / "clip_0.mp4"
 
 
@@ -56,6 +69,8 @@ def test_reader_reads_items(tmp_path):
         ({k: v for k, v in _raw().items() if k != "question"}, "item 1: missing field 'question'"),
         (_raw(reasoning_type="descriptive$magic"), "unknown reasoning type 'magic'"),
         (_raw(interval="../x"), "item 1: field 'interval' must be a clip file name"),
+        (_raw(type=["a", 3]), "item 1: field 'type' must be a string or a list of strings"),
+        (_raw(structural=["query"]), "item 1: field 'structural' must be a string"),
         ([1], "item 1: expected an object, got list"),
     ],
 )
@@ -81,8 +96,8 @@ def test_reader_file_errors(tmp_path):
         load_taskqa_split(d, "dev")
 
 
-def _it(type_: str, *tags: str) -> TaskQAItem:
-    return TaskQAItem("c", "q", 0, type_, "", "", tags)
+def _it(structural: str, *tags: str) -> TaskQAItem:
+    return TaskQAItem("c", "q", 0, structural, tags)
 
 
 def test_accuracy_hand_worked():
@@ -161,11 +176,12 @@ def test_synth_same_seed_same_bytes(tmp_path):
         ans = [sp.answers[it.answer] for it in sp.items]
         assert ans.count("yes") == ans.count("no")  # balanced binary answers
         for it in sp.items:
-            assert (it.type == "verify") == (sp.answers[it.answer] in ("yes", "no"))
-            assert it.reasoning == (it.category, it.semantic, it.type, "direct")
+            assert (it.structural == "verify") == (sp.answers[it.answer] in ("yes", "no"))
+            want = (*it.type, *it.category, it.semantic, it.structural, "direct")
+            assert it.reasoning == want
             assert (sp.video_root / f"{it.interval}.mp4").is_file()
-        cats |= {it.category for it in sp.items}
-        types |= {it.type for it in sp.items}
+        cats |= {t for it in sp.items for t in it.type}
+        types |= {it.structural for it in sp.items}
     assert cats == {"descriptive", "predictive"} and types == {"query", "verify"}
 
 
@@ -214,6 +230,16 @@ def test_model_head_on_the_backbone_features(encoder, tmp_path):
         again = load_taskqa_model(tmp_path / "qa.safetensors")
         assert again.encoder == encoder and again.num_answers == 7
         torch.testing.assert_close(again(video, ids, mask), logits, rtol=0, atol=0)
+    # The answer head takes optim.lr_mult_head (a fresh head beside a pre-trained backbone).
+    from egovlpv2_rt.train.config import OptimConfig
+    from egovlpv2_rt.train.optim import param_groups
+
+    groups = param_groups(model, OptimConfig(lr=1e-4, lr_mult_head=30.0))
+    head = [g for g in groups if any(n.startswith("qa_head.") for n in g["names"])]
+    assert {g["group"] for g in head} == {"head/decay", "head/no_decay"}
+    assert all(g["lr"] == pytest.approx(3e-3) for g in head)
+    in_head = {n for g in head for n in g["names"]}
+    assert {n for n, _ in model.named_parameters() if n.startswith("qa_head.")} <= in_head
 
 
 def _job_config(root: Path, out: Path, **kw) -> dict:
@@ -237,10 +263,16 @@ def test_job_trains_evaluates_on_val_and_saves(synth_root, tmp_path):
 
     from egovlpv2_rt.model_files import default_model_dir, load_tokenizer
     from egovlpv2_rt.tasks.egotaskqa import evaluate_egotaskqa, load_taskqa_model
-    from egovlpv2_rt.tasks.egotaskqa_job import egotaskqa_config_from_dict, finetune_egotaskqa
+    from egovlpv2_rt.tasks.egotaskqa_job import (
+        egotaskqa_config_from_dict,
+        finetune_egotaskqa,
+        read_best,
+    )
     from egovlpv2_rt.train.state import load_training_state
 
-    cfg = egotaskqa_config_from_dict(_job_config(synth_root, tmp_path / "run"))
+    cfg = egotaskqa_config_from_dict(
+        _job_config(synth_root, tmp_path / "run", eval={"batch_size": 4, "every_steps": 1})
+    )
     res = finetune_egotaskqa(cfg, device="cpu")
     assert res.steps == 2 and res.weights is not None
     lines = (tmp_path / "run" / "eval.jsonl").read_text().splitlines()
@@ -256,6 +288,15 @@ def test_job_trains_evaluates_on_val_and_saves(synth_root, tmp_path):
     )
     test = evaluate_egotaskqa(model, synth_root, "test", tok)
     assert set(test) == set(val) and 0.0 <= test["All"] <= 100.0
+    # Model selection on val: best.safetensors is the evaluated step with the best val All
+    # (the earliest among ties), and it scores that on val.
+    logged = [_json.loads(ln) for ln in lines]
+    top = max(r["val/All"] for r in logged)
+    chosen = next(r for r in logged if r["val/All"] == top)
+    assert read_best(tmp_path / "run") == {"step": chosen["step"], "val/All": top}
+    best = load_taskqa_model(tmp_path / "run" / "best.safetensors")
+    again = evaluate_egotaskqa(best, synth_root, "val", tok, batch_size=3)
+    assert again["All"] == pytest.approx(top, abs=1e-9)
     # The training state holds the head (a resume continues it).
     state = load_training_state(res.checkpoint)
     assert state["step"] == 2 and "qa_head.3.weight" in state["model"]

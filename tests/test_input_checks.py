@@ -325,6 +325,30 @@ def _run_json(argv: list[str], capsys):
     return strict_loads(out)
 
 
+def _summarize_args(tmp_path, weights: str) -> list[str]:
+    """A 2-shot video and an untrained QFVS head for the model ``weights``."""
+    pytest.importorskip("ruptures")
+    from egovlpv2_rt.data.synthetic import write_video
+    from egovlpv2_rt.tasks.qfvs_head import QFVSHead
+    from egovlpv2_rt.tasks.qfvs_summarize import save_qfvs_head
+
+    video = tmp_path / "shots.mp4"
+    write_video(video, np.zeros((10, 32, 32, 3), np.uint8), 1, "libx264")
+    head = tmp_path / "qfvs_head.safetensors"
+    save_qfvs_head(head, QFVSHead(load_model(weights).config.embed_dim))
+    return [
+        "summarize",
+        "--video",
+        str(video),
+        "--query",
+        "a,b",
+        "--checkpoint",
+        weights,
+        "--head",
+        str(head),
+    ]
+
+
 def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, tmp_path_factory, capsys):
     root, records = synth
     model = ["--checkpoint", str(model_dir), "--device", "cpu"]
@@ -377,6 +401,14 @@ def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, tmp_path_
     capsys.readouterr()
     evaluate = ["eval-head", "--task", "mq", "--checkpoint", str(tmp_path / "h"), *head]
     ran["eval-head"] = _run_json([*evaluate, "--baseline-draws", "1"], capsys)
+    release = tmp_path / "release"
+    release.mkdir()
+    qa = {"interval": "c", "question": "q?", "answer": "yes", "reasoning_type": "a$verify"}
+    for split in ("train", "val", "test"):
+        (release / f"{split}_qas.json").write_text(json.dumps([qa]))
+    prepare = ["prepare", "--task", "egotaskqa", "--release", str(release)]
+    ran["prepare"] = _run_json([*prepare, "--out", str(tmp_path / "qa")], capsys)
+    ran["summarize"] = _run_json(_summarize_args(tmp_path, weights), capsys)
     assert set(ran) == _json_commands(cli.build_parser())  # every command with --json ran
     assert ran["features"]["complete"] and ran["eval-head"]["clips"] >= 1
     assert ran["embed"]["clips"] == 3 and len(ran["search"]["results"]) == 3

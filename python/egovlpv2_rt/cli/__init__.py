@@ -4,7 +4,10 @@
 - :mod:`.common`: one-line errors, the parser class, model options, JSON output;
 - :mod:`.library`: embed, search, index, mcq, bench, info;
 - :mod:`.demo`: the main job, offline, in one command;
-- :mod:`.training`: synth, train, eval;
+- :mod:`.training`: synth, train, finetune, eval;
+- :mod:`.episodic`, :mod:`.heads`: features, train-head, eval-head (EgoNLQ, EgoMQ);
+- :mod:`.prepare`: prepare (official releases -> the files read here);
+- :mod:`.qfvs`: summarize (and the QFVS parts of finetune and eval);
 - :mod:`.export`: the ``egovlpv2-export`` entry point.
 
 Every command is always listed; one whose optional dependency is missing fails when it runs,
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from ..video.clip_list import parse_clip_arg, read_clip_list
-from . import demo, episodic, heads, library, training
+from . import demo, episodic, heads, library, prepare, qfvs, training
 from .common import ArgParser, error_exit, one_line, run_command
 
 __all__ = ["build_parser", "error_exit", "main", "one_line", "parse_clip_arg", "read_clip_list"]
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
-    for group in (demo, library, training, episodic, heads):
+    for group in (demo, library, training, prepare, episodic, heads, qfvs):
         group.add_subcommands(sub)
     return p
 

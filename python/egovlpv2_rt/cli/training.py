@@ -28,6 +28,7 @@ from ..train.finetune import FinetuneTask, finetune_from_file
 from ..train.finetune_config import FinetuneConfig
 from ..train.trainer import train_from_file
 from .common import at_least, non_negative_int, positive_int, print_json
+from .qfvs import eval_qfvs_command, finetune_qfvs_command
 
 __all__ = [
     "EVAL_TASKS",
@@ -39,9 +40,9 @@ __all__ = [
     "cmd_train",
 ]
 
-EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego", "egotaskqa")
+EVAL_TASKS = ("egomcq", "ek100_mir", "charades_ego", "egotaskqa", "qfvs")
 SYNTH_TASKS = ("egoclip", "ek100_mir", "charades_ego", "nlq", "mq", "egotaskqa", "qfvs")
-FINETUNE_TASK_NAMES = (*FINETUNE_TASKS, "egotaskqa")
+FINETUNE_TASK_NAMES = (*FINETUNE_TASKS, "egotaskqa", "qfvs")
 # The original's protocols: 16 frames for EK-100 MIR, 32 for Charades-Ego; captions and class
 # names tokenised to 30 tokens at evaluation.
 TASK_FRAMES = {"ek100_mir": 16, "charades_ego": 32}
@@ -94,27 +95,33 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a pre-trained model on a downstream task (EK-100 MIR, Charades-Ego)",
-        description="Fine-tune the dual encoder from a config file (the original recipes: "
-        "configs/finetune/{ek100_mir,charades_ego}.yaml in the package). For several "
-        "processes: torchrun --nproc_per_node N -m egovlpv2_rt.cli finetune ...",
+        help="fine-tune a pre-trained model on a downstream task (EK-100 MIR, Charades-Ego, "
+        "EgoTaskQA, QFVS)",
+        description="Fine-tune from a config file (the recipes are in the package's "
+        "configs/finetune/: ek100_mir, charades_ego, egotaskqa fine-tune the backbone; qfvs "
+        "trains the summary head on frozen fused shot features, cached under the run folder). "
+        "For several processes: torchrun --nproc_per_node N -m egovlpv2_rt.cli finetune ...",
     )
     p.add_argument("--task", required=True, choices=FINETUNE_TASK_NAMES)
     p.add_argument("--config", required=True, help="fine-tune config (.yaml/.json)")
     p.add_argument(
-        "--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.json"
+        "--resume",
+        action="store_true",
+        help="continue from <out_dir>/checkpoints/last.json (qfvs: always reuses the cached "
+        "shot features)",
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_finetune)
 
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a model (EgoMCQ, EK-100 MIR, Charades-Ego)",
+        help="evaluate a model (EgoMCQ, EK-100 MIR, Charades-Ego, EgoTaskQA, QFVS)",
         description="egomcq: accuracy (inter / intra) in dual, fusion and ensemble modes; "
         "ek100_mir: mAP and nDCG (V2T, T2V, average) on the test split; charades_ego: mAP "
         "over the classes on the test split; egotaskqa: accuracy (All, Open, Binary, per "
-        "reasoning type) on the test split of a fine-tuned EgoTaskQA model. Zero-shot or "
-        "fine-tuned: any checkpoint.",
+        "reasoning type) on the test split of a fine-tuned EgoTaskQA model; qfvs: F1 of "
+        "the top-2%% summaries (leave-one-video-out, or a trained --head on every video) beside "
+        "a random summary. Zero-shot or fine-tuned: any checkpoint.",
     )
     p.add_argument("--task", default="egomcq", choices=EVAL_TASKS)
     p.add_argument(
@@ -122,7 +129,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="egomcq: folder with egomcq.json and videos/; ek100_mir: folder with "
         "retrieval_annotations/ and videos/; charades_ego: folder with the CharadesEgo CSVs, "
-        "Charades_v1_classes.txt and the videos (as written by synth --task)",
+        "Charades_v1_classes.txt and the videos; egotaskqa: the formatted_*_qas_encode.json "
+        "folder; qfvs: Dense_per_shot_tags/, Oracle_Summaries/, videos/ (as written by synth "
+        "--task)",
     )
     p.add_argument(
         "--frames",
@@ -149,6 +158,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="caption tokens (default: egomcq 16, ek100_mir and charades_ego 30, at most "
         "the model's)",
+    )
+    p.add_argument("--head", default=None, help="qfvs: a trained head (default: leave-one-out)")
+    p.add_argument(
+        "--features-cache", default=None, help="qfvs: folder to keep the shot features in"
+    )
+    p.add_argument(
+        "--seed", type=non_negative_int, default=None, help="qfvs: training and random seed (0)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
@@ -215,6 +231,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if args.task == "qfvs":  # a head on frozen features, no backbone training
+        return finetune_qfvs_command(args)
     if args.task == "egotaskqa":  # its own job: a QA head on the fusion encoder
         qa = finetune_egotaskqa_from_file(args.config, resume=args.resume, device=args.device)
         print(qa.summary(), file=sys.stderr)
@@ -234,6 +252,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _only_for(args, "egomcq", {"mode": "--mode"})
+    qfvs_only = {"head": "--head", "features_cache": "--features-cache", "seed": "--seed"}
+    _only_for(args, "qfvs", qfvs_only)
     ckpt = Path(args.checkpoint) if args.checkpoint else default_model_path()
     if not ckpt.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file {ckpt}")
@@ -247,6 +267,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_egomcq(args, ckpt, tok_path, data)
     if args.task == "egotaskqa":
         return _eval_egotaskqa(args, ckpt, tok_path, data)
+    if args.task == "qfvs":
+        args.tokenizer, args.seed = tok_path, args.seed or 0
+        return eval_qfvs_command(args, ckpt)
     frames = args.frames or TASK_FRAMES[args.task]
     model = load_model(ckpt, num_frames=frames)
     limit = model.config.text.max_text_length

@@ -2,7 +2,7 @@
 
 The original (``ReasongingTypeAccCalculator``) counts a question once for every tag it carries
 and divides, per tag, the correct by the asked (a tag never asked scores 0). EgoTaskQA reports
-Open (questions whose structural ``type`` is ``query``), Binary (``verify``) and All (every
+Open (questions whose structural type is ``query``), Binary (``verify``) and All (every
 question once). Values are percentages.
 """
 
@@ -27,7 +27,7 @@ class QAItemLike(Protocol):
     TaskQAItem`)."""
 
     @property
-    def type(self) -> str: ...
+    def structural(self) -> str: ...
 
     @property
     def reasoning(self) -> tuple[str, ...]: ...
@@ -69,9 +69,9 @@ def taskqa_accuracy(
     asked: Counter[str] = Counter()
     for ok, it in zip(right, items, strict=True):
         groups = [*it.reasoning, "All"]
-        if it.type == OPEN_TYPE:
+        if it.structural == OPEN_TYPE:
             groups.append("Open")
-        elif it.type == BINARY_TYPE:
+        elif it.structural == BINARY_TYPE:
             groups.append("Binary")
         for g in groups:
             asked[g] += 1

@@ -4,9 +4,12 @@ A split folder (``Data/qa/direct`` or ``Data/qa/indirect`` of the release) holds
 
 - ``formatted_{train,val,test}_qas_encode.json``: a JSON list of objects with ``interval``
   (the clip's file name without ``.mp4``), ``question``, ``answer_encode`` (0-based line index
-  into ``answer_set.txt``), ``type``, ``category``, ``semantic`` and ``reasoning_type`` (the
-  question's reasoning-type tags joined by ``'$'``); other keys are ignored, as the original's
-  reader (a pandas frame) does;
+  into ``answer_set.txt``) and ``reasoning_type`` (the question's reasoning-type tags joined by
+  ``'$'``: the release's ``type`` list + ``category`` list + ``semantic``, ``structural``,
+  ``reference``); ``type`` and ``category`` (a string or a list of strings), ``semantic`` and
+  ``structural`` are read when present; other keys are ignored, as the original's reader (a
+  pandas frame) does. Open and Binary are the questions whose structural type (``structural``,
+  else the ``query`` / ``verify`` tag) is ``query`` / ``verify``;
 - ``answer_set.txt``: one answer per line (the classifier's vocabulary; yes/no are two of them);
 - ``all_reasoning_types.txt``: one tag per line (every tag a question may carry).
 
@@ -42,7 +45,8 @@ SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
 ANSWER_SET_FILE = "answer_set.txt"
 REASONING_TYPES_FILE = "all_reasoning_types.txt"
 TAG_SEPARATOR = "$"
-_STR_FIELDS = ("interval", "question", "type", "category", "semantic", "reasoning_type")
+_STR_FIELDS = ("interval", "question", "reasoning_type")
+STRUCTURAL_TYPES = ("query", "verify")
 
 
 def qa_file(qa_dir: str | Path, split: str) -> Path:
@@ -60,18 +64,20 @@ class TaskQAItem:
         interval: the clip's name (``{interval}.mp4``).
         question: the question as written (the model strips and lower-cases it).
         answer: index into the answer set.
-        type: the question's structural type (``query`` = open answer, ``verify`` = yes/no).
-        category, semantic: the release's other labels, kept as read.
+        structural: the structural type (``query`` = open answer, ``verify`` = yes/no; the
+            release's others, e.g. ``logic``, as read; empty when the item gives none).
+        type, category, semantic: the release's other labels, kept as read (empty if absent).
         reasoning: the reasoning-type tags (``reasoning_type.split('$')``), each in the tag list.
     """
 
     interval: str
     question: str
     answer: int
-    type: str
-    category: str
-    semantic: str
+    structural: str
     reasoning: tuple[str, ...]
+    type: tuple[str, ...] = ()
+    category: tuple[str, ...] = ()
+    semantic: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,15 +160,35 @@ def _item(path: Path, i: int, raw: Any, num_answers: int, tags: frozenset[str]) 
                 f"{path}: item {i}: field 'reasoning_type' has the unknown reasoning type "
                 f"{tag!r} (not in {REASONING_TYPES_FILE})"
             )
+    semantic = raw.get("semantic", "")
+    structural = raw.get("structural")
+    for key, value in (("semantic", semantic), ("structural", structural)):
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{path}: item {i}: field {key!r} must be a string, got {value!r}")
+    if structural is None:  # the structural type is one of the tags (split.py joins it in)
+        structural = next((t for t in STRUCTURAL_TYPES if t in reasoning), "")
     return TaskQAItem(
         interval=raw["interval"],
         question=raw["question"],
         answer=ans,
-        type=raw["type"],
-        category=raw["category"],
-        semantic=raw["semantic"],
+        structural=structural,
         reasoning=reasoning,
+        type=_labels(path, i, raw, "type"),
+        category=_labels(path, i, raw, "category"),
+        semantic=semantic,
     )
+
+
+def _labels(path: Path, i: int, raw: dict, key: str) -> tuple[str, ...]:
+    """A release label that is a list of strings (or one string); () when absent."""
+    value = raw.get(key, [])
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(
+            f"{path}: item {i}: field {key!r} must be a string or a list of strings, got {value!r}"
+        )
+    return tuple(value)
 
 
 def read_qa_items(

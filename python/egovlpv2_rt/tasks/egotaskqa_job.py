@@ -22,6 +22,7 @@ evaluation samples frames deterministically. The optimiser uses the package's pa
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import infer_config, load_checkpoint, read_checkpoint
+from ..errors import InputError
+from ..files import atomic_write_text
 from ..model_files import default_model_dir, default_model_path, load_tokenizer
 from ..modeling.model import EgoVLPv2
 from ..tokenizer import RobertaTokenizer
@@ -69,7 +72,12 @@ __all__ = [
     "finetune_egotaskqa",
     "finetune_egotaskqa_from_file",
     "load_egotaskqa_config",
+    "read_best",
 ]
+
+BEST_WEIGHTS = "best.safetensors"
+BEST_RECORD = "best.json"
+SELECT_METRIC = "val/All"
 
 
 @dataclass
@@ -335,11 +343,41 @@ class EgoTaskQAJob(TrainingJob):
             backend=self.cfg.data.backend,
             max_text_length=self.text_length,
         )
-        return {f"val/{k}": v for k, v in res.items()}
+        out = {f"val/{k}": v for k, v in res.items()}
+        self._keep_if_best(model, step, res["All"])
+        return out
+
+    def _keep_if_best(self, model: TaskQAModel, step: int, score: float) -> None:
+        """Model selection on val All (the original's ``acc_dct[split]`` on test, which
+        is every question's accuracy too): the best step so far is written to
+        ``best.safetensors`` and ``best.json`` (read back on resume; the earlier step wins a
+        tie)."""
+        out = Path(self.cfg.out_dir)
+        record = read_best(out)
+        if record is not None and record["step"] < step and score <= record[SELECT_METRIC]:
+            return
+        save_taskqa_model(model, out / BEST_WEIGHTS, steps=str(step))
+        atomic_write_text(
+            out / BEST_RECORD, json.dumps({"step": step, SELECT_METRIC: score}) + "\n"
+        )
 
     def save_weights(self, model: nn.Module, path: Path, step: int) -> None:
         assert isinstance(model, TaskQAModel)
         save_taskqa_model(model, path, steps=str(step))
+
+
+def read_best(out_dir: str | Path) -> dict[str, Any] | None:
+    """``{out_dir}/best.json`` (the step chosen on val and its val All), None before the
+    first evaluation."""
+    path = Path(out_dir) / BEST_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        step, score = int(record["step"]), float(record[SELECT_METRIC])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a best-step record ({e})") from None
+    return {"step": step, SELECT_METRIC: score}
 
 
 def finetune_egotaskqa(
@@ -353,7 +391,8 @@ def finetune_egotaskqa(
 
     Returns the loop's :class:`~egovlpv2_rt.train.trainer.TrainResult`; ``<out_dir>`` holds
     ``metrics.csv`` (with ``train_acc``), ``eval.jsonl`` (``val/All``, ``val/Open``,
-    ``val/Binary``, ``val/<tag>``), ``checkpoints/`` and, after the last step,
+    ``val/Binary``, ``val/<tag>``), ``checkpoints/``, ``best.safetensors`` and ``best.json``
+    (the evaluated step with the best val All: the model to test) and, after the last step,
     ``model.safetensors`` (backbone + ``qa_head.*``; :func:`~.egotaskqa.load_taskqa_model`)
     and ``tokenizer.json``.
     """

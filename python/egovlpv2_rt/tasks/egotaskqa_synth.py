@@ -11,11 +11,11 @@ actions separated by idle spells); questions are asked about what the clip shows
 - ``what did i do to the blue circle after rotating the red square?`` (open, ``predictive``,
   answer a verb: the next action of the clip).
 
-Fields as the release: ``type`` is the structural type (``query`` open, ``verify`` binary),
-``category`` ``descriptive``/``predictive``, ``semantic`` ``object``/``action``, and
-``reasoning_type`` = category $ semantic $ type $ ``direct`` (the reference tag of the direct
-split). Files: ``formatted_{train,val,test}_qas_encode.json``, ``answer_set.txt``,
-``all_reasoning_types.txt``, ``videos/{interval}.mp4``. Everything is drawn from
+Fields as the release: ``type`` a list (``descriptive`` or ``predictive``), ``category`` a list
+(the scope, ``world``), ``semantic`` ``object``/``action``, ``structural`` (``query`` open,
+``verify`` binary), ``reference`` ``direct``, and ``reasoning_type`` = type $ category $
+semantic $ structural $ reference. Files: ``formatted_{train,val,test}_qas_encode.json``,
+``answer_set.txt``, ``all_reasoning_types.txt``, ``videos/{interval}.mp4``. Everything is drawn from
 ``numpy.random.default_rng(seed)``: one seed, the same bytes.
 """
 
@@ -50,6 +50,7 @@ REASONING_TYPES = (
     "predictive",
     "query",
     "verify",
+    "world",
 )
 
 
@@ -106,16 +107,22 @@ def synthetic_answers(cfg: EgoTaskQASynthConfig) -> list[str]:
 def _question(
     interval: str, question: str, answer: str, answers: list[str], kind: str, category: str
 ) -> dict:
+    """One item with the release's fields: ``type`` (a list: descriptive / predictive),
+    ``category`` (a list: the scope, ``world`` here), ``semantic``, ``structural`` (``query`` /
+    ``verify``), ``reference`` and their ``$``-joined ``reasoning_type``, as its ``split.py``."""
     semantic = "object" if answer not in ("yes", "no", *VERBS) else "action"
+    types, scopes = [category], ["world"]
     return {
         "interval": interval,
         "question": question,
         "answer": answer,
         "answer_encode": answers.index(answer),
-        "type": kind,
-        "category": category,
+        "type": types,
+        "category": scopes,
         "semantic": semantic,
-        "reasoning_type": "$".join((category, semantic, kind, "direct")),
+        "structural": kind,
+        "reference": "direct",
+        "reasoning_type": "$".join([*types, *scopes, semantic, kind, "direct"]),
     }
 
 

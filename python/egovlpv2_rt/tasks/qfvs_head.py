@@ -44,10 +44,12 @@ __all__ = [
     "QFVSTrainResult",
     "build_examples",
     "evaluate_qfvs",
+    "mean_f1",
     "positional_table",
     "predict_summary",
     "random_summary_f1",
     "score_shots",
+    "split_val_queries",
     "train_qfvs",
 ]
 
@@ -189,12 +191,13 @@ def predict_summary(head: QFVSHead, example: QFVSExample, budget: float) -> list
     return order[:k]
 
 
-def _mean_f1(
+def mean_f1(
     head: QFVSHead,
     examples: Sequence[QFVSExample],
     concepts: Mapping[str, np.ndarray],
     budget: float,
 ) -> tuple[float, float, float]:
+    """Mean precision, recall and F1 (percent) of the head's summaries over ``examples``."""
     rows = [
         qfvs_f1(predict_summary(head, e, budget), e.oracle, concepts[e.video]) for e in examples
     ]
@@ -237,7 +240,7 @@ def train_qfvs(
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         order_rng = random.Random(cfg.seed)
         best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        val_f1 = [_mean_f1(head, val, concepts, cfg.budget)[2]]
+        val_f1 = [mean_f1(head, val, concepts, cfg.budget)[2]]
         best_epoch = 0
         for epoch in range(1, cfg.epochs + 1):
             head.train()
@@ -250,7 +253,7 @@ def train_qfvs(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            val_f1.append(_mean_f1(head, val, concepts, cfg.budget)[2])
+            val_f1.append(mean_f1(head, val, concepts, cfg.budget)[2])
             if val_f1[-1] > val_f1[best_epoch]:
                 best_epoch = epoch
                 best_state = {k: v.clone() for k, v in head.state_dict().items()}
@@ -259,9 +262,10 @@ def train_qfvs(
     return QFVSTrainResult(head, best_epoch, val_f1)
 
 
-def _split_val(
+def split_val_queries(
     examples: Sequence[QFVSExample], fraction: float, seed: int
 ) -> tuple[list[QFVSExample], list[QFVSExample]]:
+    """(train, val): a seeded ``fraction`` of the queries held out for model selection."""
     idx = list(range(len(examples)))
     random.Random(seed).shuffle(idx)
     n_val = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
@@ -303,9 +307,9 @@ def evaluate_qfvs(
     per_video: dict[str, dict[str, float]] = {}
     for test in videos:
         pool = [e for v in videos if v != test for e in examples[v]]
-        train, val = _split_val(pool, cfg.val_fraction, cfg.seed)
+        train, val = split_val_queries(pool, cfg.val_fraction, cfg.seed)
         result = train_qfvs(train, val, concepts, cfg)
-        p, r, f1 = _mean_f1(result.head, examples[test], concepts, cfg.budget)
+        p, r, f1 = mean_f1(result.head, examples[test], concepts, cfg.budget)
         per_video[test] = {
             "precision": p,
             "recall": r,

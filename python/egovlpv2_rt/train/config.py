@@ -123,8 +123,8 @@ class OptimConfig:
     """AdamW with the original's parameter groups and a warm-up + cosine schedule.
 
     ``lr_mult_head`` multiplies the learning rate of ``mlm_score``, ``itm_score``, ``txt_proj``,
-    ``vid_proj``; ``lr_mult_cross_modal`` that of every ``cross_modal``/``i2t``/``t2i``
-    parameter (x4 both in EgoVLPv2's pre-training).
+    ``vid_proj`` (and the EgoTaskQA answer head, ``qa_head``); ``lr_mult_cross_modal`` that of
+    every ``cross_modal``/``i2t``/``t2i`` parameter (x4 both in EgoVLPv2's pre-training).
     """
 
     lr: float = 3e-5

@@ -30,7 +30,7 @@ NO_DECAY = (
     "norm2.bias",
     "norm2.weight",
 )
-HEAD_NAMES = ("mlm_score", "itm_score", "txt_proj", "vid_proj")
+HEAD_NAMES = ("mlm_score", "itm_score", "txt_proj", "vid_proj", "qa_head")
 CROSS_MODAL_NAMES = ("cross_modal", "i2t", "t2i")
 
 
