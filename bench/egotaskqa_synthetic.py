@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="0: the config's")
     ap.add_argument("--lr", type=float, default=0.0, help="0: the config's")
     ap.add_argument("--lr-mult-head", type=float, default=0.0, help="0: the config's")
+    ap.add_argument("--lr-mult-cross-modal", type=float, default=0.0, help="0: the config's")
     ap.add_argument("--splits", default="val,test", help="splits to evaluate, comma-separated")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -48,6 +49,7 @@ def main() -> None:
             cfg.optim,
             lr=args.lr or cfg.optim.lr,
             lr_mult_head=args.lr_mult_head or cfg.optim.lr_mult_head,
+            lr_mult_cross_modal=args.lr_mult_cross_modal or cfg.optim.lr_mult_cross_modal,
         ),
     )
     t0 = time.perf_counter()
@@ -72,6 +74,7 @@ def main() -> None:
         )
         line = {"encoder": args.encoder, "seed": args.seed, "split": split, "data": args.data}
         line |= {"lr": cfg.optim.lr, "lr_mult_head": cfg.optim.lr_mult_head}
+        line |= {"lr_mult_cross_modal": cfg.optim.lr_mult_cross_modal}
         line |= {"max_steps": cfg.max_steps, "best_step": best["step"]}
         print(json.dumps({**line, "acc": acc, "majority": base, "train_seconds": seconds}))
 

@@ -504,6 +504,7 @@ def test_every_command_is_wired():
         "eval-head",
         "prepare",
         "summarize",
+        "flops",
     }
 
 

@@ -409,6 +409,7 @@ def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, tmp_path_
     prepare = ["prepare", "--task", "egotaskqa", "--release", str(release)]
     ran["prepare"] = _run_json([*prepare, "--out", str(tmp_path / "qa")], capsys)
     ran["summarize"] = _run_json(_summarize_args(tmp_path, weights), capsys)
+    ran["flops"] = _run_json(["flops", "--preset", "tiny"], capsys)
     assert set(ran) == _json_commands(cli.build_parser())  # every command with --json ran
     assert ran["features"]["complete"] and ran["eval-head"]["clips"] >= 1
     assert ran["embed"]["clips"] == 3 and len(ran["search"]["results"]) == 3

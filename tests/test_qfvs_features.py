@@ -17,6 +17,7 @@ from egovlpv2_rt.config import preset
 from egovlpv2_rt.errors import InputError
 from egovlpv2_rt.modeling import EgoVLPv2
 from egovlpv2_rt.tasks.qfvs import (
+    prompt_inputs,
     segment_shots,
     shot_features,
     shot_features_direct,
@@ -79,6 +80,18 @@ def test_model_must_take_five_frames():
     shots = torch.zeros(1, 5, 3, 32, 32, dtype=torch.float64)
     with pytest.raises(InputError, match="load it with num_frames: 5"):
         shot_features(model, _Tok(), shots, [("a", "b")])
+
+
+def test_a_prompt_longer_than_the_model_is_refused_never_cut():
+    model = _model()
+    limit = model.config.text.max_text_length
+    # _Tok spends one token per character: "There is a " + c1 + " and a " + c2 + <s> </s>.
+    room = limit - len("There is a  and a ") - 2
+    ok = ("a" * (room // 2), "b" * (room - room // 2))
+    ids, mask = prompt_inputs(model, _Tok(), [ok])
+    assert ids.shape == (3, limit) and int(mask[2].sum()) == limit
+    with pytest.raises(InputError, match=r"QFVS prompt 'There is a a+ and a bb+' takes more than"):
+        prompt_inputs(model, _Tok(), [(ok[0], ok[1] + "b")])
 
 
 def test_shot_frame_indices():

@@ -47,7 +47,7 @@ def test_backbone_runs_five_frame_shots(backbone):
 
 def test_feature_cache_reused_only_for_the_same_inputs(data, backbone, tmp_path, monkeypatch):
     video = data / "videos" / "P01.mp4"
-    queries = [("Red", "Square"), ("Blue", "Circle")]
+    queries = [("red", "square"), ("blue", "circle")]
     want = shot_features(backbone.model, backbone.tokenizer, video, queries)
     first = cached_shot_features(backbone, video, queries, tmp_path)
     assert (tmp_path / "P01.safetensors").is_file()
@@ -124,7 +124,7 @@ def test_cli_finetune_eval_summarize(data, tmp_path, capsys):
 
     # summarize: the top max(1, int(S * budget)) shots in time order, 5 s each.
     video = data / "videos" / "P03.mp4"
-    q = "Red,Square"
+    q = "red,square"
     s_args = ["summarize", "--video", str(video), "--query", q, "--head", str(head_path)]
     assert main([*s_args, "--budget", "0.25", "--json"]) == 0
     shots = json.loads(capsys.readouterr().out)["shots"]
@@ -132,7 +132,7 @@ def test_cli_finetune_eval_summarize(data, tmp_path, capsys):
     assert [s["shot"] for s in shots] == sorted(s["shot"] for s in shots)
     assert all(s["end"] - s["start"] == 5.0 and s["start"] == 5.0 * s["shot"] for s in shots)
     assert main(s_args) == 0
-    assert "1 shot for 'Red,Square'" in capsys.readouterr().out  # budget 2%: at least one
+    assert "1 shot for 'red,square'" in capsys.readouterr().out  # budget 2%: at least one
     assert head.projector.in_features == 64
 
 

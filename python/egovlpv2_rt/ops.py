@@ -10,7 +10,8 @@ Two implementations of each op, and a choice between them:
   devices or dtypes keeps taking the fast path where there is one.
 
 Importing this module registers, for the fused ops, the fake (meta) kernels used by
-``torch.compile`` / export and the autograd formulas: the backward of the attention cores runs
+``torch.compile`` / export, the flop counter's formulas (:mod:`.op_flops`) and the autograd
+formulas: the backward of the attention cores runs
 in the C++ backward ops; the gated op's projection, gate, bias and residual gradients are GEMMs
 and reductions done here. ``softmax_lse`` is not differentiable, and the backward ops themselves
 have no autograd (no double backward through the fused path).
@@ -26,6 +27,7 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from . import _extension
+from .op_flops import register_flop_formulas
 
 __all__ = [
     "IMPLS",
@@ -560,6 +562,7 @@ def _register() -> None:
     lib.register_autograd(
         "egovlpv2::gated_cross_attention", _cross_backward, setup_context=_cross_setup_context
     )
+    register_flop_formulas(torch.ops.egovlpv2)
 
 
 if _extension.loaded() is not None:

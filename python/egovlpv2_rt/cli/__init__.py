@@ -7,6 +7,7 @@
 - :mod:`.training`: synth, train, finetune, eval;
 - :mod:`.episodic`, :mod:`.heads`: features, train-head, eval-head (EgoNLQ, EgoMQ);
 - :mod:`.prepare`: prepare (official releases -> the files read here);
+- :mod:`.paper`: flops (the paper's compute claim);
 - :mod:`.qfvs`: summarize (and the QFVS parts of finetune and eval);
 - :mod:`.export`: the ``egovlpv2-export`` entry point.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 from ..video.clip_list import parse_clip_arg, read_clip_list
-from . import demo, episodic, heads, library, prepare, qfvs, training
+from . import demo, episodic, heads, library, paper, prepare, qfvs, training
 from .common import ArgParser, error_exit, one_line, run_command
 
 __all__ = ["build_parser", "error_exit", "main", "one_line", "parse_clip_arg", "read_clip_list"]
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgParser)
     sub.required = True
-    for group in (demo, library, training, prepare, episodic, heads, qfvs):
+    for group in (demo, library, training, prepare, episodic, heads, qfvs, paper):
         group.add_subcommands(sub)
     return p
 

@@ -117,7 +117,9 @@ def eval_qfvs_command(args: argparse.Namespace, checkpoint: Path | None) -> int:
     trained per held-out video, the epoch chosen on a val split of the other videos' queries);
     with --head that head on every video of --data. A random summary of the same size beside."""
     if args.frames is not None or args.max_length is not None:
-        raise InputError("--frames, --max-length: not for --task qfvs (5-frame shots, 15 tokens)")
+        raise InputError(
+            "--frames, --max-length: not for --task qfvs (5-frame shots, whole prompts)"
+        )
     head = load_qfvs_head(args.head) if args.head else None
     backbone = load_qfvs_backbone(checkpoint, args.tokenizer)
     cfg = QFVSTrainConfig(seed=args.seed)

@@ -10,8 +10,9 @@ The original (``QFVS/`` of EgoVLPv2) in four steps, and what differs here:
 2. **Segments.** The shots are cut into at most 20 segments of at most 200 shots by kernel
    change-point detection on the prefix CLS features (:func:`segment_shots`).
 3. **Prompt fusion.** Per query (c1, c2) three prompts, ``There is a {c1}``, ``There is a {c2}``,
-   ``There is a {c1} and a {c2}`` (:func:`~egovlpv2_rt.tasks.qfvs_data.query_prompts`, at most
-   15 tokens), run through the unfused text layers once (:meth:`EgoVLPv2.fusion_text_prefix`);
+   ``There is a {c1} and a {c2}`` (:func:`~egovlpv2_rt.tasks.qfvs_data.query_prompts`; the
+   original pads to 15 tokens, here to the model's text length: a prompt is never cut), run
+   through the unfused text layers once (:meth:`EgoVLPv2.fusion_text_prefix`);
    each shot is then fused with each prompt and the feature is
    ``cross_modal_video_transform(fused CLS)`` (:func:`shot_features`), the fused CLS from the
    cached prefix (:meth:`EgoVLPv2.fused_video_cls`, equal to ``forward_fusion(...).video_cls``).
@@ -43,7 +44,6 @@ __all__ = [
     "FRAMES_PER_SHOT",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_SHOTS",
-    "PROMPT_MAX_LENGTH",
     "QFVSShotFeatures",
     "prompt_inputs",
     "segment_shots",
@@ -56,7 +56,6 @@ FRAMES_PER_SHOT = 5
 SHOT_SECONDS = 5.0
 MAX_SEGMENTS = 20
 MAX_SEGMENT_SHOTS = 200
-PROMPT_MAX_LENGTH = 15
 
 
 def shot_frame_indices(num_frames: int, fps: float) -> np.ndarray:
@@ -82,14 +81,27 @@ def prompt_inputs(
     model: EgoVLPv2, tokenizer: RobertaTokenizer, queries: Sequence[tuple[str, str]]
 ) -> tuple[Tensor, Tensor]:
     """Token ids and mask ``[3Q, L]`` of the queries' prompts (query q: rows 3q, 3q+1, 3q+2 =
-    c1, c2, both), padded to ``min(15, the model's text length)``."""
+    c1, c2, both), padded to the model's text length ``L``.
+
+    The original pads and truncates to 15 tokens, which no UT Egocentric prompt reaches with
+    RoBERTa's tokenizer; padding is masked, so the longer pad changes no number. A prompt that
+    does not fit the model is an error, never cut: a cut query prompt would lose its second
+    concept and silently become the first concept's prompt."""
     if not queries:
         raise InputError("QFVS needs at least one query (c1, c2)")
     texts = [p for c1, c2 in queries for p in query_prompts(c1, c2)]
-    length = min(PROMPT_MAX_LENGTH, model.config.text.max_text_length)
-    tok = tokenizer(texts, max_length=length, padding="max_length", truncation=True)
+    length = model.config.text.max_text_length
+    tok = tokenizer(texts, max_length=length + 1, padding="max_length", truncation=True)
+    counts = tok["attention_mask"].sum(dim=1)
+    if bool((counts > length).any()):
+        i = int(torch.nonzero(counts > length)[0])
+        raise InputError(
+            f"QFVS prompt {texts[i]!r} takes more than the model's {length} text tokens "
+            f"(query {queries[i // 3]}); use shorter concept names or a model with a longer "
+            "text input"
+        )
     dev = model.video_model.cls_token.device
-    return tok["input_ids"].to(dev), tok["attention_mask"].to(dev)
+    return tok["input_ids"][:, :length].to(dev), tok["attention_mask"][:, :length].to(dev)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from ..modeling.model import EgoVLPv2
 from ..tokenizer import RobertaTokenizer
 from ..train.config import build_config, read_config_mapping
 from .episodic.feature_job import sha256_of
-from .qfvs import FRAMES_PER_SHOT, PROMPT_MAX_LENGTH, QFVSShotFeatures, shot_features
+from .qfvs import FRAMES_PER_SHOT, QFVSShotFeatures, shot_features
 from .qfvs_data import QFVSVideo, load_qfvs
 from .qfvs_head import (
     QFVSExample,
@@ -150,8 +150,7 @@ def load_qfvs_backbone(
     if not tok_path.exists():
         raise FileNotFoundError(f"tokenizer: no such file {tok_path}")
     model = load_model(ckpt, num_frames=FRAMES_PER_SHOT, device=device)
-    length = min(PROMPT_MAX_LENGTH, model.config.text.max_text_length)
-    return QFVSBackbone(model, load_tokenizer(tok_path, length), ckpt)
+    return QFVSBackbone(model, load_tokenizer(tok_path, model.config.text.max_text_length), ckpt)
 
 
 def _cache_identity(

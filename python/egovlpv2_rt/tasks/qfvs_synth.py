@@ -3,9 +3,12 @@
 Each video is a sequence of scenes, a scene a new table of the package's synthetic world
 (:class:`~egovlpv2_rt.tasks.table_video.TableVideo`: 1 to 3 coloured shapes, idle spells and
 actions of a hand), rendered directly at 1 frame per second, so 5 frames = one shot. A shot's
-concepts are the colours and shapes of the objects on its table (``Red``, ``Square``, ...) and
-``Hand`` when an action is under way in it. Queries are concept pairs that occur together in
-some shot; the oracle summary is up to ``oracle_cap`` of those shots, evenly spaced.
+concepts are the colours and shapes of the objects on its table (``red``, ``square``, ...), in
+the words of the synthetic pre-training captions (lower case: the shipped model's tokenizer
+learnt them so; a capitalised name or a word its captions never use, such as "hand", costs
+several tokens, and "There is a {c1} and a {c2}" must fit its 18). Queries are concept pairs
+that occur together in some shot; the oracle summary is up to ``oracle_cap`` of those shots,
+evenly spaced.
 
 Files: ``videos/P0{v}.mp4`` (lossless, 1 fps), ``Dense_per_shot_tags/P0{v}/P0{v}.txt``,
 ``Oracle_Summaries/P0{v}/{c1}_{c2}_oracle.txt`` (1-based). The same seed gives the same bytes.
@@ -52,10 +55,6 @@ class QFVSSynthConfig:
             raise ValueError(f"objects must be 1 <= min <= max <= {len(SHAPES)}")
 
 
-def _concept(word: str) -> str:
-    return word.capitalize()
-
-
 def _video(
     rng: np.random.Generator, cfg: QFVSSynthConfig
 ) -> tuple[list[np.ndarray], list[set[str]]]:
@@ -75,18 +74,14 @@ def _video(
             objects=k,
             action_seconds=4.0,
         )
-        scene = {_concept(o.colour) for o in table.objs} | {_concept(o.shape) for o in table.objs}
-        busy = np.zeros(n_shots * FRAMES_PER_SHOT, dtype=bool)
+        scene = {o.colour for o in table.objs} | {o.shape for o in table.objs}
         while len(table.frames) < n_shots * FRAMES_PER_SHOT:
             if rng.random() < 0.5:
                 table.idle(rng, (2.0, 6.0))
             else:
-                _, a, b = table.act(rng)
-                busy[a : min(b, len(busy))] = True
+                table.act(rng)
         frames.extend(table.frames[: n_shots * FRAMES_PER_SHOT])
-        for s in range(n_shots):
-            hand = busy[s * FRAMES_PER_SHOT : (s + 1) * FRAMES_PER_SHOT].any()
-            tags.append(scene | ({"Hand"} if hand else set()))
+        tags.extend(set(scene) for _ in range(n_shots))
     return frames, tags
 
 
