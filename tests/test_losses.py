@@ -14,6 +14,7 @@ from egovlpv2_rt.train.losses import (
     combine_losses,
     egonce_loss,
     mlm_loss,
+    random_negative_weights,
     sample_vtm_pairs,
     vtm_negative_weights,
 )
@@ -197,3 +198,49 @@ def test_loss_weights():
         LossWeights.paper(0.7, 0.5)
     with pytest.raises(ValueError, match="'mlm' has weight"):
         combine_losses(LossWeights.original(), e, None, v)
+
+
+def test_random_negatives_never_positive_and_uniform():
+    n = 6
+    sim, pos = _sim_and_pos(n, 1)
+    w_v, w_t = random_negative_weights(pos, n)
+    assert torch.equal(w_v, (~pos).double()) and torch.equal(w_t, (~pos.t()).double())
+    gen = torch.Generator().manual_seed(7)
+    counts_v, counts_t = torch.zeros(n, n), torch.zeros(n, n)
+    for _ in range(4000):
+        pr = sample_vtm_pairs(sim, pos, 0.05, gen, negatives="random")
+        neg = pr.labels == 0
+        assert not pos[pr.text_index[neg], pr.video_index[neg]].any()  # never a positive
+        for i in torch.where(neg)[0].tolist():
+            if pr.text_index[i] == i and pr.video_index[i] != i:
+                counts_v[i, pr.video_index[i]] += 1
+            elif pr.video_index[i] == i:
+                counts_t[i, pr.text_index[i]] += 1
+    # Uniform over the non-positives of each row (the similarity plays no part), within 5 sd.
+    for counts, allowed in ((counts_v, ~pos), (counts_t, ~pos.t())):
+        for i in range(n):
+            k = int(allowed[i].sum())
+            total = counts[i].sum()
+            assert total > 500 and (counts[i][~allowed[i]] == 0).all()
+            freq = counts[i][allowed[i]] / total
+            sd = ((1 / k) * (1 - 1 / k) / total) ** 0.5
+            assert (freq - 1 / k).abs().le(5 * sd).all(), (i, freq)
+    with pytest.raises(ValueError, match="negatives must be 'hard' or 'random'"):
+        sample_vtm_pairs(sim, pos, 0.05, gen, negatives="easy")
+
+
+def test_objective_switches_set_weights_and_positives():
+    from egovlpv2_rt.train.config import LossSection
+
+    full = LossSection()
+    assert full.weights() == LossWeights.original()
+    assert full.verb_positives and full.noun_positives
+    assert LossSection(contrastive="off").weights() == LossWeights(0.0, 1.0, 2.0)
+    info = LossSection(contrastive="infonce")
+    assert info.weights() == LossWeights.original()
+    assert not info.verb_positives and not info.noun_positives
+    assert LossSection(masked_lm=False).weights() == LossWeights(1.0, 0.0, 2.0)
+    assert LossSection(vtm_negatives="off").weights() == LossWeights(1.0, 1.0, 0.0)
+    assert LossSection(vtm_negatives="random").weights() == LossWeights.original()
+    row = LossSection(preset="paper", masked_lm=False, vtm_negatives="off")
+    assert row.weights() == LossWeights(0.25, 0.0, 0.0)  # EgoNCE alone, the paper's scale

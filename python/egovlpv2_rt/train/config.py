@@ -143,6 +143,12 @@ class LossSection:
     """Loss weights: ``preset: original`` (EgoNCE + MLM + 2 VTM), ``paper`` with ``gamma`` and
     ``delta`` (``(1-g-d) EgoNCE + g MLM + d VTM``), or ``custom`` with the three weights.
 
+    Objective switches (the paper's ablation rows): ``contrastive`` ``egonce`` (verb and noun
+    positives as ``use_verb`` / ``use_noun``), ``infonce`` (both off: the diagonal only) or
+    ``off`` (weight 0; the similarities still steer the VTM draw); ``masked_lm`` False drops MLM;
+    ``vtm_negatives`` ``hard`` (drawn by similarity, the original), ``random`` (uniform over the
+    non-positives) or ``off`` (no VTM). They act on the weights of ``preset``.
+
     ``mlm_start_step`` / ``vtm_start_step``: the first step at which MLM / VTM join (0: from the
     start). ``mlm_stop_step``: the first step without MLM (0: MLM never stops); must be after
     ``mlm_start_step``. Trained from scratch, VTM sits at chance (cross-entropy 0.69) until the dual
@@ -162,17 +168,37 @@ class LossSection:
     mlm_start_step: int = 0
     vtm_start_step: int = 0
     mlm_stop_step: int = 0
+    contrastive: str = "egonce"
+    masked_lm: bool = True
+    vtm_negatives: str = "hard"
 
     def weights(self) -> LossWeights:
+        """The weights of ``preset`` with the switched-off objectives at 0."""
         if self.preset == "original":
-            return LossWeights.original()
-        if self.preset == "paper":
-            return LossWeights.paper(self.gamma, self.delta)
-        if self.preset == "custom":
-            return LossWeights(self.egonce, self.mlm, self.vtm)
-        raise ValueError(
-            f"loss.preset must be 'original', 'paper' or 'custom', got {self.preset!r}"
+            w = LossWeights.original()
+        elif self.preset == "paper":
+            w = LossWeights.paper(self.gamma, self.delta)
+        elif self.preset == "custom":
+            w = LossWeights(self.egonce, self.mlm, self.vtm)
+        else:
+            raise ValueError(
+                f"loss.preset must be 'original', 'paper' or 'custom', got {self.preset!r}"
+            )
+        return LossWeights(
+            0.0 if self.contrastive == "off" else w.egonce,
+            w.mlm if self.masked_lm else 0.0,
+            0.0 if self.vtm_negatives == "off" else w.vtm,
         )
+
+    @property
+    def verb_positives(self) -> bool:
+        """EgoNCE's verb positives are on (``contrastive: egonce`` and ``use_verb``)."""
+        return self.contrastive == "egonce" and self.use_verb
+
+    @property
+    def noun_positives(self) -> bool:
+        """EgoNCE's noun positives are on (``contrastive: egonce`` and ``use_noun``)."""
+        return self.contrastive == "egonce" and self.use_noun
 
 
 @dataclass
@@ -272,6 +298,16 @@ class TrainConfig:
         need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: off)")
         need(self.loss.temperature > 0, "loss.temperature", "must be > 0")
+        need(
+            self.loss.contrastive in ("egonce", "infonce", "off"),
+            "loss.contrastive",
+            f"must be 'egonce', 'infonce' or 'off', got {self.loss.contrastive!r}",
+        )
+        need(
+            self.loss.vtm_negatives in ("hard", "random", "off"),
+            "loss.vtm_negatives",
+            f"must be 'hard', 'random' or 'off', got {self.loss.vtm_negatives!r}",
+        )
         need(self.loss.mlm_start_step >= 0, "loss.mlm_start_step", "must be >= 0")
         need(self.loss.vtm_start_step >= 0, "loss.vtm_start_step", "must be >= 0")
         need(

@@ -33,6 +33,7 @@ __all__ = [
     "gathered_norm_softmax_loss",
     "mlm_loss",
     "norm_softmax_loss",
+    "random_negative_weights",
     "sample_vtm_pairs",
     "vtm_negative_weights",
 ]
@@ -207,13 +208,26 @@ def vtm_negative_weights(sim: Tensor, pos: Tensor, temperature: float) -> tuple[
     return w_v, w_t
 
 
+def random_negative_weights(pos: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Uniform negative weights, positives zeroed: ``(w_video_for_text, w_text_for_video)``,
+    both ``[N, N]`` float64, 1 where ``pos`` (``[N, N]`` bool, rows texts) is False."""
+    _check_square("pos", pos, n)
+    p = pos.bool()
+    return (~p).double(), (~p.t()).double()
+
+
 def sample_vtm_pairs(
     sim: Tensor,
     pos: Tensor,
     temperature: float = EGONCE_TEMPERATURE,
     generator: torch.Generator | None = None,
+    negatives: str = "hard",
 ) -> VTMPairs:
     """Draw the VTM batch: half matching pairs, half hard negatives (the original's recipe).
+
+    ``negatives="random"`` (the ablation's "random negatives"): the same draw with the weights
+    uniform over every non-positive (:func:`random_negative_weights`) instead of the
+    similarity softmax.
 
     A random half of the N slots (``N // 2`` of them) keep their own (video i, caption i) pair.
     Each remaining slot i flips a fair coin: either caption i with a negative video drawn from
@@ -236,7 +250,12 @@ def sample_vtm_pairs(
         :class:`VTMPairs` on the CPU.
     """
     n = sim.shape[0]
-    w_v, w_t = vtm_negative_weights(sim.cpu(), pos.cpu(), temperature)
+    if negatives == "hard":
+        w_v, w_t = vtm_negative_weights(sim.cpu(), pos.cpu(), temperature)
+    elif negatives == "random":
+        w_v, w_t = random_negative_weights(pos.cpu(), n)
+    else:
+        raise ValueError(f"negatives must be 'hard' or 'random', got {negatives!r}")
     labels = torch.cat(
         [torch.ones(n // 2, dtype=torch.long), torch.zeros(n - n // 2, dtype=torch.long)]
     )

@@ -74,6 +74,8 @@ class PretrainObjective(nn.Module):
         seed: base seed of the VTM draws.
         mlm_start_step, vtm_start_step: steps before these have the MLM / VTM weight 0.
         mlm_stop_step: steps from this one on have the MLM weight 0 (0: MLM never stops).
+        vtm_negatives: ``hard`` (drawn by similarity) or ``random`` (uniform over the
+            non-positives) VTM negatives.
     """
 
     def __init__(
@@ -86,8 +88,12 @@ class PretrainObjective(nn.Module):
         mlm_start_step: int = 0,
         vtm_start_step: int = 0,
         mlm_stop_step: int = 0,
+        vtm_negatives: str = "hard",
     ) -> None:
         super().__init__()
+        if vtm_negatives not in ("hard", "random"):
+            raise ValueError(f"vtm_negatives must be 'hard' or 'random', got {vtm_negatives!r}")
+        self.vtm_negatives = vtm_negatives
         self.model = model
         self.weights = weights
         self.temperature = temperature
@@ -172,9 +178,9 @@ class PretrainObjective(nn.Module):
         if w.vtm != 0:
             assert sim is not None and pos is not None  # need_sim
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch.step)
-            pairs = sample_vtm_pairs(sim.detach(), pos, self.temperature, gen).slice(
-                batch.offset, batch.offset + b
-            )
+            pairs = sample_vtm_pairs(
+                sim.detach(), pos, self.temperature, gen, negatives=self.vtm_negatives
+            ).slice(batch.offset, batch.offset + b)
             all_video = all_gather_no_grad(batch.video, info)
             dev = batch.video.device
             v_idx = pairs.video_index.to(dev)

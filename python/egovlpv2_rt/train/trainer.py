@@ -169,8 +169,8 @@ class _Data:
             generator=gen,
             num_verbs=self.num_verbs,
             num_nouns=self.num_nouns,
-            use_verb=cfg.loss.use_verb,
-            use_noun=cfg.loss.use_noun,
+            use_verb=cfg.loss.verb_positives,
+            use_noun=cfg.loss.noun_positives,
         )
         b = cfg.global_batch_size // info.world_size
         offset = info.rank * b
@@ -260,6 +260,7 @@ class PretrainJob(TrainingJob):
             cfg.loss.mlm_start_step,
             cfg.loss.vtm_start_step,
             cfg.loss.mlm_stop_step,
+            vtm_negatives="random" if cfg.loss.vtm_negatives == "random" else "hard",
         )
         self.objective = objective
         self.find_unused_parameters = not objective.every_term_every_step
