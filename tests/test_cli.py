@@ -505,6 +505,8 @@ def test_every_command_is_wired():
         "prepare",
         "summarize",
         "flops",
+        "ablate",
+        "explain",
     }
 
 

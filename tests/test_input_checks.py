@@ -410,6 +410,13 @@ def test_every_json_output_parses_strictly(model_dir, synth, tmp_path, tmp_path_
     ran["prepare"] = _run_json([*prepare, "--out", str(tmp_path / "qa")], capsys)
     ran["summarize"] = _run_json(_summarize_args(tmp_path, weights), capsys)
     ran["flops"] = _run_json(["flops", "--preset", "tiny"], capsys)
+    ran["explain"] = _run_json(
+        ["explain", "--clip", clips[0], "--text", "C picks up the bar", *model], capsys
+    )
+    ablate = ["ablate", "--work", str(tmp_path / "ablate"), "--steps", "2", "--train-clips", "32"]
+    ablate += ["--eval-seeds", "11", "--eval-questions", "4", "--eval-clips", "32"]
+    ablate += ["--rows", "egonce"]
+    ran["ablate"] = _run_json(ablate, capsys)
     assert set(ran) == _json_commands(cli.build_parser())  # every command with --json ran
     assert ran["features"]["complete"] and ran["eval-head"]["clips"] >= 1
     assert ran["embed"]["clips"] == 3 and len(ran["search"]["results"]) == 3

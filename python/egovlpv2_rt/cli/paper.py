@@ -1,6 +1,7 @@
 """The paper's own claims as commands: ``egovlpv2 flops`` (compute accounting against a
-fusion-specific-layers baseline) and ``egovlpv2 ablate`` (the objective ablation).
-``add_subcommands(subparsers)`` registers them."""
+fusion-specific-layers baseline), ``egovlpv2 ablate`` (the objective ablation) and ``egovlpv2
+explain`` (the cross-attention visualisation). ``add_subcommands(subparsers)`` registers
+them."""
 
 from __future__ import annotations
 
@@ -18,9 +19,20 @@ from ..train.ablation import (
     format_ablation_table,
     run_ablation,
 )
-from .common import at_least, non_negative_int, positive_int, print_json
+from ..video import ClipSpec
+from ..video.clip_list import parse_clip_arg
+from .common import (
+    add_model_options,
+    at_least,
+    clip_spec,
+    non_negative_int,
+    positive_int,
+    print_json,
+    runtime_from_args,
+    text_arg,
+)
 
-__all__ = ["add_subcommands", "cmd_ablate", "cmd_flops"]
+__all__ = ["add_subcommands", "cmd_ablate", "cmd_explain", "cmd_flops"]
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -69,11 +81,29 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         default=list(AblationSettings.eval_seeds),
     )
     p.add_argument("--eval-questions", type=positive_int, default=AblationSettings.eval_questions)
+    p.add_argument("--eval-clips", type=positive_int, default=AblationSettings.eval_clips)
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(a GPU budget)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_ablate)
+
+    p = subparsers.add_parser(
+        "explain",
+        help="where each word of a caption attends in a clip (cross-attention heat maps)",
+        description="Run the fusion encoder on one (clip, caption) pair and draw, for each "
+        "chosen word, its t2i cross-attention over the patches of every frame (heads and the "
+        "fused layers averaged, or --layer) as a heat map on the frame; --json prints each "
+        "word's attention per frame and patch.",
+    )
+    p.add_argument("--clip", required=True, type=clip_spec, help="path or path@START:END")
+    p.add_argument("--text", required=True, type=text_arg, help="the caption")
+    p.add_argument("--words", nargs="+", default=None, help="words to show (default: all)")
+    p.add_argument("--layer", type=non_negative_int, default=None, help="one fused layer")
+    p.add_argument("--out", default=None, help="figure file (.png, .pdf, .svg)")
+    add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_explain)
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
@@ -121,6 +151,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         train_clips=args.train_clips,
         eval_seeds=tuple(args.eval_seeds),
         eval_questions=args.eval_questions,
+        eval_clips=args.eval_clips,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -133,4 +164,43 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print_json(table)
     else:
         print(format_ablation_table(table))
+    return 0
+
+
+def _caption_words(tokens: list[str]) -> list[str]:
+    text = "".join(t for t in tokens if t not in ("<s>", "</s>", "<pad>"))
+    return [w for w in text.split() if any(c.isalnum() for c in w)]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..runtime.explain import draw_cross_attention, word_maps
+
+    if args.out is None and not args.json:
+        raise ValueError("--out: give a figure file (or --json for the numbers)")
+    rt = runtime_from_args(args)
+    path, start, end = parse_clip_arg(args.clip)
+    res = rt.cross_attention(ClipSpec(path, start, end), args.text)
+    if args.layer is not None and args.layer not in res.maps.layers:
+        raise ValueError(f"--layer: {args.layer} is not a fused layer ({list(res.maps.layers)})")
+    words = args.words or _caption_words(res.tokens)
+    maps = word_maps(res, words, args.layer)
+    figure = None
+    if args.out is not None:
+        p = rt.preprocessing
+        figure = draw_cross_attention(
+            res, words, args.out, mean=p.mean, std=p.std, layer=args.layer, title=args.text
+        )
+    if args.json:
+        print_json(
+            {
+                "clip": args.clip,
+                "text": args.text,
+                "tokens": res.tokens,
+                "layers": list(res.maps.layers) if args.layer is None else [args.layer],
+                "words": [{"word": w, "attention": maps[i].tolist()} for i, w in enumerate(words)],
+                "figure": None if figure is None else str(figure),
+            }
+        )
+    else:
+        print(f"wrote {figure}: {len(words)} words x {res.maps.num_frames} frames")
     return 0

@@ -41,6 +41,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import InputError
 from ..model_files import ModelFiles
+from ..modeling.attention_maps import CrossAttentionMaps, cross_attention_maps
 from ..modeling.validation import nonfinite_rows
 from ..ops import fused_available
 from ..preprocessing import Preprocessing
@@ -60,7 +61,7 @@ from .inputs import (
     to_output,
 )
 
-__all__ = ["MCQ_MODES", "PRECISIONS", "MCQAnswer", "Runtime"]
+__all__ = ["MCQ_MODES", "PRECISIONS", "CrossAttention", "MCQAnswer", "Runtime"]
 
 
 def _has_items(clips: Any) -> bool:
@@ -97,6 +98,17 @@ class _Stats:
     text_cache_misses: int = 0
     clips_decoded: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CrossAttention:
+    """:meth:`Runtime.cross_attention` of one (clip, caption): the maps, the caption's tokens
+    (``tokens[j]`` is the text of token j, special tokens included, padding excluded) and the
+    clip's model-ready pixels ``[F, 3, S, S]`` float32 (CPU)."""
+
+    maps: CrossAttentionMaps
+    tokens: list[str]
+    pixels: Tensor
 
 
 class Runtime:
@@ -280,6 +292,42 @@ class Runtime:
             texts, max_length=self.preprocessing.max_text_length, padding="longest", truncation=True
         )
         return tok["input_ids"], tok["attention_mask"]
+
+    def cross_attention(self, clip: Any, text: str) -> CrossAttention:
+        """Where each word of ``text`` looks in ``clip`` (t2i) and each video token in the text
+        (i2t), per fused layer and head (:func:`~egovlpv2_rt.modeling.attention_maps.
+        cross_attention_maps`; the fast path is not changed). PyTorch backend only."""
+        self._require_fusion()
+        model = getattr(self._engine, "model", None)
+        if model is None:
+            raise RuntimeError(
+                f"cross_attention needs the PyTorch backend (attention probabilities are not "
+                f"in the exported graphs), this runtime uses {self.backend!r}"
+            )
+        (text,) = check_texts([text])
+        pixels = self.read_clips([clip])
+        ids, mask = self.tokenize([text])
+        engine_dtype = next(model.parameters()).dtype
+        maps = cross_attention_maps(
+            model,
+            pixels.to(self.device, engine_dtype),
+            ids.to(self.device),
+            mask.to(self.device),
+        )
+        maps = CrossAttentionMaps(
+            maps.t2i.float().cpu(),
+            maps.i2t.float().cpu(),
+            maps.layers,
+            maps.num_frames,
+            maps.grid,
+            maps.text_states.float().cpu(),
+            maps.video_states.float().cpu(),
+        )
+        n = int(mask[0].sum())
+        tokens = [
+            self.tokenizer.decode([t], skip_special_tokens=False) for t in ids[0, :n].tolist()
+        ]
+        return CrossAttention(maps, tokens, pixels[0])
 
     # -- dual mode --------------------------------------------------------------------------
     def encode_video(

@@ -87,8 +87,9 @@ class AblationSettings:
     Attributes:
         steps: optimiser steps (global batch ``batch``); VTM joins at ``steps // 2``.
         train_clips: synthetic training clips (seed 1, the default model's data).
-        eval_seeds: held-out EgoMCQ datasets (each ``EVAL_CLIPS`` clips, ``eval_questions``).
+        eval_seeds: held-out EgoMCQ datasets.
         eval_questions: questions per held-out set (half inter, half intra).
+        eval_clips: clips per held-out set (400: 50 videos, as the default model's).
         batch, lr, seed: as the default model's recipe.
         device: ``cpu`` or ``cuda``; threads: torch threads per process (CPU).
     """
@@ -97,6 +98,7 @@ class AblationSettings:
     train_clips: int = RECIPE.train_clips
     eval_seeds: tuple[int, ...] = (11, 12, 13)
     eval_questions: int = 200
+    eval_clips: int = EVAL_CLIPS
     batch: int = RECIPE.batch
     lr: float = RECIPE.lr
     seed: int = 0
@@ -115,7 +117,7 @@ class AblationSettings:
     def identity(self) -> dict[str, Any]:
         """What a row's weights depend on (recorded; a folder made otherwise is refused)."""
         d = dataclasses.asdict(self)
-        for k in ("eval_seeds", "eval_questions", "device", "threads"):
+        for k in ("eval_seeds", "eval_questions", "eval_clips", "device", "threads"):
             d.pop(k)
         return d
 
@@ -205,7 +207,9 @@ def _score_row(
     synth_split(
         eval_dir,
         seed,
-        SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE, num_mcq=settings.eval_questions),
+        SynthConfig(
+            num_clips=settings.eval_clips, size=IMAGE_SIZE, num_mcq=settings.eval_questions
+        ),
     )
     model = load_model(work / "rows" / row.name / "model.safetensors", device=settings.device)
     tok = RobertaTokenizer.from_tokenizer_json(tok_path, max_length=MAX_TEXT_LENGTH)
