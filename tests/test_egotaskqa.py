@@ -352,8 +352,9 @@ def test_cli_synth_finetune_eval(synth_root, tmp_path, capsys):
     cfg["progress"] = False
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["finetune", "--task", "egotaskqa", "--config", str(tmp_path / "cfg.yaml")]) == 0
-    capsys.readouterr()
-    ckpt = tmp_path / "run" / "model.safetensors"
+    err = capsys.readouterr().err
+    assert f"model to test: {tmp_path / 'run' / 'best.safetensors'} (step 2, val All" in err
+    ckpt = tmp_path / "run" / "best.safetensors"
     args = ["eval", "--task", "egotaskqa", "--data", str(synth_root), "--checkpoint", str(ckpt)]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

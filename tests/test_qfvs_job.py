@@ -159,3 +159,14 @@ def test_config_errors(data, tmp_path):
     path = _config(data, tmp_path / "d", train={"budget": 0.0})
     with pytest.raises(InputError, match=r"d\.yaml: train\.budget"):
         load_qfvs_config(path)
+
+
+def test_shipped_configs_load():
+    from importlib.resources import files
+
+    d = files("egovlpv2_rt") / "configs" / "finetune"
+    full = load_qfvs_config(str(d / "qfvs.yaml"))
+    assert (full.train.epochs, full.train.batch_size, full.train.lr) == (20, 4, 1e-4)
+    assert full.test_videos == ["P04"] and full.train.budget == 0.02
+    quick = load_qfvs_config(str(d / "qfvs_synthetic.yaml"))
+    assert quick.model.checkpoint == "default" and quick.data.root == "qfvs_synth"

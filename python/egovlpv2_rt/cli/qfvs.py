@@ -60,8 +60,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         default=None,
-        help="QFVS head .safetensors (default: the shipped model's head; required with "
-        "--checkpoint)",
+        help="QFVS head .safetensors from egovlpv2 finetune --task qfvs (default: "
+        "default_model/qfvs_head.safetensors if present; required with --checkpoint)",
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -81,7 +81,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         raise InputError(f"--budget: expected a fraction in (0, 1], got {args.budget}")
     head_path = _default_head(args.checkpoint, args.head)
     if not head_path.is_file():
-        raise FileNotFoundError(f"--head: no such file {head_path}")
+        hint = "" if args.head else " (no head ships with the default model: train one with "
+        hint += "" if args.head else "egovlpv2 finetune --task qfvs and pass --head)"
+        raise FileNotFoundError(f"--head: no such file {head_path}{hint}")
     video = Path(args.video)
     if not video.is_file():
         raise FileNotFoundError(f"--video: no such file {video}")

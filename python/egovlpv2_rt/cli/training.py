@@ -17,7 +17,7 @@ from ..eval.egomcq import MODES, evaluate_egomcq
 from ..model_files import default_model_path, load_tokenizer
 from ..tasks.charades_ego import evaluate_charades_ego, synthesize_charades_ego
 from ..tasks.egotaskqa import evaluate_egotaskqa, load_taskqa_model
-from ..tasks.egotaskqa_job import finetune_egotaskqa_from_file
+from ..tasks.egotaskqa_job import finetune_egotaskqa_from_file, read_best
 from ..tasks.egotaskqa_synth import synthesize_egotaskqa
 from ..tasks.ek100_mir import evaluate_ek100_mir
 from ..tasks.ek100_synth import synthesize_ek100_mir
@@ -236,6 +236,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.task == "egotaskqa":  # its own job: a QA head on the fusion encoder
         qa = finetune_egotaskqa_from_file(args.config, resume=args.resume, device=args.device)
         print(qa.summary(), file=sys.stderr)
+        if qa.weights is not None:
+            best = read_best(qa.weights.parent)
+            if best is not None:
+                print(
+                    f"model to test: {qa.weights.parent / 'best.safetensors'} (step "
+                    f"{best['step']}, val All {best['val/All']:.2f})",
+                    file=sys.stderr,
+                )
         return 0
 
     def task_of(cfg: FinetuneConfig) -> FinetuneTask:
