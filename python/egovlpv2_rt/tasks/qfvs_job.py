@@ -125,11 +125,13 @@ def load_qfvs_config(path: str | Path) -> QFVSJobConfig:
 
 @dataclass(frozen=True)
 class QFVSBackbone:
-    """The frozen backbone at 5 frames, its tokenizer, and the checkpoint file it came from."""
+    """The frozen backbone at 5 frames, its tokenizer, the checkpoint file it came from and
+    that file's SHA-256 (hashed once: the feature cache is keyed by it)."""
 
     model: EgoVLPv2
     tokenizer: RobertaTokenizer
     checkpoint: Path
+    checkpoint_sha256: str
 
 
 def load_qfvs_backbone(
@@ -150,7 +152,8 @@ def load_qfvs_backbone(
     if not tok_path.exists():
         raise FileNotFoundError(f"tokenizer: no such file {tok_path}")
     model = load_model(ckpt, num_frames=FRAMES_PER_SHOT, device=device)
-    return QFVSBackbone(model, load_tokenizer(tok_path, model.config.text.max_text_length), ckpt)
+    tok = load_tokenizer(tok_path, model.config.text.max_text_length)
+    return QFVSBackbone(model, tok, ckpt, sha256_of(ckpt))
 
 
 def _cache_identity(
@@ -158,7 +161,7 @@ def _cache_identity(
 ) -> dict[str, str]:
     return {
         "format": _CACHE_FORMAT,
-        "checkpoint_sha256": sha256_of(backbone.checkpoint),
+        "checkpoint_sha256": backbone.checkpoint_sha256,
         "video_sha256": sha256_of(video_file),
         "queries": json.dumps([list(q) for q in queries]),
         "image_size": str(backbone.model.config.video.img_size),
@@ -287,7 +290,7 @@ def finetune_qfvs(cfg: QFVSJobConfig, *, device: str = "cpu", log: Any = None) -
     result = train_qfvs(train, val, concepts, cfg.train)
     head_path = out / "head.safetensors"
     meta = {
-        "checkpoint_sha256": sha256_of(backbone.checkpoint),
+        "checkpoint_sha256": backbone.checkpoint_sha256,
         "trained_on": ",".join(v for v in sorted(examples) if v not in cfg.test_videos),
     }
     save_qfvs_head(head_path, result.head, meta)
