@@ -26,6 +26,7 @@ FLOORS = {
     "egovlpv2_rt.files": 0,
     "egovlpv2_rt.denormals": 0,
     "egovlpv2_rt.ops": 1,
+    "egovlpv2_rt.op_flops": 1,
     "egovlpv2_rt.modeling": 2,
     "egovlpv2_rt.checkpoint": 2,
     "egovlpv2_rt.tokenizer": 3,
