@@ -9,7 +9,8 @@
 #      and "RACECHECK SUMMARY: N hazards", go into summary.txt and the table printed last, and
 #      from there into bench/RESULTS.md, "CUDA kernels under compute-sanitizer");
 #   4. the GPU benchmark (bench/bench_ops_gpu.py, --json, with the cross-attention kernel profile);
-#   5. the DALI GPU tests (tests/test_video*.py, marker gpu) when DALI is importable.
+#   5. the DALI GPU tests (tests/test_video*.py, marker gpu) when DALI is importable (installed
+#      first from .dali/ when scripts/carry_dali.sh carried it in earlier calls).
 # Full logs go to LOG_DIR; a short table is printed last. Each step gets a share of an overall
 # budget (EGOVLPV2_GPU_CHECK_BUDGET seconds, default 450) so the whole run stays under 8 minutes.
 #
@@ -235,6 +236,11 @@ step runtime 150 bash -c "$(declare -f runtime_check); py=$py; runtime_check"
 
 # ---- 6. DALI GPU tests -----------------------------------------------------------------------
 dali_tests=$(ls tests/test_video*.py 2>/dev/null | tr '\n' ' ')
+# DALI carried here by scripts/carry_dali.sh (one call folder per earlier call): install it.
+if [[ -f .dali/manifest.txt ]] && ! "$py" -c "import nvidia.dali" 2>/dev/null; then
+  bash scripts/carry_dali.sh install .dali 2>&1 | tail -2 | tee -a "$summary" || true
+  export PYTHONPATH="$PWD/.dali/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 if dali_why=$("$py" -c "import nvidia.dali as d; print(d.__version__)" 2>&1); then
   if [[ -n "$dali_tests" ]]; then
     step dali-tests 60 "$py" -m pytest $dali_tests -m gpu -q -rfEs -p no:cacheprovider
