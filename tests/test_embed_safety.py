@@ -87,12 +87,13 @@ def _one_line_error(rc: int, err: str, *needles: str) -> None:
         assert n in err, err
 
 
-_REAL_ENCODE = Runtime.encode_video
+_REAL_ENCODE = Runtime._encode_pixels
 
 
 class _CountingEncoder:
-    """Wraps ``Runtime.encode_video``: counts the clips encoded, raises after ``fail_after``
-    calls (to interrupt a job at a known batch)."""
+    """Wraps ``Runtime._encode_pixels`` (the model's run on one batch, after the batch before
+    it was handed over): counts the clips encoded, raises after ``fail_after`` calls (to
+    interrupt a job at a known batch)."""
 
     def __init__(self, monkeypatch, fail_after: int | None = None) -> None:
         self.clips = 0
@@ -100,14 +101,14 @@ class _CountingEncoder:
         self.fail_after = fail_after
         real = _REAL_ENCODE
 
-        def encode(rt, clips, *a, **k):
+        def encode(rt, pixels):
             if self.fail_after is not None and self.calls >= self.fail_after:
                 raise RuntimeError("simulated crash while embedding")
             self.calls += 1
-            self.clips += len(clips)
-            return real(rt, clips, *a, **k)
+            self.clips += pixels.shape[0]
+            return real(rt, pixels)
 
-        monkeypatch.setattr(Runtime, "encode_video", encode)
+        monkeypatch.setattr(Runtime, "_encode_pixels", encode)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -275,23 +276,23 @@ def _env() -> dict[str, str]:
     return env
 
 
-# The CLI in a subprocess; with BLOCK_AT=N its N-th batch (0-based) stops in encode_video,
+# The CLI in a subprocess; with BLOCK_AT=N its N-th batch (0-based) stops in _encode_pixels,
 # after the parts before it are on disk, and says "blocked" (a deterministic point to kill at).
 _CLI = """
 import os, sys, time
 from egovlpv2_rt import cli
 from egovlpv2_rt.runtime.api import Runtime
 
-real, calls, block_at = Runtime.encode_video, [0], int(os.environ.get("BLOCK_AT", "-1"))
+real, calls, block_at = Runtime._encode_pixels, [0], int(os.environ.get("BLOCK_AT", "-1"))
 
-def encode(rt, clips, *a, **k):
+def encode(rt, pixels):
     if calls[0] == block_at:
         print("blocked", flush=True)
         time.sleep(600)
     calls[0] += 1
-    return real(rt, clips, *a, **k)
+    return real(rt, pixels)
 
-Runtime.encode_video = encode
+Runtime._encode_pixels = encode
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -54,7 +54,7 @@ from ..runtime.store import (
     validate_index_options,
     write_manifest,
 )
-from ..video import ClipSpec, VideoError
+from ..video import ClipSpec
 from ..video.clip_list import parse_clip_arg, read_clip_list
 from .common import (
     add_model_options,
@@ -276,27 +276,18 @@ def _embed_range(
     skip_bad: bool,
     bar: Any,
 ) -> tuple[list[np.ndarray], list[int], list[dict[str, str]]]:
-    """Encode clips ``[p0, p1)`` in batches of ``bs``: (embedding arrays, their list
-    positions, the failed clips)."""
+    """Encode clips ``[p0, p1)`` in batches of ``bs``, decoding the next batch while the model
+    runs (:meth:`Runtime.iter_encode_video`): (embedding arrays, their list positions, the
+    failed clips). A clip that cannot be decoded is reported and skipped with ``skip_bad``."""
     rows: list[np.ndarray] = []
     kept: list[int] = []
     failed: list[dict[str, str]] = []
-    for i in range(p0, p1, bs):
-        chunk = list(range(i, min(i + bs, p1)))
-        try:
-            rows.append(rt.encode_video([specs[k] for k in chunk]))
-            kept += chunk
-        except VideoError:
-            if not skip_bad:
-                raise
-            # Find the bad clips of this batch one by one.
-            for k in chunk:
-                try:
-                    rows.append(rt.encode_video([specs[k]]))
-                    kept.append(k)
-                except VideoError as exc:
-                    failed.append({"id": mine[k]["id"], "error": one_line(exc)})
-        bar.update(len(chunk))
+    for batch in rt.iter_encode_video(specs[p0:p1], batch_size=bs, skip_bad=skip_bad):
+        if batch.embeddings is not None:
+            rows.append(batch.embeddings.numpy())
+            kept += [p0 + k for k in batch.positions]
+        failed += [{"id": mine[p0 + k]["id"], "error": one_line(exc)} for k, exc in batch.failed]
+        bar.update(len(batch.positions) + len(batch.failed))
     return rows, kept, failed
 
 

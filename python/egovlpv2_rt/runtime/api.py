@@ -28,10 +28,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from ..ops import fused_available
 from ..preprocessing import Preprocessing
 from ..progress import progress_bar
 from ..tokenizer import RobertaTokenizer
-from ..video import EvalTransform, read_clip
+from ..video import EvalTransform, VideoError, read_clip
 from ..video.reader import Backend
 from .engines import Engine, batch_bucket, length_bucket
 from .inputs import (
@@ -60,6 +60,7 @@ from .inputs import (
     l2_normalize,
     to_output,
 )
+from .pipeline import DecodedBatch, EncodedBatch, overlapped
 
 __all__ = ["MCQ_MODES", "PRECISIONS", "CrossAttention", "MCQAnswer", "Runtime"]
 
@@ -224,18 +225,21 @@ class Runtime:
         :class:`~egovlpv2_rt.errors.InputError` naming it."""
         return self._read_clips(flatten_clips(clips), 0, progress)
 
-    def _check_model_input(self, pixels: Tensor, items: list[Any], offset: int) -> Tensor:
+    def _check_model_input(
+        self, pixels: Tensor, items: list[Any], positions: Sequence[int]
+    ) -> Tensor:
         """The engine's input: float, and finite unless the caller switched that off. One
-        reduction per clip over the whole batch and one read of its [N] result (CPU tensor)."""
+        reduction per clip over the whole batch and one read of its [N] result (CPU tensor).
+        ``positions``: the clips' numbers in the caller's list (for the messages)."""
         if not pixels.is_floating_point():
             raise InputError(
-                f"clips {offset}..{offset + len(items) - 1}: pixels after preprocessing have "
+                f"clips {positions[0]}..{positions[-1]}: pixels after preprocessing have "
                 f"dtype {pixels.dtype}; the model takes floating point pixels"
             )
         if self.check_finite_pixels:
             bad = nonfinite_rows(pixels)
             if bad:
-                names = "; ".join(clip_label(offset + i, items[i]) for i in bad[:5])
+                names = "; ".join(clip_label(positions[i], items[i]) for i in bad[:5])
                 more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
                 raise InputError(
                     f"{names}{more}: pixels contain NaN or Inf after preprocessing (a bad "
@@ -247,28 +251,44 @@ class Runtime:
     def _read_clips(self, items: list[Any], offset: int, progress: bool = False) -> Tensor:
         """``read_clips`` of ``items``, which are clips ``offset, offset + 1, ...`` of the
         caller's list (error messages use those numbers)."""
+        batch = self._decode(items, offset, progress=progress, skip_bad=False)
+        assert batch.pixels is not None  # skip_bad=False raises instead
+        return batch.pixels
+
+    def _decode(
+        self, items: list[Any], offset: int, *, progress: bool = False, skip_bad: bool = False
+    ) -> DecodedBatch:
+        """Decode ``items`` (clips ``offset, offset + 1, ...`` of the caller's list) in parallel
+        (``decode_workers`` threads). With ``skip_bad`` a clip whose file cannot be decoded
+        (:class:`~egovlpv2_rt.video.VideoError`) is reported in ``failed`` and the others go on;
+        without, the first such error is raised."""
         specs = [as_clip_spec(item, offset + i) for i, item in enumerate(items)]
         p = self.preprocessing
 
-        def decode(i: int) -> Tensor:
+        def decode(i: int) -> Tensor | VideoError:
             spec = specs[i]
             if spec is None:
                 x = items[i]
                 x = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
                 return self._check_pixels(x.detach().cpu(), clip_label(offset + i, items[i]))
-            return read_clip(
-                spec.path,
-                spec.start_sec,
-                spec.end_sec,
-                num_frames=p.num_frames,
-                sampling=p.sampling,
-                backend=self.video_backend,
-                transform=self._transform,
-            )
+            try:
+                return read_clip(
+                    spec.path,
+                    spec.start_sec,
+                    spec.end_sec,
+                    num_frames=p.num_frames,
+                    sampling=p.sampling,
+                    backend=self.video_backend,
+                    transform=self._transform,
+                )
+            except VideoError as exc:
+                if not skip_bad:
+                    raise
+                return exc
 
         paths = sum(s is not None for s in specs)
         bar = progress_bar(len(items), "decode", progress and paths > 0)
-        out: list[Tensor] = []  # in item order (pool.map keeps it)
+        out: list[Tensor | VideoError] = []  # in item order (pool.map keeps it)
         try:
             if paths > 1 and self.decode_workers > 1:
                 with ThreadPoolExecutor(self.decode_workers) as pool:
@@ -282,7 +302,16 @@ class Runtime:
         finally:
             bar.close()
         self.stats.clips_decoded += paths
-        return self._check_model_input(torch.stack(out), items, offset)
+        ok = [i for i, x in enumerate(out) if isinstance(x, Tensor)]
+        failed: list[tuple[int, Exception]] = [
+            (offset + i, x) for i, x in enumerate(out) if isinstance(x, VideoError)
+        ]
+        if not ok:
+            return DecodedBatch([], None, failed)
+        positions = [offset + i for i in ok]
+        pixels = torch.stack([cast("Tensor", out[i]) for i in ok])
+        pixels = self._check_model_input(pixels, [items[i] for i in ok], positions)
+        return DecodedBatch(positions, pixels, failed)
 
     def tokenize(self, texts: Any) -> tuple[Tensor, Tensor]:
         """Captions -> (input_ids, attention_mask) ``[N, L]`` int64, padded to the longest,
@@ -344,19 +373,50 @@ class Runtime:
         with a NaN/Inf pixel raises :class:`~egovlpv2_rt.errors.InputError` naming it (unless
         ``check_finite_pixels`` is off: then its embedding is NaN)."""
         items = flatten_clips(clips)
-        bs = batch_size_or(batch_size, self.video_batch_size)
         outs = []
-        bar = progress_bar(len(items), "embed clips", progress)
-        try:
-            for start in range(0, len(items), bs):
-                chunk = items[start : start + bs]
-                pixels = self._read_clips(chunk, start)
-                outs.append(self._engine.video(pixels).float().cpu())
-                bar.update(len(chunk))
-        finally:
-            bar.close()
+        for batch in self.iter_encode_video(items, batch_size=batch_size, progress=progress):
+            assert batch.embeddings is not None  # skip_bad=False raises instead
+            outs.append(batch.embeddings)
         emb = torch.cat(outs)
         return to_output(l2_normalize(emb) if normalize else emb, output)
+
+    def iter_encode_video(
+        self,
+        clips: Any,
+        *,
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+        depth: int = 1,
+        progress: bool = False,
+    ) -> Iterator[EncodedBatch]:
+        """Encode ``clips`` batch by batch, decoding the next ``depth`` batches while the model
+        runs on the current one (:func:`~egovlpv2_rt.runtime.pipeline.overlapped`): yields
+        :class:`~egovlpv2_rt.runtime.pipeline.EncodedBatch` (positions in ``clips``,
+        embeddings ``[n, P]`` float32 CPU, failed clips) in order. With ``skip_bad`` a clip
+        whose file cannot be decoded is reported in its batch's ``failed`` and the others are
+        encoded; without, its error is raised."""
+        items = flatten_clips(clips)
+        bs = batch_size_or(batch_size, self.video_batch_size)
+        batches = [list(range(i, min(i + bs, len(items)))) for i in range(0, len(items), bs)]
+
+        def decode(positions: Sequence[int]) -> DecodedBatch:
+            return self._decode([items[k] for k in positions], positions[0], skip_bad=skip_bad)
+
+        bar = progress_bar(len(items), "embed clips", progress)
+        t0 = time.perf_counter()
+        try:
+            done = 0
+            postfix = getattr(bar, "set_postfix", None)  # tqdm's; the no-op bar has none
+            for batch in overlapped(batches, decode, self._encode_pixels, depth=depth):
+                n = len(batch.positions) + len(batch.failed)
+                done += n
+                bar.update(n)
+                if postfix is not None:
+                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                    postfix(clips_s=f"{rate:.1f}", refresh=False)
+                yield batch
+        finally:
+            bar.close()
 
     def encode_text(
         self,
@@ -417,6 +477,10 @@ class Runtime:
         t = self.encode_text(texts, output="torch", normalize=True)
         v = self.encode_video(clips, output="torch", normalize=True)
         return to_output(t @ v.T, output)
+
+    def _encode_pixels(self, pixels: Tensor) -> Tensor:
+        """One batch of decoded clips ``[n, F, 3, S, S]`` -> embeddings ``[n, P]`` float32 CPU."""
+        return self._engine.video(pixels).float().cpu()
 
     def _embed_pixels(self, pixels: Tensor, bs: int) -> Tensor:
         """[N, F, 3, S, S] -> [N, P] float32 CPU, in batches of ``bs``."""
