@@ -114,7 +114,7 @@ def finetune_qfvs_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_qfvs_command(args: argparse.Namespace, checkpoint: Path | None) -> int:
+def eval_qfvs_command(args: argparse.Namespace, checkpoint: Path, tokenizer: Path) -> int:
     """``egovlpv2 eval --task qfvs``: without --head the leave-one-video-out protocol (a head
     trained per held-out video, the epoch chosen on a val split of the other videos' queries);
     with --head that head on every video of --data. A random summary of the same size beside."""
@@ -123,8 +123,8 @@ def eval_qfvs_command(args: argparse.Namespace, checkpoint: Path | None) -> int:
             "--frames, --max-length: not for --task qfvs (5-frame shots, whole prompts)"
         )
     head = load_qfvs_head(args.head) if args.head else None
-    backbone = load_qfvs_backbone(checkpoint, args.tokenizer)
-    cfg = QFVSTrainConfig(seed=args.seed)
+    backbone = load_qfvs_backbone(checkpoint, tokenizer)
+    cfg = QFVSTrainConfig(seed=0 if args.seed is None else args.seed)
     with flushing_denormals():
         examples, concepts = qfvs_examples(
             backbone, args.data, cache_dir=args.features_cache, shot_batch=args.batch_size

@@ -276,8 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.task == "egotaskqa":
         return _eval_egotaskqa(args, ckpt, tok_path, data)
     if args.task == "qfvs":
-        args.tokenizer, args.seed = tok_path, args.seed or 0
-        return eval_qfvs_command(args, ckpt)
+        return eval_qfvs_command(args, ckpt, tok_path)
     frames = args.frames or TASK_FRAMES[args.task]
     model = load_model(ckpt, num_frames=frames)
     limit = model.config.text.max_text_length

@@ -25,6 +25,7 @@ embedding.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -343,14 +344,12 @@ class Runtime:
             ids.to(self.device),
             mask.to(self.device),
         )
-        maps = CrossAttentionMaps(
-            maps.t2i.float().cpu(),
-            maps.i2t.float().cpu(),
-            maps.layers,
-            maps.num_frames,
-            maps.grid,
-            maps.text_states.float().cpu(),
-            maps.video_states.float().cpu(),
+        maps = dataclasses.replace(
+            maps,
+            **{
+                name: getattr(maps, name).float().cpu()
+                for name in ("t2i", "i2t", "text_states", "video_states")
+            },
         )
         n = int(mask[0].sum())
         tokens = [

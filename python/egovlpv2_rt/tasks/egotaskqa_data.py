@@ -37,6 +37,7 @@ __all__ = [
     "qa_file",
     "read_answer_set",
     "read_qa_items",
+    "read_question_list",
     "read_reasoning_types",
 ]
 
@@ -191,20 +192,27 @@ def _labels(path: Path, i: int, raw: dict, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def read_question_list(path: Path, hint: str = "") -> list[Any]:
+    """The JSON list of questions in ``path``; a missing, unreadable or non-list file is an
+    InputError naming it (``hint``: what the file should be, added to a missing one's)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no question file{hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
+    return data
+
+
 def read_qa_items(
     path: str | Path, num_answers: int, reasoning_types: Sequence[str]
 ) -> tuple[TaskQAItem, ...]:
     """The questions of one ``formatted_*_qas_encode.json`` file, checked against an answer
     vocabulary of ``num_answers`` entries and the tag list ``reasoning_types``."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no question file")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not a JSON file ({e})") from None
-    if not isinstance(data, list):
-        raise InputError(f"{p}: expected a JSON list of questions, got {type(data).__name__}")
+    data = read_question_list(p)
     tags = frozenset(reasoning_types)
     return tuple(_item(p, i, raw, num_answers, tags) for i, raw in enumerate(data))
 

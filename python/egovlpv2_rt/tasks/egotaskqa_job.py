@@ -32,15 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import infer_config, load_checkpoint, read_checkpoint
 from ..errors import InputError
 from ..files import atomic_write_text
-from ..model_files import default_model_dir, default_model_path, load_tokenizer
-from ..modeling.model import EgoVLPv2
+from ..model_files import load_tokenizer
 from ..tokenizer import RobertaTokenizer
 from ..train.config import ConfigError, build_config, read_config_mapping
 from ..train.distributed import DistInfo, all_reduce_sum, shutdown_distributed
-from ..train.finetune import DEFAULT, finetune_loop_settings, finetune_model_config
+from ..train.finetune import (
+    finetune_loop_settings,
+    finetune_model_config,
+    finetune_tokenizer_path,
+    init_finetune_model,
+    local_batch_size,
+    read_init_checkpoint,
+)
 from ..train.finetune_config import (
     FinetuneConfig,
     FinetuneData,
@@ -130,25 +135,13 @@ class EgoTaskQAConfig:
     def as_finetune_config(self) -> FinetuneConfig:
         """The shared settings as a :class:`FinetuneConfig` (its model and loop helpers)."""
         d = self.data
-        return FinetuneConfig(
-            task=self.task,
-            model=self.model,
-            data=FinetuneData(d.root, d.num_frames, d.image_size, d.max_text_length, d.backend),
-            optim=self.optim,
-            eval=self.eval,
-            out_dir=self.out_dir,
-            seed=self.seed,
-            global_batch_size=self.global_batch_size,
-            max_steps=self.max_steps,
-            epochs=self.epochs,
-            checkpoint_every=self.checkpoint_every,
-            log_every=self.log_every,
-            amp=self.amp,
-            precision=self.precision,
-            deterministic=self.deterministic,
-            progress=self.progress,
-            num_threads=self.num_threads,
-        )
+        shared = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(FinetuneConfig)
+            if f.name not in ("data", "loss")  # EgoTaskQA's own data; no pair loss
+        }
+        data = FinetuneData(d.root, d.num_frames, d.image_size, d.max_text_length, d.backend)
+        return FinetuneConfig(**shared, data=data)
 
     def validate(self, where: str = "config") -> None:
         """Range checks (:class:`ConfigError` naming ``where`` and the key)."""
@@ -247,21 +240,10 @@ class EgoTaskQAJob(TrainingJob):
         self.cfg = cfg
         self.train = train
         self.info = info
-        if cfg.global_batch_size % info.world_size:
-            raise ValueError(
-                f"global_batch_size {cfg.global_batch_size} is not divisible by the world "
-                f"size {info.world_size}"
-            )
-        self.local_batch = cfg.global_batch_size // info.world_size
+        self.local_batch = local_batch_size(cfg.global_batch_size, info)
         self.sampler = GlobalBatchSampler(len(train), cfg.global_batch_size, cfg.seed)
         fc = cfg.as_finetune_config()
-        init = (
-            default_model_path()
-            if cfg.model.init_checkpoint == DEFAULT
-            else cfg.model.init_checkpoint
-        )
-        state, stored = read_checkpoint(init)
-        stored = stored or infer_config(state)
+        state, stored = read_init_checkpoint(cfg.model.init_checkpoint)
         # The question length is capped at the model's text length (18 for the shipped model).
         if stored is not None:
             self.text_length = min(cfg.data.max_text_length, stored.text.max_text_length)
@@ -269,24 +251,15 @@ class EgoTaskQAJob(TrainingJob):
             self.text_length = cfg.data.max_text_length
         fc.data = dataclasses.replace(fc.data, max_text_length=self.text_length)
         mc = finetune_model_config(fc, stored)
-        tok_path = (
-            default_model_dir() if cfg.model.tokenizer == DEFAULT else Path(cfg.model.tokenizer)
+        self.tokenizer = load_tokenizer(
+            finetune_tokenizer_path(cfg.model.tokenizer), self.text_length
         )
-        if not tok_path.exists():
-            raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {tok_path}")
-        self.tokenizer = load_tokenizer(tok_path, self.text_length)
         if cfg.encoder == "fusion" and "ITM" not in mc.task_names:
             raise ConfigError(
                 f"encoder 'fusion' needs a model with fusion layers and an ITM head; "
                 f"{cfg.model.init_checkpoint} has task_names {mc.task_names!r}"
             )
-        backbone = EgoVLPv2(
-            mc,
-            attention_impl=cfg.model.attention_impl,
-            gradient_checkpointing=cfg.model.gradient_checkpointing,
-            check_finite_pixels=False,
-        )
-        load_checkpoint(backbone, state, source=cfg.model.init_checkpoint)
+        backbone = init_finetune_model(mc, cfg.model, state)
         backbone.to(device=info.device, dtype=dtype)
         self.model = TaskQAModel(backbone, len(train.answers), cfg.encoder, cfg.dropout).train()
         self.objective = QAObjective(self.model, info)

@@ -33,7 +33,13 @@ from typing import Any
 
 from ..errors import InputError
 from ..files import atomic_write_text
-from .egotaskqa_data import ANSWER_SET_FILE, REASONING_TYPES_FILE, TAG_SEPARATOR, qa_file
+from .egotaskqa_data import (
+    ANSWER_SET_FILE,
+    REASONING_TYPES_FILE,
+    TAG_SEPARATOR,
+    qa_file,
+    read_question_list,
+)
 
 __all__ = ["PreparedEgoTaskQA", "prepare_egotaskqa", "release_file"]
 
@@ -73,14 +79,7 @@ class PreparedEgoTaskQA:
 
 
 def _read_release(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise InputError(f"{path}: no question file (the release's {{train,val,test}}_qas.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not a JSON file ({e})") from None
-    if not isinstance(data, list):
-        raise InputError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
+    data = read_question_list(path, " (the release's {train,val,test}_qas.json)")
     for i, qa in enumerate(data):
         if not isinstance(qa, dict):
             raise InputError(f"{path}: item {i}: expected an object, got {type(qa).__name__}")

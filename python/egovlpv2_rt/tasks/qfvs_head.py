@@ -50,7 +50,11 @@ __all__ = [
     "random_summary_f1",
     "score_shots",
     "split_val_queries",
+    "summarise_videos",
+    "summary_size",
+    "top_shots",
     "train_qfvs",
+    "video_scores",
 ]
 
 PROMPT_C1, PROMPT_C2, PROMPT_QUERY = 0, 1, 2
@@ -178,6 +182,19 @@ class QFVSTrainConfig:
     seed: int = 0
 
 
+def summary_size(num_shots: int, budget: float) -> int:
+    """Shots in a summary of ``budget`` (a share) of ``num_shots``: ``max(1, int(S * budget))``
+    (the original's ``int`` alone gives an empty summary below 1 / budget shots)."""
+    return max(1, int(num_shots * budget))
+
+
+def top_shots(scores: Tensor, budget: float) -> list[int]:
+    """The :func:`summary_size` best shots of ``scores`` [S], best first; equal scores: the
+    earlier shot first (a stable order)."""
+    order = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))
+    return order[: summary_size(scores.shape[0], budget)]
+
+
 def predict_summary(head: QFVSHead, example: QFVSExample, budget: float) -> list[int]:
     """The top ``max(1, int(S * budget))`` shots by query-prompt score, best first."""
     head.eval()
@@ -185,10 +202,7 @@ def predict_summary(head: QFVSHead, example: QFVSExample, budget: float) -> list
         scores = score_shots(
             head, example.features[PROMPT_QUERY : PROMPT_QUERY + 1], example.segments
         )[0]
-    k = max(1, int(scores.shape[0] * budget))
-    # Stable order for equal scores: the earlier shot first.
-    order = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))
-    return order[:k]
+    return top_shots(scores, budget)
 
 
 def mean_f1(
@@ -286,7 +300,7 @@ def random_summary_f1(
     f1 = []
     for e in examples:
         s = e.features.shape[1]
-        pick = rng.sample(range(s), max(1, int(s * budget)))
+        pick = rng.sample(range(s), summary_size(s, budget))
         f1.append(qfvs_f1(pick, e.oracle, concepts[e.video])[2])
     return float(np.mean(f1))
 
@@ -309,14 +323,26 @@ def evaluate_qfvs(
         pool = [e for v in videos if v != test for e in examples[v]]
         train, val = split_val_queries(pool, cfg.val_fraction, cfg.seed)
         result = train_qfvs(train, val, concepts, cfg)
-        p, r, f1 = mean_f1(result.head, examples[test], concepts, cfg.budget)
-        per_video[test] = {
-            "precision": p,
-            "recall": r,
-            "f1": f1,
-            "random_f1": random_summary_f1(examples[test], concepts, cfg.budget, cfg.seed),
-            "best_epoch": float(result.best_epoch),
-        }
+        per_video[test] = video_scores(result.head, examples[test], concepts, cfg)
+        per_video[test]["best_epoch"] = float(result.best_epoch)
+    return summarise_videos(per_video)
+
+
+def video_scores(
+    head: QFVSHead,
+    examples: Sequence[QFVSExample],
+    concepts: Mapping[str, np.ndarray],
+    cfg: QFVSTrainConfig,
+) -> dict[str, float]:
+    """One video's mean precision / recall / F1 over its queries and the seeded random
+    summary's F1 beside it."""
+    p, r, f1 = mean_f1(head, examples, concepts, cfg.budget)
+    rand = random_summary_f1(examples, concepts, cfg.budget, cfg.seed)
+    return {"precision": p, "recall": r, "f1": f1, "random_f1": rand}
+
+
+def summarise_videos(per_video: dict[str, dict[str, float]]) -> dict[str, object]:
+    """``{per_video, f1, random_f1}``: the F1s averaged over the videos."""
     return {
         "per_video": per_video,
         "f1": float(np.mean([v["f1"] for v in per_video.values()])),

@@ -44,10 +44,10 @@ from .qfvs_head import (
     QFVSTrainConfig,
     build_examples,
     evaluate_qfvs,
-    mean_f1,
-    random_summary_f1,
     split_val_queries,
+    summarise_videos,
     train_qfvs,
+    video_scores,
 )
 from .qfvs_summarize import save_qfvs_head
 
@@ -321,13 +321,6 @@ def evaluate_qfvs_dataset(
     cfg = cfg or QFVSTrainConfig()
     if head is None:
         return evaluate_qfvs(examples, concepts, cfg)
-    per_video: dict[str, dict[str, float]] = {}
-    for name in sorted(examples):
-        p, r, f1 = mean_f1(head, examples[name], concepts, cfg.budget)
-        rand = random_summary_f1(examples[name], concepts, cfg.budget, cfg.seed)
-        per_video[name] = {"precision": p, "recall": r, "f1": f1, "random_f1": rand}
-    return {
-        "per_video": per_video,
-        "f1": float(np.mean([v["f1"] for v in per_video.values()])),
-        "random_f1": float(np.mean([v["random_f1"] for v in per_video.values()])),
-    }
+    return summarise_videos(
+        {name: video_scores(head, examples[name], concepts, cfg) for name in sorted(examples)}
+    )

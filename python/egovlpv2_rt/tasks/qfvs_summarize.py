@@ -19,7 +19,7 @@ from ..files import atomic_output
 from ..modeling.model import EgoVLPv2
 from ..tokenizer import RobertaTokenizer
 from .qfvs import SHOT_SECONDS, segment_shots, shot_features
-from .qfvs_head import PROMPT_QUERY, QFVSHead, score_shots
+from .qfvs_head import PROMPT_QUERY, QFVSHead, score_shots, top_shots
 
 __all__ = [
     "SummaryShot",
@@ -72,8 +72,7 @@ def summarize(
     head.eval()
     q = feats.fused[0, PROMPT_QUERY : PROMPT_QUERY + 1].float()
     scores = score_shots(head, q, segments)[0]
-    k = max(1, int(scores.shape[0] * budget))
-    top = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i]), i))[:k]
+    top = top_shots(scores, budget)
     return [
         SummaryShot(i, i * SHOT_SECONDS, (i + 1) * SHOT_SECONDS, float(scores[i]))
         for i in sorted(top)

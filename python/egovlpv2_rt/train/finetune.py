@@ -30,7 +30,7 @@ from ..modeling.model import EgoVLPv2, sim_matrix
 from ..tokenizer import RobertaTokenizer
 from .config import ConfigError
 from .distributed import DistInfo, all_gather_no_grad, all_gather_with_grad, shutdown_distributed
-from .finetune_config import FinetuneConfig, FinetuneLoss, load_finetune_config
+from .finetune_config import FinetuneConfig, FinetuneLoss, FinetuneModel, load_finetune_config
 from .job import LoopSettings, TrainingJob
 from .losses import adaptive_max_margin_ranking_loss, norm_softmax_loss
 from .sampler import GlobalBatchSampler
@@ -49,7 +49,11 @@ __all__ = [
     "finetune",
     "finetune_from_file",
     "finetune_model_config",
+    "finetune_tokenizer_path",
+    "init_finetune_model",
+    "local_batch_size",
     "pair_loss",
+    "read_init_checkpoint",
 ]
 
 
@@ -202,6 +206,48 @@ def finetune_model_config(cfg: FinetuneConfig, stored: ModelConfig | None) -> Mo
     return mc
 
 
+def local_batch_size(global_batch_size: int, info: DistInfo) -> int:
+    """This rank's share of a global batch (it must divide evenly over the ranks)."""
+    if global_batch_size % info.world_size:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the world "
+            f"size {info.world_size}"
+        )
+    return global_batch_size // info.world_size
+
+
+def finetune_tokenizer_path(name: str) -> Path:
+    """``model.tokenizer`` as a path ("default": the model shipped with the package, so a
+    quick start needs no path); a missing one is an error naming the key."""
+    path = default_model_dir() if name == DEFAULT else Path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {path}")
+    return path
+
+
+def read_init_checkpoint(name: str) -> tuple[dict[str, Tensor], ModelConfig | None]:
+    """The tensors of ``model.init_checkpoint`` ("default": the shipped model) and their config:
+    the one the file stores, else a released checkpoint's recognised by its keys (a ``.pth``
+    stores none), else None (``model.preset`` decides)."""
+    state, stored = read_checkpoint(default_model_path() if name == DEFAULT else name)
+    return state, stored or infer_config(state)
+
+
+def init_finetune_model(
+    mc: ModelConfig, section: FinetuneModel, state: dict[str, Tensor]
+) -> EgoVLPv2:
+    """The EgoVLPv2 of ``mc`` with ``state`` loaded (``section``: how it runs). Pixels come
+    from the tasks' own readers: the finite check would only add a host sync."""
+    model = EgoVLPv2(
+        mc,
+        attention_impl=section.attention_impl,
+        gradient_checkpointing=section.gradient_checkpointing,
+        check_finite_pixels=False,
+    )
+    load_checkpoint(model, state, source=section.init_checkpoint)
+    return model
+
+
 class FinetuneJob(TrainingJob):
     """Dual-encoder fine-tuning of ``cfg`` on ``items`` as a :class:`~.job.TrainingJob`."""
 
@@ -223,41 +269,19 @@ class FinetuneJob(TrainingJob):
         self.cfg = cfg
         self.items = items
         self.info = info
-        if cfg.global_batch_size % info.world_size:
-            raise ValueError(
-                f"global_batch_size {cfg.global_batch_size} is not divisible by the world "
-                f"size {info.world_size}"
-            )
-        self.local_batch = cfg.global_batch_size // info.world_size
+        self.local_batch = local_batch_size(cfg.global_batch_size, info)
         self.sampler = GlobalBatchSampler(len(items), cfg.global_batch_size, cfg.seed)
-        # "default": the model shipped with the package (a quick start needs no path).
-        tok_path = (
-            default_model_dir() if cfg.model.tokenizer == DEFAULT else Path(cfg.model.tokenizer)
+        self.tokenizer = load_tokenizer(
+            finetune_tokenizer_path(cfg.model.tokenizer), cfg.data.max_text_length
         )
-        if not tok_path.exists():
-            raise FileNotFoundError(f"model.tokenizer: no tokenizer file or folder at {tok_path}")
-        self.tokenizer = load_tokenizer(tok_path, cfg.data.max_text_length)
-        init = (
-            default_model_path()
-            if cfg.model.init_checkpoint == DEFAULT
-            else cfg.model.init_checkpoint
-        )
-        state, stored = read_checkpoint(init)
-        # A released .pth stores no config: recognised by its keys, else model.preset.
-        mc = finetune_model_config(cfg, stored or infer_config(state))
+        state, stored = read_init_checkpoint(cfg.model.init_checkpoint)
+        mc = finetune_model_config(cfg, stored)
         if mc.text.vocab_size != self.tokenizer.vocab_size:
             raise ConfigError(
                 f"the model's text.vocab_size {mc.text.vocab_size} != the tokenizer's "
                 f"{self.tokenizer.vocab_size} (model.tokenizer={cfg.model.tokenizer})"
             )
-        # Pixels come from the task's own readers: the finite check would only add a host sync.
-        model = EgoVLPv2(
-            mc,
-            attention_impl=cfg.model.attention_impl,
-            gradient_checkpointing=cfg.model.gradient_checkpointing,
-            check_finite_pixels=False,
-        )
-        load_checkpoint(model, state, source=cfg.model.init_checkpoint)
+        model = init_finetune_model(mc, cfg.model, state)
         self.model = model.to(device=info.device, dtype=dtype).train()
         self.objective = DualEncoderObjective(self.model, pair_loss(cfg.loss), info)
         self._evaluator = task.evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
