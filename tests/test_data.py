@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -175,6 +176,36 @@ def test_synthetic_dataset_formats(synth):
             for j, c in enumerate(it.choices):
                 if j != it.answer:
                     assert all(obj not in r.clip_text for r in recs if r.video_uid == c.video_uid)
+
+
+def test_intra_questions_hold_the_temporal_twin_when_the_video_has_one(tmp_path):
+    from egovlpv2_rt.data.synthetic import is_temporal_twin
+
+    generate_dataset(tmp_path, seed=3, cfg=SynthConfig(num_clips=160, size=32, num_mcq=80))
+    recs = read_egoclip(tmp_path / "egoclip.csv")
+    # The twin relation: same object, the action reversed; symmetric, never a clip itself.
+    pick, put, left, right = (
+        VERB_CLASSES.index(v) for v in ("pick up", "put down", "move left", "move right")
+    )
+    base = recs[0]
+    same = dataclasses.replace
+    assert is_temporal_twin(same(base, tag_verb=(pick,)), same(base, tag_verb=(put,)))
+    assert is_temporal_twin(same(base, tag_verb=(right,)), same(base, tag_verb=(left,)))
+    assert not is_temporal_twin(same(base, tag_verb=(pick,)), same(base, tag_verb=(pick,)))
+    assert not is_temporal_twin(
+        same(base, tag_verb=(pick,)), same(base, tag_verb=(put,), tag_noun=(base.tag_noun[0] + 1,))
+    )
+    with_twin = 0
+    for it in read_egomcq(tmp_path / "egomcq.json"):
+        if it.type != INTRA:
+            continue
+        pool = [r for r in recs if r.video_uid == it.query.video_uid and r.clip_text != it.text]
+        if any(is_temporal_twin(it.query, r) for r in pool):
+            with_twin += 1
+            assert any(
+                is_temporal_twin(it.query, c) for j, c in enumerate(it.choices) if j != it.answer
+            ), it.key
+    assert with_twin >= 10  # most videos hold a pick-up / put-down pair
 
 
 def test_synthetic_is_deterministic(synth, tmp_path):

@@ -17,6 +17,7 @@ from egovlpv2_rt.train.losses import (
     random_negative_weights,
     sample_vtm_pairs,
     vtm_negative_weights,
+    with_time_reversal,
 )
 
 
@@ -244,3 +245,53 @@ def test_objective_switches_set_weights_and_positives():
     assert LossSection(vtm_negatives="random").weights() == LossWeights.original()
     row = LossSection(preset="paper", masked_lm=False, vtm_negatives="off")
     assert row.weights() == LossWeights(0.25, 0.0, 0.0)  # EgoNCE alone, the paper's scale
+
+
+def test_time_reversal_negative_is_one_more_text_to_video_negative():
+    # Hand-built: row i of the text -> video softmax gains column "text i vs its reversed clip"
+    # (never a positive); the video -> text term is the plain EgoNCE one.
+    gen = torch.Generator().manual_seed(3)
+    n, t = 6, 0.05
+    sim = torch.rand(n, n, generator=gen, dtype=torch.float64) * 2 - 1
+    rev = torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1
+    mask_v = (torch.rand(n, n, generator=gen) > 0.6).double()
+    mask_n = (torch.rand(n, n, generator=gen) > 0.4).double()
+    got, pos = egonce_loss(sim, mask_v, mask_n, t, reversed_sim=rev)
+    plain, _ = egonce_loss(sim, mask_v, mask_n, t)
+    ext = torch.cat([sim, rev[:, None]], 1) / t
+    ext_pos = torch.cat([pos, torch.zeros(n, 1, dtype=torch.bool)], 1)
+    p_t2v = (torch.softmax(ext, 1) * ext_pos).sum(1)
+    p_v2t = (torch.softmax(sim.t() / t, 1) * pos).sum(1)  # the original: same mask
+    want = -p_t2v.log().mean() - p_v2t.log().mean()
+    assert abs(got.item() - want.item()) <= 1e-12 * abs(want.item())
+    assert got.item() > plain.item()
+    # A reversed clip far from its caption costs nothing: the plain loss.
+    far, _ = egonce_loss(sim, mask_v, mask_n, t, reversed_sim=torch.full((n,), -1e4).double())
+    assert abs(far.item() - plain.item()) <= 1e-12 * abs(plain.item())
+    with pytest.raises(ValueError, match=r"reversed_sim must be \[6\]"):
+        egonce_loss(sim, mask_v, mask_n, t, reversed_sim=rev[:5])
+
+
+def test_time_reversal_pairs_replace_half_the_negatives_only():
+    sim, pos = _sim_and_pos(12, 0)
+    gen = torch.Generator().manual_seed(0)
+    n_neg = n_rev = 0
+    for _ in range(400):
+        pairs = sample_vtm_pairs(sim, pos, 0.05, gen)
+        out = with_time_reversal(pairs, gen)
+        assert out.reversed is not None
+        assert torch.equal(out.labels, pairs.labels) and torch.equal(
+            out.text_index, pairs.text_index
+        )
+        keep = ~out.reversed
+        assert torch.equal(out.video_index[keep], pairs.video_index[keep])
+        assert not (out.reversed & (out.labels == 1)).any()  # matches are never reversed
+        # a reversed negative shows its own caption's clip, backwards
+        assert torch.equal(out.video_index[out.reversed], out.text_index[out.reversed])
+        n_neg += int((pairs.labels == 0).sum())
+        n_rev += int(out.reversed.sum())
+    frac = n_rev / n_neg
+    sd = (0.25 / n_neg) ** 0.5
+    assert abs(frac - 0.5) <= 5 * sd, frac
+    sliced = out.slice(3, 9)
+    assert sliced.reversed is not None and torch.equal(sliced.reversed, out.reversed[3:9])

@@ -1,9 +1,11 @@
 """The shipped default model: files, size, architecture, and EgoMCQ accuracy on held-out
-synthetic data (regenerated here with the held-out seed; the model never saw these videos)."""
+synthetic data regenerated here: the recipe's development set (seed 2, what results.json
+records) and five fresh sets that no choice was made on (the targets are asserted there)."""
 
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -20,6 +22,7 @@ from egovlpv2_rt.train.default_model import (
     EVAL_SEED,
     IMAGE_SIZE,
     MAX_TEXT_LENGTH,
+    TRAIN_SEED,
 )
 
 
@@ -79,21 +82,40 @@ def test_default_model_scores_what_its_results_json_says(heldout):
     assert min(heldout[m][k] for m in heldout for k in ("inter", "intra")) >= 55.0, heldout
 
 
-# Issue 5's acceptance targets: ensemble inter >= 90 and intra >= 60 on held-out data, from a
-# recipe that trains in under 30 minutes on the 2-core CPU (its measured time is in
-# results.json), and fusion / ensemble above dual on intra (the paper's claim).
-def test_default_model_meets_the_egomcq_and_time_targets(heldout):
-    acc = heldout
-    assert acc["ensemble"]["inter"] >= 90.0, acc
-    assert acc["ensemble"]["intra"] >= 60.0, acc
+# Fresh held-out seeds, generated here: never the training seed (1) or the recipe's development
+# seed (2), never used for a choice. The README's five-seed table is these seeds.
+FRESH_SEEDS = (11, 12, 13, 14, 15)
+
+
+@pytest.fixture(scope="module")
+def fresh(shipped, tmp_path_factory):
+    """EgoMCQ accuracy of the shipped model on five fresh held-out sets (400 clips in 50
+    videos each, 100 inter + 100 intra questions), per seed."""
+    assert not {TRAIN_SEED, EVAL_SEED} & set(FRESH_SEEDS)
+    model, tok = shipped
+    out = {}
+    for seed in FRESH_SEEDS:
+        root = tmp_path_factory.mktemp(f"fresh{seed}")
+        generate_dataset(
+            root, seed, SynthConfig(num_clips=EVAL_CLIPS, size=IMAGE_SIZE, num_mcq=EVAL_QUESTIONS)
+        )
+        out[seed] = evaluate_egomcq(
+            model, read_egomcq(root / "egomcq.json"), root / "videos", tok,
+            max_length=MAX_TEXT_LENGTH, batch_size=8,
+        ).accuracy  # fmt: skip
+    return out
+
+
+def _mean(fresh: dict, mode: str, kind: str) -> float:
+    return statistics.fmean(acc[mode][kind] for acc in fresh.values())
+
+
+# Issue 18's targets, on the mean of the five fresh seeds: ensemble inter >= 90 and intra >= 60,
+# the ensemble at least as good as dual on intra; and a recipe that trains within 60 minutes
+# on the 2-core CPU (its measured time is in results.json).
+def test_default_model_meets_the_egomcq_targets_on_five_fresh_seeds(fresh):
+    assert _mean(fresh, "ensemble", "inter") >= 90.0, fresh
+    assert _mean(fresh, "ensemble", "intra") >= 60.0, fresh
+    assert _mean(fresh, "ensemble", "intra") >= _mean(fresh, "dual", "intra"), fresh
     recorded = json.loads((DEFAULT_DIR / "results.json").read_text())
-    assert recorded["seconds"]["train"] < 30 * 60, recorded["seconds"]
-
-
-# The paper's claim. The shipped model shows it by a small margin (fusion 67 vs dual 66 intra,
-# ensemble 75): in three other runs of this recipe family fusion stayed below dual, see
-# default_model/README.md.
-def test_default_model_fusion_and_ensemble_beat_dual_on_intra(heldout):
-    acc = heldout
-    assert acc["fusion"]["intra"] > acc["dual"]["intra"], acc
-    assert acc["ensemble"]["intra"] > acc["dual"]["intra"], acc
+    assert recorded["seconds"]["train"] < 60 * 60, recorded["seconds"]

@@ -13,9 +13,10 @@ What the tasks test:
 - inter-video EgoMCQ: the candidates come from other videos whose tables do not hold the
   query's object, so the object words (colour and shape) decide;
 - intra-video EgoMCQ: the candidates are other clips of the query's video (same scene, same
-  objects); verb, direction and which object moved decide. Some of these need the temporal order
-  of the frames (left vs right, pick up vs put down), which a single pooled vector keeps less
-  readily than the fusion encoder's cross-attention.
+  objects); verb, direction and which object moved decide. Whenever the query's video holds its
+  temporal twin (the same object, the action reversed: picks up / puts down, moves left /
+  right; :func:`is_temporal_twin`) that clip is one of the distractors, so those questions need
+  the order of the frames: a model that ignores it is at chance between the two.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same files.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "SceneObject",
     "SynthConfig",
     "generate_dataset",
+    "is_temporal_twin",
     "make_video",
     "narration_words",
     "render_frame",
@@ -350,6 +352,20 @@ def make_video(
     return frames, records, {f"{o.colour} {o.shape}" for o in objs}
 
 
+# Verb classes that are each other's action played backwards.
+_REVERSED_VERB = {"move left": "move right", "move right": "move left", "pick up": "put down"}
+_REVERSED_VERB["put down"] = "pick up"
+
+
+def is_temporal_twin(a: ClipRecord, b: ClipRecord) -> bool:
+    """Whether clip ``b`` shows clip ``a``'s action on the same object in reverse (picks up /
+    puts down, moves left / right): a frame-order-blind model cannot tell the two apart."""
+    if a.tag_noun != b.tag_noun or len(a.tag_verb) != 1 or len(b.tag_verb) != 1:
+        return False
+    verb_a = VERB_CLASSES[a.tag_verb[0]]
+    return _REVERSED_VERB.get(verb_a) == VERB_CLASSES[b.tag_verb[0]]
+
+
 def _object_of(text: str) -> str:
     words = text.split()
     i = words.index("the")
@@ -377,6 +393,12 @@ def _make_mcq(
             if len(pool) < 4:
                 continue
             picks = [pool[int(i)] for i in rng.permutation(len(pool))[:4]]
+            # The query's temporal twin (the same object, the action reversed), when its video
+            # has one, is always among the distractors: only the order of the frames tells the
+            # two apart, which is what the paper's intra-video questions test.
+            twin = next((c for c in pool if is_temporal_twin(q, c)), None)
+            if twin is not None and twin not in picks:
+                picks[int(rng.integers(4))] = twin
         else:
             if len(videos) < 5:
                 raise ValueError("inter-video questions need at least 5 videos")

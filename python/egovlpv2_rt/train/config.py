@@ -149,6 +149,12 @@ class LossSection:
     ``vtm_negatives`` ``hard`` (drawn by similarity, the original), ``random`` (uniform over the
     non-positives) or ``off`` (no VTM). They act on the weights of ``preset``.
 
+    ``time_reversal`` (not in the original; off by default): each caption's own clip played
+    backwards is one more EgoNCE negative of that caption, and half of the VTM negatives are such
+    reversed clips (:func:`~egovlpv2_rt.train.losses.with_time_reversal`). Costs one more video
+    tower pass per step; teaches the temporal direction that contrastive video-language models
+    otherwise ignore ("picks up" vs "puts down", left vs right).
+
     ``mlm_start_step`` / ``vtm_start_step``: the first step at which MLM / VTM join (0: from the
     start). ``mlm_stop_step``: the first step without MLM (0: MLM never stops); must be after
     ``mlm_start_step``. Trained from scratch, VTM sits at chance (cross-entropy 0.69) until the dual
@@ -171,6 +177,7 @@ class LossSection:
     contrastive: str = "egonce"
     masked_lm: bool = True
     vtm_negatives: str = "hard"
+    time_reversal: bool = False
 
     def weights(self) -> LossWeights:
         """The weights of ``preset`` with the switched-off objectives at 0."""

@@ -52,14 +52,17 @@ class Recipe:
         mlm_stop: first step without MLM (0: MLM to the end).
         batch: global batch size.
         lr: peak learning rate (AdamW, 5% warm-up, cosine).
+        time_reversal: each caption's clip played backwards is a negative
+            (``loss.time_reversal``).
     """
 
-    train_clips: int = 2400
-    steps: int = 4200
-    vtm_start: int = 2100
-    mlm_stop: int = 2100
+    train_clips: int = 4800
+    steps: int = 6000
+    vtm_start: int = 3000
+    mlm_stop: int = 3000
     batch: int = 16
     lr: float = 5e-4
+    time_reversal: bool = True
 
 
 RECIPE = Recipe()
@@ -144,6 +147,7 @@ def default_train_config(
     vtm_start_step: int = 0,
     mlm_stop_step: int = 0,
     warmup_steps: int | None = None,
+    time_reversal: bool = False,
 ) -> dict:
     cfg = {
         "model": {"preset": "tiny", "overrides": default_model_overrides(vocab_size, width, heads)},
@@ -168,6 +172,7 @@ def default_train_config(
             "preset": "original",
             "vtm_start_step": vtm_start_step,
             "mlm_stop_step": mlm_stop_step,
+            "time_reversal": time_reversal,
         },
         "out_dir": str(out_dir),
         # The fused C++ attention ops: 1.44x faster training steps than the reference path
@@ -230,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         help="first step without MLM (loss.mlm_stop_step; 0: MLM to the end)",
     )
     p.add_argument(
+        "--time-reversal",
+        action=argparse.BooleanOptionalAction,
+        default=RECIPE.time_reversal,
+        help="each caption's clip played backwards is a negative (loss.time_reversal)",
+    )
+    p.add_argument(
         "--warmup",
         type=int,
         default=None,
@@ -283,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         vtm_start_step=args.vtm_start,
         mlm_stop_step=args.mlm_stop,
         warmup_steps=args.warmup,
+        time_reversal=args.time_reversal,
     )
     cfg_dict["num_threads"] = 1
     work.mkdir(parents=True, exist_ok=True)

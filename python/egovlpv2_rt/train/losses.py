@@ -36,6 +36,7 @@ __all__ = [
     "random_negative_weights",
     "sample_vtm_pairs",
     "vtm_negative_weights",
+    "with_time_reversal",
 ]
 
 EGONCE_TEMPERATURE = 0.05
@@ -86,6 +87,7 @@ def egonce_loss(
     mask_v: Tensor | None = None,
     mask_n: Tensor | None = None,
     temperature: float = EGONCE_TEMPERATURE,
+    reversed_sim: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """EgoNCE (the original's loss, both directions, same positive mask in both).
 
@@ -97,10 +99,18 @@ def egonce_loss(
     The log of the positive softmax mass is computed as a difference of two logsumexps, which is
     the same quantity without the underflow of ``log(sum(softmax * pos))`` at small T.
 
+    With ``reversed_sim`` (time-reversal negatives, not in the original: Bagad et al., "Test of
+    Time", CVPR 2023) row i of the text-to-video term has one more negative, text i against its
+    own clip played backwards, so a caption whose action has a temporal direction ("picks up" /
+    "puts down") is pulled away from the frames in the wrong order. The video-to-text term is
+    unchanged.
+
     Args:
         sim: ``[N, N]`` float text-video similarity, rows are texts.
         mask_v, mask_n: ``[N, N]`` verb / noun overlap masks (see :func:`egonce_positive_mask`).
         temperature: softmax temperature (0.05 in EgoVLPv2).
+        reversed_sim: ``[N]`` float similarity of text i and video i with its frames reversed,
+            or None.
 
     Returns:
         ``(loss, pos)``: scalar loss in ``sim``'s dtype, and the ``[N, N]`` bool positive mask.
@@ -110,12 +120,20 @@ def egonce_loss(
         raise TypeError(f"sim must be a floating tensor, got {sim.dtype}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if reversed_sim is not None and tuple(reversed_sim.shape) != (sim.shape[0],):
+        raise ValueError(
+            f"reversed_sim must be [{sim.shape[0]}] (one per text), got {tuple(reversed_sim.shape)}"
+        )
     pos = egonce_positive_mask(mask_v, mask_n, sim.shape[0]).to(sim.device)
     logits = sim / temperature
     neg_inf = torch.finfo(sim.dtype).min
     # Row i of the first term: text i over videos; the second term reads sim^T with the same
     # (untransposed) mask, as the original does.
-    lse_all_i = torch.logsumexp(logits, dim=1)
+    if reversed_sim is None:
+        lse_all_i = torch.logsumexp(logits, dim=1)
+    else:
+        rev = (reversed_sim.to(sim.dtype) / temperature)[:, None]
+        lse_all_i = torch.logsumexp(torch.cat([logits, rev], dim=1), dim=1)
     lse_pos_i = torch.logsumexp(logits.masked_fill(~pos, neg_inf), dim=1)
     logits_t = logits.t()
     lse_all_j = torch.logsumexp(logits_t, dim=1)
@@ -171,16 +189,22 @@ class VTMPairs:
         video_index: ``[N]`` int64, which video of the batch each pair uses.
         text_index: ``[N]`` int64, which caption.
         labels: ``[N]`` int64, 1 = matching pair, 0 = hard negative.
+        reversed: ``[N]`` bool, the pair's video is played backwards (a time-reversal
+            negative, :func:`with_time_reversal`), or None (no pair is).
     """
 
     video_index: Tensor
     text_index: Tensor
     labels: Tensor
+    reversed: Tensor | None = None
 
     def slice(self, start: int, stop: int) -> VTMPairs:
         """Pairs ``start:stop`` (one rank's share of a global batch)."""
         return VTMPairs(
-            self.video_index[start:stop], self.text_index[start:stop], self.labels[start:stop]
+            self.video_index[start:stop],
+            self.text_index[start:stop],
+            self.labels[start:stop],
+            None if self.reversed is None else self.reversed[start:stop],
         )
 
 
@@ -278,6 +302,27 @@ def sample_vtm_pairs(
         video_index[rows[nv]] = picks[nv]
         text_index[rows[~nv]] = picks[~nv]
     return VTMPairs(video_index, text_index, labels)
+
+
+def with_time_reversal(pairs: VTMPairs, generator: torch.Generator) -> VTMPairs:
+    """Turn a random half of the negative slots into time-reversal negatives.
+
+    Each negative slot (label 0) flips a fair coin from ``generator``; on heads it becomes
+    (its caption, the caption's own video played backwards), label 0. Matching pairs are kept.
+    The same draw on every rank (see :func:`sample_vtm_pairs`).
+
+    Args:
+        pairs: the VTM draw (``reversed`` None).
+        generator: CPU generator, after the VTM draw.
+
+    Returns:
+        :class:`VTMPairs` with ``reversed`` set.
+    """
+    n = pairs.labels.shape[0]
+    heads = torch.rand(n, generator=generator) > 0.5
+    rev = heads & (pairs.labels == 0)
+    video_index = torch.where(rev, pairs.text_index, pairs.video_index)
+    return VTMPairs(video_index, pairs.text_index, pairs.labels, rev)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..modeling.model import EgoVLPv2, sim_matrix
 from .distributed import DistInfo, all_gather_no_grad, all_gather_with_grad, all_reduce_sum
-from .losses import LossWeights, egonce_loss, mlm_loss, sample_vtm_pairs
+from .losses import LossWeights, egonce_loss, mlm_loss, sample_vtm_pairs, with_time_reversal
 
 __all__ = ["GlobalBatch", "PretrainObjective", "StepLosses"]
 
@@ -76,6 +76,9 @@ class PretrainObjective(nn.Module):
         mlm_stop_step: steps from this one on have the MLM weight 0 (0: MLM never stops).
         vtm_negatives: ``hard`` (drawn by similarity) or ``random`` (uniform over the
             non-positives) VTM negatives.
+        time_reversal: each caption's clip played backwards is an extra EgoNCE negative of
+            that caption, and half of the VTM negatives are such clips (see
+            ``LossSection.time_reversal``).
     """
 
     def __init__(
@@ -89,11 +92,13 @@ class PretrainObjective(nn.Module):
         vtm_start_step: int = 0,
         mlm_stop_step: int = 0,
         vtm_negatives: str = "hard",
+        time_reversal: bool = False,
     ) -> None:
         super().__init__()
         if vtm_negatives not in ("hard", "random"):
             raise ValueError(f"vtm_negatives must be 'hard' or 'random', got {vtm_negatives!r}")
         self.vtm_negatives = vtm_negatives
+        self.time_reversal = time_reversal
         self.model = model
         self.weights = weights
         self.temperature = temperature
@@ -150,7 +155,15 @@ class PretrainObjective(nn.Module):
         egonce = sim = pos = None
         total: Tensor | None = None
         if need_sim:
-            v_emb = self.model.encode_video(batch.video)
+            reverse = self.time_reversal and w.egonce != 0
+            video = batch.video
+            if reverse:  # one tower pass for the clips and their reversals
+                video = torch.cat([video, video.flip(1)])
+            v_emb = self.model.encode_video(video)
+            r_all = None
+            if reverse:
+                v_emb, r_emb = v_emb[:b], v_emb[b:]
+                r_all = all_gather_with_grad(r_emb, info)
             t_emb = self.model.encode_text(ids[sl], am[sl])
             if w.egonce == 0:  # the similarities only steer the VTM draw
                 v_emb, t_emb = v_emb.detach(), t_emb.detach()
@@ -161,7 +174,12 @@ class PretrainObjective(nn.Module):
             acc = torch.promote_types(v_all.dtype, torch.float32)
             with torch.autocast(device_type=v_all.device.type, enabled=False):
                 sim = sim_matrix(t_all.to(acc), v_all.to(acc))
-                egonce, pos = egonce_loss(sim, batch.mask_v, batch.mask_n, self.temperature)
+                rev_sim = None
+                if r_all is not None:
+                    rev_sim = sim_matrix(t_all.to(acc), r_all.to(acc)).diagonal()
+                egonce, pos = egonce_loss(
+                    sim, batch.mask_v, batch.mask_n, self.temperature, reversed_sim=rev_sim
+                )
             if w.egonce != 0:
                 total = w.egonce * egonce
 
@@ -180,13 +198,20 @@ class PretrainObjective(nn.Module):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + batch.step)
             pairs = sample_vtm_pairs(
                 sim.detach(), pos, self.temperature, gen, negatives=self.vtm_negatives
-            ).slice(batch.offset, batch.offset + b)
+            )
+            if self.time_reversal:
+                pairs = with_time_reversal(pairs, gen)
+            pairs = pairs.slice(batch.offset, batch.offset + b)
             all_video = all_gather_no_grad(batch.video, info)
             dev = batch.video.device
             v_idx = pairs.video_index.to(dev)
             t_idx = pairs.text_index.to(dev)
             labels = pairs.labels.to(dev)
-            logits = self.model.vtm_logits(all_video[v_idx], ids[t_idx], am[t_idx])
+            pair_video = all_video[v_idx]
+            if pairs.reversed is not None:
+                flip = pairs.reversed.to(dev)[:, None, None, None, None]
+                pair_video = torch.where(flip, pair_video.flip(1), pair_video)
+            logits = self.model.vtm_logits(pair_video, ids[t_idx], am[t_idx])
             local_sum = F.cross_entropy(
                 logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="sum"
             )
