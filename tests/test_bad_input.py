@@ -32,6 +32,8 @@ BAD_VALUES = {
     common.positive_int: ["0", "-1", "2.5", "x", ""],
     common.non_negative_int: ["-1", "1.5", "x"],
     common.positive_float: ["0", "-1", "nan", "inf", "x"],
+    common.non_negative_float: ["-1", "nan", "inf", "x"],
+    common.actor_range: ["0", "3..2", "1..", "x", "0..2"],
     common.text_arg: ["   ", "caf\udce9"],  # blank; b"caf\xe9" (Latin-1) as argv decodes it
     common.clip_spec: ["@-1:2", "a.mp4@-1:2", "a.mp4@3:2", "a.mp4@x:y", "a.mp4@1:inf"],
     common.bench_case: ["video", "text_b0", "score_bx"],

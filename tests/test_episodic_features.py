@@ -171,3 +171,48 @@ def test_feature_settings_are_checked():
     assert FeatureSettings(task="mq").window_frames == 16
     assert FeatureSettings(task="nlq").window_frames == 4
     assert "backend" not in FeatureSettings(task="nlq").numerics()
+
+
+def test_mq_features_decode_the_next_chunk_while_the_model_runs(monkeypatch):
+    # 5 windows in chunks of 2: chunk k + 1 is being decoded (read_windows, background thread)
+    # while the model runs on chunk k; the features equal the chunk-by-chunk computation.
+    import threading
+
+    from egovlpv2_rt.tasks.episodic import features as feats
+
+    model = _fusion_model("reference")
+    v = model.config.video
+    windows = np.arange(5 * v.num_frames, dtype=np.int64).reshape(5, v.num_frames)
+    started: dict[int, threading.Event] = {k: threading.Event() for k in (0, 2, 4)}
+
+    def read_windows(video, win, size, *, backend, dtype):
+        first = int(win[0, 0]) // v.num_frames
+        started[first].set()
+        gen = torch.Generator().manual_seed(first)
+        return torch.randn(len(win), v.num_frames, 3, size, size, generator=gen, dtype=dtype)
+
+    monkeypatch.setattr(feats, "read_windows", read_windows)
+    real = model.forward_video
+    waited = []
+
+    def forward_video(clip):
+        first = next(k for k in started if started[k].is_set() and k not in waited)
+        waited.append(first)
+        if first + 2 in started:  # without the overlap this would time out
+            assert started[first + 2].wait(timeout=10), f"chunk {first + 2} not decoding"
+        return real(clip)
+
+    monkeypatch.setattr(model, "forward_video", forward_video)
+    s = FeatureSettings(task="mq", window_batch=2)
+    got = feats.mq_clip_features(model, "video.mp4", windows, s)
+    want = torch.cat(
+        [
+            real(
+                read_windows(None, windows[a:b], v.img_size, backend="pyav", dtype=model.dtype)
+            ).embeds.float()
+            for a, b in ((0, 2), (2, 4), (4, 5))
+        ]
+    )
+    assert waited == [0, 2, 4]
+    assert got.shape == (5, model.config.projection_dim)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -24,7 +24,7 @@ from egovlpv2_rt.cli import export as export_cli
 from egovlpv2_rt.errors import InputError
 from egovlpv2_rt.modeling import EgoVLPv2
 from egovlpv2_rt.modeling.validation import WeightsError, check_weights, nonfinite_rows
-from egovlpv2_rt.runtime import api, load
+from egovlpv2_rt.runtime import decoding, load
 from egovlpv2_rt.runtime.store import EmbeddingSet, save_embeddings
 from egovlpv2_rt.video import ClipSpec
 
@@ -63,7 +63,7 @@ def _spec_label(i: int, spec: ClipSpec) -> str:
 def nan_in_second_clip(monkeypatch, specs):
     """The decoder returns pixels with one NaN for ``specs[1]`` (a damaged decode or
     transform); the other clips decode normally."""
-    real = api.read_clip
+    real = decoding.read_clip
 
     def patched(path, *args, **kwargs):
         x = real(path, *args, **kwargs)
@@ -72,7 +72,7 @@ def nan_in_second_clip(monkeypatch, specs):
             x[1, 2, 3, 4] = float("nan")
         return x
 
-    monkeypatch.setattr(api, "read_clip", patched)
+    monkeypatch.setattr(decoding, "read_clip", patched)
 
 
 # ------------------------------------------------------------------------------ pixels
@@ -110,7 +110,7 @@ def test_pixel_dtype_is_checked_on_the_model_input(rt, specs, monkeypatch):
     with pytest.raises(TypeError, match=r"clip 0: expected normalised float pixels, got"):
         rt.encode_video([uint8])
     # A decoder/transform that forgot to convert its uint8 frames is caught after it.
-    monkeypatch.setattr(api, "read_clip", lambda *a, **k: uint8)
+    monkeypatch.setattr(decoding, "read_clip", lambda *a, **k: uint8)
     with pytest.raises(InputError, match=r"dtype torch.uint8; the model takes floating point"):
         rt.encode_video(specs[:1])
 

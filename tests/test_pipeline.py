@@ -12,8 +12,8 @@ import torch
 from _tiny_assets import synthetic_clips, tiny_model_dir
 
 from egovlpv2_rt.runtime import load
-from egovlpv2_rt.runtime.pipeline import DecodedBatch, overlapped
 from egovlpv2_rt.video import ClipSpec, VideoError
+from egovlpv2_rt.video.pipeline import DecodedBatch, overlapped
 
 
 def test_next_batch_decodes_while_the_current_one_encodes():

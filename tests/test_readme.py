@@ -71,7 +71,7 @@ def test_readme_runtime_example(workdir, monkeypatch):
     rt = egovlpv2_rt.load(device="cpu")
     model = load_model(egovlpv2_rt.default_model_path(), attention_impl="reference")
     p = rt.preprocessing
-    pixels = read_clip("clip.mp4", num_frames=p.num_frames, transform=rt._transform)
+    pixels = read_clip("clip.mp4", num_frames=p.num_frames, transform=rt.clip_decoder.transform)
     with torch.no_grad():
         ref = model.encode_video(pixels[None])
     assert _rel(first[:1], ref) <= 1e-5

@@ -8,7 +8,9 @@ working.
 
 from __future__ import annotations
 
-__all__ = ["EgoVLPv2Error", "InputError", "OutputBusyError", "UnsafeFileError"]
+__all__ = ["EgoVLPv2Error", "InputError", "OutputBusyError", "UnsafeFileError", "one_line"]
+
+_MAX_ERROR = 400
 
 
 class EgoVLPv2Error(Exception):
@@ -27,3 +29,19 @@ class UnsafeFileError(InputError):
 
 class OutputBusyError(EgoVLPv2Error, RuntimeError):
     """Another process is writing the same output; refused instead of racing it."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message with newlines folded, cut at 400 characters;
+    exceptions that are not input errors are prefixed with their type."""
+    msg = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    if isinstance(exc, KeyError) and msg.startswith("'"):
+        msg = f"missing key {msg}"
+    if not msg:
+        msg = type(exc).__name__
+    expected = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, EgoVLPv2Error)
+    if not isinstance(exc, expected):
+        msg = f"{type(exc).__name__}: {msg}"
+    if len(msg) > _MAX_ERROR:
+        msg = msg[: _MAX_ERROR - 3] + "..."
+    return msg

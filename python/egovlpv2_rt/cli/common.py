@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from ..errors import EgoVLPv2Error
+from ..errors import EgoVLPv2Error, one_line
 from ..export.metadata import file_sha256
 from ..runtime import Runtime, load
+from ..runtime.ray_engine import RayOptions
 from ..runtime.store import model_fingerprint
 from ..video.clip_list import parse_clip_arg
 
@@ -45,7 +46,6 @@ __all__ = [
     "text_arg",
 ]
 
-_MAX_ERROR = 400
 
 # Optional Python packages -> the extra of egovlpv2-rt that installs them.
 _EXTRAS = {
@@ -74,22 +74,6 @@ def missing_dependency(exc: ModuleNotFoundError, command: str) -> str:
     else:
         how = f"pip install {name}"
     return f"{command} needs the Python package {name!r}, which is not installed ({how})"
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message with newlines folded, cut at 400 characters;
-    exceptions that are not input errors are prefixed with their type."""
-    msg = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    if isinstance(exc, KeyError) and msg.startswith("'"):
-        msg = f"missing key {msg}"
-    if not msg:
-        msg = type(exc).__name__
-    expected = (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, EgoVLPv2Error)
-    if not isinstance(exc, expected):
-        msg = f"{type(exc).__name__}: {msg}"
-    if len(msg) > _MAX_ERROR:
-        msg = msg[: _MAX_ERROR - 3] + "..."
-    return msg
 
 
 def error_exit(prog: str, exc: BaseException, message: str | None = None) -> int:
@@ -181,6 +165,29 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a GPU share)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def actor_range(text: str) -> tuple[int, int]:
+    """``--actors``: ``N`` (fixed) or ``MIN..MAX`` (autoscaling), 1 <= MIN <= MAX."""
+    lo, sep, hi = text.partition("..")
+    try:
+        pair = (int(lo), int(hi if sep else lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN..MAX, got {text!r}") from None
+    if not 1 <= pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"need 1 <= MIN <= MAX, got {text!r}")
+    return pair
+
+
 def text_arg(text: str) -> str:
     """Text (a query, a question): not blank, and valid UTF-8. Arguments that are not UTF-8
     reach Python as lone surrogates (``surrogateescape``); they are refused here rather than
@@ -241,6 +248,12 @@ def add_model_options(p: argparse.ArgumentParser, *, backend: bool = True) -> No
 
 def runtime_from_args(args: argparse.Namespace, **overrides: Any) -> Runtime:
     """The :class:`Runtime` that the model options of ``args`` describe."""
+    return load(getattr(args, "checkpoint", None), **runtime_load_kwargs(args, **overrides))
+
+
+def runtime_load_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`egovlpv2_rt.runtime.load` that the model options of
+    ``args`` give (the checkpoint apart)."""
     kwargs: dict[str, Any] = {
         "device": getattr(args, "device", None),
         "precision": getattr(args, "precision", None),
@@ -249,8 +262,10 @@ def runtime_from_args(args: argparse.Namespace, **overrides: Any) -> Runtime:
         "num_frames": getattr(args, "frames", None),
         "video_batch_size": getattr(args, "batch_size", None),
     }
+    if getattr(args, "video_backend", None):
+        kwargs["video_backend"] = args.video_backend
     kwargs.update(overrides)
-    return load(getattr(args, "checkpoint", None), **kwargs)
+    return kwargs
 
 
 def runtime_fingerprint(rt: Runtime) -> dict[str, Any]:
@@ -301,3 +316,51 @@ def print_json(obj: Any) -> None:
 
 def show_progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "json", False) and not getattr(args, "no_progress", False)
+
+
+# ------------------------------------------------------------------------------ ray
+
+
+def add_ray_options(p: argparse.ArgumentParser, output: str) -> None:
+    """``--engine local|ray`` and the Ray cluster options of a job command."""
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (or torchrun); ray: a Ray cluster (pip install "
+        f"'egovlpv2-rt[ray]'), {output}",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (default: $RAY_ADDRESS if set, else start a local one)",
+    )
+    p.add_argument(
+        "--actors",
+        type=actor_range,
+        default=(1, 1),
+        help="model actors: N, or MIN..MAX to autoscale (--engine ray)",
+    )
+    p.add_argument(
+        "--gpus-per-actor",
+        type=non_negative_float,
+        default=0.0,
+        help="GPUs per model actor (--engine ray)",
+    )
+    p.add_argument(
+        "--cpus-per-actor",
+        type=positive_float,
+        default=1.0,
+        help="CPUs per model actor, also its torch threads (--engine ray)",
+    )
+
+
+def ray_options_from_args(args: argparse.Namespace, **more: Any) -> RayOptions:
+    """The :class:`~egovlpv2_rt.runtime.ray_engine.RayOptions` of ``args`` and ``more``."""
+    return RayOptions(
+        address=args.ray_address,
+        actors=tuple(args.actors),
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        **more,
+    )

@@ -14,11 +14,19 @@ import torch
 from ..checkpoint import load_model
 from ..denormals import flushing_denormals
 from ..model_files import default_model_path, load_tokenizer
+from ..progress import progress_bar
 from ..tasks.episodic.feature_job import extract_features
 from ..tasks.episodic.features import FeatureSettings
 from ..train.distributed import init_distributed, shutdown_distributed
 from ..video.reader import BACKENDS
-from .common import at_least, positive_float, positive_int, print_json
+from .common import (
+    add_ray_options,
+    at_least,
+    positive_float,
+    positive_int,
+    print_json,
+    ray_options_from_args,
+)
 
 __all__ = ["add_subcommands", "cmd_features"]
 
@@ -57,6 +65,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="pyav", choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    add_ray_options(p, "the driver writing the files")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_features)
 
@@ -86,14 +95,16 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--metadata: no such file {args.metadata}")
     if args.backend in ("dali", "dali_cpu"):
         import egovlpv2_rt.video.dali_backend  # noqa: F401  (registers the DALI plan reader)
+    if args.engine == "ray":
+        manifest = _features_ray(args, settings, ckpt)
+        _report_features(args, manifest)
+        return 0 if not manifest["failed"] else 1
     info = init_distributed(args.device)
     try:
         model = load_model(ckpt, num_frames=settings.window_frames, device=info.device).eval()
         tok = None
-        if args.task == "nlq":
-            tok_path = Path(args.tokenizer) if args.tokenizer else ckpt.parent / "tokenizer.json"
-            if not tok_path.exists():
-                raise FileNotFoundError(f"--tokenizer: no such file {tok_path}")
+        tok_path = _tokenizer_path(args, ckpt)
+        if tok_path is not None:
             tok = load_tokenizer(tok_path, model.config.text.max_text_length)
         barrier = torch.distributed.barrier if info.world_size > 1 else None
         quiet = args.json or not sys.stderr.isatty() or os.environ.get("EGOVLPV2_QUIET")
@@ -115,6 +126,56 @@ def cmd_features(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if info.rank != 0:
         return 0
+    _report_features(args, manifest)
+    return 0 if not manifest["failed"] else 1
+
+
+def _tokenizer_path(args: argparse.Namespace, ckpt: Path) -> Path | None:
+    """NLQ's tokenizer (``--tokenizer``, else beside the checkpoint); None for MQ."""
+    if args.task != "nlq":
+        return None
+    tok_path = Path(args.tokenizer) if args.tokenizer else ckpt.parent / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"--tokenizer: no such file {tok_path}")
+    return tok_path
+
+
+def _features_ray(args: argparse.Namespace, settings: FeatureSettings, ckpt: Path) -> dict:
+    """``features --engine ray``: plan here, compute on the cluster's actors, write here."""
+    from ..runtime.ray_engine import import_ray
+    from ..runtime.ray_features import features_with_ray
+    from ..tasks.episodic.feature_job import plan_features
+
+    import_ray()  # the one-line message before any work
+    options = ray_options_from_args(args)
+    # The driver reads the model's config (the NLQ query limit), on the CPU.
+    config = load_model(ckpt, num_frames=settings.window_frames, device="cpu").config
+    tok_path = _tokenizer_path(args, ckpt)
+    plan = plan_features(
+        metadata=args.metadata,
+        videos=args.videos,
+        out=args.out,
+        model_config=config,
+        checkpoint=ckpt,
+        settings=settings,
+    )
+    quiet = args.json or not sys.stderr.isatty() or os.environ.get("EGOVLPV2_QUIET")
+    bar = progress_bar(len(plan.clips), f"{args.task} features (ray)", not quiet)
+    try:
+        return features_with_ray(
+            plan,
+            checkpoint=str(ckpt),
+            tokenizer=None if tok_path is None else str(tok_path),
+            settings=settings,
+            device=None if args.device == "auto" else args.device,
+            options=options,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+
+
+def _report_features(args: argparse.Namespace, manifest: dict) -> None:
     if args.json:
         print_json(manifest)
     else:
@@ -132,4 +193,3 @@ def cmd_features(args: argparse.Namespace) -> int:
                 f"assumed {args.fps:g}: their windows are not 1.87 per second of real time "
                 "(as in the original); --fps video follows each video's own rate"
             )
-    return 0 if not manifest["failed"] else 1

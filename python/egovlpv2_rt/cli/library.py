@@ -45,6 +45,7 @@ from ..runtime.store import (
     FaissIndex,
     build_faiss_index,
     check_compatible,
+    load_embedding_errors,
     load_embeddings,
     load_faiss_index,
     merge_shards,
@@ -58,13 +59,17 @@ from ..video import ClipSpec
 from ..video.clip_list import parse_clip_arg, read_clip_list
 from .common import (
     add_model_options,
+    add_ray_options,
     bench_case,
     clip_spec,
     one_line,
+    positive_float,
     positive_int,
     print_json,
+    ray_options_from_args,
     runtime_fingerprint,
     runtime_from_args,
+    runtime_load_kwargs,
     show_progress,
     text_arg,
 )
@@ -125,6 +130,8 @@ def _check_writable(target: Path) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _embed_ray(args)
     # Everything that can be checked is checked before the first clip is encoded.
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".parquet"):
@@ -141,6 +148,73 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _check_writable(target)
     with exclusive_output(target, what="embeddings file"):
         return _embed_locked(args, out, target, clips, mine, rank, world, local_rank)
+
+
+def _embed_ray(args: argparse.Namespace) -> int:
+    """``embed --engine ray``: the clip list on a Ray cluster into an embeddings folder."""
+    from ..runtime.ray_engine import embed_with_ray, import_ray
+
+    out = Path(args.out)
+    if out.suffix in (".safetensors", ".parquet"):
+        raise InputError(
+            f"--out {out}: --engine ray writes a folder of parquet parts; give a folder name"
+        )
+    if args.shard:
+        raise InputError("--shard is torchrun's split; --engine ray schedules the clips itself")
+    import_ray()  # the one-line message before any work
+    options = ray_options_from_args(
+        args,
+        decode_cpus=args.decode_cpus,
+        batch_size=args.batch_size or 8,
+        decode_in_actor=args.decode_in_actor,
+        part_size=args.part_size,
+    )
+    clips = read_clip_list(args.videos)
+    for c in clips:
+        c["path"] = os.path.abspath(c["path"])
+    _check_unique_ids(clips, str(args.videos))
+    # The driver loads the model on the CPU once, for the decoding settings and the fingerprint
+    # (the actors load their own on their device).
+    rt = runtime_from_args(args, device="cpu")
+    load_kwargs = runtime_load_kwargs(args, video_batch_size=options.batch_size)
+    bar = progress_bar(len(clips), "embed clips (ray)", show_progress(args))
+    try:
+        res = embed_with_ray(
+            clips,
+            out,
+            checkpoint=args.checkpoint,
+            load_kwargs=load_kwargs,
+            decoder=rt.clip_decoder,
+            fingerprint=runtime_fingerprint(rt),
+            options=options,
+            resume=args.resume,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    errors = load_embedding_errors(out)
+    summary = {
+        "out": str(out),
+        "engine": "ray",
+        "clips": len(clips),
+        "embedded": res.embedded,
+        "failed": [{"id": e["id"], "error": e["error"]} for e in errors],
+        "resumed_from": res.resumed,
+        "computed": res.computed,
+        "seconds": round(res.seconds, 3),
+        "actor_pids": res.actor_pids,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        again = f"; {res.resumed} clips were already there" if res.resumed else ""
+        print(
+            f"embedded {res.embedded} clips -> {out}/ ({res.computed} computed on Ray, "
+            f"{summary['seconds']:.1f} s{again})"
+        )
+        for e in errors:
+            print(f"skipped {e['id']}: {e['error']}", file=sys.stderr)
+    return 0
 
 
 def _embed_locked(
@@ -578,8 +652,31 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="a folder of videos, or a clip list (.txt: path[@START:END] per line; "
         ".csv/.tsv with path[,start,end,id])",
     )
-    s.add_argument("--out", required=True, help="embeddings file (.safetensors or .parquet)")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="embeddings file (.safetensors or .parquet); with --engine ray a folder",
+    )
     add_model_options(s)
+    s.add_argument(
+        "--video-backend",
+        choices=("pyav", "torchcodec", "dali"),
+        default=None,
+        help="video decoder (default pyav; dali decodes on the GPU)",
+    )
+    add_ray_options(s, "writing a folder of parquet parts")
+    s.add_argument(
+        "--decode-cpus",
+        type=positive_float,
+        default=1.0,
+        help="CPUs per decode task (--engine ray)",
+    )
+    s.add_argument(
+        "--decode-in-actor",
+        action="store_true",
+        help="decode inside the model actors with --video-backend (e.g. DALI on their GPU) "
+        "instead of in CPU tasks (--engine ray)",
+    )
     s.add_argument(
         "--shard",
         action="store_true",

@@ -30,9 +30,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,25 +42,22 @@ from ..config import ModelConfig
 from ..errors import InputError
 from ..model_files import ModelFiles
 from ..modeling.attention_maps import CrossAttentionMaps, cross_attention_maps
-from ..modeling.validation import nonfinite_rows
 from ..ops import fused_available
 from ..preprocessing import Preprocessing
 from ..progress import progress_bar
 from ..tokenizer import RobertaTokenizer
-from ..video import EvalTransform, VideoError, read_clip
+from ..video.pipeline import DecodedBatch, EncodedBatch, overlapped
 from ..video.reader import Backend
+from .decoding import ClipDecoder
 from .engines import Engine, batch_bucket, length_bucket
 from .inputs import (
     Output,
-    as_clip_spec,
     batch_size_or,
     check_texts,
-    clip_label,
     flatten_clips,
     l2_normalize,
     to_output,
 )
-from .pipeline import DecodedBatch, EncodedBatch, overlapped
 
 __all__ = ["MCQ_MODES", "PRECISIONS", "CrossAttention", "MCQAnswer", "Runtime"]
 
@@ -156,10 +152,6 @@ class Runtime:
         self.stats = _Stats()
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._cache_lock = threading.Lock()
-        p = preprocessing
-        self._transform = EvalTransform(
-            resize=p.resize, crop=p.crop, size=p.size, mean=p.mean, std=p.std
-        )
 
     def __repr__(self) -> str:
         p = self.preprocessing
@@ -198,22 +190,17 @@ class Runtime:
         return bool(getattr(self._engine, "_graphs", None))
 
     # -- inputs -----------------------------------------------------------------------------
-    def _check_pixels(self, x: Tensor, label: str) -> Tensor:
-        p = self.preprocessing
-        expected = (p.num_frames, self.config.video.in_chans, p.size, p.size)
-        if x.ndim != 4 or tuple(x.shape) != expected:
-            if x.ndim == 4 and x.shape[0] != p.num_frames and tuple(x.shape[1:]) == expected[1:]:
-                raise ValueError(
-                    f"{label}: {x.shape[0]} frames, but this model/export takes "
-                    f"{p.num_frames} frames per clip (frame count mismatch)"
-                )
-            raise ValueError(
-                f"{label}: expected pixels of shape [F, C, S, S] = "
-                f"{list(expected)}, got {list(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"{label}: expected normalised float pixels, got {x.dtype}")
-        return x.float()
+    @property
+    def clip_decoder(self) -> ClipDecoder:
+        """This runtime's decoding settings as a picklable value (no model): what a decode
+        worker in another process needs to give the same pixels."""
+        return ClipDecoder(
+            self.preprocessing,
+            self.config.video.in_chans,
+            self.video_backend,
+            self.decode_workers,
+            self.check_finite_pixels,
+        )
 
     def read_clip(self, clip: Any) -> Tensor:
         """One clip -> model-ready pixels ``[F, 3, S, S]`` float32 (CPU)."""
@@ -225,29 +212,6 @@ class Runtime:
         ``check_finite_pixels`` (default), a clip whose pixels hold a NaN or an Inf raises
         :class:`~egovlpv2_rt.errors.InputError` naming it."""
         return self._read_clips(flatten_clips(clips), 0, progress)
-
-    def _check_model_input(
-        self, pixels: Tensor, items: list[Any], positions: Sequence[int]
-    ) -> Tensor:
-        """The engine's input: float, and finite unless the caller switched that off. One
-        reduction per clip over the whole batch and one read of its [N] result (CPU tensor).
-        ``positions``: the clips' numbers in the caller's list (for the messages)."""
-        if not pixels.is_floating_point():
-            raise InputError(
-                f"clips {positions[0]}..{positions[-1]}: pixels after preprocessing have "
-                f"dtype {pixels.dtype}; the model takes floating point pixels"
-            )
-        if self.check_finite_pixels:
-            bad = nonfinite_rows(pixels)
-            if bad:
-                names = "; ".join(clip_label(positions[i], items[i]) for i in bad[:5])
-                more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-                raise InputError(
-                    f"{names}{more}: pixels contain NaN or Inf after preprocessing (a bad "
-                    "input tensor or transform); the model would return NaN embeddings. "
-                    "load(..., check_finite_pixels=False) lets them through"
-                )
-        return pixels
 
     def _read_clips(self, items: list[Any], offset: int, progress: bool = False) -> Tensor:
         """``read_clips`` of ``items``, which are clips ``offset, offset + 1, ...`` of the
@@ -263,56 +227,9 @@ class Runtime:
         (``decode_workers`` threads). With ``skip_bad`` a clip whose file cannot be decoded
         (:class:`~egovlpv2_rt.video.VideoError`) is reported in ``failed`` and the others go on;
         without, the first such error is raised."""
-        specs = [as_clip_spec(item, offset + i) for i, item in enumerate(items)]
-        p = self.preprocessing
-
-        def decode(i: int) -> Tensor | VideoError:
-            spec = specs[i]
-            if spec is None:
-                x = items[i]
-                x = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
-                return self._check_pixels(x.detach().cpu(), clip_label(offset + i, items[i]))
-            try:
-                return read_clip(
-                    spec.path,
-                    spec.start_sec,
-                    spec.end_sec,
-                    num_frames=p.num_frames,
-                    sampling=p.sampling,
-                    backend=self.video_backend,
-                    transform=self._transform,
-                )
-            except VideoError as exc:
-                if not skip_bad:
-                    raise
-                return exc
-
-        paths = sum(s is not None for s in specs)
-        bar = progress_bar(len(items), "decode", progress and paths > 0)
-        out: list[Tensor | VideoError] = []  # in item order (pool.map keeps it)
-        try:
-            if paths > 1 and self.decode_workers > 1:
-                with ThreadPoolExecutor(self.decode_workers) as pool:
-                    for x in pool.map(decode, range(len(items))):
-                        out.append(x)
-                        bar.update(1)
-            else:
-                for i in range(len(items)):
-                    out.append(decode(i))
-                    bar.update(1)
-        finally:
-            bar.close()
+        batch, paths = self.clip_decoder.decode(items, offset, progress=progress, skip_bad=skip_bad)
         self.stats.clips_decoded += paths
-        ok = [i for i, x in enumerate(out) if isinstance(x, Tensor)]
-        failed: list[tuple[int, Exception]] = [
-            (offset + i, x) for i, x in enumerate(out) if isinstance(x, VideoError)
-        ]
-        if not ok:
-            return DecodedBatch([], None, failed)
-        positions = [offset + i for i in ok]
-        pixels = torch.stack([cast("Tensor", out[i]) for i in ok])
-        pixels = self._check_model_input(pixels, [items[i] for i in ok], positions)
-        return DecodedBatch(positions, pixels, failed)
+        return batch
 
     def tokenize(self, texts: Any) -> tuple[Tensor, Tensor]:
         """Captions -> (input_ids, attention_mask) ``[N, L]`` int64, padded to the longest,
@@ -389,8 +306,8 @@ class Runtime:
         progress: bool = False,
     ) -> Iterator[EncodedBatch]:
         """Encode ``clips`` batch by batch, decoding the next ``depth`` batches while the model
-        runs on the current one (:func:`~egovlpv2_rt.runtime.pipeline.overlapped`): yields
-        :class:`~egovlpv2_rt.runtime.pipeline.EncodedBatch` (positions in ``clips``,
+        runs on the current one (:func:`~egovlpv2_rt.video.pipeline.overlapped`): yields
+        :class:`~egovlpv2_rt.video.pipeline.EncodedBatch` (positions in ``clips``,
         embeddings ``[n, P]`` float32 CPU, failed clips) in order. With ``skip_bad`` a clip
         whose file cannot be decoded is reported in its batch's ``failed`` and the others are
         encoded; without, its error is raised."""

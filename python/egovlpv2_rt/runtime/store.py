@@ -7,6 +7,9 @@ description (path, start, end) per row, plus the model fingerprint that made the
   ``egovlpv2.model`` (JSON strings);
 - ``.parquet`` (needs pyarrow): columns ``id``, ``path``, ``start``, ``end``, ``embedding``
   (list of float32); the model fingerprint in the schema metadata;
+- a folder of Parquet parts written by ``embed --engine ray``
+  (:mod:`egovlpv2_rt.runtime.embed_folder`): ``manifest.json`` plus ``part-*.parquet``; read in
+  clip-list order;
 - shards of a distributed ``embed --shard`` run: ``<stem>.shard-RRRRR-of-WWWWW<suffix>`` plus
   ``<stem>.manifest.json`` listing them; :func:`load_embeddings` on the manifest merges them;
 - FAISS index (``.faiss``, needs faiss-cpu): inner product over L2-normalised rows (cosine),
@@ -50,6 +53,8 @@ __all__ = [
     "FaissIndex",
     "build_faiss_index",
     "check_compatible",
+    "folder_parts",
+    "load_embedding_errors",
     "load_embeddings",
     "load_faiss_index",
     "manifest_path",
@@ -68,6 +73,8 @@ _META_MODEL = "egovlpv2.model"
 _META_PATHS = "egovlpv2.paths"
 _RELATIVE_TO_FILE = "relative-to-file"
 SUFFIXES = (".safetensors", ".parquet")
+FOLDER_FORMAT = "egovlpv2.embeddings-folder/1"
+FOLDER_MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -159,7 +166,7 @@ def _folder(path: Path) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
-def _paths_for_file(clips: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+def paths_for_file(clips: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
     """Clip records with their paths made relative to ``path``'s folder (POSIX spelling)."""
     folder = _folder(path)
     out = []
@@ -172,7 +179,7 @@ def _paths_for_file(clips: list[dict[str, Any]], path: Path) -> list[dict[str, A
     return out
 
 
-def _paths_from_file(clips: list[dict[str, Any]], path: Path, marked: bool) -> list[dict[str, Any]]:
+def paths_from_file(clips: list[dict[str, Any]], path: Path, marked: bool) -> list[dict[str, Any]]:
     """Clip records with absolute paths: stored paths resolved against ``path``'s folder
     (unmarked files: there if the clip exists, else against the working directory)."""
     folder = _folder(path)
@@ -227,7 +234,7 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
     stored relative to ``path``'s folder."""
     path = Path(path)
     _check_suffix(path)
-    clips = _paths_for_file(data.clips, path)
+    clips = paths_for_file(data.clips, path)
     with atomic_output(path) as tmp:
         if path.suffix == ".safetensors":
             write_safetensors_deterministic(
@@ -250,14 +257,19 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingSet) -> Path:
                     "end": pa.array([c.get("end") for c in clips], pa.float64()),
                     "embedding": pa.array(list(data.embeddings), pa.list_(pa.float32())),
                 }
-            ).replace_schema_metadata(
-                {
-                    _META_MODEL: json.dumps(data.model, sort_keys=True),
-                    _META_PATHS: _RELATIVE_TO_FILE,
-                }
-            )
+            ).replace_schema_metadata(store_schema_metadata(data.model))
             pq.write_table(table, str(tmp))
     return path
+
+
+def store_schema_metadata(model: dict[str, Any]) -> dict[str, str]:
+    """Parquet schema metadata of a store: the model fingerprint and the path convention."""
+    return {_META_MODEL: json.dumps(model, sort_keys=True), _META_PATHS: _RELATIVE_TO_FILE}
+
+
+def pyarrow_modules() -> tuple[ModuleType, ModuleType]:
+    """``(pyarrow, pyarrow.parquet)``, or an ImportError naming the package."""
+    return _pyarrow()
 
 
 def _pyarrow() -> tuple[ModuleType, ModuleType]:
@@ -273,6 +285,8 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     """Read an embeddings file, or a shard manifest (``*.manifest.json``: the shards are
     read and concatenated in rank order)."""
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"embeddings file not found: {path}")
     if path.name.endswith(".manifest.json"):
@@ -296,7 +310,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
             return EmbeddingSet(
                 json.loads(meta[_META_IDS]),
                 emb,
-                _paths_from_file(clips, path, meta.get(_META_PATHS) == _RELATIVE_TO_FILE),
+                paths_from_file(clips, path, meta.get(_META_PATHS) == _RELATIVE_TO_FILE),
                 json.loads(meta.get(_META_MODEL, "{}")),
             )
         _, pq = _pyarrow()
@@ -321,12 +335,83 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
             raise ValueError("embedding rows have different lengths")
         marked = meta.get(_META_PATHS.encode()) == _RELATIVE_TO_FILE.encode()
         return EmbeddingSet(
-            [str(i) for i in cols["id"]], emb, _paths_from_file(clips, path, marked), model
+            [str(i) for i in cols["id"]], emb, paths_from_file(clips, path, marked), model
         )
     except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError/JSONDecodeError too
         raise InputError(f"{path}: not an egovlpv2 embeddings file ({exc})") from None
     except OSError as exc:
         raise ValueError(f"{path}: unreadable embeddings file ({exc})") from None
+
+
+# ------------------------------------------------------------------------------ folders
+
+
+def folder_parts(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The embedding parts and the error parts of an embeddings folder, sorted by name."""
+    return sorted(folder.glob("part-*.parquet")), sorted(folder.glob("errors-*.parquet"))
+
+
+def _folder_manifest(folder: Path) -> dict[str, Any]:
+    manifest = folder / FOLDER_MANIFEST
+    try:
+        body = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder}: not an embeddings folder (no {FOLDER_MANIFEST}); embed --engine ray "
+            "writes one"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{manifest}: unreadable manifest ({exc})") from None
+    if not isinstance(body, dict) or body.get("format") != FOLDER_FORMAT:
+        raise InputError(f"{manifest}: field 'format' is not {FOLDER_FORMAT!r}")
+    if not body.get("complete"):
+        raise InputError(
+            f"{folder}: the embedding job that writes it has not finished (manifest 'complete' "
+            "is false); run it again with --resume"
+        )
+    return body
+
+
+def _load_folder(folder: Path) -> EmbeddingSet:
+    """Every part of a finished embeddings folder, in clip-list order."""
+    body = _folder_manifest(folder)
+    _, pq = _pyarrow()
+    parts, _ = folder_parts(folder)
+    ids: list[str] = []
+    clips: list[dict[str, Any]] = []
+    rows: list[np.ndarray] = []
+    positions: list[int] = []
+    for f in parts:
+        data = load_embeddings(f)
+        if data.model != body.get("model"):
+            raise InputError(f"{f}: made by another model than {folder / FOLDER_MANIFEST} names")
+        positions += [int(p) for p in pq.read_table(str(f), columns=["position"]).column(0)]
+        ids += data.ids
+        clips += data.clips
+        rows.append(data.embeddings)
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"{folder}: clip {dup!r} is in more than one part")
+    if not rows:
+        raise InputError(f"{folder}: no embedded clip (see the errors parts)")
+    order = np.argsort(np.asarray(positions), kind="stable")
+    emb = np.concatenate(rows)[order]
+    return EmbeddingSet(
+        [ids[i] for i in order], emb, [clips[i] for i in order], dict(body.get("model", {}))
+    )
+
+
+def load_embedding_errors(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The clips an embeddings folder's job could not decode: ``id``, ``position``, ``path``
+    (absolute), ``start``, ``end``, ``error``, in clip-list order."""
+    folder = Path(folder)
+    _folder_manifest(folder)
+    _, pq = _pyarrow()
+    out: list[dict[str, Any]] = []
+    for f in folder_parts(folder)[1]:
+        rows = pq.read_table(str(f)).to_pylist()
+        out += paths_from_file(rows, f, True)
+    return sorted(out, key=lambda r: int(r["position"]))
 
 
 # ------------------------------------------------------------------------------ shards
@@ -526,7 +611,7 @@ def build_faiss_index(
                 "format_version": 1,
                 "kind": kind,
                 "ids": data.ids,
-                "clips": _paths_for_file(data.clips, side),
+                "clips": paths_for_file(data.clips, side),
                 "model": data.model,
                 "paths": _RELATIVE_TO_FILE,
                 "index_sha256": sha,
@@ -568,5 +653,5 @@ def load_faiss_index(path: str | os.PathLike) -> FaissIndex:
     clips = info.get("clips") or [{} for _ in range(index.ntotal)]
     marked = info.get("paths") == _RELATIVE_TO_FILE
     return FaissIndex(
-        index, info["ids"], _paths_from_file(clips, side, marked), info.get("model", {})
+        index, info["ids"], paths_from_file(clips, side, marked), info.get("model", {})
     )

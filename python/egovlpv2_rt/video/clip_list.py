@@ -81,7 +81,8 @@ def clip_id(path: str, start: float | None, end: float | None) -> str:
 def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
     """Clips to embed: a folder (every video file below it, whole files, ids = relative
     paths), a ``.csv``/``.tsv`` with a header holding ``path`` (and optionally ``start``,
-    ``end``, ``id``), or a text file with one ``path`` or ``path@START:END`` per line (``#``
+    ``end``, ``id``), a ``.parquet`` table with those columns (needs pyarrow), or a text
+    file with one ``path`` or ``path@START:END`` per line (``#``
     comments). Relative paths are resolved against the list's folder. Returns dicts with
     ``id``, ``path``, ``start``, ``end``."""
     src = Path(source)
@@ -101,6 +102,8 @@ def read_clip_list(source: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         if src.suffix.lower() in (".csv", ".tsv"):
             clips = _read_table(src, base)
+        elif src.suffix.lower() == ".parquet":
+            clips = _read_parquet(src, base)
         else:
             clips = _read_lines(src, base)
     except UnicodeDecodeError as exc:
@@ -148,6 +151,51 @@ def _read_table(src: Path, base: Path) -> list[dict[str, Any]]:
                     "end": end,
                 }
             )
+    return clips
+
+
+def _read_parquet(src: Path, base: Path) -> list[dict[str, Any]]:
+    """Rows of a ``.parquet`` clip table with a ``path`` column (``start``, ``end`` numbers
+    of seconds or null, ``id`` optional), checked as a ``.csv`` table's."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(
+            f"{src}: a .parquet clip list needs pyarrow (pip install pyarrow)"
+        ) from None
+    try:
+        table = pq.read_table(str(src))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{src}: not a readable parquet table ({exc})") from None
+    if "path" not in table.column_names:
+        raise InputError(f"{src}: the table must have a 'path' column, got {table.column_names}")
+    clips: list[dict[str, Any]] = []
+    for row_no, row in enumerate(table.to_pylist()):
+        where = f"{src}, row {row_no}"
+        times = []
+        for column in ("start", "end"):
+            value = row.get(column)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+            ):
+                raise InputError(
+                    f"{where}: {column} must be a number of seconds >= 0 or null, got {value!r}"
+                )
+            times.append(None if value is None else float(value))
+        start, end = times
+        check_range(start, end, where)
+        path = row["path"]
+        if not isinstance(path, str) or not path.strip():
+            raise InputError(f"{where}: 'path' must be a non-empty string, got {path!r}")
+        cid = row.get("id")
+        clips.append(
+            {
+                "id": str(cid) if cid not in (None, "") else clip_id(path, start, end),
+                "path": str(base / path),
+                "start": start,
+                "end": end,
+            }
+        )
     return clips
 
 

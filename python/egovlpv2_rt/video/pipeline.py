@@ -1,12 +1,13 @@
 """Decode batch k+1 while batch k is encoded.
 
 :func:`overlapped` runs the decoding of the next ``depth`` batches in one background thread
-(which itself fans the clips of a batch out to the runtime's decode workers) while the calling
-thread runs the model on the current one, so the slower of the two stages sets the pace
+(which may itself fan the clips of a batch out to decode workers, as the runtime's does) while
+the calling thread runs the model on the current one, so the slower of the two stages sets the pace
 instead of their sum. At most ``depth`` decoded batches wait at any time, whatever the number
 of clips: memory stays flat. A decode error of a clip is either raised (in order, from the
 batch it belongs to) or, with ``skip_bad`` in the decoder, reported with the batch and the
-other clips go on.
+other clips go on. Used by :meth:`egovlpv2_rt.runtime.Runtime.iter_encode_video` (clips) and by
+``egovlpv2 features`` (the windows of a clip).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,17 @@ from .features import FeatureSettings, clip_windows, mq_clip_features, nlq_clip_
 from .metadata import EMClip, NLQQuery, read_moments, read_nlq
 from .spans import time_to_index
 
-__all__ = ["FeatureRun", "extract_features", "nlq_feature_name"]
+__all__ = [
+    "ClipFeatures",
+    "FeaturePlan",
+    "FeatureRun",
+    "compute_clip_features",
+    "extract_features",
+    "nlq_feature_name",
+    "plan_features",
+    "record_clip_features",
+    "write_feature_manifest",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "egovlpv2-rt episodic-memory features"
@@ -91,14 +101,6 @@ class FeatureRun:
             "other_fps": self.other_fps,
             "seconds": round(self.seconds, 3),
         }
-
-
-def _save(obj: Any, path: Path) -> None:
-    # Through memory: torch.save names the zip's records after the file it writes, and the
-    # temporary's random name would make two runs' files differ.
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _nlq_record(
@@ -170,6 +172,171 @@ def _check_manifest(out: Path, expected: dict[str, Any]) -> None:
             )
 
 
+@dataclass
+class FeaturePlan:
+    """What a feature job computes: the manifest's identity (``expected``), the clips in
+    metadata order and, for NLQ, each clip's queries ``(sample_id, query)``."""
+
+    out: Path
+    videos: Path
+    expected: dict[str, Any]
+    clips: list[EMClip]
+    by_clip: dict[str, list[tuple[int, NLQQuery]]]
+
+    def targets(self, clip: EMClip) -> list[Path]:
+        """The files of ``clip``."""
+        if self.expected["task"] == "mq":
+            return [self.out / f"{clip.clip_uid}.pt"]
+        return [self.out / nlq_feature_name(sid) for sid, _ in self.by_clip[clip.clip_uid]]
+
+    def done(self, clip: EMClip) -> bool:
+        """Every file of ``clip`` is there (a killed run's temporaries removed first)."""
+        targets = self.targets(clip)
+        for target in targets:
+            remove_stale_temporaries(target)
+        return all(t.is_file() for t in targets)
+
+
+def plan_features(
+    *,
+    metadata: str | Path,
+    videos: str | Path,
+    out: str | Path,
+    model_config: Any,
+    checkpoint: str | Path,
+    settings: FeatureSettings,
+) -> FeaturePlan:
+    """Check the inputs and the output folder (a manifest there must be of the same job) and
+    list the clips. ``model_config``: the model's :class:`~egovlpv2_rt.config.ModelConfig`."""
+    out, videos = Path(out), Path(videos)
+    if not videos.is_dir():
+        raise InputError(f"--videos {videos}: not a folder")
+    numerics = settings.numerics()
+    if settings.task == "nlq":
+        # What the files hold: the query length capped at the model's text limit.
+        limit = model_config.text.max_text_length
+        numerics["query_max_length"] = min(settings.query_max_length, limit)
+    expected: dict[str, Any] = {
+        "format": FORMAT,
+        "task": settings.task,
+        "settings": numerics,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_of(checkpoint),
+        "metadata": str(metadata),
+        "metadata_sha256": sha256_of(metadata),
+        "package_version": __version__,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, expected)
+    by_clip: dict[str, list[tuple[int, NLQQuery]]] = {}
+    if settings.task == "nlq":
+        nlq = read_nlq(metadata)
+        clips = list(nlq.clips)
+        by_clip = {c.clip_uid: [] for c in clips}
+        for sid, q in enumerate(nlq.queries):
+            by_clip[q.clip_uid].append((sid, q))
+        clips = [c for c in clips if by_clip[c.clip_uid]]
+    else:
+        clips = list(read_moments(metadata).clips)
+    return FeaturePlan(out, videos, expected, clips, by_clip)
+
+
+@dataclass
+class ClipFeatures:
+    """One clip's outcome: its files as bytes (``name -> torch.save`` payload), or why it
+    failed; ``video_fps`` when the video's rate is not the assumed one."""
+
+    clip_uid: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    failed: dict[str, str] | None = None
+    video_fps: tuple[str, float] | None = None
+
+
+def _to_bytes(obj: Any) -> bytes:
+    # Through memory: torch.save names the zip's records after the file it writes, and the
+    # temporary's random name would make two runs' files differ.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def compute_clip_features(
+    plan: FeaturePlan,
+    clip: EMClip,
+    model: EgoVLPv2,
+    tokenizer: RobertaTokenizer | None,
+    settings: FeatureSettings,
+) -> ClipFeatures:
+    """The files of one clip (the ones missing from the folder, for NLQ), computed with
+    ``model``. A missing or undecodable video (or a clip outside it) is a failure, not an
+    error."""
+    video = _video_path(plan.videos, clip)
+    res = ClipFeatures(clip.clip_uid)
+    try:
+        if not video.is_file():
+            raise InputError(f"{video}: no such video (clip {clip.clip_uid})")
+        windows = clip_windows(video, clip.video_start_sec, clip.video_end_sec, settings)
+        rate = probe(video).average_fps
+        if settings.fps is not None and abs(rate - settings.fps) > 0.01 * settings.fps:
+            res.video_fps = (video.name, round(rate, 3))
+        if settings.task == "mq":
+            res.files[plan.targets(clip)[0].name] = _to_bytes(
+                mq_clip_features(model, video, windows, settings)
+            )
+            return res
+        assert tokenizer is not None
+        queries = plan.by_clip[clip.clip_uid]
+        nlq = nlq_clip_features(
+            model, tokenizer, video, windows, [q.query for _, q in queries], settings
+        )
+    except (VideoError, InputError) as exc:
+        res.failed = {"clip_uid": clip.clip_uid, "video": str(video), "error": str(exc)}
+        return res
+    for k, ((sid, q), target) in enumerate(zip(queries, plan.targets(clip), strict=True)):
+        if target.is_file():
+            continue
+        fused, text, mask = nlq.fused[k], nlq.text[k], nlq.attention_mask[k]
+        record = _nlq_record(sid, q, clip, fused, text, mask, settings.max_pos_len)
+        res.files[target.name] = _to_bytes(record)
+    return res
+
+
+def record_clip_features(plan: FeaturePlan, res: ClipFeatures, run: FeatureRun) -> None:
+    """Write one clip's files (atomically) and count it in ``run``."""
+    if res.video_fps is not None:
+        run.other_fps[res.video_fps[0]] = res.video_fps[1]
+    if res.failed is not None:
+        run.failed.append(res.failed)
+        return
+    run.computed += 1
+    for name, payload in res.files.items():
+        atomic_write_bytes(plan.out / name, payload)
+        run.files_written += 1
+
+
+def write_feature_manifest(
+    plan: FeaturePlan, reports: list[dict[str, Any]], ranks: int
+) -> dict[str, Any]:
+    """The job's manifest from the reports of its workers (:meth:`FeatureRun.to_dict`)."""
+    manifest: dict[str, Any] = dict(plan.expected)
+    manifest.update(
+        {
+            "clips": len(plan.clips),
+            "computed": sum(r["computed"] for r in reports),
+            "existing": sum(r["existing"] for r in reports),
+            "files_written": sum(r["files_written"] for r in reports),
+            "failed": [f for r in reports for f in r["failed"]],
+            # Videos whose own frame rate is not the assumed one (their windows are not at
+            # 1.87/s of real time: the original's behaviour; --fps video follows the video).
+            "other_fps": {k: v for r in reports for k, v in r["other_fps"].items()},
+            "ranks": ranks,
+        }
+    )
+    manifest["complete"] = not manifest["failed"]
+    atomic_write_text(plan.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
 def extract_features(
     *,
     metadata: str | Path,
@@ -201,129 +368,43 @@ def extract_features(
         The manifest (rank 0) or this rank's report.
     """
     t0 = time.perf_counter()
-    out, videos = Path(out), Path(videos)
     if settings.task == "nlq" and tokenizer is None:
         raise InputError("NLQ features need the model's tokenizer")
-    if not videos.is_dir():
-        raise InputError(f"--videos {videos}: not a folder")
     if model.training:
         raise InputError("the model must be in eval mode")
-    numerics = settings.numerics()
-    if settings.task == "nlq":
-        # What the files hold: the query length capped at the model's text limit.
-        limit = model.config.text.max_text_length
-        numerics["query_max_length"] = min(settings.query_max_length, limit)
-    expected: dict[str, Any] = {
-        "format": FORMAT,
-        "task": settings.task,
-        "settings": numerics,
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": sha256_of(checkpoint),
-        "metadata": str(metadata),
-        "metadata_sha256": sha256_of(metadata),
-        "package_version": __version__,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, expected)
-    if settings.task == "nlq":
-        nlq = read_nlq(metadata)
-        clips = list(nlq.clips)
-        by_clip: dict[str, list[tuple[int, NLQQuery]]] = {c.clip_uid: [] for c in clips}
-        for sid, q in enumerate(nlq.queries):
-            by_clip[q.clip_uid].append((sid, q))
-        clips = [c for c in clips if by_clip[c.clip_uid]]
-    else:
-        clips = list(read_moments(metadata).clips)
-        by_clip = {}
+    plan = plan_features(
+        metadata=metadata,
+        videos=videos,
+        out=out,
+        model_config=model.config,
+        checkpoint=checkpoint,
+        settings=settings,
+    )
     run = FeatureRun()
-    lock = out / f".rank{rank}"
-    with exclusive_output(lock, what=f"feature extraction (rank {rank}) into {out}"):
-        for i, clip in enumerate(clips):
+    lock = plan.out / f".rank{rank}"
+    with exclusive_output(lock, what=f"feature extraction (rank {rank}) into {plan.out}"):
+        for i, clip in enumerate(plan.clips):
             if i % world != rank:
                 continue
             run.clips += 1
-            _one_clip(
-                clip, by_clip.get(clip.clip_uid, []), videos, out, model, tokenizer, settings, run
-            )
+            if plan.done(clip):
+                run.existing += 1
+            else:
+                res = compute_clip_features(plan, clip, model, tokenizer, settings)
+                record_clip_features(plan, res, run)
             if progress is not None:
                 progress(f"[{run.clips}] {clip.clip_uid}")
         run.seconds = time.perf_counter() - t0
-        atomic_write_text(out / f".report.rank{rank}.json", json.dumps(run.to_dict()))
+        atomic_write_text(plan.out / f".report.rank{rank}.json", json.dumps(run.to_dict()))
     if barrier is not None:
         barrier()
     if rank != 0:
         return run.to_dict()
     reports = []
     for r in range(world):
-        path = out / f".report.rank{r}.json"
+        path = plan.out / f".report.rank{r}.json"
         reports.append(json.loads(path.read_text()))
-    manifest: dict[str, Any] = dict(expected)
-    manifest.update(
-        {
-            "clips": len(clips),
-            "computed": sum(r["computed"] for r in reports),
-            "existing": sum(r["existing"] for r in reports),
-            "files_written": sum(r["files_written"] for r in reports),
-            "failed": [f for r in reports for f in r["failed"]],
-            # Videos whose own frame rate is not the assumed one (their windows are not at
-            # 1.87/s of real time: the original's behaviour; --fps video follows the video).
-            "other_fps": {k: v for r in reports for k, v in r["other_fps"].items()},
-            "ranks": world,
-        }
-    )
-    manifest["complete"] = not manifest["failed"]
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    manifest = write_feature_manifest(plan, reports, world)
     for r in range(world):
-        os.remove(out / f".report.rank{r}.json")
+        os.remove(plan.out / f".report.rank{r}.json")
     return manifest
-
-
-def _one_clip(
-    clip: EMClip,
-    queries: Sequence[tuple[int, NLQQuery]],
-    videos: Path,
-    out: Path,
-    model: EgoVLPv2,
-    tokenizer: RobertaTokenizer | None,
-    settings: FeatureSettings,
-    run: FeatureRun,
-) -> None:
-    if settings.task == "mq":
-        targets = [out / f"{clip.clip_uid}.pt"]
-    else:
-        targets = [out / nlq_feature_name(sid) for sid, _ in queries]
-    for target in targets:
-        # A killed run's half-written temporaries (this rank owns the clip and holds its lock).
-        remove_stale_temporaries(target)
-    if all(t.is_file() for t in targets):
-        run.existing += 1
-        return
-    video = _video_path(videos, clip)
-    try:
-        if not video.is_file():
-            raise InputError(f"{video}: no such video (clip {clip.clip_uid})")
-        windows = clip_windows(video, clip.video_start_sec, clip.video_end_sec, settings)
-        rate = probe(video).average_fps
-        if settings.fps is not None and abs(rate - settings.fps) > 0.01 * settings.fps:
-            run.other_fps[video.name] = round(rate, 3)
-        if settings.task == "mq":
-            mq = mq_clip_features(model, video, windows, settings)
-        else:
-            assert tokenizer is not None
-            texts = [q.query for _, q in queries]
-            nlq = nlq_clip_features(model, tokenizer, video, windows, texts, settings)
-    except (VideoError, InputError) as exc:
-        # A bad video (or a clip outside it) is reported at the end; the others go on.
-        run.failed.append({"clip_uid": clip.clip_uid, "video": str(video), "error": str(exc)})
-        return
-    run.computed += 1
-    if settings.task == "mq":
-        _save(mq, targets[0])
-        run.files_written += 1
-        return
-    for k, ((sid, q), target) in enumerate(zip(queries, targets, strict=True)):
-        if target.is_file():
-            continue
-        fused, text, mask = nlq.fused[k], nlq.text[k], nlq.attention_mask[k]
-        _save(_nlq_record(sid, q, clip, fused, text, mask, settings.max_pos_len), target)
-        run.files_written += 1

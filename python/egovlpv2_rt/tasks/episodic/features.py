@@ -20,7 +20,7 @@ and benchmarks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from torch import Tensor
 from ...errors import InputError
 from ...modeling.model import EgoVLPv2
 from ...tokenizer import RobertaTokenizer
+from ...video.pipeline import DecodedBatch, EncodedBatch, overlapped
 from ...video.probe import probe
 from ...video.reader import Backend, read_plan
 from ...video.sampling import ClipPlan
@@ -175,14 +176,37 @@ def mq_clip_features(
 
     windows: int64 [N_win, F] from :func:`clip_windows`.
     """
-    dev, dtype = model.video_model.cls_token.device, model.dtype
-    size = model.config.video.img_size
-    out = []
-    for part in _chunks(len(windows), settings.window_batch):
-        clip = read_windows(video, windows[part], size, backend=settings.backend, dtype=dtype)
+    dev = model.video_model.cls_token.device
+
+    def encode(clip: Tensor) -> Tensor:
         with _autocast(dev, settings.amp):
-            out.append(model.forward_video(clip.to(dev)).embeds.float().cpu())
-    return torch.cat(out)
+            return model.forward_video(clip).embeds.float().cpu()
+
+    out = [
+        b.embeddings
+        for b in _overlapped_windows(model, video, windows, len(windows), settings, encode)
+    ]
+    return torch.cat([e for e in out if e is not None])
+
+
+def _overlapped_windows(
+    model: EgoVLPv2,
+    video: str | Path | Tensor,
+    windows: np.ndarray | None,
+    n_win: int,
+    settings: FeatureSettings,
+    encode: Callable[[Tensor], Tensor],
+) -> Iterator[EncodedBatch]:
+    """The clip's windows in chunks of ``settings.window_batch``, in order: ``encode`` runs on
+    chunk k (this thread) while chunk k + 1 decodes in the background
+    (:func:`~egovlpv2_rt.video.pipeline.overlapped`). A decode error is raised at its chunk."""
+    chunks = [list(range(p.start, p.stop)) for p in _chunks(n_win, settings.window_batch)]
+
+    def decode(positions: Sequence[int]) -> DecodedBatch:
+        part = slice(positions[0], positions[-1] + 1)
+        return DecodedBatch(list(positions), _window_pixels(model, video, windows, part, settings))
+
+    return overlapped(chunks, decode, encode)
 
 
 @dataclass(frozen=True)
@@ -234,9 +258,11 @@ def nlq_clip_features(
         t_prefix, key_mask = model.fusion_text_prefix(ids[:, :keep], mask[:, :keep])
     n_win = _num_windows(video, windows)
     fused = torch.empty(len(queries), n_win, model.config.embed_dim)
-    for part in _chunks(n_win, settings.window_batch):
-        clip = _window_pixels(model, video, windows, part, settings)
+
+    def fuse(clip: Tensor) -> Tensor:
+        """One chunk of windows with every query: [Q, n, D] float32 CPU."""
         n = clip.shape[0]
+        rows = []
         with _autocast(dev, settings.amp):
             cache = model.video_fusion_cache(clip)
             for qs in _chunks(len(queries), max(1, settings.pair_batch // n)):
@@ -244,7 +270,12 @@ def nlq_clip_features(
                 h = t_prefix[qs].repeat_interleave(n, 0)
                 km = key_mask[qs].repeat_interleave(n, 0)
                 cls = model.fused_video_cls(cache.tile(nq), h, km)
-                fused[qs, part] = cls.float().cpu().reshape(nq, n, -1)
+                rows.append(cls.float().cpu().reshape(nq, n, -1))
+        return torch.cat(rows)
+
+    for b in _overlapped_windows(model, video, windows, n_win, settings, fuse):
+        assert b.embeddings is not None  # every chunk decodes or raises
+        fused[:, b.positions[0] : b.positions[-1] + 1] = b.embeddings
     return NLQClipFeatures(fused, text, mask.cpu())
 
 

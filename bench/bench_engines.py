@@ -1,0 +1,116 @@
+"""Files to embeddings on this machine: ``egovlpv2 embed`` in one process (the overlapped
+pipeline) against ``embed --engine ray`` on a local Ray cluster started once beforehand, the
+same clips, model and batch size, both as clips/s in one run (issue 22: the Ray path's overhead
+at one node <= 15%). Each engine's time is its whole ``embed`` call (model load, pipeline
+start, decode, encode, writes), the best of ``--reps``; the cluster's start is given apart.
+
+    python bench/bench_engines.py --clips 192 --batch 16 --actors 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from egovlpv2_rt import cli
+from egovlpv2_rt.data.egoclip import read_egoclip
+from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
+from egovlpv2_rt.runtime.store import load_embeddings
+
+
+def _timed(argv: list[str], out: Path, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        t0 = time.perf_counter()
+        if cli.main(argv) != 0:
+            raise SystemExit(f"failed: {' '.join(argv)}")
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--clips", type=int, default=192)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--actors", type=int, default=2, help="Ray model actors (1 CPU each)")
+    ap.add_argument("--cpus-per-actor", type=int, default=1)
+    ap.add_argument(
+        "--decode-in-actor", action="store_true", help="actors decode (overlapped) themselves"
+    )
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="local cluster CPUs")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--checkpoint", default=None, help="default: the shipped model")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        n_videos = max(5, args.clips // 8)
+        generate_dataset(tmp / "data", 0, SynthConfig(num_clips=n_videos * 8, num_mcq=2))
+        recs = read_egoclip(tmp / "data" / "egoclip.csv")[: args.clips]
+        lst = tmp / "clips.csv"
+        lst.write_text(
+            "path,start,end,id\n"
+            + "".join(
+                f"data/videos/{r.video_uid}.mp4,{r.clip_start},{r.clip_end},{k}\n"
+                for k, r in enumerate(recs)
+            )
+        )
+        model = ["--device", "cpu", "--batch-size", str(args.batch), "--no-progress"]
+        if args.checkpoint:
+            model += ["--checkpoint", args.checkpoint]
+        local_out = tmp / "local.safetensors"
+        t_local = _timed(
+            ["embed", "--videos", str(lst), "--out", str(local_out), *model], local_out, args.reps
+        )
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        t_start = time.perf_counter() - t0
+        try:
+            ray_out = tmp / "ray_out"
+            argv = [
+                "embed", "--engine", "ray", "--videos", str(lst), "--out", str(ray_out),
+                "--actors", str(args.actors), "--cpus-per-actor", str(args.cpus_per_actor),
+                *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
+            ]  # fmt: skip
+            t_ray = _timed(argv, ray_out, args.reps)
+        finally:
+            ray.shutdown()
+        a, b = load_embeddings(local_out), load_embeddings(ray_out)
+        assert a.ids == b.ids
+        diff = float(np.abs(a.embeddings - b.embeddings).max())
+    n = len(recs)
+    print(
+        json.dumps(
+            {
+                "clips": n,
+                "batch": args.batch,
+                "ray_actors": args.actors,
+                "cpus_per_actor": args.cpus_per_actor,
+                "decode_in_actor": args.decode_in_actor,
+                "cluster_cpus": args.cpus,
+                "local_clips_s": round(n / t_local, 2),
+                "ray_clips_s": round(n / t_ray, 2),
+                "ray_overhead": round(t_ray / t_local - 1, 3),
+                "ray_cluster_start_s": round(t_start, 2),
+                "max_abs_diff": diff,
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                "ray": ray.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
