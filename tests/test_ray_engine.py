@@ -297,3 +297,17 @@ def test_ray_features_equal_the_single_process_files_and_resume(
     again = json.loads(capsys.readouterr().out)
     assert again["files_written"] == 2 and again["computed"] <= 2
     assert again["existing"] == again["clips"] - again["computed"]
+
+
+def test_decoding_in_the_actors_gives_the_same_embeddings(
+    cluster, clip_list, model_dir, single, capsys, tmp_path
+):
+    out = tmp_path / "emb"
+    argv = _ray_argv(clip_list, out, model_dir, cluster, "--decode-in-actor")
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["embedded"] == 40 and len(summary["failed"]) == 1
+    got, want = load_embeddings(out), load_embeddings(single)
+    assert got.ids == want.ids and got.clips == want.clips
+    assert float(np.abs(got.embeddings - want.embeddings).max()) <= 1e-5
+    assert load_embedding_errors(out)[0]["path"].endswith("corrupt.mp4")

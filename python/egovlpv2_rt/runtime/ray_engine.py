@@ -103,10 +103,7 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: ClipDecoder) -> dict[st
     """Ray task: clip rows -> the rows with ``pixels`` (float32 ``[n, F, 3, S, S]``; zeros for
     a clip that failed) and ``error`` ('' when decoded)."""
     n = len(batch["position"])
-    items = [
-        (str(batch["path"][i]), float(batch["start"][i]), float(batch["end"][i])) for i in range(n)
-    ]
-    decoded, _ = decoder.decode([_spec(*it) for it in items], 0, skip_bad=True)
+    decoded, _ = decoder.decode(_row_specs(batch), 0, skip_bad=True)
     p = decoder.preprocessing
     pixels = np.zeros((n, p.num_frames, decoder.in_chans, p.size, p.size), np.float32)
     if decoded.pixels is not None:
@@ -117,10 +114,17 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: ClipDecoder) -> dict[st
     return {**{k: batch[k] for k in _ROW_KEYS}, "pixels": pixels, "error": np.array(errors)}
 
 
-def _spec(path: str, start: float, end: float) -> Any:
+def _row_specs(batch: dict[str, np.ndarray]) -> list[Any]:
+    """The ClipSpecs of a batch of clip rows (NaN start / end: the file's start / end)."""
     from ..video import ClipSpec
 
-    return ClipSpec(path, None if np.isnan(start) else start, None if np.isnan(end) else end)
+    def sec(x: Any) -> float | None:
+        return None if np.isnan(float(x)) else float(x)
+
+    return [
+        ClipSpec(str(path), sec(start), sec(end))
+        for path, start, end in zip(batch["path"], batch["start"], batch["end"], strict=True)
+    ]
 
 
 class _EncodeActor:
@@ -151,12 +155,8 @@ class _EncodeActor:
                 pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
                 emb[ok] = self.rt._encode_pixels(pixels).numpy()
         else:  # decode here too: the runtime's own overlapped decode -> encode
-            specs = [
-                _spec(str(batch["path"][i]), float(batch["start"][i]), float(batch["end"][i]))
-                for i in range(n)
-            ]
             errors = [""] * n
-            for out in self.rt.iter_encode_video(specs, skip_bad=True):
+            for out in self.rt.iter_encode_video(_row_specs(batch), skip_bad=True):
                 if out.embeddings is not None:
                     emb[out.positions] = out.embeddings.numpy()
                 for k, exc in out.failed:
