@@ -3,8 +3,13 @@ pipeline) against ``embed --engine ray`` on a local Ray cluster started once bef
 same clips, model and batch size, both as clips/s in one run (issue 22: the Ray path's overhead
 at one node <= 15%). Each engine's time is its whole ``embed`` call (model load, pipeline
 start, decode, encode, writes), the best of ``--reps``; the cluster's start is given apart.
+With several job sizes, each engine's time is also fitted as ``startup + clips / rate``: the
+one-time cost (Ray: the actors' processes, their imports and model loads) apart from the
+steady rate, whose ratio is the overhead a long job sees.
 
     python bench/bench_engines.py --clips 192 --batch 16 --actors 2
+    python bench/bench_engines.py --clips 768,1536,3072,4608 --actors 1 --cpus-per-actor 2 \
+        --decode-in-actor --reps 1
 """
 
 from __future__ import annotations
@@ -41,9 +46,31 @@ def _timed(argv: list[str], out: Path, reps: int) -> float:
     return best
 
 
+def fit_startup_and_rate(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """Least-squares fit of ``seconds = startup + clips / rate`` over the job sizes: the
+    one-time cost (s) and the steady rate (clips/s) of an engine."""
+    a = np.stack([np.ones(len(sizes)), np.asarray(sizes, float)], axis=1)
+    (startup, per_clip), *_ = np.linalg.lstsq(a, np.asarray(seconds, float), rcond=None)
+    return float(startup), float(1.0 / per_clip)
+
+
+def _clip_list(path: Path, recs: list) -> None:
+    path.write_text(
+        "path,start,end,id\n"
+        + "".join(
+            f"data/videos/{r.video_uid}.mp4,{r.clip_start},{r.clip_end},{k}\n"
+            for k, r in enumerate(recs)
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--clips", type=int, default=192)
+    ap.add_argument(
+        "--clips",
+        default="192",
+        help="job size, or comma-separated sizes (two or more: start-up and steady rate fitted)",
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--actors", type=int, default=2, help="Ray model actors (1 CPU each)")
     ap.add_argument("--cpus-per-actor", type=int, default=1)
@@ -54,62 +81,74 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--checkpoint", default=None, help="default: the shipped model")
     args = ap.parse_args()
+    sizes = sorted({int(v) for v in args.clips.split(",")})
+    rows = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        n_videos = max(5, args.clips // 8)
+        n_videos = max(5, -(-sizes[-1] // 8))
         generate_dataset(tmp / "data", 0, SynthConfig(num_clips=n_videos * 8, num_mcq=2))
-        recs = read_egoclip(tmp / "data" / "egoclip.csv")[: args.clips]
-        lst = tmp / "clips.csv"
-        lst.write_text(
-            "path,start,end,id\n"
-            + "".join(
-                f"data/videos/{r.video_uid}.mp4,{r.clip_start},{r.clip_end},{k}\n"
-                for k, r in enumerate(recs)
-            )
-        )
+        recs = read_egoclip(tmp / "data" / "egoclip.csv")
         model = ["--device", "cpu", "--batch-size", str(args.batch), "--no-progress"]
         if args.checkpoint:
             model += ["--checkpoint", args.checkpoint]
-        local_out = tmp / "local.safetensors"
-        t_local = _timed(
-            ["embed", "--videos", str(lst), "--out", str(local_out), *model], local_out, args.reps
-        )
         t0 = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         t_start = time.perf_counter() - t0
         try:
-            ray_out = tmp / "ray_out"
-            argv = [
-                "embed", "--engine", "ray", "--videos", str(lst), "--out", str(ray_out),
-                "--actors", str(args.actors), "--cpus-per-actor", str(args.cpus_per_actor),
-                *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
-            ]  # fmt: skip
-            t_ray = _timed(argv, ray_out, args.reps)
+            for n in sizes:
+                lst = tmp / f"clips{n}.csv"
+                _clip_list(lst, recs[:n])
+                local_out = tmp / f"local{n}.safetensors"
+                argv = ["embed", "--videos", str(lst), "--out", str(local_out), *model]
+                t_local = _timed(argv, local_out, args.reps)
+                ray_out = tmp / f"ray_out{n}"
+                argv = [
+                    "embed", "--engine", "ray", "--videos", str(lst), "--out", str(ray_out),
+                    "--actors", str(args.actors), "--cpus-per-actor", str(args.cpus_per_actor),
+                    *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
+                ]  # fmt: skip
+                t_ray = _timed(argv, ray_out, args.reps)
+                a, b = load_embeddings(local_out), load_embeddings(ray_out)
+                assert a.ids == b.ids
+                diff = float(np.abs(a.embeddings - b.embeddings).max())
+                rows.append(
+                    {
+                        "clips": n,
+                        "local_s": round(t_local, 2),
+                        "ray_s": round(t_ray, 2),
+                        "local_clips_s": round(n / t_local, 2),
+                        "ray_clips_s": round(n / t_ray, 2),
+                        "ray_overhead": round(t_ray / t_local - 1, 3),
+                        "max_abs_diff": diff,
+                    }
+                )
         finally:
             ray.shutdown()
-        a, b = load_embeddings(local_out), load_embeddings(ray_out)
-        assert a.ids == b.ids
-        diff = float(np.abs(a.embeddings - b.embeddings).max())
-    n = len(recs)
-    print(
-        json.dumps(
-            {
-                "clips": n,
-                "batch": args.batch,
-                "ray_actors": args.actors,
-                "cpus_per_actor": args.cpus_per_actor,
-                "decode_in_actor": args.decode_in_actor,
-                "cluster_cpus": args.cpus,
-                "local_clips_s": round(n / t_local, 2),
-                "ray_clips_s": round(n / t_ray, 2),
-                "ray_overhead": round(t_ray / t_local - 1, 3),
-                "ray_cluster_start_s": round(t_start, 2),
-                "max_abs_diff": diff,
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                "ray": ray.__version__,
-            }
-        )
-    )
+    line: dict[str, object] = {
+        "batch": args.batch,
+        "ray_actors": args.actors,
+        "cpus_per_actor": args.cpus_per_actor,
+        "decode_in_actor": args.decode_in_actor,
+        "cluster_cpus": args.cpus,
+        "reps": args.reps,
+        "ray_cluster_start_s": round(t_start, 2),
+        "sizes": rows,
+    }
+    if len(sizes) > 1:
+        s_local, r_local = fit_startup_and_rate(sizes, [r["local_s"] for r in rows])
+        s_ray, r_ray = fit_startup_and_rate(sizes, [r["ray_s"] for r in rows])
+        line |= {
+            "local_startup_s": round(s_local, 2),
+            "local_steady_clips_s": round(r_local, 2),
+            "ray_startup_s": round(s_ray, 2),
+            "ray_steady_clips_s": round(r_ray, 2),
+            "ray_steady_overhead": round(r_local / r_ray - 1, 3),
+        }
+    line |= {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "ray": ray.__version__,
+    }
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -292,6 +292,12 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     if path.name.endswith(".manifest.json"):
         return merge_shards(path)
     _check_suffix(path)
+    return _read_file(path)[0]
+
+
+def _read_file(path: Path) -> tuple[EmbeddingSet, Any]:
+    """An embeddings file's set, and for a parquet file its whole table (a folder part's other
+    columns are read from it, not from the file again)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors import SafetensorError, safe_open
@@ -312,7 +318,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 emb,
                 paths_from_file(clips, path, meta.get(_META_PATHS) == _RELATIVE_TO_FILE),
                 json.loads(meta.get(_META_MODEL, "{}")),
-            )
+            ), None
         _, pq = _pyarrow()
         table = pq.read_table(str(path))
         missing = [c for c in ("id", "embedding") if c not in table.column_names]
@@ -334,9 +340,10 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         if emb.ndim != 2:
             raise ValueError("embedding rows have different lengths")
         marked = meta.get(_META_PATHS.encode()) == _RELATIVE_TO_FILE.encode()
-        return EmbeddingSet(
+        found = EmbeddingSet(
             [str(i) for i in cols["id"]], emb, paths_from_file(clips, path, marked), model
         )
+        return found, table
     except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError/JSONDecodeError too
         raise InputError(f"{path}: not an egovlpv2 embeddings file ({exc})") from None
     except OSError as exc:
@@ -375,17 +382,18 @@ def _folder_manifest(folder: Path) -> dict[str, Any]:
 def _load_folder(folder: Path) -> EmbeddingSet:
     """Every part of a finished embeddings folder, in clip-list order."""
     body = _folder_manifest(folder)
-    _, pq = _pyarrow()
     parts, _ = folder_parts(folder)
     ids: list[str] = []
     clips: list[dict[str, Any]] = []
     rows: list[np.ndarray] = []
     positions: list[int] = []
     for f in parts:
-        data = load_embeddings(f)
+        data, table = _read_file(f)
         if data.model != body.get("model"):
             raise InputError(f"{f}: made by another model than {folder / FOLDER_MANIFEST} names")
-        positions += [int(p) for p in pq.read_table(str(f), columns=["position"]).column(0)]
+        if "position" not in table.column_names:
+            raise InputError(f"{f}: not an embeddings folder part (no 'position' column)")
+        positions += [int(p) for p in table.column("position").to_pylist()]
         ids += data.ids
         clips += data.clips
         rows.append(data.embeddings)
