@@ -105,9 +105,12 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: ClipDecoder) -> dict[st
     n = len(batch["position"])
     decoded, _ = decoder.decode(_row_specs(batch), 0, skip_bad=True)
     p = decoder.preprocessing
-    pixels = np.zeros((n, p.num_frames, decoder.in_chans, p.size, p.size), np.float32)
-    if decoded.pixels is not None:
-        pixels[decoded.positions] = decoded.pixels.numpy()
+    if decoded.pixels is not None and len(decoded.positions) == n:
+        pixels = np.ascontiguousarray(decoded.pixels.numpy(), np.float32)  # all decoded: no copy
+    else:
+        pixels = np.zeros((n, p.num_frames, decoder.in_chans, p.size, p.size), np.float32)
+        if decoded.pixels is not None:
+            pixels[decoded.positions] = decoded.pixels.numpy()
     errors = [""] * n
     for k, exc in decoded.failed:
         errors[k] = one_line(exc)
