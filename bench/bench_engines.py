@@ -10,6 +10,9 @@ steady rate, whose ratio is the overhead a long job sees.
     python bench/bench_engines.py --clips 192 --batch 16 --actors 2
     python bench/bench_engines.py --clips 768,1536,3072,4608 --actors 1 --cpus-per-actor 2 \
         --decode-in-actor --reps 1
+    # a GPU node (scripts/gpu_check.sh, step ray-bench): one GPU actor, the machine's cores
+    python bench/bench_engines.py --clips 768,2304 --reps 1 --device cuda --precision bf16 \
+        --actors 1 --gpus-per-actor 1 --cpus-per-actor 4 --decode-in-actor
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import torch
 
 from egovlpv2_rt import cli
 from egovlpv2_rt.data.egoclip import read_egoclip
@@ -80,6 +84,10 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="local cluster CPUs")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--checkpoint", default=None, help="default: the shipped model")
+    ap.add_argument("--device", default="cpu", help="both engines' device (cuda: one GPU)")
+    ap.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the CLI's)")
+    ap.add_argument("--video-backend", default=None, help="pyav, torchcodec or dali")
+    ap.add_argument("--gpus-per-actor", type=float, default=0.0, help="Ray actors' GPUs")
     args = ap.parse_args()
     sizes = sorted({int(v) for v in args.clips.split(",")})
     rows = []
@@ -88,11 +96,16 @@ def main() -> None:
         n_videos = max(5, -(-sizes[-1] // 8))
         generate_dataset(tmp / "data", 0, SynthConfig(num_clips=n_videos * 8, num_mcq=2))
         recs = read_egoclip(tmp / "data" / "egoclip.csv")
-        model = ["--device", "cpu", "--batch-size", str(args.batch), "--no-progress"]
+        model = ["--device", args.device, "--batch-size", str(args.batch), "--no-progress"]
+        if args.precision:
+            model += ["--precision", args.precision]
+        if args.video_backend:
+            model += ["--video-backend", args.video_backend]
         if args.checkpoint:
             model += ["--checkpoint", args.checkpoint]
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        gpus = {"num_gpus": 1} if args.gpus_per_actor else {}
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, **gpus)
         t_start = time.perf_counter() - t0
         try:
             for n in sizes:
@@ -105,6 +118,7 @@ def main() -> None:
                 argv = [
                     "embed", "--engine", "ray", "--videos", str(lst), "--out", str(ray_out),
                     "--actors", str(args.actors), "--cpus-per-actor", str(args.cpus_per_actor),
+                    "--gpus-per-actor", str(args.gpus_per_actor),
                     *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
                 ]  # fmt: skip
                 t_ray = _timed(argv, ray_out, args.reps)
@@ -130,6 +144,10 @@ def main() -> None:
         "cpus_per_actor": args.cpus_per_actor,
         "decode_in_actor": args.decode_in_actor,
         "cluster_cpus": args.cpus,
+        "device": args.device,
+        "precision": args.precision,
+        "video_backend": args.video_backend,
+        "gpus_per_actor": args.gpus_per_actor,
         "reps": args.reps,
         "ray_cluster_start_s": round(t_start, 2),
         "sizes": rows,
@@ -145,7 +163,8 @@ def main() -> None:
             "ray_steady_overhead": round(r_local / r_ray - 1, 3),
         }
     line |= {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "ray": ray.__version__,
     }
     print(json.dumps(line))

@@ -17,12 +17,18 @@
 # `bash scripts/carry_dali.sh install` with DIR/manifest.txt carried, which installs into
 # DIR/site (kept while the machine is warm): later commands start with
 # `export PYTHONPATH=$PWD/.dali/site`. DIR defaults to .dali (git-ignored).
+#
+# Other wheels travel the same way: SPEC names what to download, IMPORT the module install
+# checks. Ray for bench/bench_engines.py on the GPU machine (scripts/gpu_check.sh, step
+# ray-bench; ~143 MiB without numpy: 4 calls beside a ~20 MiB working tree):
+#   SPEC='ray[data]==2.60.0' IMPORT=ray.data bash scripts/carry_dali.sh prepare .ray
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cmd=${1:-}
 dir=${2:-.dali}
-DALI_SPEC=${DALI_SPEC:-nvidia-dali-cuda130==2.4.0}
+SPEC=${SPEC:-${DALI_SPEC:-nvidia-dali-cuda130==2.4.0}}
+IMPORT=${IMPORT:-nvidia.dali}
 tree_bytes() {  # what travels with every call: tracked and untracked-not-ignored files
   { git ls-files -z; git ls-files -z -o --exclude-standard; } | xargs -0 -r stat -c %s -- 2>/dev/null |
     awk '{s += $1} END {print s + 0}'
@@ -40,7 +46,7 @@ prepare() {
     python3 -m pip download -q --only-binary :all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
-      -d "$dir/wheels" "$DALI_SPEC"
+      -d "$dir/wheels" "$SPEC"
   fi
   # The GPU machine's image has these already (BUILD-NOTES): do not carry them.
   rm -f "$dir"/wheels/numpy-* "$dir"/wheels/PyYAML-* "$dir"/wheels/pyyaml-* \
@@ -108,12 +114,12 @@ install() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$dir/site" "$dir"/wheels/*.whl
   PYTHONPATH="$PWD/$dir/site${PYTHONPATH:+:$PYTHONPATH}" \
-    python3 -c "import nvidia.dali as d; print('DALI', d.__version__, 'in $dir/site')"
+    python3 -c "import $IMPORT as m; print('$IMPORT', getattr(m, '__version__', ''), 'in $dir/site')"
 }
 
 case "$cmd" in
   prepare) prepare ;;
   check) reassemble ;;
   install) install ;;
-  *) sed -n 2,21p "$0" >&2; exit 2 ;;
+  *) sed -n 2,24p "$0" >&2; exit 2 ;;
 esac

@@ -10,7 +10,9 @@
 #      from there into bench/RESULTS.md, "CUDA kernels under compute-sanitizer");
 #   4. the GPU benchmark (bench/bench_ops_gpu.py, --json, with the cross-attention kernel profile);
 #   5. the DALI GPU tests (tests/test_video*.py, marker gpu) when DALI is importable (installed
-#      first from .dali/ when scripts/carry_dali.sh carried it in earlier calls).
+#      first from .dali/ when scripts/carry_dali.sh carried it in earlier calls);
+#   6. bench/bench_engines.py with one GPU actor when Ray is importable (carried to .ray/ the
+#      same way).
 # Full logs go to LOG_DIR; a short table is printed last. Each step gets a share of an overall
 # budget (EGOVLPV2_GPU_CHECK_BUDGET seconds, default 450) so the whole run stays under 8 minutes.
 #
@@ -252,6 +254,24 @@ else
     "DALI not importable here: $(echo "$dali_why" | tail -1)" | tee -a "$summary"
 fi
 
+# ---- 7. Ray engine on the GPU (issue 22): one GPU actor against the single process ------------
+# Ray carried here like DALI: SPEC='ray[data]==2.60.0' IMPORT=ray.data scripts/carry_dali.sh
+# prepare .ray, one call folder per earlier call.
+if [[ -f .ray/manifest.txt ]] && ! "$py" -c "import ray.data" 2>/dev/null; then
+  IMPORT=ray.data bash scripts/carry_dali.sh install .ray 2>&1 | tail -2 | tee -a "$summary" || true
+  export PYTHONPATH="$PWD/.ray/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ray_why=$("$py" -c "import ray.data, ray; print(ray.__version__)" 2>&1); then
+  backend=()
+  if "$py" -c "import nvidia.dali" 2>/dev/null; then backend=(--video-backend dali); fi
+  step ray-bench 150 "$py" bench/bench_engines.py --clips 768,2304 --reps 1 --device cuda \
+    --precision bf16 --actors 1 --gpus-per-actor 1 --cpus-per-actor "$(nproc)" \
+    --decode-in-actor --cpus "$(nproc)" "${backend[@]}"
+else
+  printf '%-14s %-8s %5s s  %s\n' ray-bench SKIPPED 0 \
+    "Ray not importable here: $(echo "$ray_why" | tail -1)" | tee -a "$summary"
+fi
+
 # ---- short table, last -----------------------------------------------------------------------
 echo
 echo "================ egovlpv2-rt GPU check ($((SECONDS - t_start)) s) ================"
@@ -268,6 +288,10 @@ grep -vE "^\s*$|warn" "$log_dir/runtime.log" 2>/dev/null | tail -40
 if [[ -f "$log_dir/dali-tests.log" ]]; then
   echo "-- dali tests:"
   tail -1 "$log_dir/dali-tests.log"
+fi
+if [[ -f "$log_dir/ray-bench.log" ]]; then
+  echo "-- Ray engine vs one process (bench_engines, one GPU actor):"
+  tail -1 "$log_dir/ray-bench.log"
 fi
 echo "-- bench (ms; ratios = other / fused):"
 sed -n '/^case /,$p' "$log_dir/bench.log" 2>/dev/null
