@@ -31,7 +31,7 @@ def _folder(tmp_path):
     for ks in ([4, 0, 2], [5, 1]):
         w.write_part(ks, [f"c{k}" for k in ks], [_clip(tmp_path, k) for k in ks], emb[ks])
     w.write_errors([3], ["c3"], [_clip(tmp_path, 3)], ["cannot decode v3.mp4"])
-    w.finish(embedded=5, failed=1)
+    assert w.finish() == (5, 1)
     return out, emb
 
 

@@ -107,7 +107,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         if tok_path is not None:
             tok = load_tokenizer(tok_path, model.config.text.max_text_length)
         barrier = torch.distributed.barrier if info.world_size > 1 else None
-        quiet = args.json or not sys.stderr.isatty() or os.environ.get("EGOVLPV2_QUIET")
+        quiet = _quiet(args)
         with flushing_denormals(info.device.type == "cpu"):
             manifest = extract_features(
                 metadata=args.metadata,
@@ -128,6 +128,11 @@ def cmd_features(args: argparse.Namespace) -> int:
         return 0
     _report_features(args, manifest)
     return 0 if not manifest["failed"] else 1
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """No per-clip progress: JSON output, stderr not a terminal, or EGOVLPV2_QUIET set."""
+    return bool(args.json or not sys.stderr.isatty() or os.environ.get("EGOVLPV2_QUIET"))
 
 
 def _tokenizer_path(args: argparse.Namespace, ckpt: Path) -> Path | None:
@@ -159,7 +164,7 @@ def _features_ray(args: argparse.Namespace, settings: FeatureSettings, ckpt: Pat
         checkpoint=ckpt,
         settings=settings,
     )
-    quiet = args.json or not sys.stderr.isatty() or os.environ.get("EGOVLPV2_QUIET")
+    quiet = _quiet(args)
     bar = progress_bar(len(plan.clips), f"{args.task} features (ray)", not quiet)
     try:
         return features_with_ray(

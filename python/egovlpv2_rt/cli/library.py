@@ -204,17 +204,25 @@ def _embed_ray(args: argparse.Namespace) -> int:
         "seconds": round(res.seconds, 3),
         "actor_pids": res.actor_pids,
     }
+    again = f"; {res.resumed} clips were already there" if res.resumed else ""
+    line = (
+        f"embedded {res.embedded} clips -> {out}/ ({res.computed} computed on Ray, "
+        f"{summary['seconds']:.1f} s{again})"
+    )
+    _report_embed(args, summary, line, errors)
+    return 0
+
+
+def _report_embed(
+    args: argparse.Namespace, summary: dict[str, Any], line: str, failed: list[dict[str, Any]]
+) -> None:
+    """An embed job's summary: JSON, or its line and one stderr line per skipped clip."""
     if args.json:
         print_json(summary)
-    else:
-        again = f"; {res.resumed} clips were already there" if res.resumed else ""
-        print(
-            f"embedded {res.embedded} clips -> {out}/ ({res.computed} computed on Ray, "
-            f"{summary['seconds']:.1f} s{again})"
-        )
-        for e in errors:
-            print(f"skipped {e['id']}: {e['error']}", file=sys.stderr)
-    return 0
+        return
+    print(line)
+    for f in failed:
+        print(f"skipped {f['id']}: {f['error']}", file=sys.stderr)
 
 
 def _embed_locked(
@@ -327,16 +335,12 @@ def _embed_parts(
         "rank": rank,
         "world_size": world,
     }
-    if args.json:
-        print_json(summary)
-    else:
-        again = f"; {resumed} clips resumed from parts" if resumed else ""
-        print(
-            f"embedded {len(kept_all)} clips -> {target} ({data.dim}-d, "
-            f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device}{again})"
-        )
-        for f in failed_all:
-            print(f"skipped {f['id']}: {f['error']}", file=sys.stderr)
+    again = f"; {resumed} clips resumed from parts" if resumed else ""
+    line = (
+        f"embedded {len(kept_all)} clips -> {target} ({data.dim}-d, "
+        f"{summary['seconds']:.1f} s, {rt.backend} on {rt.device}{again})"
+    )
+    _report_embed(args, summary, line, failed_all)
     return 0
 
 

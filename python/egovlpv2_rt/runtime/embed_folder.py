@@ -143,6 +143,12 @@ class FolderWriter:
             pq.write_table(table, str(tmp))
         return path
 
-    def finish(self, embedded: int, failed: int) -> None:
-        """Mark the job complete (after its last part)."""
+    def finish(self) -> tuple[int, int]:
+        """Mark the job complete (after its last part), with the clips its parts and error
+        parts hold (read from their footers); returns (embedded, failed)."""
+        _, pq = pyarrow_modules()
+        parts, errors = folder_parts(self.folder)
+        embedded = sum(pq.read_metadata(str(f)).num_rows for f in parts)
+        failed = sum(pq.read_metadata(str(f)).num_rows for f in errors)
         self._write_manifest(complete=True, embedded=embedded, failed=failed)
+        return embedded, failed

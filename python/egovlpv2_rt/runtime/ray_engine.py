@@ -264,9 +264,7 @@ def embed_with_ray(
             if started:
                 ray.shutdown()
         result.actor_pids = sorted(buffer.actor_pids)
-    parts_emb, parts_err = _count(writer)
-    result.embedded, result.failed = parts_emb, parts_err
-    writer.finish(embedded=parts_emb, failed=parts_err)
+    result.embedded, result.failed = writer.finish()
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -371,13 +369,3 @@ class _PartBuffer:
             ks = [k for k, _ in self.bad]
             self.writer.write_errors(ks, self._ids(ks), self._clips(ks), [e for _, e in self.bad])
             self.bad = []
-
-
-def _count(writer: FolderWriter) -> tuple[int, int]:
-    from .store import folder_parts, pyarrow_modules
-
-    _, pq = pyarrow_modules()
-    parts, errors = folder_parts(writer.folder)
-    n_emb = sum(pq.read_metadata(str(f)).num_rows for f in parts)
-    n_err = sum(pq.read_metadata(str(f)).num_rows for f in errors)
-    return n_emb, n_err

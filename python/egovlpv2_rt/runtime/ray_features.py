@@ -123,8 +123,8 @@ def features_with_ray(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Compute and write the clips of ``plan`` that are not done, on a Ray cluster; returns
-    the manifest (as the single-process job writes it, ``ranks`` = the actors' count,
-    ``engine`` = ``ray``)."""
+    the manifest (as the single-process job writes it, from one report, the driver's:
+    ``ranks`` 1, and ``engine`` = ``ray``)."""
     ray = import_ray()
     t0 = time.perf_counter()
     run = FeatureRun()
