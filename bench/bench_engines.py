@@ -88,8 +88,15 @@ def main() -> None:
     ap.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the CLI's)")
     ap.add_argument("--video-backend", default=None, help="pyav, torchcodec or dali")
     ap.add_argument("--gpus-per-actor", type=float, default=0.0, help="Ray actors' GPUs")
+    ap.add_argument(
+        "--batches-per-call",
+        default="4",
+        help="with --decode-in-actor: model batches per actor call; several (e.g. 1,4) are "
+        "each timed in the same run",
+    )
     args = ap.parse_args()
     sizes = sorted({int(v) for v in args.clips.split(",")})
+    per_call = [int(v) for v in args.batches_per_call.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -114,28 +121,30 @@ def main() -> None:
                 local_out = tmp / f"local{n}.safetensors"
                 argv = ["embed", "--videos", str(lst), "--out", str(local_out), *model]
                 t_local = _timed(argv, local_out, args.reps)
-                ray_out = tmp / f"ray_out{n}"
-                argv = [
-                    "embed", "--engine", "ray", "--videos", str(lst), "--out", str(ray_out),
-                    "--actors", str(args.actors), "--cpus-per-actor", str(args.cpus_per_actor),
-                    "--gpus-per-actor", str(args.gpus_per_actor),
-                    *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
-                ]  # fmt: skip
-                t_ray = _timed(argv, ray_out, args.reps)
-                a, b = load_embeddings(local_out), load_embeddings(ray_out)
-                assert a.ids == b.ids
-                diff = float(np.abs(a.embeddings - b.embeddings).max())
-                rows.append(
-                    {
-                        "clips": n,
-                        "local_s": round(t_local, 2),
-                        "ray_s": round(t_ray, 2),
-                        "local_clips_s": round(n / t_local, 2),
-                        "ray_clips_s": round(n / t_ray, 2),
-                        "ray_overhead": round(t_ray / t_local - 1, 3),
-                        "max_abs_diff": diff,
+                row: dict = {
+                    "clips": n,
+                    "local_s": round(t_local, 2),
+                    "local_clips_s": round(n / t_local, 2),
+                }
+                for b in per_call if args.decode_in_actor else [1]:
+                    ray_out = tmp / f"ray_out{n}_{b}"
+                    argv = [
+                        "embed", "--engine", "ray", "--videos", str(lst), "--out", str(ray_out),
+                        "--actors", str(args.actors), "--cpus-per-actor", str(args.cpus_per_actor),
+                        "--gpus-per-actor", str(args.gpus_per_actor), "--batches-per-call", str(b),
+                        *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
+                    ]  # fmt: skip
+                    t_ray = _timed(argv, ray_out, args.reps)
+                    a, e = load_embeddings(local_out), load_embeddings(ray_out)
+                    assert a.ids == e.ids
+                    key = f"ray{b}" if args.decode_in_actor else "ray"
+                    row |= {
+                        f"{key}_s": round(t_ray, 2),
+                        f"{key}_clips_s": round(n / t_ray, 2),
+                        f"{key}_overhead": round(t_ray / t_local - 1, 3),
+                        f"{key}_max_abs_diff": float(np.abs(a.embeddings - e.embeddings).max()),
                     }
-                )
+                rows.append(row)
         finally:
             ray.shutdown()
     line: dict[str, object] = {
@@ -143,6 +152,7 @@ def main() -> None:
         "ray_actors": args.actors,
         "cpus_per_actor": args.cpus_per_actor,
         "decode_in_actor": args.decode_in_actor,
+        "batches_per_call": per_call if args.decode_in_actor else None,
         "cluster_cpus": args.cpus,
         "device": args.device,
         "precision": args.precision,
@@ -154,14 +164,15 @@ def main() -> None:
     }
     if len(sizes) > 1:
         s_local, r_local = fit_startup_and_rate(sizes, [r["local_s"] for r in rows])
-        s_ray, r_ray = fit_startup_and_rate(sizes, [r["ray_s"] for r in rows])
-        line |= {
-            "local_startup_s": round(s_local, 2),
-            "local_steady_clips_s": round(r_local, 2),
-            "ray_startup_s": round(s_ray, 2),
-            "ray_steady_clips_s": round(r_ray, 2),
-            "ray_steady_overhead": round(r_local / r_ray - 1, 3),
-        }
+        line |= {"local_startup_s": round(s_local, 2), "local_steady_clips_s": round(r_local, 2)}
+        engines = [k for k in rows[0] if k.startswith("ray") and k.endswith("_s")]
+        for key in [k[: -len("_s")] for k in engines if not k.endswith("_clips_s")]:
+            s_ray, r_ray = fit_startup_and_rate(sizes, [r[f"{key}_s"] for r in rows])
+            line |= {
+                f"{key}_startup_s": round(s_ray, 2),
+                f"{key}_steady_clips_s": round(r_ray, 2),
+                f"{key}_steady_overhead": round(r_local / r_ray - 1, 3),
+            }
     line |= {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
         + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),

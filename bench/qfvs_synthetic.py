@@ -23,6 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("data", help="a QFVS folder (egovlpv2 synth --task qfvs)")
     ap.add_argument("--cache", required=True, help="shot-feature cache folder")
+    ap.add_argument("--checkpoint", default=None, help="model file (default: the shipped one)")
     ap.add_argument("--lr", type=float, default=QFVSTrainConfig.lr)
     ap.add_argument("--epochs", type=int, default=QFVSTrainConfig.epochs)
     ap.add_argument("--seed", type=int, default=0, help="training / split / random-summary seed")
@@ -31,13 +32,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    backbone = load_qfvs_backbone()
+    backbone = load_qfvs_backbone(args.checkpoint)
     examples, concepts = qfvs_examples(backbone, args.data, cache_dir=args.cache)
     t1 = time.perf_counter()
     cfg = QFVSTrainConfig(lr=args.lr, epochs=args.epochs, seed=args.seed)
     res = evaluate_qfvs(examples, concepts, cfg)
     t2 = time.perf_counter()
-    line = {"data": args.data, "lr": args.lr, "epochs": args.epochs, "seed": args.seed}
+    line = {"data": args.data, "checkpoint": str(backbone.checkpoint), "lr": args.lr}
+    line |= {"epochs": args.epochs, "seed": args.seed}
     line |= {"features_seconds": round(t1 - t0, 1), "train_eval_seconds": round(t2 - t1, 1)}
     print(json.dumps({**line, **res}))
 

@@ -65,3 +65,16 @@ def test_an_unfinished_folder_is_refused_naming_resume(tmp_path):
     manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
     with pytest.raises(InputError, match="--resume"):
         load_embeddings(out)
+
+
+def test_actor_call_size_holds_several_model_batches_only_when_decoding_there():
+    from egovlpv2_rt.runtime.ray_engine import RayOptions
+
+    # Decoding in the actor: one call = 4 model batches, so the runtime decodes batch k+1
+    # while it encodes batch k (bench/RESULTS.md: steady overhead 13.4% -> 7.8% on 2 cores).
+    assert RayOptions(batch_size=8, decode_in_actor=True).call_size == 32
+    assert RayOptions(batch_size=8, decode_in_actor=True, batches_per_call=1).call_size == 8
+    # Decode tasks feed the actors: one call = one decoded batch.
+    assert RayOptions(batch_size=8, batches_per_call=4).call_size == 8
+    with pytest.raises(InputError, match="--batches-per-call"):
+        RayOptions(batches_per_call=0)

@@ -636,6 +636,11 @@ def test_time_reversal_objective_matches_hand_computation():
     ids = torch.randint(3, cfg.text.vocab_size, (b, length), generator=gen)
     am = torch.ones_like(ids)
     mask_v = (torch.rand(b, b, generator=gen) > 0.7).double()
+    mask_v.fill_diagonal_(1.0)
+    # Clip 2 has no verb tag (a still clip): played backwards it is itself, so it gets no
+    # reversal negative in either term.
+    mask_v[2, :] = 0.0
+    mask_v[:, 2] = 0.0
     mask_n = (torch.rand(b, b, generator=gen) > 0.5).double()
     batch = GlobalBatch(video, ids, am, ids, torch.full_like(ids, -100), mask_v, mask_n, 0, 7)
     obj = PretrainObjective(
@@ -645,11 +650,14 @@ def test_time_reversal_objective_matches_hand_computation():
         got = obj(batch)
         t = model.encode_text(ids, am)
         sim = sim_matrix(t, model.encode_video(video))
-        rev = sim_matrix(t, model.encode_video(video.flip(1))).diagonal()
+        rev = sim_matrix(t, model.encode_video(video.flip(1))).diagonal().clone()
+        rev[2] = float("-inf")
         want, pos = egonce_loss(sim, mask_v, mask_n, 0.05, reversed_sim=rev)
         draw = torch.Generator().manual_seed(5 * 1_000_003 + 7)
-        pairs = with_time_reversal(sample_vtm_pairs(sim, pos, 0.05, draw), draw)
+        reversible = torch.tensor([True, True, False, True, True, True])
+        pairs = with_time_reversal(sample_vtm_pairs(sim, pos, 0.05, draw), draw, reversible)
         assert pairs.reversed is not None and pairs.reversed.any()
+        assert not pairs.reversed[pairs.text_index == 2].any()
         pv = video[pairs.video_index]
         pv[pairs.reversed] = pv[pairs.reversed].flip(1)
         logits = model.vtm_logits(pv, ids[pairs.text_index], am[pairs.text_index])

@@ -176,6 +176,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """A number in [0, 1] (a chance)."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
 def actor_range(text: str) -> tuple[int, int]:
     """``--actors``: ``N`` (fixed) or ``MIN..MAX`` (autoscaling), 1 <= MIN <= MAX."""
     lo, sep, hi = text.partition("..")

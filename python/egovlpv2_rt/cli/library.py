@@ -167,6 +167,7 @@ def _embed_ray(args: argparse.Namespace) -> int:
         decode_cpus=args.decode_cpus,
         batch_size=args.batch_size or 8,
         decode_in_actor=args.decode_in_actor,
+        batches_per_call=args.batches_per_call,
         part_size=args.part_size,
     )
     clips = read_clip_list(args.videos)
@@ -680,6 +681,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="decode inside the model actors with --video-backend (e.g. DALI on their GPU) "
         "instead of in CPU tasks (--engine ray)",
+    )
+    s.add_argument(
+        "--batches-per-call",
+        type=positive_int,
+        default=4,
+        help="with --decode-in-actor: model batches per actor call, decoded while the "
+        "previous one is encoded (--engine ray)",
     )
     s.add_argument(
         "--shard",

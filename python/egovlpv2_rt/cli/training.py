@@ -27,7 +27,7 @@ from ..tasks.qfvs_synth import synthesize_qfvs
 from ..train.finetune import FinetuneTask, finetune_from_file
 from ..train.finetune_config import FinetuneConfig
 from ..train.trainer import train_from_file
-from .common import at_least, non_negative_int, positive_int, print_json
+from .common import at_least, non_negative_int, positive_int, print_json, probability
 from .qfvs import eval_qfvs_command, finetune_qfvs_command
 
 __all__ = [
@@ -74,6 +74,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         type=_frame_size,
         default=None,
         help="egoclip: frame size in pixels (a multiple of 16, >= 32; 64)",
+    )
+    p.add_argument(
+        "--scene-share",
+        type=probability,
+        default=None,
+        help="egoclip: chance of a still 'There is a ...' clip before an action, when nothing "
+        "is held (0: none, the default)",
     )
     p.set_defaults(func=cmd_synth)
 
@@ -188,7 +195,16 @@ SYNTH_FPS = EMSynthConfig().fps
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    _only_for(args, "egoclip", {"clips": "--clips", "questions": "--questions", "size": "--size"})
+    _only_for(
+        args,
+        "egoclip",
+        {
+            "clips": "--clips",
+            "questions": "--questions",
+            "size": "--size",
+            "scene_share": "--scene-share",
+        },
+    )
     if args.task == "ek100_mir":
         paths = synthesize_ek100_mir(args.out, args.seed)
         print(f"wrote a synthetic EK-100 MIR split under {args.out}")
@@ -218,6 +234,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_clips=480 if args.clips is None else args.clips,
         num_mcq=100 if args.questions is None else args.questions,
         size=64 if args.size is None else args.size,
+        scene_share=0.0 if args.scene_share is None else args.scene_share,
     )
     paths = generate_dataset(args.out, args.seed, cfg)
     print(f"wrote {paths['egoclip']}, {paths['egomcq']} and {paths['videos']}/")

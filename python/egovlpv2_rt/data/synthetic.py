@@ -7,7 +7,9 @@ by the hand), puts it down (the reverse) or rotates it. Narrations read like Ego
 ("#C C moves the red square to the left"). Verb tags index :data:`VERB_CLASSES` (the
 direction of a move is part of its verb class) and noun tags index :data:`NOUN_CLASSES` (one
 class per coloured shape), so two clips are EgoNCE positives exactly when they show the same
-action on the same kind of object.
+action on the same kind of object. With ``SynthConfig.scene_share`` some moments between actions
+are still clips (no hand, nothing moves) captioned by what is on the table ("There is a red
+square and a circle"), with noun tags and no verb tag; off by default.
 
 What the tasks test:
 - inter-video EgoMCQ: the candidates come from other videos whose tables do not hold the
@@ -23,6 +25,7 @@ Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,10 +46,12 @@ __all__ = [
     "SceneObject",
     "SynthConfig",
     "generate_dataset",
+    "is_scene_clip",
     "is_temporal_twin",
     "make_video",
     "narration_words",
     "render_frame",
+    "scene_caption",
     "simulate_action",
     "write_video",
 ]
@@ -80,6 +85,11 @@ class SynthConfig:
         clip_seconds: duration of one action.
         num_mcq: EgoMCQ questions (half inter, half intra).
         codec: PyAV encoder name.
+        scene_share: chance, at each moment between actions when no object is held, that C
+            only looks at the table for one clip first: a still clip (no hand, nothing moves)
+            whose caption says what is on the table (:func:`scene_caption`), with noun tags and
+            no verb tag. 0 (the default) draws nothing more, so a seed gives the same files as
+            before the option existed. These clips are never EgoMCQ questions or candidates.
     """
 
     num_clips: int = 480
@@ -90,6 +100,7 @@ class SynthConfig:
     clip_seconds: float = 2.0
     num_mcq: int = 100
     codec: str = "libx264"
+    scene_share: float = 0.0
 
     @property
     def num_videos(self) -> int:
@@ -107,6 +118,8 @@ class SynthConfig:
             raise ValueError(f"size must be a multiple of 16 and >= 32, got {self.size}")
         if self.num_clips < 1 or self.fps < 1 or self.clip_seconds <= 0 or self.num_mcq < 0:
             raise ValueError("num_clips, fps, clip_seconds must be positive and num_mcq >= 0")
+        if not 0.0 <= self.scene_share <= 1.0:
+            raise ValueError(f"scene_share must be in [0, 1], got {self.scene_share}")
 
 
 @dataclass
@@ -139,6 +152,26 @@ def narration_words(verb: str, colour: str, shape: str, direction: str = "") -> 
     ]
     text = f"#C C {third} the {colour} {shape}"
     return text + (f" to the {direction}" if direction else "")
+
+
+def scene_caption(rng: np.random.Generator, objs: Sequence[SceneObject]) -> tuple[str, list[int]]:
+    """The caption of a still clip and the objects it names (indices into ``objs``).
+
+    One or two of the objects, each named by colour and shape, by colour alone or by shape alone
+    (``There is a red square``, ``There is a red and a circle``): what a person says of a
+    table at a glance. The short names tie a single colour or shape word to the objects that
+    have it, which the action captions (always colour and shape together) never do; the QFVS
+    prompts of the synthetic benchmark (``There is a {concept}``) use such words. No ``#C``:
+    nobody acts (the QFVS prompts have none either).
+    """
+    k = int(rng.integers(1, min(2, len(objs)) + 1))
+    picks = [int(i) for i in rng.permutation(len(objs))[:k]]
+    names = []
+    for i in picks:
+        form = int(rng.integers(3))
+        o = objs[i]
+        names.append((f"{o.colour} {o.shape}", o.colour, o.shape)[form])
+    return "There is a " + " and a ".join(names), picks
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -296,8 +329,9 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str) 
 def make_video(
     rng: np.random.Generator, cfg: SynthConfig, uid: str
 ) -> tuple[list[np.ndarray], list[ClipRecord], set[str]]:
-    """One video of ``cfg.clips_per_video`` back-to-back narrated actions: its frames, one
-    EgoClip record per action and the names ("red square") of its objects."""
+    """One video of ``cfg.clips_per_video`` back-to-back narrated actions (and, with
+    ``cfg.scene_share``, still clips between them): its frames, one EgoClip record per clip and
+    the names ("red square") of its objects."""
     size = cfg.size
     shapes = list(rng.permutation(len(SHAPES))[: cfg.objects_per_video])
     colours = list(rng.permutation(len(COLOURS))[: cfg.objects_per_video])
@@ -325,31 +359,54 @@ def make_video(
     fpc = max(4, round(cfg.fps * cfg.clip_seconds))
     frames: list[np.ndarray] = []
     records: list[ClipRecord] = []
-    dur = cfg.clips_per_video * fpc / cfg.fps
-    for k in range(cfg.clips_per_video):
-        act = _plan_action(rng, objs, size)
-        o = objs[act.obj]
-        text = narration_words(act.verb, o.colour, o.shape, act.direction)
-        for fobjs, hand in simulate_action(rng, cfg, objs, act, fpc):
-            noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
-            frames.append(render_frame(size, bg, specks, fobjs, hand, noise))
-        start = k * fpc / cfg.fps
-        end = (k + 1) * fpc / cfg.fps
+
+    def add_clip(text: str, verbs: tuple[int, ...], nouns: tuple[int, ...]) -> None:
+        k = len(records)
+        start, end = k * fpc / cfg.fps, (k + 1) * fpc / cfg.fps
         records.append(
             ClipRecord(
                 video_uid=uid,
-                video_dur=dur,
+                video_dur=0.0,  # set below, once the number of clips is known
                 narration_source="narration_pass_1",
                 narration_ind=k,
                 narration_time=0.5 * (start + end),
                 clip_start=start,
                 clip_end=end,
                 clip_text=text,
-                tag_verb=(VERB_CLASSES.index(f"{act.verb} {act.direction}".strip()),),
-                tag_noun=(NOUN_CLASSES.index(f"{o.colour} {o.shape}"),),
+                tag_verb=verbs,
+                tag_noun=nouns,
             )
         )
+
+    for _ in range(cfg.clips_per_video):
+        # `cfg.scene_share and ...` draws nothing when the option is off (same bytes as before).
+        if cfg.scene_share and not any(o.held for o in objs) and rng.random() < cfg.scene_share:
+            text, named = scene_caption(rng, objs)
+            for _f in range(fpc):
+                noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
+                frames.append(render_frame(size, bg, specks, objs, None, noise))
+            nouns = sorted({NOUN_CLASSES.index(f"{objs[i].colour} {objs[i].shape}") for i in named})
+            add_clip(text, (), tuple(nouns))
+        act = _plan_action(rng, objs, size)
+        o = objs[act.obj]
+        text = narration_words(act.verb, o.colour, o.shape, act.direction)
+        for fobjs, hand in simulate_action(rng, cfg, objs, act, fpc):
+            noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
+            frames.append(render_frame(size, bg, specks, fobjs, hand, noise))
+        add_clip(
+            text,
+            (VERB_CLASSES.index(f"{act.verb} {act.direction}".strip()),),
+            (NOUN_CLASSES.index(f"{o.colour} {o.shape}"),),
+        )
+    dur = len(records) * fpc / cfg.fps
+    records = [dataclasses.replace(r, video_dur=dur) for r in records]
     return frames, records, {f"{o.colour} {o.shape}" for o in objs}
+
+
+def is_scene_clip(record: ClipRecord) -> bool:
+    """Whether ``record`` is a still "There is a ..." clip (``SynthConfig.scene_share``):
+    the only synthetic clips without a verb tag."""
+    return not record.tag_verb
 
 
 # Verb classes that are each other's action played backwards.
@@ -455,7 +512,8 @@ def generate_dataset(
         per_video.append(records)
         scenes.append(scene)
     write_egoclip(out / "egoclip.csv", all_records)
-    write_egomcq(out / "egomcq.json", _make_mcq(rng, per_video, scenes, cfg.num_mcq))
+    actions = [[r for r in recs if not is_scene_clip(r)] for recs in per_video]
+    write_egomcq(out / "egomcq.json", _make_mcq(rng, actions, scenes, cfg.num_mcq))
     return {
         "root": out,
         "videos": vdir,

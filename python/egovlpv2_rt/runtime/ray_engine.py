@@ -75,6 +75,9 @@ class RayOptions:
         batch_size: clips per decode task and per model call.
         decode_in_actor: decode inside the model actors (the runtime's video backend, e.g.
             DALI on their GPU) instead of in CPU tasks.
+        batches_per_call: with ``decode_in_actor``, model batches per actor call: the
+            runtime decodes batch k+1 while it encodes batch k only within one call, so a call
+            of one batch leaves the decoder and the model taking turns.
         part_size: clips per output part (rounded to whole batches as they arrive).
     """
 
@@ -85,6 +88,7 @@ class RayOptions:
     decode_cpus: float = 1.0
     batch_size: int = 8
     decode_in_actor: bool = False
+    batches_per_call: int = 4
     part_size: int = 256
 
     def __post_init__(self) -> None:
@@ -95,8 +99,13 @@ class RayOptions:
             raise InputError(
                 "--gpus-per-actor must be >= 0, --decode-cpus and the CPUs per actor > 0"
             )
-        if self.batch_size < 1 or self.part_size < 1:
-            raise InputError("--batch-size and the part size must be >= 1")
+        if self.batch_size < 1 or self.part_size < 1 or self.batches_per_call < 1:
+            raise InputError("--batch-size, --batches-per-call and the part size must be >= 1")
+
+    @property
+    def call_size(self) -> int:
+        """Clips per model-actor call (and per block of the job's dataset)."""
+        return self.batch_size * (self.batches_per_call if self.decode_in_actor else 1)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], decoder: ClipDecoder) -> dict[str, Any]:
@@ -294,7 +303,7 @@ def _stream(
     decoder: ClipDecoder,
     options: RayOptions,
 ) -> Iterator[dict[str, np.ndarray]]:
-    bs = options.batch_size
+    bs = options.call_size
     blocks = max(1, -(-len(rows) // bs))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     if not options.decode_in_actor:

@@ -110,7 +110,7 @@ def egonce_loss(
         mask_v, mask_n: ``[N, N]`` verb / noun overlap masks (see :func:`egonce_positive_mask`).
         temperature: softmax temperature (0.05 in EgoVLPv2).
         reversed_sim: ``[N]`` float similarity of text i and video i with its frames reversed,
-            or None.
+            or None; ``-inf`` where text i has no such negative.
 
     Returns:
         ``(loss, pos)``: scalar loss in ``sim``'s dtype, and the ``[N, N]`` bool positive mask.
@@ -304,16 +304,20 @@ def sample_vtm_pairs(
     return VTMPairs(video_index, text_index, labels)
 
 
-def with_time_reversal(pairs: VTMPairs, generator: torch.Generator) -> VTMPairs:
+def with_time_reversal(
+    pairs: VTMPairs, generator: torch.Generator, reversible: Tensor | None = None
+) -> VTMPairs:
     """Turn a random half of the negative slots into time-reversal negatives.
 
     Each negative slot (label 0) flips a fair coin from ``generator``; on heads it becomes
-    (its caption, the caption's own video played backwards), label 0. Matching pairs are kept.
-    The same draw on every rank (see :func:`sample_vtm_pairs`).
+    (its caption, the caption's own video played backwards), label 0, unless the caption's clip
+    is not ``reversible`` (then the slot keeps its drawn negative). Matching pairs are kept.
+    The same draw on every rank (see :func:`sample_vtm_pairs`), whatever ``reversible`` holds.
 
     Args:
         pairs: the VTM draw (``reversed`` None).
         generator: CPU generator, after the VTM draw.
+        reversible: ``[N]`` bool per caption (global batch), or None (all).
 
     Returns:
         :class:`VTMPairs` with ``reversed`` set.
@@ -321,6 +325,8 @@ def with_time_reversal(pairs: VTMPairs, generator: torch.Generator) -> VTMPairs:
     n = pairs.labels.shape[0]
     heads = torch.rand(n, generator=generator) > 0.5
     rev = heads & (pairs.labels == 0)
+    if reversible is not None:
+        rev = rev & reversible.to(rev.device)[pairs.text_index]
     video_index = torch.where(rev, pairs.text_index, pairs.video_index)
     return VTMPairs(video_index, pairs.text_index, pairs.labels, rev)
 

@@ -63,6 +63,18 @@ class StepLosses:
     vtm_accuracy: Tensor | None
 
 
+def reversible_clips(mask_v: Tensor | None, n: int) -> Tensor | None:
+    """``[N]`` bool: the clips whose caption has a verb (``mask_v``'s diagonal), or None when
+    every clip counts (no verb mask). A clip without a verb tag (e.g. a still "There is a red
+    square" clip) shows nothing happening: played backwards it is the same clip, so it gets no
+    time-reversal negative, which would be a copy of its positive."""
+    if mask_v is None:
+        return None
+    if tuple(mask_v.shape) != (n, n):
+        raise ValueError(f"mask_v must be [{n}, {n}], got {tuple(mask_v.shape)}")
+    return mask_v.diagonal().cpu() > 0
+
+
 class PretrainObjective(nn.Module):
     """EgoNCE + MLM + VTM on one model.
 
@@ -177,6 +189,9 @@ class PretrainObjective(nn.Module):
                 rev_sim = None
                 if r_all is not None:
                     rev_sim = sim_matrix(t_all.to(acc), r_all.to(acc)).diagonal()
+                    directed = reversible_clips(batch.mask_v, g)
+                    if directed is not None:
+                        rev_sim = rev_sim.masked_fill(~directed.to(rev_sim.device), float("-inf"))
                 egonce, pos = egonce_loss(
                     sim, batch.mask_v, batch.mask_n, self.temperature, reversed_sim=rev_sim
                 )
@@ -200,7 +215,7 @@ class PretrainObjective(nn.Module):
                 sim.detach(), pos, self.temperature, gen, negatives=self.vtm_negatives
             )
             if self.time_reversal:
-                pairs = with_time_reversal(pairs, gen)
+                pairs = with_time_reversal(pairs, gen, reversible_clips(batch.mask_v, g))
             pairs = pairs.slice(batch.offset, batch.offset + b)
             all_video = all_gather_no_grad(batch.video, info)
             dev = batch.video.device
