@@ -72,7 +72,7 @@ class RayOptions:
         gpus_per_actor: GPUs per model actor (0: CPU actors).
         cpus_per_actor: CPUs per model actor (also its torch threads on the CPU).
         decode_cpus: CPUs per decode task.
-        batch_size: clips per decode task and per model call.
+        batch_size: clips per model batch (and per decode task).
         decode_in_actor: decode inside the model actors (the runtime's video backend, e.g.
             DALI on their GPU) instead of in CPU tasks.
         batches_per_call: with ``decode_in_actor``, model batches per actor call: the
