@@ -121,6 +121,7 @@ def main() -> None:
                 local_out = tmp / f"local{n}.safetensors"
                 argv = ["embed", "--videos", str(lst), "--out", str(local_out), *model]
                 t_local = _timed(argv, local_out, args.reps)
+                a = load_embeddings(local_out)
                 row: dict = {
                     "clips": n,
                     "local_s": round(t_local, 2),
@@ -135,7 +136,7 @@ def main() -> None:
                         *(["--decode-in-actor"] if args.decode_in_actor else []), *model,
                     ]  # fmt: skip
                     t_ray = _timed(argv, ray_out, args.reps)
-                    a, e = load_embeddings(local_out), load_embeddings(ray_out)
+                    e = load_embeddings(ray_out)
                     assert a.ids == e.ids
                     key = f"ray{b}" if args.decode_in_actor else "ray"
                     row |= {

@@ -378,21 +378,23 @@ def make_video(
             )
         )
 
+    def render(scene: Sequence[SceneObject], hand: tuple[float, float] | None) -> None:
+        noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
+        frames.append(render_frame(size, bg, specks, scene, hand, noise))
+
     for _ in range(cfg.clips_per_video):
         # `cfg.scene_share and ...` draws nothing when the option is off (same bytes as before).
         if cfg.scene_share and not any(o.held for o in objs) and rng.random() < cfg.scene_share:
             text, named = scene_caption(rng, objs)
             for _f in range(fpc):
-                noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
-                frames.append(render_frame(size, bg, specks, objs, None, noise))
+                render(objs, None)
             nouns = sorted({NOUN_CLASSES.index(f"{objs[i].colour} {objs[i].shape}") for i in named})
             add_clip(text, (), tuple(nouns))
         act = _plan_action(rng, objs, size)
         o = objs[act.obj]
         text = narration_words(act.verb, o.colour, o.shape, act.direction)
         for fobjs, hand in simulate_action(rng, cfg, objs, act, fpc):
-            noise = rng.normal(0, 2.0, size=(size, size, 3)).astype(np.float32)
-            frames.append(render_frame(size, bg, specks, fobjs, hand, noise))
+            render(fobjs, hand)
         add_clip(
             text,
             (VERB_CLASSES.index(f"{act.verb} {act.direction}".strip()),),
