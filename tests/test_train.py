@@ -669,3 +669,48 @@ def test_time_reversal_objective_matches_hand_computation():
     assert abs(got.egonce.item() - want.item()) <= 1e-12 * abs(want.item())
     assert abs(got.vtm.item() - vtm.item()) <= 1e-12 * abs(vtm.item())
     assert got.egonce.item() > plain.egonce.item()  # one more negative per caption
+
+
+def test_init_checkpoint_starts_a_run_from_its_weights(dataset, tmp_path):
+    # Continued pre-training (model.init_checkpoint): before its first step the model holds the
+    # file's weights exactly; a file that does not fit, a missing file, and a random-start
+    # setting beside it are refused, each naming what is wrong.
+    from safetensors.torch import save_file
+
+    from egovlpv2_rt.checkpoint import CheckpointMismatchError
+    from egovlpv2_rt.train.distributed import DistInfo
+    from egovlpv2_rt.train.trainer import PretrainJob
+
+    _run(_train_cmd(_write(_config(dataset, tmp_path / "first"), tmp_path / "first.json")))
+    weights = tmp_path / "first" / "model.safetensors"
+    want = load_file(str(weights))
+
+    def job(init: Path, **top) -> PretrainJob:
+        cfg = _config(dataset, tmp_path / "second", **top)
+        cfg["model"]["init_checkpoint"] = str(init)
+        return PretrainJob(
+            load_train_config(_write(cfg, tmp_path / "second.json")), DistInfo(), torch.float32
+        )
+
+    got = job(weights).model.state_dict()
+    assert set(want) <= set(got)
+    assert max((got[k] - want[k]).abs().max().item() for k in want) == 0.0
+    # A fresh model differs from it (the comparison above is not vacuous).
+    fresh = PretrainJob(
+        load_train_config(_write(_config(dataset, tmp_path / "x"), tmp_path / "x.json")),
+        DistInfo(),
+        torch.float32,
+    ).model.state_dict()
+    assert max((fresh[k] - want[k]).abs().max().item() for k in want) > 0.01
+
+    bad = tmp_path / "bad.safetensors"
+    key = "text_model.embeddings.word_embeddings.weight"
+    save_file({**want, key: want[key][:-1].contiguous()}, str(bad))
+    with pytest.raises(
+        CheckpointMismatchError, match=rf"bad\.safetensors does not fit(.|\n)*{key}"
+    ):
+        job(bad)
+    with pytest.raises(FileNotFoundError, match=r"model\.init_checkpoint: no such file"):
+        job(tmp_path / "none.safetensors")
+    with pytest.raises(ConfigError, match=r"init_scale: must be 1 with model\.init_checkpoint"):
+        job(weights, init_scale=2.0)

@@ -58,12 +58,16 @@ class ModelSection:
     """The model: a named preset with top-level overrides, or a full ``ModelConfig`` mapping.
 
     ``overrides`` may hold nested sections (``{"video": {"img_size": 64}}``), merged into the
-    preset's values.
+    preset's values. ``init_checkpoint`` (a model file, ``.safetensors`` or a weights-only
+    torch file; as in the fine-tuning configs) starts the run from its weights instead of a
+    random start (continued pre-training); its architecture must be the one described here and
+    its vocabulary the tokenizer's: a mismatch is an error naming the file and the keys.
     """
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] | None = None
+    init_checkpoint: str = ""
 
     def build(self) -> ModelConfig:
         for key in LEGACY_EXECUTION_KEYS:
@@ -228,8 +232,10 @@ class TrainConfig:
     signal propagation with ``sqrt(768 / width)``. ``gate_init`` is the starting value of the
     cross-attention gates ``alpha_i2t`` / ``alpha_t2i`` (0 in the original, whose towers are
     pre-trained); from scratch, a zero gate and a random cross-attention form a saddle that VTM
-    takes hundreds of steps to leave. ``attention_impl`` (``auto`` | ``fused`` | ``reference``)
-    and ``gradient_checkpointing`` say how the model runs; they are not saved with it.
+    takes hundreds of steps to leave. Both shape a random start, so with
+    ``model.init_checkpoint`` they must keep their defaults. ``attention_impl`` (``auto`` |
+    ``fused`` | ``reference``) and ``gradient_checkpointing`` say how the model runs; they are
+    not saved with it.
     """
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -323,6 +329,9 @@ class TrainConfig:
             f"must be 0 (never) or > loss.mlm_start_step ({self.loss.mlm_start_step})",
         )
         need(self.init_scale > 0, "init_scale", "must be > 0")
+        if self.model.init_checkpoint:
+            need(self.init_scale == 1.0, "init_scale", "must be 1 with model.init_checkpoint")
+            need(self.gate_init == 0.0, "gate_init", "must be 0 with model.init_checkpoint")
         try:
             self.loss.weights()
         except ValueError as e:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import load_checkpoint
 from ..config import ModelConfig
 from ..data.clips import ClipReader, clip_seed
 from ..data.collate import collate_text
@@ -241,6 +242,12 @@ class PretrainJob(TrainingJob):
             gradient_checkpointing=cfg.gradient_checkpointing,
             check_finite_pixels=False,
         )
+        init = cfg.model.init_checkpoint
+        if init:
+            if not Path(init).is_file():
+                raise FileNotFoundError(f"model.init_checkpoint: no such file {init}")
+            # Strict: every key, shape and dtype of the model (errors name the file and keys).
+            load_checkpoint(model, init)
         if cfg.init_scale != 1.0:
             scale_initialisation(model, cfg.init_scale)
         if cfg.gate_init != 0.0:
