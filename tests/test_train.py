@@ -685,7 +685,7 @@ def test_init_checkpoint_starts_a_run_from_its_weights(dataset, tmp_path):
     weights = tmp_path / "first" / "model.safetensors"
     want = load_file(str(weights))
 
-    def job(init: Path, **top) -> PretrainJob:
+    def job(init: Path | str, **top) -> PretrainJob:
         cfg = _config(dataset, tmp_path / "second", **top)
         cfg["model"]["init_checkpoint"] = str(init)
         return PretrainJob(
@@ -710,6 +710,8 @@ def test_init_checkpoint_starts_a_run_from_its_weights(dataset, tmp_path):
         CheckpointMismatchError, match=rf"bad\.safetensors does not fit(.|\n)*{key}"
     ):
         job(bad)
+    with pytest.raises(CheckpointMismatchError, match=r"default_model.model\.safetensors does"):
+        job("default")  # the shipped model, another architecture than this tiny one
     with pytest.raises(FileNotFoundError, match=r"model\.init_checkpoint: no such file"):
         job(tmp_path / "none.safetensors")
     with pytest.raises(ConfigError, match=r"init_scale: must be 1 with model\.init_checkpoint"):

@@ -59,9 +59,10 @@ class ModelSection:
 
     ``overrides`` may hold nested sections (``{"video": {"img_size": 64}}``), merged into the
     preset's values. ``init_checkpoint`` (a model file, ``.safetensors`` or a weights-only
-    torch file; as in the fine-tuning configs) starts the run from its weights instead of a
-    random start (continued pre-training); its architecture must be the one described here and
-    its vocabulary the tokenizer's: a mismatch is an error naming the file and the keys.
+    torch file, or ``default``: the shipped model; as in the fine-tuning configs) starts the
+    run from its weights instead of a random start (continued pre-training); its architecture
+    must be the one described here and its vocabulary the tokenizer's: a mismatch is an error
+    naming the file and the keys.
     """
 
     preset: str = "tiny"

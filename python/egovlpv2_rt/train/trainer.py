@@ -37,7 +37,7 @@ from ..data.collate import collate_text
 from ..data.egoclip import ClipRecord, read_egoclip, segment_ids
 from ..denormals import flushing_denormals
 from ..files import atomic_write_text, exclusive_output, remove_stale_temporaries
-from ..model_files import load_tokenizer
+from ..model_files import default_model_path, load_tokenizer
 from ..modeling.model import EgoVLPv2
 from .config import TrainConfig, load_train_config
 from .distributed import DistInfo, init_distributed, shutdown_distributed
@@ -243,6 +243,8 @@ class PretrainJob(TrainingJob):
             check_finite_pixels=False,
         )
         init = cfg.model.init_checkpoint
+        if init == "default":  # as in the fine-tuning configs: the model shipped with the package
+            init = str(default_model_path())
         if init:
             if not Path(init).is_file():
                 raise FileNotFoundError(f"model.init_checkpoint: no such file {init}")
