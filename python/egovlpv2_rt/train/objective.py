@@ -64,15 +64,15 @@ class StepLosses:
 
 
 def reversible_clips(mask_v: Tensor | None, n: int) -> Tensor | None:
-    """``[N]`` bool: the clips whose caption has a verb (``mask_v``'s diagonal), or None when
-    every clip counts (no verb mask). A clip without a verb tag (e.g. a still "There is a red
-    square" clip) shows nothing happening: played backwards it is the same clip, so it gets no
-    time-reversal negative, which would be a copy of its positive."""
+    """``[N]`` bool on ``mask_v``'s device: the clips whose caption has a verb (``mask_v``'s
+    diagonal), or None when every clip counts (no verb mask). A clip without a verb tag (e.g.
+    a still "There is a red square" clip) shows nothing happening: played backwards it is the
+    same clip, so it gets no time-reversal negative, which would be a copy of its positive."""
     if mask_v is None:
         return None
     if tuple(mask_v.shape) != (n, n):
         raise ValueError(f"mask_v must be [{n}, {n}], got {tuple(mask_v.shape)}")
-    return mask_v.diagonal().cpu() > 0
+    return mask_v.diagonal() > 0
 
 
 class PretrainObjective(nn.Module):
@@ -164,6 +164,8 @@ class PretrainObjective(nn.Module):
         scale = float(info.world_size)  # undoes DDP's gradient average for per-rank sums
 
         need_sim = w.egonce != 0 or w.vtm != 0
+        # Decided once per step for EgoNCE and VTM alike (the VTM draw moves it to the CPU).
+        directed = reversible_clips(batch.mask_v, g) if self.time_reversal else None
         egonce = sim = pos = None
         total: Tensor | None = None
         if need_sim:
@@ -189,7 +191,6 @@ class PretrainObjective(nn.Module):
                 rev_sim = None
                 if r_all is not None:
                     rev_sim = sim_matrix(t_all.to(acc), r_all.to(acc)).diagonal()
-                    directed = reversible_clips(batch.mask_v, g)
                     if directed is not None:
                         rev_sim = rev_sim.masked_fill(~directed.to(rev_sim.device), float("-inf"))
                 egonce, pos = egonce_loss(
@@ -215,7 +216,7 @@ class PretrainObjective(nn.Module):
                 sim.detach(), pos, self.temperature, gen, negatives=self.vtm_negatives
             )
             if self.time_reversal:
-                pairs = with_time_reversal(pairs, gen, reversible_clips(batch.mask_v, g))
+                pairs = with_time_reversal(pairs, gen, directed)
             pairs = pairs.slice(batch.offset, batch.offset + b)
             all_video = all_gather_no_grad(batch.video, info)
             dev = batch.video.device
