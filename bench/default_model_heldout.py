@@ -4,7 +4,7 @@ and ensemble modes, then the mean and spread; and where the intra-video errors g
 questions whose distractors hold the query's temporal twin (the same object, the action
 reversed: picks up / puts down, moves left / right), how often each mode picks the twin. A
 model blind to frame order is at chance between the two. Seeds must not be the recipe's
-development held-out seed (2) or its training seed (1). One JSON line.
+development held-out seed (2) or its training seeds (1, 3). One JSON line.
 
     python bench/default_model_heldout.py --work /tmp/heldout --seeds 11 12 13 14 15
 """
@@ -29,6 +29,7 @@ from egovlpv2_rt.train.default_model import (
     EVAL_SEED,
     IMAGE_SIZE,
     MAX_TEXT_LENGTH,
+    SCENE_SEED,
     TRAIN_SEED,
     synth_split,
 )
@@ -42,8 +43,10 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="default: the shipped model")
     ap.add_argument("--tokenizer", default=None, help="default: the shipped model's")
     args = ap.parse_args()
-    if {TRAIN_SEED, EVAL_SEED} & set(args.seeds):
-        raise SystemExit(f"--seeds: not the training ({TRAIN_SEED}) or recipe ({EVAL_SEED}) seed")
+    if {TRAIN_SEED, EVAL_SEED, SCENE_SEED} & set(args.seeds):
+        raise SystemExit(
+            f"--seeds: not the training ({TRAIN_SEED}, {SCENE_SEED}) or recipe ({EVAL_SEED}) seeds"
+        )
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     model = load_model(args.checkpoint or default_model_path())

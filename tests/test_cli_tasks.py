@@ -67,6 +67,27 @@ def test_options_of_another_task_are_refused(datasets, capsys):
     assert not (datasets / "x").exists()
 
 
+def test_synth_writes_inventory_scene_captions(tmp_path, capsys):
+    from egovlpv2_rt.data.egoclip import read_egoclip
+
+    out = tmp_path / "inv"
+    args = ["synth", "--out", str(out), "--clips", "40", "--questions", "6", "--size", "32"]
+    assert cli.main([*args, "--scene-share", "1", "--scene-caption", "inventory"]) == 0
+    recs = read_egoclip(out / "egoclip.csv")
+    still = [r for r in recs if not r.tag_verb]
+    assert len(recs) - len(still) == 40 and len(still) >= 5
+    for r in still:  # three objects on each table, each named once by colour and shape
+        words = r.clip_text.split()
+        assert words[::3] == ["the"] * 3 and len(set(words[1::3])) == 3 == len(r.tag_noun)
+    capsys.readouterr()
+    rc = cli.main(
+        ["synth", "--task", "qfvs", "--out", str(tmp_path / "q"), "--scene-caption", "inventory"]
+    )
+    assert (
+        rc == 1 and "--scene-caption: only for --task egoclip, not qfvs" in capsys.readouterr().err
+    )
+
+
 def test_load_model_at_another_frame_count():
     model = load_model(default_model_path(), num_frames=16)
     assert model.config.video.num_frames == 16

@@ -283,6 +283,31 @@ def test_scene_clips_are_still_and_name_what_is_on_the_table(tmp_path):
             assert (c.video_uid, c.clip_start) not in scene_keys and c.tag_verb
 
 
+def test_inventory_scene_captions_name_every_object_on_the_table():
+    import numpy as np
+
+    from egovlpv2_rt.data.synthetic import is_scene_clip, make_video
+
+    cfg = SynthConfig(num_clips=40, size=32, num_mcq=6, scene_share=0.7, scene_caption="inventory")
+    rng = np.random.default_rng(4)
+    scenes = orders = 0
+    for v in range(6):
+        _frames, recs, objects = make_video(rng, cfg, f"v{v}")
+        for r in recs:
+            if not is_scene_clip(r):
+                continue
+            scenes += 1
+            words = r.clip_text.split()
+            assert len(words) == 3 * cfg.objects_per_video and words[::3] == ["the"] * 3
+            names = [f"{words[i + 1]} {words[i + 2]}" for i in range(0, len(words), 3)]
+            assert sorted(names) == sorted(objects)  # every object once, by colour and shape
+            assert {NOUN_CLASSES[n] for n in r.tag_noun} == objects
+            orders += names != sorted(names)
+    assert scenes >= 10 and 0 < orders < scenes  # a random order, not a fixed one
+    with pytest.raises(ValueError, match=r"scene_caption must be one of glance, inventory, "):
+        SynthConfig(scene_caption="list")
+
+
 def test_clip_reader(synth):
     recs = read_egoclip(synth / "egoclip.csv")
     reader = ClipReader(

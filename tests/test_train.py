@@ -507,6 +507,63 @@ def test_default_model_reuses_only_a_matching_synthetic_split(tmp_path):
     synth_split(root, 3, cfg)
 
 
+def test_default_model_second_phase_starts_from_the_first(tmp_path):
+    # The recipe's two phases on tiny sizes: a first-phase run, then a second phase started
+    # from its folder (--phase1-dir), as the shipped model was made; the record adds the
+    # phases' steps and training times, and the second phase's config refuses nothing.
+    from egovlpv2_rt.train.config import train_config_from_dict
+    from egovlpv2_rt.train.default_model import main
+
+    tiny = ["--train-clips", "40", "--steps", "2", "--batch", "4", "--width", "16"]
+    tiny += ["--heads", "2", "--nproc", "1", "--eval-questions", "10", "--scene-clips", "40"]
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    assert (
+        main([*tiny, "--work", str(tmp_path / "w1"), "--out", str(out1), "--scene-steps", "0"]) == 0
+    )
+    rec1 = json.loads((out1 / "results.json").read_text())
+    assert rec1["phase2"] is None and rec1["steps"] == 2
+    assert rec1["seconds"]["train"] == rec1["phase1"]["seconds_train"]
+    assert not (out1 / "train_config_scenes.json").exists()
+    work2 = tmp_path / "w2"
+    args2 = [*tiny, "--work", str(work2), "--out", str(out2), "--scene-steps", "3"]
+    args2 += ["--scene-lr", "1e-2", "--scene-warmup", "1"]
+    assert main([*args2, "--phase1-dir", str(out1)]) == 0
+    rec2 = json.loads((out2 / "results.json").read_text())
+    assert rec2["phase1"]["seconds_train"] == rec1["seconds"]["train"]
+    assert rec2["phase1"]["from"] == str(out1) and rec2["phase2"]["steps"] == 3
+    assert rec2["steps"] == 5 and rec2["scene_seed"] == 3
+    assert rec2["seconds"]["train"] == pytest.approx(
+        rec1["seconds"]["train"] + rec2["phase2"]["seconds_train"], abs=0.11
+    )
+    assert not (work2 / "train").exists()  # the first phase was not run again
+    assert (out2 / "tokenizer.json").read_bytes() == (out1 / "tokenizer.json").read_bytes()
+    assert json.loads((out2 / "train_config.json").read_text()) == json.loads(
+        (out1 / "train_config.json").read_text()
+    )
+    scene = json.loads((out2 / "train_config_scenes.json").read_text())
+    assert scene["model"]["init_checkpoint"] == str((out1 / "model.safetensors").resolve())
+    cfg = train_config_from_dict(scene, "scenes")
+    assert cfg.init_scale == 1.0 and cfg.max_steps == 3 and cfg.eval.every_steps == 0
+    assert (cfg.loss.vtm_start_step, cfg.loss.mlm_stop_step) == (0, 0)
+    assert cfg.optim.lr == 1e-2 and cfg.optim.warmup_steps == 1
+    still = [r for r in read_egoclip(work2 / "scenes" / "egoclip.csv") if not r.tag_verb]
+    assert still and all(r.clip_text.startswith("the ") for r in still)
+    a, b = load_file(str(out1 / "model.safetensors")), load_file(str(out2 / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) > 1e-4
+    # A two-phase folder is not a first phase; a folder without a record is refused by name.
+    with pytest.raises(ValueError, match=r"results\.json records a two-phase model"):
+        main([*args2, "--phase1-dir", str(out2)])
+    with pytest.raises(FileNotFoundError, match=r"--phase1-dir .*empty: no model\.safetensors, "):
+        main([*args2, "--phase1-dir", str(tmp_path / "empty")])
+    # A one-phase model installed over a two-phase one leaves no second-phase config behind.
+    assert (
+        main([*tiny, "--work", str(tmp_path / "w1"), "--out", str(out2), "--scene-steps", "0"]) == 0
+    )
+    assert not (out2 / "train_config_scenes.json").exists()
+    assert json.loads((out2 / "results.json").read_text())["phase2"] is None
+
+
 def _cli_train(cfg_path: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "egovlpv2_rt.cli", "train", "--config", str(cfg_path)]
     return subprocess.run(

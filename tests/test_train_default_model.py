@@ -22,6 +22,7 @@ from egovlpv2_rt.train.default_model import (
     EVAL_SEED,
     IMAGE_SIZE,
     MAX_TEXT_LENGTH,
+    SCENE_SEED,
     TRAIN_SEED,
 )
 
@@ -82,8 +83,8 @@ def test_default_model_scores_what_its_results_json_says(heldout):
     assert min(heldout[m][k] for m in heldout for k in ("inter", "intra")) >= 55.0, heldout
 
 
-# Fresh held-out seeds, generated here: never the training seed (1) or the recipe's development
-# seed (2), never used for a choice. The README's five-seed table is these seeds.
+# Fresh held-out seeds, generated here: never the training seeds (1, 3) or the recipe's
+# development seed (2), never used for a choice. The README's five-seed table is these seeds.
 FRESH_SEEDS = (11, 12, 13, 14, 15)
 
 
@@ -91,7 +92,7 @@ FRESH_SEEDS = (11, 12, 13, 14, 15)
 def fresh(shipped, tmp_path_factory):
     """EgoMCQ accuracy of the shipped model on five fresh held-out sets (400 clips in 50
     videos each, 100 inter + 100 intra questions), per seed."""
-    assert not {TRAIN_SEED, EVAL_SEED} & set(FRESH_SEEDS)
+    assert not {TRAIN_SEED, EVAL_SEED, SCENE_SEED} & set(FRESH_SEEDS)
     model, tok = shipped
     out = {}
     for seed in FRESH_SEEDS:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_model
-from ..data.synthetic import SynthConfig, generate_dataset
+from ..data.synthetic import SCENE_CAPTION_FORMS, SynthConfig, generate_dataset
 from ..denormals import flushing_denormals
 from ..errors import InputError
 from ..eval.egomcq import MODES, evaluate_egomcq
@@ -79,8 +79,16 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--scene-share",
         type=probability,
         default=None,
-        help="egoclip: chance of a still 'There is a ...' clip before an action, when nothing "
-        "is held (0: none, the default)",
+        help="egoclip: chance of a still clip before an action, when nothing is held (0: none, "
+        "the default)",
+    )
+    p.add_argument(
+        "--scene-caption",
+        choices=SCENE_CAPTION_FORMS,
+        default=None,
+        help="egoclip: the still clips' captions: glance (one or two objects, 'There is a red "
+        "and a circle'; the default) or inventory (every object on the table, 'the red circle "
+        "the blue square ...')",
     )
     p.set_defaults(func=cmd_synth)
 
@@ -203,6 +211,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             "questions": "--questions",
             "size": "--size",
             "scene_share": "--scene-share",
+            "scene_caption": "--scene-caption",
         },
     )
     if args.task == "ek100_mir":
@@ -235,6 +244,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_mcq=100 if args.questions is None else args.questions,
         size=64 if args.size is None else args.size,
         scene_share=0.0 if args.scene_share is None else args.scene_share,
+        scene_caption="glance" if args.scene_caption is None else args.scene_caption,
     )
     paths = generate_dataset(args.out, args.seed, cfg)
     print(f"wrote {paths['egoclip']}, {paths['egomcq']} and {paths['videos']}/")

@@ -39,6 +39,7 @@ from .egomcq import INTER, INTRA, MCQItem, write_egomcq
 __all__ = [
     "COLOURS",
     "NOUN_CLASSES",
+    "SCENE_CAPTION_FORMS",
     "SHAPES",
     "VERBS",
     "VERB_CLASSES",
@@ -68,6 +69,8 @@ SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "bar")
 VERBS: tuple[str, ...] = ("move", "pick up", "put down", "rotate")
 VERB_CLASSES: tuple[str, ...] = ("move left", "move right", "pick up", "put down", "rotate")
 NOUN_CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+# The still clips' caption forms (:func:`scene_caption`).
+SCENE_CAPTION_FORMS: tuple[str, ...] = ("glance", "inventory")
 HAND_RGB = (225, 170, 130)
 OBJECT_HALF = 0.11  # object half-size as a fraction of the frame
 
@@ -90,6 +93,9 @@ class SynthConfig:
             whose caption says what is on the table (:func:`scene_caption`), with noun tags and
             no verb tag. 0 (the default) draws nothing more, so a seed gives the same files as
             before the option existed. These clips are never EgoMCQ questions or candidates.
+        scene_caption: the still clips' caption form (:func:`scene_caption`): ``"glance"``
+            (one or two objects, each by colour and shape, colour alone or shape alone) or
+            ``"inventory"`` (every object on the table by colour and shape).
     """
 
     num_clips: int = 480
@@ -101,6 +107,7 @@ class SynthConfig:
     num_mcq: int = 100
     codec: str = "libx264"
     scene_share: float = 0.0
+    scene_caption: str = "glance"
 
     @property
     def num_videos(self) -> int:
@@ -120,6 +127,11 @@ class SynthConfig:
             raise ValueError("num_clips, fps, clip_seconds must be positive and num_mcq >= 0")
         if not 0.0 <= self.scene_share <= 1.0:
             raise ValueError(f"scene_share must be in [0, 1], got {self.scene_share}")
+        if self.scene_caption not in SCENE_CAPTION_FORMS:
+            raise ValueError(
+                f"scene_caption must be one of {', '.join(SCENE_CAPTION_FORMS)}, "
+                f"got {self.scene_caption!r}"
+            )
 
 
 @dataclass
@@ -154,23 +166,35 @@ def narration_words(verb: str, colour: str, shape: str, direction: str = "") -> 
     return text + (f" to the {direction}" if direction else "")
 
 
-def scene_caption(rng: np.random.Generator, objs: Sequence[SceneObject]) -> tuple[str, list[int]]:
+def scene_caption(
+    rng: np.random.Generator, objs: Sequence[SceneObject], form: str = "glance"
+) -> tuple[str, list[int]]:
     """The caption of a still clip and the objects it names (indices into ``objs``).
 
-    One or two of the objects, each named by colour and shape, by colour alone or by shape alone
-    (``There is a red square``, ``There is a red and a circle``): what a person says of a
-    table at a glance. The short names tie a single colour or shape word to the objects that
-    have it, which the action captions (always colour and shape together) never do; the QFVS
-    prompts of the synthetic benchmark (``There is a {concept}``) use such words. No ``#C``:
-    nobody acts (the QFVS prompts have none either).
+    ``"glance"``: one or two of the objects, each named by colour and shape, by colour alone or
+    by shape alone (``There is a red square``, ``There is a red and a circle``): what a person
+    says of a table at a glance. The short names tie a single colour or shape word to the
+    objects that have it, which the action captions (always colour and shape together) never
+    do; the QFVS prompts of the synthetic benchmark (``There is a {concept}``) use such words.
+    No ``#C``: nobody acts (the QFVS prompts have none either).
+
+    ``"inventory"``: every object on the table by colour and shape, in a random order (``the
+    green triangle the red circle the white square``). A glance caption is true of many tables
+    (every table with something red), and a contrastive loss that counts only a clip's own
+    caption as its match then pulls all still clips to one point (bench/RESULTS.md, QFVS); an
+    inventory names one table. Only words of the action narrations, so a tokenizer trained on
+    those spells it in whole words.
     """
+    if form == "inventory":
+        order = [int(i) for i in rng.permutation(len(objs))]
+        return " ".join(f"the {objs[i].colour} {objs[i].shape}" for i in order), order
     k = int(rng.integers(1, min(2, len(objs)) + 1))
     picks = [int(i) for i in rng.permutation(len(objs))[:k]]
     names = []
     for i in picks:
-        form = int(rng.integers(3))
+        form_i = int(rng.integers(3))
         o = objs[i]
-        names.append((f"{o.colour} {o.shape}", o.colour, o.shape)[form])
+        names.append((f"{o.colour} {o.shape}", o.colour, o.shape)[form_i])
     return "There is a " + " and a ".join(names), picks
 
 
@@ -385,7 +409,7 @@ def make_video(
     for _ in range(cfg.clips_per_video):
         # `cfg.scene_share and ...` draws nothing when the option is off (same bytes as before).
         if cfg.scene_share and not any(o.held for o in objs) and rng.random() < cfg.scene_share:
-            text, named = scene_caption(rng, objs)
+            text, named = scene_caption(rng, objs, cfg.scene_caption)
             for _f in range(fpc):
                 render(objs, None)
             nouns = sorted({NOUN_CLASSES.index(f"{objs[i].colour} {objs[i].shape}") for i in named})
@@ -406,7 +430,7 @@ def make_video(
 
 
 def is_scene_clip(record: ClipRecord) -> bool:
-    """Whether ``record`` is a still "There is a ..." clip (``SynthConfig.scene_share``):
+    """Whether ``record`` is a still clip (``SynthConfig.scene_share``):
     the only synthetic clips without a verb tag."""
     return not record.tag_verb
 
