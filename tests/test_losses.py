@@ -14,9 +14,11 @@ from egovlpv2_rt.train.losses import (
     combine_losses,
     egonce_loss,
     mlm_loss,
+    object_negative_weights,
     random_negative_weights,
     sample_vtm_pairs,
     vtm_negative_weights,
+    with_object_negatives,
     with_time_reversal,
 )
 
@@ -295,3 +297,88 @@ def test_time_reversal_pairs_replace_half_the_negatives_only():
     assert abs(frac - 0.5) <= 5 * sd, frac
     sliced = out.slice(3, 9)
     assert sliced.reversed is not None and torch.equal(sliced.reversed, out.reversed[3:9])
+
+
+def _tag_masks(verbs: list[int], nouns: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    v, n = torch.tensor(verbs), torch.tensor(nouns)
+    return (v[:, None] == v[None]).double(), (n[:, None] == n[None]).double()
+
+
+def test_object_negative_weights_by_hand():
+    # Clips 0..4: (verb, noun) = (0, 0), (0, 1), (1, 0), (0, 0), (0, 2). Caption 0's object
+    # negatives are the clips with verb 0 and another noun: 1 and 4, weighted by
+    # exp(sim / T) and normalised over the whole row (as the plain hard-negative weights).
+    mask_v, mask_n = _tag_masks([0, 0, 1, 0, 0], [0, 1, 0, 0, 2])
+    g = torch.Generator().manual_seed(2)
+    sim = torch.rand(5, 5, generator=g, dtype=torch.float64) - 0.5
+    t = 0.05
+    w_v, w_t = object_negative_weights(sim, mask_v, mask_n, t)
+    row = torch.exp(sim[0] / t)
+    want = torch.zeros(5, dtype=torch.float64)
+    want[[1, 4]] = row[[1, 4]] / row.sum()
+    assert torch.allclose(w_v[0], want, rtol=1e-12, atol=0)
+    col = torch.exp(sim[:, 2] / t)  # video 2 (verb 1): no caption shares its verb
+    assert w_t[2].sum().item() == 0.0
+    col = torch.exp(sim[:, 3] / t)  # video 3 = (0, 0): captions 1 and 4
+    want = torch.zeros(5, dtype=torch.float64)
+    want[[1, 4]] = col[[1, 4]] / col.sum()
+    assert torch.allclose(w_t[3], want, rtol=1e-12, atol=0)
+    # A clip without a noun tag still never is its own object negative.
+    mask_n[1, 1] = 0.0
+    w_v, _ = object_negative_weights(sim, mask_v, mask_n, t)
+    assert w_v[1, 1].item() == 0.0
+
+
+def test_object_negatives_redraw_a_share_of_the_other_negatives():
+    n = 16
+    gen = torch.Generator().manual_seed(4)
+    verbs = torch.randint(0, 3, (n,), generator=gen).tolist()
+    nouns = torch.randint(0, 4, (n,), generator=gen).tolist()
+    mask_v, mask_n = _tag_masks(verbs, nouns)
+    sim = torch.rand(n, n, generator=gen, dtype=torch.float64) * 0.6 - 0.3
+    pos = (mask_v * mask_n + torch.eye(n, dtype=torch.float64)) > 0
+    w_v, w_t = object_negative_weights(sim, mask_v, mask_n, 0.05)
+    has_any = (w_v.sum(1) > 0) | (w_t.sum(1) > 0)
+    for share in (1.0, 0.5):
+        eligible = objects = 0
+        expect = 0.0
+        for _ in range(300):
+            pairs = with_time_reversal(sample_vtm_pairs(sim, pos, 0.05, gen), gen)
+            out = with_object_negatives(pairs, sim, mask_v, mask_n, share, 0.05, gen)
+            assert out.reversed is not None and pairs.reversed is not None
+            assert torch.equal(out.labels, pairs.labels)
+            assert torch.equal(out.reversed, pairs.reversed)
+            fixed = (pairs.labels == 1) | pairs.reversed
+            assert torch.equal(out.video_index[fixed], pairs.video_index[fixed])
+            assert torch.equal(out.text_index[fixed], pairs.text_index[fixed])
+            slot = torch.arange(n)
+            # every slot but a time reversal keeps its own caption or its own video
+            own = (out.text_index == slot) | (out.video_index == slot)
+            assert own[~out.reversed].all()
+            neg = (out.labels == 0) & ~out.reversed
+            assert not pos[out.text_index[neg], out.video_index[neg]].any()
+            changed = neg & (
+                (out.video_index != pairs.video_index) | (out.text_index != pairs.text_index)
+            )
+            obj = (mask_v > 0) & (mask_n == 0)
+            is_obj = obj[out.text_index, out.video_index]
+            if share == 1.0:  # every slot that has an object negative got one
+                assert is_obj[neg & has_any].all()
+                assert torch.equal(
+                    out.video_index[neg & ~has_any], pairs.video_index[neg & ~has_any]
+                )
+            assert is_obj[changed].all()
+            # A slot that is an object negative afterwards: redrawn (chance `share`) or
+            # drawn as one by the similarity sampler already.
+            el = neg & has_any
+            was = obj[pairs.text_index, pairs.video_index]
+            eligible += int(el.sum())
+            objects += int((el & is_obj).sum())
+            expect += float((share + (1 - share) * was[el].double()).sum())
+        sd = (0.25 * eligible) ** 0.5
+        assert abs(objects - expect) <= 5 * sd, (share, objects, expect)
+    unchanged = with_object_negatives(pairs, sim, mask_v, mask_n, 0.0, 0.05, gen)
+    assert torch.equal(unchanged.video_index, pairs.video_index)
+    assert torch.equal(unchanged.text_index, pairs.text_index)
+    with pytest.raises(ValueError, match=r"share must be in \[0, 1\], got 1.5"):
+        with_object_negatives(pairs, sim, mask_v, mask_n, 1.5, 0.05, gen)

@@ -19,6 +19,7 @@ from egovlpv2_rt.data.egoclip import read_egoclip
 from egovlpv2_rt.data.synthetic import SynthConfig, generate_dataset
 from egovlpv2_rt.train.bpe import train_bpe_tokenizer
 from egovlpv2_rt.train.config import ConfigError, load_train_config
+from egovlpv2_rt.train.launch import pretrain_command
 from egovlpv2_rt.train.losses import LossWeights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,31 +91,7 @@ def _env() -> dict:
 
 
 def _train_cmd(cfg_path: Path, nproc: int = 1, *extra: str) -> list[str]:
-    if nproc == 1:
-        return [
-            sys.executable,
-            "-m",
-            "egovlpv2_rt.train",
-            "--config",
-            str(cfg_path),
-            "--device",
-            "cpu",
-            *extra,
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "egovlpv2_rt.train",
-        "--config",
-        str(cfg_path),
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    return pretrain_command(cfg_path, nproc, "cpu", *extra)
 
 
 def _run(cmd: list[str], timeout: float = 240) -> None:
@@ -526,7 +503,7 @@ def test_default_model_second_phase_starts_from_the_first(tmp_path):
     assert not (out1 / "train_config_scenes.json").exists()
     work2 = tmp_path / "w2"
     args2 = [*tiny, "--work", str(work2), "--out", str(out2), "--scene-steps", "3"]
-    args2 += ["--scene-lr", "1e-2", "--scene-warmup", "1"]
+    args2 += ["--scene-lr", "1e-2", "--scene-warmup", "1", "--scene-object-negatives", "0.5"]
     assert main([*args2, "--phase1-dir", str(out1)]) == 0
     rec2 = json.loads((out2 / "results.json").read_text())
     assert rec2["phase1"]["seconds_train"] == rec1["seconds"]["train"]
@@ -546,6 +523,8 @@ def test_default_model_second_phase_starts_from_the_first(tmp_path):
     assert cfg.init_scale == 1.0 and cfg.max_steps == 3 and cfg.eval.every_steps == 0
     assert (cfg.loss.vtm_start_step, cfg.loss.mlm_stop_step) == (0, 0)
     assert cfg.optim.lr == 1e-2 and cfg.optim.warmup_steps == 1
+    assert cfg.loss.object_negatives == 0.5 and rec2["phase2"]["object_negatives"] == 0.5
+    assert "object_negatives" not in json.loads((out1 / "train_config.json").read_text())["loss"]
     still = [r for r in read_egoclip(work2 / "scenes" / "egoclip.csv") if not r.tag_verb]
     assert still and all(r.clip_text.startswith("the ") for r in still)
     a, b = load_file(str(out1 / "model.safetensors")), load_file(str(out2 / "model.safetensors"))
@@ -665,33 +644,33 @@ def test_resume_from_a_legacy_state_matches_and_cleans_a_killed_runs_litter(data
     assert _losses(tmp_path / "full") == _losses(cut_out)
 
 
+def _tiny_model_and_batch(b: int, length: int = 8):
+    """A float64 tiny model in eval mode and a random batch of ``b`` clips and captions, with
+    the generator that drew them (for more draws)."""
+    from egovlpv2_rt.config import preset
+    from egovlpv2_rt.modeling import EgoVLPv2
+
+    torch.manual_seed(0)
+    model = EgoVLPv2(preset("tiny")).double().eval()
+    cfg = model.config
+    gen = torch.Generator().manual_seed(1)
+    shape = (b, cfg.video.num_frames, 3, cfg.video.img_size, cfg.video.img_size)
+    video = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    ids = torch.randint(3, cfg.text.vocab_size, (b, length), generator=gen)
+    return model, video, ids, torch.ones_like(ids), gen
+
+
 def test_time_reversal_objective_matches_hand_computation():
     # EgoNCE with each caption's reversed clip as one more negative, and VTM with half of its
     # negatives replaced by reversed clips, against the same quantities computed by hand from
     # the model's own encoders (float64, one process).
-    from egovlpv2_rt.config import preset
-    from egovlpv2_rt.modeling import EgoVLPv2
     from egovlpv2_rt.modeling.model import sim_matrix
     from egovlpv2_rt.train.distributed import DistInfo
     from egovlpv2_rt.train.losses import egonce_loss, sample_vtm_pairs, with_time_reversal
     from egovlpv2_rt.train.objective import GlobalBatch, PretrainObjective
 
-    torch.manual_seed(0)
-    model = EgoVLPv2(preset("tiny")).double().eval()
-    cfg = model.config
-    b, length = 6, 8
-    gen = torch.Generator().manual_seed(1)
-    video = torch.randn(
-        b,
-        cfg.video.num_frames,
-        3,
-        cfg.video.img_size,
-        cfg.video.img_size,
-        generator=gen,
-        dtype=torch.float64,
-    )
-    ids = torch.randint(3, cfg.text.vocab_size, (b, length), generator=gen)
-    am = torch.ones_like(ids)
+    b = 6
+    model, video, ids, am, gen = _tiny_model_and_batch(b)
     mask_v = (torch.rand(b, b, generator=gen) > 0.7).double()
     mask_v.fill_diagonal_(1.0)
     # Clip 2 has no verb tag (a still clip): played backwards it is itself, so it gets no
@@ -726,6 +705,76 @@ def test_time_reversal_objective_matches_hand_computation():
     assert abs(got.egonce.item() - want.item()) <= 1e-12 * abs(want.item())
     assert abs(got.vtm.item() - vtm.item()) <= 1e-12 * abs(vtm.item())
     assert got.egonce.item() > plain.egonce.item()  # one more negative per caption
+
+
+def test_object_negatives_objective_matches_hand_computation():
+    # VTM with loss.object_negatives: the pairs are the plain draw, then the time reversals,
+    # then the object-negative redraw, all from the step's generator; the loss is the model's
+    # cross-entropy on exactly those pairs (float64, one process). A config without the noun
+    # tags is refused.
+    from egovlpv2_rt.modeling.model import sim_matrix
+    from egovlpv2_rt.train.distributed import DistInfo
+    from egovlpv2_rt.train.losses import (
+        egonce_loss,
+        sample_vtm_pairs,
+        with_object_negatives,
+        with_time_reversal,
+    )
+    from egovlpv2_rt.train.objective import GlobalBatch, PretrainObjective
+
+    model, video, ids, am, _ = _tiny_model_and_batch(8)
+    verbs = torch.tensor([0, 0, 1, 0, 1, 2, 0, 1])
+    nouns = torch.tensor([0, 1, 0, 2, 3, 0, 0, 1])
+    mask_v = (verbs[:, None] == verbs[None]).double()
+    mask_n = (nouns[:, None] == nouns[None]).double()
+    batch = GlobalBatch(video, ids, am, ids, torch.full_like(ids, -100), mask_v, mask_n, 0, 3)
+    w = LossWeights(1.0, 0.0, 2.0)
+    obj = PretrainObjective(
+        model, w, 0.05, DistInfo(), seed=5, time_reversal=True, object_negatives=1.0
+    )
+    with torch.no_grad():
+        got = obj(batch)
+        sim = sim_matrix(model.encode_text(ids, am), model.encode_video(video))
+        _, pos = egonce_loss(sim, mask_v, mask_n, 0.05)
+        draw = torch.Generator().manual_seed(5 * 1_000_003 + 3)
+        pairs = with_time_reversal(sample_vtm_pairs(sim, pos, 0.05, draw), draw)
+        pairs = with_object_negatives(pairs, sim, mask_v, mask_n, 1.0, 0.05, draw)
+        assert pairs.reversed is not None
+        neg = (pairs.labels == 0) & ~pairs.reversed
+        assert neg.any()
+        # every such negative shares a verb and no noun with its pair (all slots have one here)
+        assert (mask_v[pairs.text_index, pairs.video_index][neg] == 1).all()
+        assert (mask_n[pairs.text_index, pairs.video_index][neg] == 0).all()
+        pv = video[pairs.video_index]
+        pv[pairs.reversed] = pv[pairs.reversed].flip(1)
+        logits = model.vtm_logits(pv, ids[pairs.text_index], am[pairs.text_index])
+        vtm = torch.nn.functional.cross_entropy(logits, pairs.labels)
+        plain = PretrainObjective(model, w, 0.05, DistInfo(), seed=5, time_reversal=True)(batch)
+    assert got.vtm is not None and plain.vtm is not None
+    assert abs(got.vtm.item() - vtm.item()) <= 1e-12 * abs(vtm.item())
+    assert got.vtm.item() != plain.vtm.item()  # the redraw changed the pairs
+    no_nouns = GlobalBatch(video, ids, am, ids, torch.full_like(ids, -100), mask_v, None, 0, 3)
+    with pytest.raises(ValueError, match="object negatives need the verb and noun tag masks"):
+        obj(no_nouns)
+    with pytest.raises(ValueError, match=r"object_negatives must be in \[0, 1\], got -0.1"):
+        PretrainObjective(model, w, 0.05, DistInfo(), seed=5, object_negatives=-0.1)
+
+
+def test_object_negatives_config_is_checked(dataset, tmp_path):
+    cfg = _config(dataset, tmp_path / "x")
+    cfg["loss"] = {"object_negatives": 1.5}
+    with pytest.raises(
+        ConfigError, match=r"on1\.json.*loss\.object_negatives: must be in \[0, 1\]"
+    ):
+        load_train_config(_write(cfg, tmp_path / "on1.json"))
+    cfg["loss"] = {"object_negatives": 0.5, "use_noun": False}
+    with pytest.raises(ConfigError, match=r"loss\.object_negatives: needs the verb and noun tags"):
+        load_train_config(_write(cfg, tmp_path / "on2.json"))
+    cfg["loss"] = {"object_negatives": 0.5, "vtm_negatives": "off"}
+    with pytest.raises(ConfigError, match=r"loss\.object_negatives: needs VTM"):
+        load_train_config(_write(cfg, tmp_path / "on3.json"))
+    cfg["loss"] = {"object_negatives": 0.5}
+    assert load_train_config(_write(cfg, tmp_path / "ok.json")).loss.object_negatives == 0.5
 
 
 def test_init_checkpoint_starts_a_run_from_its_weights(dataset, tmp_path):

@@ -160,6 +160,11 @@ class LossSection:
     tower pass per step; teaches the temporal direction that contrastive video-language models
     otherwise ignore ("picks up" vs "puts down", left vs right).
 
+    ``object_negatives`` (not in the original; 0 by default): the share of the VTM negatives
+    (other than time-reversal ones) redrawn among the clips and captions that share a verb tag
+    and no noun tag with the slot's own (:func:`~egovlpv2_rt.train.losses.with_object_negatives`),
+    so that VTM has to check which object is acted on; needs the verb and noun positives.
+
     ``mlm_start_step`` / ``vtm_start_step``: the first step at which MLM / VTM join (0: from the
     start). ``mlm_stop_step``: the first step without MLM (0: MLM never stops); must be after
     ``mlm_start_step``. Trained from scratch, VTM sits at chance (cross-entropy 0.69) until the dual
@@ -183,6 +188,7 @@ class LossSection:
     masked_lm: bool = True
     vtm_negatives: str = "hard"
     time_reversal: bool = False
+    object_negatives: float = 0.0
 
     def weights(self) -> LossWeights:
         """The weights of ``preset`` with the switched-off objectives at 0."""
@@ -322,6 +328,22 @@ class TrainConfig:
             "loss.vtm_negatives",
             f"must be 'hard', 'random' or 'off', got {self.loss.vtm_negatives!r}",
         )
+        need(
+            0.0 <= self.loss.object_negatives <= 1.0,
+            "loss.object_negatives",
+            "must be in [0, 1]",
+        )
+        if self.loss.object_negatives > 0:
+            need(
+                self.loss.verb_positives and self.loss.noun_positives,
+                "loss.object_negatives",
+                "needs the verb and noun tags (contrastive 'egonce' with use_verb and use_noun)",
+            )
+            need(
+                self.loss.vtm_negatives != "off",
+                "loss.object_negatives",
+                "needs VTM (loss.vtm_negatives is 'off')",
+            )
         need(self.loss.mlm_start_step >= 0, "loss.mlm_start_step", "must be >= 0")
         need(self.loss.vtm_start_step >= 0, "loss.vtm_start_step", "must be >= 0")
         need(

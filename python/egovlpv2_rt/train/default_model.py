@@ -32,6 +32,7 @@ from ..model_files import default_model_dir
 from ..modeling.model import EgoVLPv2
 from .bpe import train_bpe_tokenizer
 from .config import train_config_from_dict
+from .launch import pretrain_command
 
 __all__ = ["DEFAULT_DIR", "RECIPE", "Recipe", "default_train_config", "main"]
 
@@ -67,9 +68,12 @@ class Recipe:
             lift QFVS above the random summary but cost EgoMCQ (bench/RESULTS.md, QFVS), so the
             shipped model has no second phase.
         scene_clips: action clips of the second phase's set.
-        scene_share: ``SynthConfig.scene_share`` of that set (0.7: ~37% of its clips still).
+        scene_share: ``SynthConfig.scene_share`` of that set (0.7: 900 of its 2500 clips,
+            36%, are still).
         scene_lr: the second phase's peak learning rate (warm-up ``scene_warmup`` steps,
             cosine); EgoNCE + MLM + VTM throughout, time-reversal negatives as in the first.
+        scene_object_negatives: the second phase's ``loss.object_negatives`` (the share of
+            its other VTM negatives that differ from a positive in the object only).
     """
 
     train_clips: int = 4800
@@ -84,6 +88,7 @@ class Recipe:
     scene_share: float = 0.7
     scene_lr: float = 2e-4
     scene_warmup: int = 50
+    scene_object_negatives: float = 0.0
 
 
 RECIPE = Recipe()
@@ -232,10 +237,12 @@ def scene_phase_config(
     steps: int,
     lr: float,
     warmup_steps: int,
+    object_negatives: float = 0.0,
 ) -> dict:
     """The second phase's experiment config: the first phase's (``phase1``, as made by
     :func:`default_train_config`) on ``data_root``, starting from ``init_checkpoint``, with
-    EgoNCE + MLM + VTM from its first step to its last."""
+    EgoNCE + MLM + VTM from its first step to its last (``object_negatives``: its
+    ``loss.object_negatives``)."""
     cfg = json.loads(json.dumps(phase1))
     cfg["model"]["init_checkpoint"] = str(init_checkpoint)
     cfg.pop("init_scale", None)  # shapes a random start only; refused beside init_checkpoint
@@ -243,6 +250,8 @@ def scene_phase_config(
     cfg["data"]["root"] = str(data_root)
     cfg["optim"].update(lr=lr, warmup_steps=warmup_steps)
     cfg["loss"].update(vtm_start_step=0, mlm_stop_step=0)
+    if object_negatives:  # absent when 0, so the config reads as before the option
+        cfg["loss"]["object_negatives"] = object_negatives
     cfg.update(out_dir=str(out_dir), max_steps=steps, checkpoint_every=max(50, steps // 10))
     return cfg
 
@@ -258,21 +267,7 @@ def _train(cfg_dict: dict, cfg_path: Path, nproc: int, resume: bool) -> tuple[in
     cfg = train_config_from_dict(cfg_dict, str(cfg_path))
     t0 = time.perf_counter()
     if nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "egovlpv2_rt.train",
-            "--config",
-            str(cfg_path),
-            "--device",
-            "cpu",
-        ]
-        if resume:
-            cmd.append("--resume")
+        cmd = pretrain_command(cfg_path, nproc, "cpu", *(["--resume"] if resume else []))
         env = dict(os.environ, OMP_NUM_THREADS="1")
         pkg_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([pkg_root, env.get("PYTHONPATH", "")])
@@ -381,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--scene-lr", type=float, default=RECIPE.scene_lr)
     p.add_argument("--scene-warmup", type=int, default=RECIPE.scene_warmup)
+    p.add_argument(
+        "--scene-object-negatives",
+        type=float,
+        default=RECIPE.scene_object_negatives,
+        help="the second phase's loss.object_negatives: share of its VTM negatives (other "
+        "than time reversals) that differ from a positive in the object only",
+    )
     p.add_argument(
         "--phase1-dir",
         default=None,
@@ -506,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.scene_steps,
             lr=args.scene_lr,
             warmup_steps=args.scene_warmup,
+            object_negatives=args.scene_object_negatives,
         )
         steps, final_loss, t_scene = _train(
             scene_cfg, work / "train_config_scenes.json", args.nproc, args.resume
@@ -520,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_train": round(t_scene, 1),
             "scene_clips": args.scene_clips,
             "scene_share": args.scene_share,
+            "object_negatives": args.scene_object_negatives,
         }
     else:
         phase2, t_scene = None, 0.0

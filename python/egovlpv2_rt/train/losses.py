@@ -33,9 +33,11 @@ __all__ = [
     "gathered_norm_softmax_loss",
     "mlm_loss",
     "norm_softmax_loss",
+    "object_negative_weights",
     "random_negative_weights",
     "sample_vtm_pairs",
     "vtm_negative_weights",
+    "with_object_negatives",
     "with_time_reversal",
 ]
 
@@ -329,6 +331,94 @@ def with_time_reversal(
         rev = rev & reversible.to(rev.device)[pairs.text_index]
     video_index = torch.where(rev, pairs.text_index, pairs.video_index)
     return VTMPairs(video_index, pairs.text_index, pairs.labels, rev)
+
+
+def object_negative_weights(
+    sim: Tensor, mask_v: Tensor, mask_n: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Hard-negative weights restricted to the pairs that differ in the object only: clip j is
+    an object negative of caption i when they share a verb tag and no noun tag ("picks up the
+    red square" against a clip that picks up the blue circle), never i itself.
+
+    Args:
+        sim: ``[N, N]`` text-video similarity (rows texts).
+        mask_v, mask_n: ``[N, N]`` 0/1 verb / noun tag overlap (symmetric).
+        temperature: softmax temperature.
+
+    Returns:
+        ``(w_video_for_text, w_text_for_video)`` as :func:`vtm_negative_weights`, both
+        ``[N, N]`` float64 and zero outside the object-negative pairs.
+    """
+    _check_square("sim", sim)
+    n = sim.shape[0]
+    _check_square("mask_v", mask_v, n)
+    _check_square("mask_n", mask_n, n)
+    pool = (mask_v.to(sim.device) > 0) & ~(mask_n.to(sim.device) > 0)
+    pool &= ~torch.eye(n, dtype=torch.bool, device=sim.device)
+    s = sim.detach().double()
+    w_v = torch.softmax(s / temperature, dim=1).masked_fill(~pool, 0.0)
+    w_t = torch.softmax(s.t() / temperature, dim=1).masked_fill(~pool.t(), 0.0)
+    return w_v, w_t
+
+
+def with_object_negatives(
+    pairs: VTMPairs,
+    sim: Tensor,
+    mask_v: Tensor,
+    mask_n: Tensor,
+    share: float,
+    temperature: float,
+    generator: torch.Generator,
+) -> VTMPairs:
+    """Redraw a share of the VTM negatives among the pairs that differ in the object only.
+
+    The similarity-drawn negatives of a caption are mostly clips of the same object with
+    another verb (the dual encoder tells objects apart best), and the time-reversal negatives
+    differ in the verb's direction, so VTM rarely has to check which object the hand acts on;
+    EgoMCQ's fusion encoder then picks a clip with the query's verb on another object
+    (bench/RESULTS.md, QFVS). Each negative slot that is not a time-reversal negative flips a
+    biased coin (``share``); on heads its negative is redrawn from
+    :func:`object_negative_weights` in the same direction (a video for its caption, or a caption
+    for its video), or in the other direction when that one has none; a slot with no object
+    negative either way keeps its negative. The same draw on every rank (see
+    :func:`sample_vtm_pairs`).
+
+    Args:
+        pairs: the VTM draw (after :func:`with_time_reversal`, if used).
+        sim: ``[N, N]`` text-video similarity (rows texts), gathered over ranks.
+        mask_v, mask_n: ``[N, N]`` verb / noun tag overlap.
+        share: chance in ``[0, 1]`` that a slot's negative is redrawn.
+        temperature: softmax temperature.
+        generator: CPU generator, after the earlier draws.
+
+    Returns:
+        :class:`VTMPairs` with the redrawn slots (``reversed`` kept).
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    n = pairs.labels.shape[0]
+    w_v, w_t = object_negative_weights(sim.cpu(), mask_v.cpu(), mask_n.cpu(), temperature)
+    heads = torch.rand(n, generator=generator) < share
+    slot = torch.arange(n)
+    rev = pairs.reversed if pairs.reversed is not None else torch.zeros(n, dtype=torch.bool)
+    redraw = heads & (pairs.labels == 0) & ~rev
+    has_v = w_v.sum(1) > 0
+    has_t = w_t.sum(1) > 0
+    # The slot's direction: its own caption with another video, or its own video with another
+    # caption.
+    wants_video = pairs.text_index == slot
+    neg_video = redraw & ((wants_video & has_v) | (~has_t & has_v))
+    neg_text = redraw & ~neg_video & has_t
+    video_index = pairs.video_index.clone()
+    text_index = pairs.text_index.clone()
+    rows = torch.where(neg_video | neg_text)[0]
+    if rows.numel():
+        weights = torch.where(neg_video[rows, None], w_v[rows], w_t[rows])
+        picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+        nv = neg_video[rows]
+        video_index[rows] = torch.where(nv, picks, rows)
+        text_index[rows] = torch.where(nv, rows, picks)
+    return VTMPairs(video_index, text_index, pairs.labels, pairs.reversed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,14 @@ from torch import Tensor, nn
 
 from ..modeling.model import EgoVLPv2, sim_matrix
 from .distributed import DistInfo, all_gather_no_grad, all_gather_with_grad, all_reduce_sum
-from .losses import LossWeights, egonce_loss, mlm_loss, sample_vtm_pairs, with_time_reversal
+from .losses import (
+    LossWeights,
+    egonce_loss,
+    mlm_loss,
+    sample_vtm_pairs,
+    with_object_negatives,
+    with_time_reversal,
+)
 
 __all__ = ["GlobalBatch", "PretrainObjective", "StepLosses"]
 
@@ -91,6 +98,9 @@ class PretrainObjective(nn.Module):
         time_reversal: each caption's clip played backwards is an extra EgoNCE negative of
             that caption, and half of the VTM negatives are such clips (see
             ``LossSection.time_reversal``).
+        object_negatives: share of the other VTM negatives redrawn among the pairs that
+            differ in the object only (:func:`~egovlpv2_rt.train.losses.with_object_negatives`;
+            needs the verb and noun masks).
     """
 
     def __init__(
@@ -105,10 +115,14 @@ class PretrainObjective(nn.Module):
         mlm_stop_step: int = 0,
         vtm_negatives: str = "hard",
         time_reversal: bool = False,
+        object_negatives: float = 0.0,
     ) -> None:
         super().__init__()
         if vtm_negatives not in ("hard", "random"):
             raise ValueError(f"vtm_negatives must be 'hard' or 'random', got {vtm_negatives!r}")
+        if not 0.0 <= object_negatives <= 1.0:
+            raise ValueError(f"object_negatives must be in [0, 1], got {object_negatives}")
+        self.object_negatives = object_negatives
         self.vtm_negatives = vtm_negatives
         self.time_reversal = time_reversal
         self.model = model
@@ -217,6 +231,21 @@ class PretrainObjective(nn.Module):
             )
             if self.time_reversal:
                 pairs = with_time_reversal(pairs, gen, directed)
+            if self.object_negatives > 0:
+                if batch.mask_v is None or batch.mask_n is None:
+                    raise ValueError(
+                        "object negatives need the verb and noun tag masks "
+                        "(loss.use_verb and loss.use_noun with contrastive 'egonce')"
+                    )
+                pairs = with_object_negatives(
+                    pairs,
+                    sim.detach(),
+                    batch.mask_v,
+                    batch.mask_n,
+                    self.object_negatives,
+                    self.temperature,
+                    gen,
+                )
             pairs = pairs.slice(batch.offset, batch.offset + b)
             all_video = all_gather_no_grad(batch.video, info)
             dev = batch.video.device

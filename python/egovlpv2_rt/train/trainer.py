@@ -271,6 +271,7 @@ class PretrainJob(TrainingJob):
             cfg.loss.mlm_stop_step,
             vtm_negatives="random" if cfg.loss.vtm_negatives == "random" else "hard",
             time_reversal=cfg.loss.time_reversal,
+            object_negatives=cfg.loss.object_negatives,
         )
         self.objective = objective
         self.find_unused_parameters = not objective.every_term_every_step
