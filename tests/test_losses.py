@@ -299,6 +299,34 @@ def test_time_reversal_pairs_replace_half_the_negatives_only():
     assert sliced.reversed is not None and torch.equal(sliced.reversed, out.reversed[3:9])
 
 
+def test_time_reversal_share_sets_the_reversed_fraction():
+    sim, pos = _sim_and_pos(12, 1)
+    for share in (0.75, 0.2):
+        gen = torch.Generator().manual_seed(1)
+        n_neg = n_rev = 0
+        for _ in range(400):
+            pairs = sample_vtm_pairs(sim, pos, 0.05, gen)
+            out = with_time_reversal(pairs, gen, share=share)
+            assert out.reversed is not None
+            n_neg += int((pairs.labels == 0).sum())
+            n_rev += int(out.reversed.sum())
+        sd = (share * (1 - share) / n_neg) ** 0.5
+        assert abs(n_rev / n_neg - share) <= 5 * sd, (share, n_rev / n_neg)
+    # 0.5 is the default's draw, draw for draw (the shipped recipe's pairs do not move).
+    a, b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    pa, pb = sample_vtm_pairs(sim, pos, 0.05, a), sample_vtm_pairs(sim, pos, 0.05, b)
+    ra, rb = with_time_reversal(pa, a), with_time_reversal(pb, b, share=0.5)
+    assert ra.reversed is not None and rb.reversed is not None
+    assert torch.equal(ra.reversed, rb.reversed) and torch.equal(ra.video_index, rb.video_index)
+    assert torch.equal(a.get_state(), b.get_state())
+    none = with_time_reversal(pa, a, share=0.0)
+    assert none.reversed is not None and not none.reversed.any()
+    every = with_time_reversal(pa, a, share=1.0)
+    assert every.reversed is not None and torch.equal(every.reversed, pa.labels == 0)
+    with pytest.raises(ValueError, match=r"share must be in \[0, 1\], got -0.5"):
+        with_time_reversal(pa, a, share=-0.5)
+
+
 def _tag_masks(verbs: list[int], nouns: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     v, n = torch.tensor(verbs), torch.tensor(nouns)
     return (v[:, None] == v[None]).double(), (n[:, None] == n[None]).double()

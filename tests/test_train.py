@@ -504,6 +504,7 @@ def test_default_model_second_phase_starts_from_the_first(tmp_path):
     work2 = tmp_path / "w2"
     args2 = [*tiny, "--work", str(work2), "--out", str(out2), "--scene-steps", "3"]
     args2 += ["--scene-lr", "1e-2", "--scene-warmup", "1", "--scene-object-negatives", "0.5"]
+    args2 += ["--scene-reversal-share", "0.75"]
     assert main([*args2, "--phase1-dir", str(out1)]) == 0
     rec2 = json.loads((out2 / "results.json").read_text())
     assert rec2["phase1"]["seconds_train"] == rec1["seconds"]["train"]
@@ -524,7 +525,9 @@ def test_default_model_second_phase_starts_from_the_first(tmp_path):
     assert (cfg.loss.vtm_start_step, cfg.loss.mlm_stop_step) == (0, 0)
     assert cfg.optim.lr == 1e-2 and cfg.optim.warmup_steps == 1
     assert cfg.loss.object_negatives == 0.5 and rec2["phase2"]["object_negatives"] == 0.5
-    assert "object_negatives" not in json.loads((out1 / "train_config.json").read_text())["loss"]
+    assert cfg.loss.time_reversal_share == 0.75 and rec2["phase2"]["reversal_share"] == 0.75
+    first_loss = json.loads((out1 / "train_config.json").read_text())["loss"]
+    assert "object_negatives" not in first_loss and "time_reversal_share" not in first_loss
     still = [r for r in read_egoclip(work2 / "scenes" / "egoclip.csv") if not r.tag_verb]
     assert still and all(r.clip_text.startswith("the ") for r in still)
     a, b = load_file(str(out1 / "model.safetensors")), load_file(str(out2 / "model.safetensors"))
@@ -708,10 +711,10 @@ def test_time_reversal_objective_matches_hand_computation():
 
 
 def test_object_negatives_objective_matches_hand_computation():
-    # VTM with loss.object_negatives: the pairs are the plain draw, then the time reversals,
-    # then the object-negative redraw, all from the step's generator; the loss is the model's
-    # cross-entropy on exactly those pairs (float64, one process). A config without the noun
-    # tags is refused.
+    # VTM with loss.object_negatives (and a quarter of the negatives time-reversed): the pairs
+    # are the plain draw, then the time reversals, then the object-negative redraw, all from
+    # the step's generator; the loss is the model's cross-entropy on exactly those pairs
+    # (float64, one process). A batch without the noun tags is refused.
     from egovlpv2_rt.modeling.model import sim_matrix
     from egovlpv2_rt.train.distributed import DistInfo
     from egovlpv2_rt.train.losses import (
@@ -730,14 +733,21 @@ def test_object_negatives_objective_matches_hand_computation():
     batch = GlobalBatch(video, ids, am, ids, torch.full_like(ids, -100), mask_v, mask_n, 0, 3)
     w = LossWeights(1.0, 0.0, 2.0)
     obj = PretrainObjective(
-        model, w, 0.05, DistInfo(), seed=5, time_reversal=True, object_negatives=1.0
+        model,
+        w,
+        0.05,
+        DistInfo(),
+        seed=5,
+        time_reversal=True,
+        object_negatives=1.0,
+        time_reversal_share=0.25,
     )
     with torch.no_grad():
         got = obj(batch)
         sim = sim_matrix(model.encode_text(ids, am), model.encode_video(video))
         _, pos = egonce_loss(sim, mask_v, mask_n, 0.05)
         draw = torch.Generator().manual_seed(5 * 1_000_003 + 3)
-        pairs = with_time_reversal(sample_vtm_pairs(sim, pos, 0.05, draw), draw)
+        pairs = with_time_reversal(sample_vtm_pairs(sim, pos, 0.05, draw), draw, share=0.25)
         pairs = with_object_negatives(pairs, sim, mask_v, mask_n, 1.0, 0.05, draw)
         assert pairs.reversed is not None
         neg = (pairs.labels == 0) & ~pairs.reversed
@@ -758,9 +768,11 @@ def test_object_negatives_objective_matches_hand_computation():
         obj(no_nouns)
     with pytest.raises(ValueError, match=r"object_negatives must be in \[0, 1\], got -0.1"):
         PretrainObjective(model, w, 0.05, DistInfo(), seed=5, object_negatives=-0.1)
+    with pytest.raises(ValueError, match=r"time_reversal_share must be in \[0, 1\], got 2"):
+        PretrainObjective(model, w, 0.05, DistInfo(), seed=5, time_reversal_share=2)
 
 
-def test_object_negatives_config_is_checked(dataset, tmp_path):
+def test_object_negatives_and_reversal_share_config_is_checked(dataset, tmp_path):
     cfg = _config(dataset, tmp_path / "x")
     cfg["loss"] = {"object_negatives": 1.5}
     with pytest.raises(
@@ -773,8 +785,12 @@ def test_object_negatives_config_is_checked(dataset, tmp_path):
     cfg["loss"] = {"object_negatives": 0.5, "vtm_negatives": "off"}
     with pytest.raises(ConfigError, match=r"loss\.object_negatives: needs VTM"):
         load_train_config(_write(cfg, tmp_path / "on3.json"))
-    cfg["loss"] = {"object_negatives": 0.5}
-    assert load_train_config(_write(cfg, tmp_path / "ok.json")).loss.object_negatives == 0.5
+    cfg["loss"] = {"time_reversal_share": -0.1}
+    with pytest.raises(ConfigError, match=r"loss\.time_reversal_share: must be in \[0, 1\]"):
+        load_train_config(_write(cfg, tmp_path / "on4.json"))
+    cfg["loss"] = {"object_negatives": 0.5, "time_reversal_share": 0.75}
+    ok = load_train_config(_write(cfg, tmp_path / "ok.json")).loss
+    assert (ok.object_negatives, ok.time_reversal_share) == (0.5, 0.75)
 
 
 def test_init_checkpoint_starts_a_run_from_its_weights(dataset, tmp_path):

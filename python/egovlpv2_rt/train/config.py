@@ -159,6 +159,7 @@ class LossSection:
     reversed clips (:func:`~egovlpv2_rt.train.losses.with_time_reversal`). Costs one more video
     tower pass per step; teaches the temporal direction that contrastive video-language models
     otherwise ignore ("picks up" vs "puts down", left vs right).
+    ``time_reversal_share`` (0.5): the share of the VTM negatives that are reversed clips.
 
     ``object_negatives`` (not in the original; 0 by default): the share of the VTM negatives
     (other than time-reversal ones) redrawn among the clips and captions that share a verb tag
@@ -189,6 +190,7 @@ class LossSection:
     vtm_negatives: str = "hard"
     time_reversal: bool = False
     object_negatives: float = 0.0
+    time_reversal_share: float = 0.5
 
     def weights(self) -> LossWeights:
         """The weights of ``preset`` with the switched-off objectives at 0."""
@@ -331,6 +333,11 @@ class TrainConfig:
         need(
             0.0 <= self.loss.object_negatives <= 1.0,
             "loss.object_negatives",
+            "must be in [0, 1]",
+        )
+        need(
+            0.0 <= self.loss.time_reversal_share <= 1.0,
+            "loss.time_reversal_share",
             "must be in [0, 1]",
         )
         if self.loss.object_negatives > 0:

@@ -74,6 +74,8 @@ class Recipe:
             cosine); EgoNCE + MLM + VTM throughout, time-reversal negatives as in the first.
         scene_object_negatives: the second phase's ``loss.object_negatives`` (the share of
             its other VTM negatives that differ from a positive in the object only).
+        scene_reversal_share: the second phase's ``loss.time_reversal_share`` (the share of
+            its VTM negatives that are time reversals; the first phase's is 0.5).
     """
 
     train_clips: int = 4800
@@ -89,6 +91,7 @@ class Recipe:
     scene_lr: float = 2e-4
     scene_warmup: int = 50
     scene_object_negatives: float = 0.0
+    scene_reversal_share: float = 0.5
 
 
 RECIPE = Recipe()
@@ -238,11 +241,12 @@ def scene_phase_config(
     lr: float,
     warmup_steps: int,
     object_negatives: float = 0.0,
+    reversal_share: float = 0.5,
 ) -> dict:
     """The second phase's experiment config: the first phase's (``phase1``, as made by
     :func:`default_train_config`) on ``data_root``, starting from ``init_checkpoint``, with
-    EgoNCE + MLM + VTM from its first step to its last (``object_negatives``: its
-    ``loss.object_negatives``)."""
+    EgoNCE + MLM + VTM from its first step to its last (``object_negatives``,
+    ``reversal_share``: its ``loss.object_negatives``, ``loss.time_reversal_share``)."""
     cfg = json.loads(json.dumps(phase1))
     cfg["model"]["init_checkpoint"] = str(init_checkpoint)
     cfg.pop("init_scale", None)  # shapes a random start only; refused beside init_checkpoint
@@ -252,6 +256,8 @@ def scene_phase_config(
     cfg["loss"].update(vtm_start_step=0, mlm_stop_step=0)
     if object_negatives:  # absent when 0, so the config reads as before the option
         cfg["loss"]["object_negatives"] = object_negatives
+    if reversal_share != 0.5:
+        cfg["loss"]["time_reversal_share"] = reversal_share
     cfg.update(out_dir=str(out_dir), max_steps=steps, checkpoint_every=max(50, steps // 10))
     return cfg
 
@@ -384,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         "than time reversals) that differ from a positive in the object only",
     )
     p.add_argument(
+        "--scene-reversal-share",
+        type=float,
+        default=RECIPE.scene_reversal_share,
+        help="the second phase's loss.time_reversal_share: share of its VTM negatives that "
+        "are time reversals",
+    )
+    p.add_argument(
         "--phase1-dir",
         default=None,
         help="skip the first phase: start the second from the first-phase model in this "
@@ -509,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.scene_lr,
             warmup_steps=args.scene_warmup,
             object_negatives=args.scene_object_negatives,
+            reversal_share=args.scene_reversal_share,
         )
         steps, final_loss, t_scene = _train(
             scene_cfg, work / "train_config_scenes.json", args.nproc, args.resume
@@ -524,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             "scene_clips": args.scene_clips,
             "scene_share": args.scene_share,
             "object_negatives": args.scene_object_negatives,
+            "reversal_share": args.scene_reversal_share,
         }
     else:
         phase2, t_scene = None, 0.0

@@ -307,11 +307,16 @@ def sample_vtm_pairs(
 
 
 def with_time_reversal(
-    pairs: VTMPairs, generator: torch.Generator, reversible: Tensor | None = None
+    pairs: VTMPairs,
+    generator: torch.Generator,
+    reversible: Tensor | None = None,
+    share: float = 0.5,
 ) -> VTMPairs:
-    """Turn a random half of the negative slots into time-reversal negatives.
+    """Turn a random share (half by default) of the negative slots into time-reversal negatives.
 
-    Each negative slot (label 0) flips a fair coin from ``generator``; on heads it becomes
+    Each negative slot (label 0) flips a coin from ``generator`` that lands heads with chance
+    ``share`` (one uniform draw per slot, heads when it is above ``1 - share``, so 0.5 is the
+    fair coin of earlier versions, draw for draw); on heads it becomes
     (its caption, the caption's own video played backwards), label 0, unless the caption's clip
     is not ``reversible`` (then the slot keeps its drawn negative). Matching pairs are kept.
     The same draw on every rank (see :func:`sample_vtm_pairs`), whatever ``reversible`` holds.
@@ -320,12 +325,15 @@ def with_time_reversal(
         pairs: the VTM draw (``reversed`` None).
         generator: CPU generator, after the VTM draw.
         reversible: ``[N]`` bool per caption (global batch), or None (all).
+        share: chance in ``[0, 1]`` that a negative slot becomes a time reversal.
 
     Returns:
         :class:`VTMPairs` with ``reversed`` set.
     """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
     n = pairs.labels.shape[0]
-    heads = torch.rand(n, generator=generator) > 0.5
+    heads = torch.rand(n, generator=generator) > 1.0 - share
     rev = heads & (pairs.labels == 0)
     if reversible is not None:
         rev = rev & reversible.to(rev.device)[pairs.text_index]

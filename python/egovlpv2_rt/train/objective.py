@@ -96,8 +96,8 @@ class PretrainObjective(nn.Module):
         vtm_negatives: ``hard`` (drawn by similarity) or ``random`` (uniform over the
             non-positives) VTM negatives.
         time_reversal: each caption's clip played backwards is an extra EgoNCE negative of
-            that caption, and half of the VTM negatives are such clips (see
-            ``LossSection.time_reversal``).
+            that caption, and ``time_reversal_share`` of the VTM negatives (half by default)
+            are such clips (see ``LossSection.time_reversal``).
         object_negatives: share of the other VTM negatives redrawn among the pairs that
             differ in the object only (:func:`~egovlpv2_rt.train.losses.with_object_negatives`;
             needs the verb and noun masks).
@@ -116,6 +116,7 @@ class PretrainObjective(nn.Module):
         vtm_negatives: str = "hard",
         time_reversal: bool = False,
         object_negatives: float = 0.0,
+        time_reversal_share: float = 0.5,
     ) -> None:
         super().__init__()
         if vtm_negatives not in ("hard", "random"):
@@ -123,6 +124,9 @@ class PretrainObjective(nn.Module):
         if not 0.0 <= object_negatives <= 1.0:
             raise ValueError(f"object_negatives must be in [0, 1], got {object_negatives}")
         self.object_negatives = object_negatives
+        if not 0.0 <= time_reversal_share <= 1.0:
+            raise ValueError(f"time_reversal_share must be in [0, 1], got {time_reversal_share}")
+        self.time_reversal_share = time_reversal_share
         self.vtm_negatives = vtm_negatives
         self.time_reversal = time_reversal
         self.model = model
@@ -230,7 +234,7 @@ class PretrainObjective(nn.Module):
                 sim.detach(), pos, self.temperature, gen, negatives=self.vtm_negatives
             )
             if self.time_reversal:
-                pairs = with_time_reversal(pairs, gen, directed)
+                pairs = with_time_reversal(pairs, gen, directed, self.time_reversal_share)
             if self.object_negatives > 0:
                 if batch.mask_v is None or batch.mask_n is None:
                     raise ValueError(

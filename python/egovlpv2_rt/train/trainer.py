@@ -272,6 +272,7 @@ class PretrainJob(TrainingJob):
             vtm_negatives="random" if cfg.loss.vtm_negatives == "random" else "hard",
             time_reversal=cfg.loss.time_reversal,
             object_negatives=cfg.loss.object_negatives,
+            time_reversal_share=cfg.loss.time_reversal_share,
         )
         self.objective = objective
         self.find_unused_parameters = not objective.every_term_every_step
