@@ -788,7 +788,10 @@ def test_object_negatives_and_reversal_share_config_is_checked(dataset, tmp_path
     cfg["loss"] = {"time_reversal_share": -0.1}
     with pytest.raises(ConfigError, match=r"loss\.time_reversal_share: must be in \[0, 1\]"):
         load_train_config(_write(cfg, tmp_path / "on4.json"))
-    cfg["loss"] = {"object_negatives": 0.5, "time_reversal_share": 0.75}
+    cfg["loss"] = {"time_reversal_share": 0.75}
+    with pytest.raises(ConfigError, match=r"time_reversal_share: .*needs loss\.time_reversal"):
+        load_train_config(_write(cfg, tmp_path / "on5.json"))
+    cfg["loss"] = {"object_negatives": 0.5, "time_reversal_share": 0.75, "time_reversal": True}
     ok = load_train_config(_write(cfg, tmp_path / "ok.json")).loss
     assert (ok.object_negatives, ok.time_reversal_share) == (0.5, 0.75)
 

@@ -340,6 +340,11 @@ class TrainConfig:
             "loss.time_reversal_share",
             "must be in [0, 1]",
         )
+        need(
+            self.loss.time_reversal or self.loss.time_reversal_share == 0.5,
+            "loss.time_reversal_share",
+            "sets the share of time-reversal negatives, so it needs loss.time_reversal: true",
+        )
         if self.loss.object_negatives > 0:
             need(
                 self.loss.verb_positives and self.loss.noun_positives,
