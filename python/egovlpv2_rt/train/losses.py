@@ -363,10 +363,8 @@ def object_negative_weights(
     _check_square("mask_n", mask_n, n)
     pool = (mask_v.to(sim.device) > 0) & ~(mask_n.to(sim.device) > 0)
     pool &= ~torch.eye(n, dtype=torch.bool, device=sim.device)
-    s = sim.detach().double()
-    w_v = torch.softmax(s / temperature, dim=1).masked_fill(~pool, 0.0)
-    w_t = torch.softmax(s.t() / temperature, dim=1).masked_fill(~pool.t(), 0.0)
-    return w_v, w_t
+    # The plain hard-negative weights with everything outside the pool zeroed like a positive.
+    return vtm_negative_weights(sim, ~pool, temperature)
 
 
 def with_object_negatives(
