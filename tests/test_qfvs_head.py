@@ -16,14 +16,18 @@ from egovlpv2_rt.errors import InputError
 from egovlpv2_rt.tasks.qfvs import QFVSShotFeatures
 from egovlpv2_rt.tasks.qfvs_data import QFVSQuery, QFVSVideo
 from egovlpv2_rt.tasks.qfvs_head import (
+    RANDOM_DRAWS,
     QFVSExample,
     QFVSHead,
     QFVSTrainConfig,
     build_examples,
     evaluate_qfvs,
+    expected_random_summary_f1,
     positional_table,
     predict_summary,
+    random_summary_f1,
     score_shots,
+    swap_queries,
     train_qfvs,
 )
 
@@ -140,5 +144,59 @@ def test_leave_one_video_out_beats_random():
     assert sorted(per) == ["P01", "P02"]
     assert out["f1"] == pytest.approx(np.mean([v["f1"] for v in per.values()]))
     assert out["f1"] > out["random_f1"] + 20.0
+    for v, row in per.items():
+        exp = expected_random_summary_f1(examples[v], concepts, CFG.budget, RANDOM_DRAWS)
+        assert row["random_f1_expected"] == exp
+    assert out["random_f1_expected"] == pytest.approx(
+        np.mean([v["random_f1_expected"] for v in per.values()])
+    )
     with pytest.raises(InputError, match="at least 2 videos"):
         evaluate_qfvs({"P01": examples["P01"]}, concepts, CFG)
+
+
+def test_query_swap_control_keeps_f1_and_loses_the_query():
+    examples, concepts = _dataset(2)
+    plain = evaluate_qfvs(examples, concepts, CFG)
+    ctrl = evaluate_qfvs(examples, concepts, CFG, query_swap_control=True)
+    assert ctrl["f1"] == plain["f1"] and ctrl["random_f1"] == plain["random_f1"]
+    per = ctrl["per_video"]
+    assert ctrl["f1_query_swapped"] == pytest.approx(
+        np.mean([v["f1_query_swapped"] for v in per.values()])
+    )
+    # Each query's own prompt carries its oracle here, so another query's prompt loses it.
+    assert ctrl["f1_query_swapped"] < ctrl["f1"] - 20.0
+    assert "f1_query_swapped" not in plain and "f1_query_swapped" not in plain["per_video"]["P01"]
+
+
+def test_swap_queries_takes_the_next_querys_features():
+    examples, _ = _dataset(1)
+    ex = examples["P01"]
+    sw = swap_queries(ex)
+    assert len(sw) == len(ex) == 4
+    for i, e in enumerate(sw):
+        assert e.features is ex[(i + 1) % 4].features
+        assert e.oracle == ex[i].oracle and torch.equal(e.labels, ex[i].labels)
+        assert (e.concept1, e.concept2, e.segments) == (
+            ex[i].concept1,
+            ex[i].concept2,
+            ex[i].segments,
+        )
+    with pytest.raises(InputError, match="at least 2 queries"):
+        swap_queries(ex[:1])
+
+
+def test_expected_random_summary_f1_is_the_mean_over_draws():
+    # 10 shots, a 1-shot summary (budget 0.1), the oracle is shot 0, the only shot with concept A:
+    # a draw scores F1 100 when it picks shot 0 (IoU 1) and 0 otherwise, so the expectation is 10.
+    s = 10
+    tags = np.zeros((s, 2), dtype=np.float32)
+    tags[0, 0] = 1
+    tags[1:, 1] = 1
+    e = QFVSExample("P01", "A", "B", torch.zeros(3, s, DIM), torch.zeros(3, s), (s,), (0,))
+    concepts = {"P01": tags}
+    by_hand = np.mean([random_summary_f1([e], concepts, 0.1, seed) for seed in range(3)])
+    assert expected_random_summary_f1([e], concepts, 0.1, draws=3) == by_hand
+    many = expected_random_summary_f1([e], concepts, 0.1, draws=2000)
+    assert abs(many - 10.0) < 3 * 100 * math.sqrt(0.1 * 0.9 / 2000)  # 3 sd of the mean
+    with pytest.raises(InputError, match="draws must be >= 1"):
+        expected_random_summary_f1([e], concepts, 0.1, draws=0)

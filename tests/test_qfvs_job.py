@@ -115,6 +115,11 @@ def test_cli_finetune_eval_summarize(data, tmp_path, capsys):
     rows = out["metrics"]["per_video"].values()
     assert out["metrics"]["f1"] == pytest.approx(sum(r["f1"] for r in rows) / 3)
     assert all(0 <= r["f1"] <= 100 and 0 <= r["random_f1"] <= 100 for r in rows)
+    # The table's random column is the expected F1 over draws, not one draw.
+    assert main([*args, "--head", str(head_path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert last[0] == "mean" and last[-1] == f"{out['metrics']['random_f1_expected']:.2f}"
+    assert last[-2] == f"{out['metrics']['f1']:.2f}"
 
     # leave-one-video-out: one head per held-out video.
     assert main([*args, "--json"]) == 0

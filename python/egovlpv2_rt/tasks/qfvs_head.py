@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,12 +38,14 @@ from .qfvs import MAX_SEGMENT_SHOTS, QFVSShotFeatures, segment_shots
 from .qfvs_data import QFVSVideo
 
 __all__ = [
+    "RANDOM_DRAWS",
     "QFVSExample",
     "QFVSHead",
     "QFVSTrainConfig",
     "QFVSTrainResult",
     "build_examples",
     "evaluate_qfvs",
+    "expected_random_summary_f1",
     "mean_f1",
     "positional_table",
     "predict_summary",
@@ -52,6 +54,7 @@ __all__ = [
     "split_val_queries",
     "summarise_videos",
     "summary_size",
+    "swap_queries",
     "top_shots",
     "train_qfvs",
     "video_scores",
@@ -305,15 +308,47 @@ def random_summary_f1(
     return float(np.mean(f1))
 
 
+def swap_queries(examples: Sequence[QFVSExample]) -> list[QFVSExample]:
+    """The control "does the head read the query?": example ``i`` keeps its oracle and labels
+    but takes the prompt features of example ``i + 1`` (cyclically; one video's queries share
+    its shots and segments). Needs at least 2 examples."""
+    if len(examples) < 2:
+        raise InputError(f"swapping queries needs at least 2 queries, got {len(examples)}")
+    n = len(examples)
+    return [replace(e, features=examples[(i + 1) % n].features) for i, e in enumerate(examples)]
+
+
+# Draws behind the expected random-summary F1: its sampling sd is then ~1/14 of one draw's.
+RANDOM_DRAWS = 200
+
+
+def expected_random_summary_f1(
+    examples: Sequence[QFVSExample],
+    concepts: Mapping[str, np.ndarray],
+    budget: float,
+    draws: int = 200,
+) -> float:
+    """The random summary's F1 averaged over ``draws`` seeded draws (seeds ``0..draws-1`` of
+    :func:`random_summary_f1`): the baseline's expectation, without one draw's luck."""
+    if draws < 1:
+        raise InputError(f"draws must be >= 1, got {draws}")
+    return float(np.mean([random_summary_f1(examples, concepts, budget, s) for s in range(draws)]))
+
+
 def evaluate_qfvs(
     examples: Mapping[str, Sequence[QFVSExample]],
     concepts: Mapping[str, np.ndarray],
     cfg: QFVSTrainConfig | None = None,
+    *,
+    query_swap_control: bool = False,
 ) -> dict[str, object]:
     """Leave-one-video-out over the videos present: per test video, a head trained on the other
     videos (epoch chosen on a query split of them), then the mean precision / recall / F1 over
     the test video's queries; ``f1`` is the mean over test videos. A seeded random summary of
-    the same size is scored beside it (``random_f1``)."""
+    the same size is scored beside it (``random_f1``). ``query_swap_control``: the same heads
+    also score each test query with another query's prompt features (:func:`swap_queries`;
+    ``f1_query_swapped`` per video and averaged): near ``f1`` means the head ranks shots
+    without reading the query."""
     cfg = cfg or QFVSTrainConfig()
     videos = sorted(examples)
     if len(videos) < 2:
@@ -325,7 +360,17 @@ def evaluate_qfvs(
         result = train_qfvs(train, val, concepts, cfg)
         per_video[test] = video_scores(result.head, examples[test], concepts, cfg)
         per_video[test]["best_epoch"] = float(result.best_epoch)
-    return summarise_videos(per_video)
+        if query_swap_control:
+            swapped = swap_queries(examples[test])
+            per_video[test]["f1_query_swapped"] = mean_f1(
+                result.head, swapped, concepts, cfg.budget
+            )[2]
+    out = summarise_videos(per_video)
+    if query_swap_control:
+        out["f1_query_swapped"] = float(
+            np.mean([v["f1_query_swapped"] for v in per_video.values()])
+        )
+    return out
 
 
 def video_scores(
@@ -334,17 +379,27 @@ def video_scores(
     concepts: Mapping[str, np.ndarray],
     cfg: QFVSTrainConfig,
 ) -> dict[str, float]:
-    """One video's mean precision / recall / F1 over its queries and the seeded random
-    summary's F1 beside it."""
+    """One video's mean precision / recall / F1 over its queries, the seeded random summary's
+    F1 beside it (``random_f1``, one draw) and that F1's expectation (``random_f1_expected``,
+    :data:`RANDOM_DRAWS` draws: the baseline to compare with)."""
     p, r, f1 = mean_f1(head, examples, concepts, cfg.budget)
     rand = random_summary_f1(examples, concepts, cfg.budget, cfg.seed)
-    return {"precision": p, "recall": r, "f1": f1, "random_f1": rand}
+    expected = expected_random_summary_f1(examples, concepts, cfg.budget, RANDOM_DRAWS)
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": f1,
+        "random_f1": rand,
+        "random_f1_expected": expected,
+    }
 
 
 def summarise_videos(per_video: dict[str, dict[str, float]]) -> dict[str, object]:
-    """``{per_video, f1, random_f1}``: the F1s averaged over the videos."""
+    """``{per_video, f1, random_f1, random_f1_expected}``: the F1s averaged over the videos."""
     return {
         "per_video": per_video,
-        "f1": float(np.mean([v["f1"] for v in per_video.values()])),
-        "random_f1": float(np.mean([v["random_f1"] for v in per_video.values()])),
+        **{
+            k: float(np.mean([v[k] for v in per_video.values()]))
+            for k in ("f1", "random_f1", "random_f1_expected")
+        },
     }
