@@ -200,3 +200,19 @@ def test_expected_random_summary_f1_is_the_mean_over_draws():
     assert abs(many - 10.0) < 3 * 100 * math.sqrt(0.1 * 0.9 / 2000)  # 3 sd of the mean
     with pytest.raises(InputError, match="draws must be >= 1"):
         expected_random_summary_f1([e], concepts, 0.1, draws=0)
+
+
+def test_trained_head_query_swap_control_by_hand():
+    from egovlpv2_rt.tasks.qfvs_head import mean_f1
+    from egovlpv2_rt.tasks.qfvs_job import evaluate_qfvs_dataset
+
+    examples, concepts = _dataset(2)
+    head = train_qfvs(examples["P01"][:3], examples["P01"][3:], concepts, CFG).head
+    out = evaluate_qfvs_dataset({"P02": examples["P02"]}, concepts, CFG, head=head)
+    ctrl = evaluate_qfvs_dataset(
+        {"P02": examples["P02"]}, concepts, CFG, head=head, query_swap_control=True
+    )
+    by_hand = mean_f1(head, swap_queries(examples["P02"]), concepts, CFG.budget)[2]
+    assert ctrl["per_video"]["P02"]["f1_query_swapped"] == by_hand == ctrl["f1_query_swapped"]
+    assert ctrl["f1"] == out["f1"] and "f1_query_swapped" not in out
+    assert by_hand < ctrl["f1"] - 20.0

@@ -120,6 +120,17 @@ def test_cli_finetune_eval_summarize(data, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert last[0] == "mean" and last[-1] == f"{out['metrics']['random_f1_expected']:.2f}"
     assert last[-2] == f"{out['metrics']['f1']:.2f}"
+    # The query-swap control: same head, same F1, each query also scored with another's prompts.
+    assert main([*args, "--head", str(head_path), "--query-swap-control", "--json"]) == 0
+    ctrl = json.loads(capsys.readouterr().out)["metrics"]
+    assert ctrl["f1"] == out["metrics"]["f1"]
+    swapped = [r["f1_query_swapped"] for r in ctrl["per_video"].values()]
+    assert all(0 <= f <= 100 for f in swapped)
+    assert ctrl["f1_query_swapped"] == pytest.approx(sum(swapped) / 3)
+    assert main([*args, "--head", str(head_path), "--query-swap-control"]) == 0
+    text = capsys.readouterr().out.strip().splitlines()
+    assert "swapped F1" in text[1] and text[-1].startswith("swapped F1: the same heads")
+    assert text[-2].split()[-1] == f"{ctrl['f1_query_swapped']:.2f}"
 
     # leave-one-video-out: one head per held-out video.
     assert main([*args, "--json"]) == 0
@@ -152,6 +163,8 @@ def test_cli_errors(data, tmp_path, capsys):
     assert "--budget" in capsys.readouterr().err
     assert main(["eval", "--task", "egomcq", "--data", str(data), "--head", video]) == 1
     assert "--head: only for --task qfvs" in capsys.readouterr().err
+    assert main(["eval", "--task", "egomcq", "--data", str(data), "--query-swap-control"]) == 1
+    assert "--query-swap-control: only for --task qfvs" in capsys.readouterr().err
     bad = _config(data, tmp_path / "bad", test_videos=["P09"])
     assert main(["finetune", "--task", "qfvs", "--config", str(bad)]) == 1
     assert "test_videos: ['P09'] not in" in capsys.readouterr().err

@@ -129,7 +129,9 @@ def eval_qfvs_command(args: argparse.Namespace, checkpoint: Path, tokenizer: Pat
         examples, concepts = qfvs_examples(
             backbone, args.data, cache_dir=args.features_cache, shot_batch=args.batch_size
         )
-        scores: dict[str, Any] = evaluate_qfvs_dataset(examples, concepts, cfg, head=head)
+        scores: dict[str, Any] = evaluate_qfvs_dataset(
+            examples, concepts, cfg, head=head, query_swap_control=bool(args.query_swap_control)
+        )
     protocol = "head" if head is not None else "leave-one-video-out"
     if args.json:
         print_json(
@@ -144,11 +146,18 @@ def eval_qfvs_command(args: argparse.Namespace, checkpoint: Path, tokenizer: Pat
         return 0
     print(f"qfvs on {args.data} ({protocol}, {backbone.checkpoint.name})")
     # The random column is the expectation over draws: one draw's luck moves it by points.
-    print(f"{'video':<8}{'precision':>10}{'recall':>10}{'F1':>10}{'random F1':>11}")
+    swapped = "f1_query_swapped" in scores
+    extra = f"{'swapped F1':>12}" if swapped else ""
+    print(f"{'video':<8}{'precision':>10}{'recall':>10}{'F1':>10}{'random F1':>11}{extra}")
     for name, row in scores["per_video"].items():
+        extra = f"{row['f1_query_swapped']:>12.2f}" if swapped else ""
         print(
             f"{name:<8}{row['precision']:>10.2f}{row['recall']:>10.2f}{row['f1']:>10.2f}"
-            f"{row['random_f1_expected']:>11.2f}"
+            f"{row['random_f1_expected']:>11.2f}{extra}"
         )
-    print(f"{'mean':<8}{'':>20}{scores['f1']:>10.2f}{scores['random_f1_expected']:>11.2f}")
+    extra = f"{scores['f1_query_swapped']:>12.2f}" if swapped else ""
+    mean = f"{scores['f1']:>10.2f}{scores['random_f1_expected']:>11.2f}{extra}"
+    print(f"{'mean':<8}{'':>20}{mean}")
+    if swapped:
+        print("swapped F1: the same heads, each query scored with another query's prompts")
     return 0

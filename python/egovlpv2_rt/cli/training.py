@@ -181,6 +181,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=non_negative_int, default=None, help="qfvs: training and random seed (0)"
     )
+    p.add_argument(
+        "--query-swap-control",
+        action="store_const",
+        const=True,
+        default=None,
+        help="qfvs: also score each query with another query's prompts (same heads): an F1 "
+        "as high as the query's own means the summaries do not follow the query",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -287,7 +295,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _only_for(args, "egomcq", {"mode": "--mode"})
-    qfvs_only = {"head": "--head", "features_cache": "--features-cache", "seed": "--seed"}
+    qfvs_only = {
+        "head": "--head",
+        "features_cache": "--features-cache",
+        "seed": "--seed",
+        "query_swap_control": "--query-swap-control",
+    }
     _only_for(args, "qfvs", qfvs_only)
     ckpt = Path(args.checkpoint) if args.checkpoint else default_model_path()
     if not ckpt.is_file():

@@ -44,6 +44,7 @@ from .qfvs_head import (
     QFVSTrainConfig,
     build_examples,
     evaluate_qfvs,
+    query_swapped_f1,
     split_val_queries,
     summarise_videos,
     train_qfvs,
@@ -313,14 +314,22 @@ def evaluate_qfvs_dataset(
     cfg: QFVSTrainConfig | None = None,
     *,
     head: QFVSHead | None = None,
+    query_swap_control: bool = False,
 ) -> dict[str, object]:
     """With ``head`` None: the leave-one-video-out protocol (:func:`~.qfvs_head.evaluate_qfvs`).
     With a trained head: its mean precision / recall / F1 on every video's queries (a head
     trained on some of these videos scores them as training data: pass only held-out videos)
-    beside the seeded random summary of the same size."""
+    beside the seeded random summary of the same size. ``query_swap_control``: also
+    ``f1_query_swapped``, each query scored with another query's prompts (does the head read
+    the query?)."""
     cfg = cfg or QFVSTrainConfig()
     if head is None:
-        return evaluate_qfvs(examples, concepts, cfg)
-    return summarise_videos(
-        {name: video_scores(head, examples[name], concepts, cfg) for name in sorted(examples)}
-    )
+        return evaluate_qfvs(examples, concepts, cfg, query_swap_control=query_swap_control)
+    per_video = {}
+    for name in sorted(examples):
+        per_video[name] = video_scores(head, examples[name], concepts, cfg)
+        if query_swap_control:
+            per_video[name]["f1_query_swapped"] = query_swapped_f1(
+                head, examples[name], concepts, cfg.budget
+            )
+    return summarise_videos(per_video)
