@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -645,6 +646,28 @@ def test_resume_from_a_legacy_state_matches_and_cleans_a_killed_runs_litter(data
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _losses(tmp_path / "full") == _losses(cut_out)
+
+
+def test_resume_of_a_continued_run_does_not_need_its_init_checkpoint(dataset, tmp_path):
+    # A run started from model.init_checkpoint resumes from its own state: the init file is
+    # not read again (here it is gone), and the result equals the uninterrupted run.
+    _run(_train_cmd(_write(_config(dataset, tmp_path / "first"), tmp_path / "first.json")))
+    init = tmp_path / "init.safetensors"
+    shutil.copy(tmp_path / "first" / "model.safetensors", init)
+
+    def cfg(out: str) -> Path:
+        c = _config(dataset, tmp_path / out, max_steps=3)
+        c["model"]["init_checkpoint"] = str(init)
+        return _write(c, tmp_path / f"{out}.json")
+
+    _run(_train_cmd(cfg("full"), 1))
+    _run(_train_cmd(cfg("cut"), 1, "--stop-after", "2"))
+    init.unlink()
+    _run(_train_cmd(cfg("cut"), 1, "--resume"))
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")
 
 
 def _tiny_model_and_batch(b: int, length: int = 8):

@@ -229,7 +229,11 @@ class PretrainJob(TrainingJob):
 
     log_fields = PRETRAIN_LOG_FIELDS
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg: TrainConfig, info: DistInfo, dtype: torch.dtype, *, load_init: bool = True
+    ) -> None:
+        """``load_init`` False: ``model.init_checkpoint`` is not read (a resumed run's weights
+        come from its state, and the file may be gone by then)."""
         self.cfg = cfg
         self.data = _Data(cfg, info)
         self.sampler = self.data.sampler
@@ -245,7 +249,7 @@ class PretrainJob(TrainingJob):
         init = cfg.model.init_checkpoint
         if init == "default":  # as in the fine-tuning configs: the model shipped with the package
             init = str(default_model_path())
-        if init:
+        if init and load_init:
             if not Path(init).is_file():
                 raise FileNotFoundError(f"model.init_checkpoint: no such file {init}")
             # Strict: every key, shape and dtype of the model (errors name the file and keys).
@@ -352,9 +356,10 @@ def train(
         OutputBusyError: another training job writes ``cfg.out_dir``.
         UnsafeFileError: ``--resume`` met a state file that would need code to run to be read.
     """
+    resuming = resume and find_training_state(Path(cfg.out_dir) / CHECKPOINTS) is not None
     return run_job(
         pretrain_loop_settings(cfg),
-        lambda info, dtype: PretrainJob(cfg, info, dtype),
+        lambda info, dtype: PretrainJob(cfg, info, dtype, load_init=not resuming),
         resume=resume,
         device=device,
         stop_after=stop_after,
