@@ -181,7 +181,7 @@ def test_swap_queries_takes_the_next_querys_features():
             ex[i].concept2,
             ex[i].segments,
         )
-    with pytest.raises(InputError, match="at least 2 queries"):
+    with pytest.raises(InputError, match="video P01: swapping queries needs at least 2 queries"):
         swap_queries(ex[:1])
 
 

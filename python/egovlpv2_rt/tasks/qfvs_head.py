@@ -313,9 +313,10 @@ def swap_queries(examples: Sequence[QFVSExample]) -> list[QFVSExample]:
     """The control "does the head read the query?": example ``i`` keeps its oracle and labels
     but takes the prompt features of example ``i + 1`` (cyclically; one video's queries share
     its shots and segments). Needs at least 2 examples."""
-    if len(examples) < 2:
-        raise InputError(f"swapping queries needs at least 2 queries, got {len(examples)}")
     n = len(examples)
+    if n < 2:
+        where = f"video {examples[0].video}: " if examples else ""
+        raise InputError(f"{where}swapping queries needs at least 2 queries, got {n}")
     return [replace(e, features=examples[(i + 1) % n].features) for i, e in enumerate(examples)]
 
 
@@ -327,7 +328,7 @@ def expected_random_summary_f1(
     examples: Sequence[QFVSExample],
     concepts: Mapping[str, np.ndarray],
     budget: float,
-    draws: int = 200,
+    draws: int = RANDOM_DRAWS,
 ) -> float:
     """The random summary's F1 averaged over ``draws`` seeded draws (seeds ``0..draws-1`` of
     :func:`random_summary_f1`): the baseline's expectation, without one draw's luck."""
