@@ -37,7 +37,7 @@ from egovlpv2_rt.tasks.qfvs_head import (
     evaluate_qfvs,
     summary_size,
 )
-from egovlpv2_rt.tasks.qfvs_job import load_qfvs_backbone, qfvs_examples
+from egovlpv2_rt.tasks.qfvs_job import QFVSBackbone, load_qfvs_backbone, qfvs_examples
 from egovlpv2_rt.tasks.qfvs_synth import synthesize_qfvs
 
 
@@ -70,10 +70,9 @@ def most_tagged_prior_f1(data: Path, budget: float, draws: int = RANDOM_DRAWS) -
 
 
 def run_one(
-    name: str, checkpoint: str | None, data: Path, seed: int, args: argparse.Namespace
+    name: str, backbone: QFVSBackbone, data: Path, seed: int, args: argparse.Namespace
 ) -> dict:
     t0 = time.perf_counter()
-    backbone = load_qfvs_backbone(checkpoint)
     cache = Path(args.data_root) / "features" / name / data.name
     examples, concepts = qfvs_examples(backbone, data, cache_dir=cache)
     t1 = time.perf_counter()
@@ -190,12 +189,15 @@ def main() -> None:
         name, _, path = spec.partition("=")
         models[name] = path or None
     done = {(r["model"], r["data_seed"]) for r in _read([args.out])}
+    backbones: dict[str, QFVSBackbone] = {}
     for seed in args.seeds:
         data = dataset_dir(Path(args.data_root), seed)
         for name, ckpt in models.items():
             if (name, seed) in done:
                 continue
-            row = run_one(name, ckpt, data, seed, args)
+            if name not in backbones:  # loaded (and hashed) once per model
+                backbones[name] = load_qfvs_backbone(ckpt)
+            row = run_one(name, backbones[name], data, seed, args)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
